@@ -1,0 +1,62 @@
+# 报告生成引擎：一条命令运行，一条命令测试。首次运行会自动安装 uv、Python 3.12 与依赖。
+SHELL := /bin/bash
+UV_VERSION := 0.13.9
+# uv 装在仓库内的引导环境里（从 PyPI 安装），不依赖机器上已有的 uv
+TOOLS := .tools
+UV := $(TOOLS)/bin/uv
+VENV := .venv
+PY := $(VENV)/bin/python
+RUN_DIR := .run
+TINY_MODEL := .cache/tiny-model
+export PYTHONPATH := $(CURDIR)
+
+.PHONY: help install run stop demo test test-unit test-integration test-e2e lint fmt clean
+
+help:
+	@echo "make run | stop | demo | test | test-e2e | lint"
+
+$(UV):
+	python3 -m venv $(TOOLS)
+	$(TOOLS)/bin/pip install --quiet "uv==$(UV_VERSION)"
+
+$(VENV)/.installed: pyproject.toml uv.lock | $(UV)
+	$(UV) sync --frozen --extra cpu
+	@touch $@
+
+install: $(VENV)/.installed
+
+$(TINY_MODEL)/tiny-model.json: | install
+	$(PY) cluster/build_tiny_model.py $(TINY_MODEL)
+
+run: install
+	@bash cluster/local_run.sh start
+
+stop:
+	@bash cluster/local_run.sh stop
+
+demo: install
+	$(PY) -m cluster.demo
+
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+
+fmt: install
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
+
+test: lint
+	$(VENV)/bin/pytest
+
+test-unit: install
+	$(VENV)/bin/pytest -m unit
+
+test-integration: install
+	$(VENV)/bin/pytest -m integration
+
+test-e2e: install
+	$(VENV)/bin/pytest -m e2e
+
+clean:
+	rm -rf $(RUN_DIR) .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,97 @@
+"""现场生成一个极小的 Llama 模型（随机权重），供离线运行与测试使用。
+
+生成的文本没有意义，只用来让 vLLM 真正跑起来；要写真报告请配置真实模型。
+用法：python cluster/build_tiny_model.py <输出目录>
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+# 训练分词器用的几行语料：中英混合，覆盖报告常见字符
+_CORPUS = [
+    "本周销售额同比增长百分之十二，华东区表现最好。",
+    "客户反馈集中在交付周期和售后响应速度。",
+    "故障复盘：数据库连接池耗尽导致服务不可用二十分钟。",
+    "项目周报：完成接口联调，下周进入压测阶段。",
+    "The quick brown fox jumps over the lazy dog. Report summary and next steps.",
+    "风险、问题、结论、建议、行动项、负责人、截止日期。",
+]
+
+# 最简对话模板：把 system/user 消息拼接后接 assistant 开头
+_CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "<|{{ message['role'] }}|>\n{{ message['content'] }}\n"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>\n{% endif %}"
+)
+
+_MARKER = "tiny-model.json"
+
+
+def build_tiny_model(output_dir: Path) -> Path:
+    """在 output_dir 生成分词器与模型；已存在则直接复用。"""
+    if (output_dir / _MARKER).exists():
+        return output_dir
+    # 依赖较重，只在真正生成时导入
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    output_dir.mkdir(parents=True, exist_ok=True)
+    special = ["<unk>", "<s>", "</s>", "<pad>"]
+    tokenizer = Tokenizer(models.BPE(unk_token="<unk>"))
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=512,
+        special_tokens=special,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
+    tokenizer.train_from_iterator(_CORPUS * 20, trainer=trainer)
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer,
+        unk_token="<unk>",
+        bos_token="<s>",
+        eos_token="</s>",
+        pad_token="<pad>",
+    )
+    fast.chat_template = _CHAT_TEMPLATE
+    fast.save_pretrained(str(output_dir))
+
+    config = LlamaConfig(
+        vocab_size=len(fast),
+        hidden_size=128,
+        intermediate_size=256,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        max_position_embeddings=4096,
+        bos_token_id=fast.bos_token_id,
+        eos_token_id=fast.eos_token_id,
+        pad_token_id=fast.pad_token_id,
+        tie_word_embeddings=True,
+    )
+    model = LlamaForCausalLM(config)
+    model.save_pretrained(str(output_dir))
+    (output_dir / _MARKER).write_text(
+        json.dumps({"note": "随机权重的测试模型，输出无意义"}, ensure_ascii=False),
+        encoding="utf-8",
+    )
+    return output_dir
+
+
+def main(argv: list[str] | None = None) -> int:
+    """命令行入口。"""
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("output_dir", type=Path)
+    args = parser.parse_args(argv)
+    path = build_tiny_model(args.output_dir)
+    sys.stdout.write(f"{path}\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

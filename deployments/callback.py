@@ -1,0 +1,34 @@
+"""CallbackSender 部署：每个副本一个 httpx.AsyncClient，带重试地回调 backend B。"""
+
+from __future__ import annotations
+
+from loguru import logger
+from ray import serve
+
+from serve_app.core.logging import configure_logging
+from serve_app.core.settings import Settings
+from serve_app.delivery.client import CallbackClient
+from serve_app.models.reports import CallbackPayload, DeliveryOutcome
+
+
+@serve.deployment(
+    name="CallbackSender",
+    ray_actor_options={"num_cpus": 0.1},
+    # 一次投递可能在重试中等待较久，并发上限按“在途回调”估算
+    max_ongoing_requests=256,
+)
+class CallbackSender:
+    """投递回调；客户端在 __init__ 创建、在副本关闭时释放。"""
+
+    def __init__(self, settings: Settings) -> None:
+        configure_logging(settings.log_level, settings.log_json_path)
+        self._client = CallbackClient(settings.callback)
+
+    async def send(self, url: str, payload: CallbackPayload) -> DeliveryOutcome:
+        """投递一个作业的终态回调。"""
+        with logger.contextualize(trace_id=payload.trace_id):
+            logger.info("开始回调：status={}", payload.status)
+            return await self._client.deliver(url, payload)
+
+    async def __del__(self) -> None:
+        await self._client.aclose()

@@ -1,0 +1,42 @@
+"""TemplateRenderer 部署：加载 templates.yaml，沙箱渲染提示词。"""
+
+from __future__ import annotations
+
+from loguru import logger
+from pydantic import JsonValue
+from ray import serve
+
+from serve_app.core.logging import configure_logging
+from serve_app.core.settings import Settings
+from serve_app.models.reports import ReportLength
+from serve_app.models.templates import RenderedPrompt
+from serve_app.prompting.catalog import TemplateCatalog
+from serve_app.prompting.renderer import PromptRenderer
+
+
+@serve.deployment(name="TemplateRenderer", ray_actor_options={"num_cpus": 0.1})
+class TemplateRenderer:
+    """副本启动时加载并试渲染全部模板；模板坏了部署即失败。"""
+
+    def __init__(self, settings: Settings) -> None:
+        configure_logging(settings.log_level, settings.log_json_path)
+        catalog = TemplateCatalog.from_file(settings.resolved_templates_path)
+        self._renderer = PromptRenderer(catalog)
+        self._renderer.warm_up()
+        logger.info("模板已加载：{}", catalog.names)
+
+    async def render(
+        self,
+        trace_id: str,
+        report_type: str,
+        inputs: dict[str, JsonValue],
+        length: ReportLength,
+    ) -> RenderedPrompt:
+        """渲染一个作业的提示词。"""
+        with logger.contextualize(trace_id=trace_id):
+            prompt = self._renderer.render(report_type, inputs, length)
+            logger.info("提示词已渲染：{} 字符，max_tokens={}", len(prompt.user), prompt.max_tokens)
+            return prompt
+
+    async def check_health(self) -> None:
+        """渲染器是纯内存对象，能响应即健康。"""

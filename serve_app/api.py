@@ -1,0 +1,26 @@
+"""FastAPI 应用工厂：组装路由、中间件与错误处理。不依赖 Ray，便于单元测试。"""
+
+from __future__ import annotations
+
+from fastapi import FastAPI
+
+from serve_app.core.http_errors import install_error_handlers
+from serve_app.core.middleware import BodySizeLimitMiddleware
+from serve_app.core.services import IngressServices
+from serve_app.routers import health, report_types, reports
+
+
+def create_app(services: IngressServices) -> FastAPI:
+    """用给定的单例集合构造 HTTP 应用。"""
+    app = FastAPI(
+        title="报告生成引擎",
+        version="1.0.0",
+        description="提交报告请求（202 + trace_id），报告完成后回调 callback_url。",
+    )
+    app.state.services = services
+    app.include_router(reports.router)
+    app.include_router(report_types.router)
+    app.include_router(health.router)
+    install_error_handlers(app)
+    app.add_middleware(BodySizeLimitMiddleware, max_body_bytes=services.settings.max_body_bytes)
+    return app

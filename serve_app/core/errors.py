@@ -1,0 +1,82 @@
+"""统一的错误层级；`error_info()` 是错误到对外错误码的唯一映射处。
+
+    ReportError                 所有业务错误的基类，带 `code`
+    ├── RequestError            请求不合法（HTTP 422）
+    ├── RenderError             模板渲染失败
+    ├── LLMError                引擎返回错误或不可用
+    │   └── LLMTimeout          生成超时
+    └── CallbackError           回调重试用尽仍失败
+
+异常会跨 Ray 进程传递，因此都只携带可 pickle 的字符串参数。
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class ErrorCode(StrEnum):
+    """回调 `error.code` 与 HTTP 错误体里的错误码。"""
+
+    INVALID_REQUEST = "invalid_request"
+    PAYLOAD_TOO_LARGE = "payload_too_large"
+    RENDER_ERROR = "render_error"
+    LLM_ERROR = "llm_error"
+    LLM_TIMEOUT = "llm_timeout"
+    CALLBACK_ERROR = "callback_error"
+    INTERNAL_ERROR = "internal_error"
+
+
+class ReportError(Exception):
+    """业务错误基类。"""
+
+    code: ErrorCode = ErrorCode.INTERNAL_ERROR
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class RequestError(ReportError):
+    """请求不合法：类型未知、输入缺失或多余等。"""
+
+    code = ErrorCode.INVALID_REQUEST
+
+
+class RenderError(ReportError):
+    """模板渲染失败。"""
+
+    code = ErrorCode.RENDER_ERROR
+
+
+class LLMError(ReportError):
+    """LLM 阶段出错（引擎报错、不可用、返回空）。"""
+
+    code = ErrorCode.LLM_ERROR
+
+
+class LLMTimeout(LLMError):
+    """生成超过时限。"""
+
+    code = ErrorCode.LLM_TIMEOUT
+
+
+class CallbackError(ReportError):
+    """回调在重试用尽后仍未送达。"""
+
+    code = ErrorCode.CALLBACK_ERROR
+
+
+# 内部错误对外只给这句话，细节只进日志
+INTERNAL_ERROR_MESSAGE = "内部错误，请凭 trace_id 联系运维排查"
+
+
+def error_info(exc: BaseException) -> tuple[ErrorCode, str]:
+    """把异常映射成 (错误码, 对外消息)；非业务异常一律隐藏细节。"""
+    # 跨 Ray 进程抛出的异常被包装过（RayTaskError），原异常在 `cause` 上
+    cause = getattr(exc, "cause", None)
+    if isinstance(cause, BaseException) and cause is not exc:
+        exc = cause
+    if isinstance(exc, ReportError):
+        return exc.code, exc.message
+    return ErrorCode.INTERNAL_ERROR, INTERNAL_ERROR_MESSAGE

@@ -1,0 +1,60 @@
+"""日志：每个进程调用一次 `configure_logging()`（幂等），所有行都带 trace_id。"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+from types import FrameType
+
+from loguru import logger
+
+# 没有作业上下文时 trace_id 的占位值
+NO_TRACE = "-"
+
+_FORMAT = (
+    "<green>{time:YYYY-MM-DD HH:mm:ss.SSS}</green> | <level>{level: <8}</level> | "
+    "trace_id={extra[trace_id]} | {name}:{function}:{line} - <level>{message}</level>"
+)
+
+_configured: tuple[str, str | None] | None = None
+
+
+class InterceptHandler(logging.Handler):
+    """把标准库 logging（Ray、uvicorn 等）转发进 loguru，统一格式。"""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            level: str | int = logger.level(record.levelname).name
+        except ValueError:
+            level = record.levelno
+        frame: FrameType | None = logging.currentframe()
+        depth = 2
+        while frame is not None and frame.f_code.co_filename == logging.__file__:
+            frame = frame.f_back
+            depth += 1
+        # Ray Serve 的日志记录带 request_id，可作为无作业上下文时的线索
+        trace_id = getattr(record, "request_id", None) or NO_TRACE
+        logger.bind(trace_id=trace_id).opt(depth=depth, exception=record.exc_info).log(
+            level, record.getMessage()
+        )
+
+
+def configure_logging(level: str = "INFO", json_path: Path | None = None) -> None:
+    """配置 loguru 与标准库日志拦截；同一参数重复调用不做任何事。"""
+    global _configured
+    key = (level, str(json_path) if json_path else None)
+    if _configured == key:
+        return
+    logger.remove()
+    logger.configure(extra={"trace_id": NO_TRACE})
+    logger.add(sys.stderr, level=level, format=_FORMAT, backtrace=False, diagnose=False)
+    if json_path is not None:
+        json_path.parent.mkdir(parents=True, exist_ok=True)
+        # 多个副本进程追加同一文件：每行一条 JSON，单行写入是原子的
+        logger.add(str(json_path), level=level, serialize=True, enqueue=False)
+    for name in ("uvicorn", "uvicorn.error", "fastapi", "httpx", "openai"):
+        std = logging.getLogger(name)
+        std.handlers = [InterceptHandler()]
+        std.propagate = False
+    _configured = key

@@ -1,0 +1,30 @@
+"""入口副本持有的单例集合，路由经依赖注入取用。"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from fastapi import Request
+
+from serve_app.core.settings import Settings
+from serve_app.llm.port import LLMClient
+from serve_app.prompting.catalog import TemplateCatalog
+from serve_app.services.pipeline import ReportPipeline
+from serve_app.services.submission import ReportSubmissions
+
+
+@dataclass(frozen=True)
+class IngressServices:
+    """入口副本的全部依赖：在副本 __init__ 中创建一次。"""
+
+    settings: Settings
+    catalog: TemplateCatalog
+    submissions: ReportSubmissions
+    pipeline: ReportPipeline
+    llm: LLMClient
+
+
+def get_services(request: Request) -> IngressServices:
+    """FastAPI 依赖：取当前应用的单例集合。"""
+    services: IngressServices = request.app.state.services
+    return services

@@ -1,0 +1,153 @@
+"""统一的类型化配置：在应用构建器里解析一次，经 `.bind()` 传给各部署。"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import (
+    AliasChoices,
+    AnyHttpUrl,
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    model_validator,
+)
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+# 仓库根目录：相对路径（模板文件等）据此解析，与进程当前目录无关
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+
+
+class LLMMode(StrEnum):
+    """LLM 阶段的运行方式。"""
+
+    SERVE_LLM = "serve_llm"  # 集群内 Ray Serve LLM（LLMServer / vLLM）
+    EXTERNAL = "external"  # 外部 OpenAI 兼容服务（如独立的 vllm-service）
+
+
+class _Strict(BaseModel):
+    """拒绝未知字段：配置写错时部署即失败，而不是请求时才出错。"""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class EngineSettings(_Strict):
+    """集群内 vLLM 引擎（LLMServer）的配置。"""
+
+    model_id: str = Field(
+        "report-llm",
+        description="对外的模型名；LLMServer 部署名为 `LLMServer:<model_id>`",
+        pattern=r"^[A-Za-z0-9_.\-]+$",
+    )
+    model_source: str = Field(
+        "", description="HF 模型名或本地目录；为空时无法部署（make run 会自动生成小模型）"
+    )
+    accelerator: Literal["gpu", "cpu"] = "gpu"
+    engine_kwargs: dict[str, Any] = Field(
+        default_factory=dict, description="透传给 vLLM 引擎的参数"
+    )
+    env_vars: dict[str, str] = Field(
+        default_factory=dict, description="LLM 副本进程的环境变量（如 VLLM_CPU_KVCACHE_SPACE）"
+    )
+    placement_group_config: dict[str, Any] | None = Field(
+        None, description="引擎 worker 的资源 bundle；为空用 Ray Serve LLM 默认值"
+    )
+    replica_num_cpus: float = Field(
+        1.0, ge=0, description="LLMServer 副本进程本身占用的 CPU（不含引擎 worker）"
+    )
+
+
+class ExternalLLMSettings(_Strict):
+    """外部 OpenAI 兼容服务的配置。"""
+
+    base_url: AnyHttpUrl = AnyHttpUrl("http://vllm-service:8000/v1")
+    model: str = Field("", description="服务端的模型名；为空时取 /models 的第一个")
+    api_key: SecretStr = SecretStr("EMPTY")
+
+
+class LLMCallPolicy(_Strict):
+    """调用 LLM 的超时与重试。"""
+
+    timeout_s: float = Field(300.0, gt=0, description="单次生成的超时（秒）")
+    max_attempts: int = Field(3, ge=1, le=10, description="瞬时错误的最多尝试次数")
+    initial_backoff_s: float = Field(0.5, ge=0)
+    max_backoff_s: float = Field(10.0, ge=0)
+    ready_timeout_s: float = Field(5.0, gt=0, description="/readyz 探测引擎的超时")
+
+
+class CallbackPolicy(_Strict):
+    """回调 backend B 的超时与重试策略（tenacity 据此构造）。"""
+
+    connect_timeout_s: float = Field(5.0, gt=0)
+    read_timeout_s: float = Field(30.0, gt=0)
+    max_attempts: int = Field(6, ge=1, le=50)
+    initial_backoff_s: float = Field(1.0, ge=0)
+    max_backoff_s: float = Field(60.0, ge=0)
+    jitter_s: float = Field(1.0, ge=0, description="每次等待额外加的随机抖动上限")
+    honour_retry_after: bool = True
+    max_retry_after_s: float = Field(300.0, ge=0, description="Retry-After 的上限")
+
+    @model_validator(mode="after")
+    def _check_backoff(self) -> CallbackPolicy:
+        if self.max_backoff_s < self.initial_backoff_s:
+            raise ValueError("max_backoff_s 不能小于 initial_backoff_s")
+        return self
+
+
+class Settings(BaseSettings):
+    """整个应用的配置。
+
+    来源优先级：serve_config.yaml 的 `args` > 环境变量（前缀 `REPORTS_`，
+    嵌套用 `__`）> `.env` > 默认值。
+    """
+
+    model_config = SettingsConfigDict(
+        env_prefix="REPORTS_",
+        env_nested_delimiter="__",
+        env_file=".env",
+        extra="forbid",
+        frozen=True,
+    )
+
+    llm_mode: LLMMode = LLMMode.SERVE_LLM
+    engine: EngineSettings = EngineSettings()
+    external: ExternalLLMSettings = ExternalLLMSettings()
+    vllm_api_url: AnyHttpUrl | None = Field(
+        None,
+        validation_alias=AliasChoices("VLLM_API_URL", "vllm_api_url"),
+        description="外部模式的 base URL 简写；设置后覆盖 external.base_url",
+    )
+    llm: LLMCallPolicy = LLMCallPolicy()
+    callback: CallbackPolicy = CallbackPolicy()
+    templates_path: Path = Path("prompts/templates.yaml")
+    default_callback_url: AnyHttpUrl | None = Field(
+        None, description="请求未带 callback_url 时使用"
+    )
+    max_body_bytes: int = Field(64 * 1024, ge=1024, description="请求体上限（字节）")
+    log_level: Literal["TRACE", "DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_json_path: Path | None = Field(
+        None, description="另外写一份 JSON 行日志（便于采集与测试检查）"
+    )
+
+    @model_validator(mode="after")
+    def _check_mode(self) -> Settings:
+        if self.llm_mode is LLMMode.SERVE_LLM and not self.engine.model_source:
+            raise ValueError(
+                "llm_mode=serve_llm 需要 engine.model_source"
+                "（环境变量 REPORTS_ENGINE__MODEL_SOURCE）"
+            )
+        return self
+
+    @property
+    def external_base_url(self) -> str:
+        """外部模式实际使用的 base URL。"""
+        return str(self.vllm_api_url or self.external.base_url)
+
+    @property
+    def resolved_templates_path(self) -> Path:
+        """模板文件的绝对路径（相对路径按仓库根目录解析）。"""
+        path = self.templates_path
+        return path if path.is_absolute() else PROJECT_ROOT / path

@@ -1,0 +1,81 @@
+"""回调 HTTP 客户端：每个副本一个 httpx.AsyncClient，按策略重试投递。"""
+
+from __future__ import annotations
+
+import httpx
+from loguru import logger
+
+from serve_app.core.settings import CallbackPolicy
+from serve_app.delivery.retry_policy import (
+    CallbackRetrying,
+    PermanentStatus,
+    RetryableStatus,
+    is_retryable_status,
+    parse_retry_after,
+)
+from serve_app.models.reports import CallbackPayload, DeliveryOutcome
+
+USER_AGENT = "report-engine/0.1"
+
+
+class CallbackClient:
+    """把回调载荷 POST 给 backend B。"""
+
+    def __init__(
+        self, policy: CallbackPolicy, transport: httpx.AsyncBaseTransport | None = None
+    ) -> None:
+        self._retrying = CallbackRetrying(policy)
+        self._client = httpx.AsyncClient(
+            timeout=httpx.Timeout(
+                connect=policy.connect_timeout_s,
+                read=policy.read_timeout_s,
+                write=policy.read_timeout_s,
+                pool=policy.connect_timeout_s,
+            ),
+            # 3xx 视为失败，绝不跟随重定向
+            follow_redirects=False,
+            transport=transport,
+            headers={"User-Agent": USER_AGENT},
+        )
+
+    async def deliver(self, url: str, payload: CallbackPayload) -> DeliveryOutcome:
+        """投递一次回调（含重试）；不抛异常，结果在 DeliveryOutcome 里。"""
+        body = payload.model_dump_json().encode()
+        headers = {"Content-Type": "application/json", "X-Trace-Id": payload.trace_id}
+        attempts = 0
+        try:
+            async for attempt in self._retrying.retrying():
+                with attempt:
+                    attempts = attempt.retry_state.attempt_number
+                    status = await self._post_once(url, body, headers)
+                    logger.info("回调已送达：HTTP {}，第 {} 次尝试", status, attempts)
+                    return DeliveryOutcome(delivered=True, attempts=attempts, status_code=status)
+        except (RetryableStatus, PermanentStatus) as exc:
+            return self._failed(attempts, exc.status_code, str(exc))
+        except httpx.TransportError as exc:
+            return self._failed(attempts, None, f"{type(exc).__name__}: {exc}")
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _post_once(self, url: str, body: bytes, headers: dict[str, str]) -> int:
+        async with self._client.stream("POST", url, content=body, headers=headers) as resp:
+            # 不读响应体：状态码就是全部信息；离开 with 即关闭响应、归还连接
+            status = resp.status_code
+            retry_after = parse_retry_after(resp.headers.get("Retry-After"))
+        if 200 <= status < 300:
+            return status
+        if is_retryable_status(status):
+            raise RetryableStatus(status, retry_after)
+        raise PermanentStatus(status)
+
+    @staticmethod
+    def _failed(attempts: int, status_code: int | None, error: str) -> DeliveryOutcome:
+        logger.error(
+            "回调最终未送达：尝试 {} 次，最后状态 {}，原因 {}", attempts, status_code, error
+        )
+        return DeliveryOutcome(
+            delivered=False, attempts=attempts, status_code=status_code, error=error
+        )
+
+    async def aclose(self) -> None:
+        """关闭连接池。"""
+        await self._client.aclose()

@@ -1,0 +1,74 @@
+"""LLM 阶段的接口与共用的超时/重试逻辑。"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Protocol
+
+from loguru import logger
+from tenacity import (
+    AsyncRetrying,
+    RetryCallState,
+    retry_if_exception_type,
+    stop_after_attempt,
+    wait_exponential,
+    wait_random,
+)
+
+from serve_app.core.errors import LLMError, LLMTimeout
+from serve_app.core.settings import LLMCallPolicy
+from serve_app.models.reports import Completion
+from serve_app.models.templates import RenderedPrompt
+
+
+class TransientLLMError(LLMError):
+    """可重试的瞬时错误：连接失败、副本不可用、背压、5xx。"""
+
+
+class LLMClient(Protocol):
+    """生成一份报告正文。实现：集群内 LLMServer、外部 OpenAI 兼容服务、测试用假引擎。"""
+
+    async def generate(self, prompt: RenderedPrompt, *, trace_id: str) -> Completion:
+        """生成；失败抛 LLMError / LLMTimeout。"""
+        ...
+
+    async def ready(self) -> bool:
+        """引擎此刻能否接活（供 /readyz）。"""
+        ...
+
+    async def aclose(self) -> None:
+        """释放连接等资源。"""
+        ...
+
+
+def _log_retry(state: RetryCallState) -> None:
+    exc = state.outcome.exception() if state.outcome else None
+    logger.warning(
+        "LLM 调用第 {} 次失败，{:.2f}s 后重试：{!r}",
+        state.attempt_number,
+        state.next_action.sleep if state.next_action else 0.0,
+        exc,
+    )
+
+
+async def call_with_policy(
+    policy: LLMCallPolicy, attempt: Callable[[], Awaitable[Completion]]
+) -> Completion:
+    """按策略执行一次生成：每次尝试有超时，瞬时错误指数退避重试；超时不重试。"""
+    retrying = AsyncRetrying(
+        stop=stop_after_attempt(policy.max_attempts),
+        wait=wait_exponential(multiplier=policy.initial_backoff_s, max=policy.max_backoff_s)
+        + wait_random(0, policy.initial_backoff_s),
+        retry=retry_if_exception_type(TransientLLMError),
+        before_sleep=_log_retry,
+        reraise=True,
+    )
+    async for try_ in retrying:
+        with try_:
+            try:
+                async with asyncio.timeout(policy.timeout_s):
+                    return await attempt()
+            except TimeoutError as exc:
+                raise LLMTimeout(f"生成超过 {policy.timeout_s:g} 秒未完成") from exc
+    raise AssertionError("unreachable")  # pragma: no cover

@@ -1,0 +1,111 @@
+"""集群内实现：经 DeploymentHandle 调用 Ray Serve LLM 的 LLMServer（vLLM）。"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from loguru import logger
+from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
+from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
+from ray.serve.handle import DeploymentHandle, DeploymentResponseGenerator
+
+from serve_app.core.errors import LLMError
+from serve_app.core.settings import LLMCallPolicy
+from serve_app.llm.port import TransientLLMError, call_with_policy
+from serve_app.models.reports import Completion, Usage
+from serve_app.models.templates import RenderedPrompt
+
+# 这些异常表示副本暂时不可用，换个副本或稍后重试可能成功
+_TRANSIENT_HANDLE_ERRORS = (
+    ActorDiedError,
+    ActorUnavailableError,
+    RayActorError,
+    BackPressureError,
+    DeploymentUnavailableError,
+)
+
+
+class ServeLLMClient:
+    """调用 LLMServer.chat；chat 是异步生成器，非流式请求只产出一个结果。"""
+
+    def __init__(self, handle: DeploymentHandle[Any], model_id: str, policy: LLMCallPolicy) -> None:
+        # vLLM 的协议模型较重，只在集群内模式导入
+        from ray.serve.llm.openai_api_models import (
+            ChatCompletionRequest,
+            ChatCompletionResponse,
+            ErrorResponse,
+        )
+
+        self._request_cls = ChatCompletionRequest
+        self._response_cls = ChatCompletionResponse
+        self._error_cls = ErrorResponse
+        self._handle = handle
+        self._stream_handle = handle.options(stream=True)
+        self._model_id = model_id
+        self._policy = policy
+
+    async def generate(self, prompt: RenderedPrompt, *, trace_id: str) -> Completion:
+        """生成一份报告。"""
+        return await call_with_policy(self._policy, lambda: self._attempt(prompt, trace_id))
+
+    async def _attempt(self, prompt: RenderedPrompt, trace_id: str) -> Completion:
+        request = self._request_cls(
+            model=self._model_id,
+            messages=[
+                {"role": "system", "content": prompt.system},
+                {"role": "user", "content": prompt.user},
+            ],
+            max_tokens=prompt.max_tokens,
+            temperature=prompt.temperature,
+            top_p=prompt.top_p,
+            stream=False,
+            request_id=trace_id,
+        )
+        logger.info("提交 LLMServer 生成：max_tokens={}", prompt.max_tokens)
+        stream = self._stream_handle.chat.remote(request)
+        assert isinstance(stream, DeploymentResponseGenerator)
+        try:
+            async for item in stream:
+                return self._to_completion(item)
+        except _TRANSIENT_HANDLE_ERRORS as exc:
+            raise TransientLLMError(f"LLM 副本暂不可用：{type(exc).__name__}") from exc
+        except asyncio.CancelledError:
+            # 超时或作业取消：让 Serve 把取消传到副本，vLLM 随之中止生成
+            stream.cancel()  # type: ignore[no-untyped-call]
+            raise
+        raise LLMError("LLMServer 没有返回任何结果")
+
+    def _to_completion(self, item: Any) -> Completion:
+        if isinstance(item, self._error_cls):
+            error = item.error
+            message = f"引擎错误 {error.code}: {error.message}"
+            if int(error.code or 500) >= 500:
+                raise TransientLLMError(message)
+            raise LLMError(message)
+        if not isinstance(item, self._response_cls):
+            raise LLMError(f"LLMServer 返回了意外的类型 {type(item).__name__}")
+        choice = item.choices[0]
+        usage = item.usage
+        return Completion(
+            content=choice.message.content or "",
+            model=item.model,
+            finish_reason=choice.finish_reason,
+            usage=Usage(
+                prompt_tokens=usage.prompt_tokens if usage else 0,
+                completion_tokens=(usage.completion_tokens or 0) if usage else 0,
+            ),
+        )
+
+    async def ready(self) -> bool:
+        """LLMServer 的健康检查在时限内通过即就绪。"""
+        try:
+            async with asyncio.timeout(self._policy.ready_timeout_s):
+                await self._handle.check_health.remote()
+        except Exception as exc:  # noqa: BLE001 - 任何失败都只意味着“未就绪”
+            logger.warning("LLMServer 未就绪：{!r}", exc)
+            return False
+        return True
+
+    async def aclose(self) -> None:
+        """句柄由 Serve 管理，无需释放。"""

@@ -1,0 +1,139 @@
+"""报告请求、受理响应、作业与回调载荷。字段与 DESIGN.md 的 v1 契约一致。"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Literal
+
+from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field, JsonValue, model_validator
+
+from serve_app.core.errors import ErrorCode
+
+ReportLength = Literal["short", "medium", "long"]
+
+# 输入与元数据的数量上限（请求体大小另由中间件限制）
+MAX_INPUTS = 32
+MAX_METADATA_KEYS = 32
+
+
+class ReportRequest(BaseModel):
+    """`POST /v1/reports` 的请求体。"""
+
+    model_config = ConfigDict(extra="forbid")
+
+    report_type: str = Field(min_length=1, max_length=64, description="报告类型名")
+    inputs: dict[str, JsonValue] = Field(
+        default_factory=dict, max_length=MAX_INPUTS, description="模板所需的输入"
+    )
+    length: ReportLength | None = Field(None, description="篇幅；缺省用模板默认值")
+    callback_url: AnyHttpUrl | None = Field(None, description="回调地址；缺省用服务配置的默认地址")
+    metadata: dict[str, JsonValue] | None = Field(
+        None, max_length=MAX_METADATA_KEYS, description="原样回传的调用方数据"
+    )
+
+
+class ReportAccepted(BaseModel):
+    """`202` 响应体。"""
+
+    trace_id: str
+    status: Literal["accepted"] = "accepted"
+
+
+class ReportJob(BaseModel):
+    """已受理的作业：跨部署传递的全部信息（可 pickle）。"""
+
+    model_config = ConfigDict(frozen=True)
+
+    trace_id: str
+    report_type: str
+    inputs: dict[str, JsonValue]
+    length: ReportLength
+    callback_url: str
+    metadata: dict[str, JsonValue] | None = None
+    created_at: datetime
+
+
+class Usage(BaseModel):
+    """token 用量。"""
+
+    prompt_tokens: int = Field(ge=0)
+    completion_tokens: int = Field(ge=0)
+
+
+class Completion(BaseModel):
+    """LLM 阶段的结果，也是回调里的 `report`。"""
+
+    content: str
+    model: str
+    finish_reason: str | None
+    usage: Usage
+
+
+class ErrorBody(BaseModel):
+    """回调与 HTTP 错误体中的 `error`。"""
+
+    code: ErrorCode
+    message: str
+
+
+class CallbackPayload(BaseModel):
+    """回调给 backend B 的请求体。"""
+
+    trace_id: str
+    status: Literal["succeeded", "failed"]
+    report_type: str
+    report: Completion | None
+    error: ErrorBody | None
+    metadata: dict[str, JsonValue] | None
+    created_at: datetime
+    completed_at: datetime
+
+    @model_validator(mode="after")
+    def _check_outcome(self) -> CallbackPayload:
+        if self.status == "succeeded" and (self.report is None or self.error is not None):
+            raise ValueError("succeeded 必须带 report 且不带 error")
+        if self.status == "failed" and (self.error is None or self.report is not None):
+            raise ValueError("failed 必须带 error 且不带 report")
+        return self
+
+    @classmethod
+    def succeeded(cls, job: ReportJob, report: Completion) -> CallbackPayload:
+        """成功回调。"""
+        return cls(
+            trace_id=job.trace_id,
+            status="succeeded",
+            report_type=job.report_type,
+            report=report,
+            error=None,
+            metadata=job.metadata,
+            created_at=job.created_at,
+            completed_at=utc_now(),
+        )
+
+    @classmethod
+    def failed(cls, job: ReportJob, code: ErrorCode, message: str) -> CallbackPayload:
+        """失败回调。"""
+        return cls(
+            trace_id=job.trace_id,
+            status="failed",
+            report_type=job.report_type,
+            report=None,
+            error=ErrorBody(code=code, message=message),
+            metadata=job.metadata,
+            created_at=job.created_at,
+            completed_at=utc_now(),
+        )
+
+
+class DeliveryOutcome(BaseModel):
+    """一次回调投递（含重试）的结果；持久化重投（后续 issue）从这里接入。"""
+
+    delivered: bool
+    attempts: int
+    status_code: int | None = None
+    error: str | None = None
+
+
+def utc_now() -> datetime:
+    """当前 UTC 时间（带时区）。"""
+    return datetime.now(UTC)

@@ -1,0 +1,26 @@
+"""`GET /healthz`（进程存活）与 `GET /readyz`（LLM 阶段可接活）。"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Depends
+from fastapi.responses import JSONResponse
+
+from serve_app.core.services import IngressServices, get_services
+
+router = APIRouter(tags=["health"])
+
+
+@router.get("/healthz")
+async def healthz() -> dict[str, str]:
+    """进程存活即 200。"""
+    return {"status": "ok"}
+
+
+@router.get("/readyz", responses={503: {"description": "LLM 阶段尚不能接活"}})
+async def readyz(services: Annotated[IngressServices, Depends(get_services)]) -> JSONResponse:
+    """LLM 阶段能接活才 200。"""
+    if await services.llm.ready():
+        return JSONResponse({"status": "ready"})
+    return JSONResponse({"status": "not_ready"}, status_code=503)

@@ -1,0 +1,92 @@
+"""流水线各阶段的小接口，以及基于 DeploymentHandle 的实现。"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+from loguru import logger
+from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
+from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
+from ray.serve.handle import DeploymentHandle
+from tenacity import (
+    AsyncRetrying,
+    RetryCallState,
+    retry_if_exception_type,
+    stop_after_attempt,
+    wait_exponential,
+)
+
+from serve_app.models.reports import CallbackPayload, DeliveryOutcome, ReportJob
+from serve_app.models.templates import RenderedPrompt
+
+# 副本死亡、不可用或背压：换副本 / 稍后重试
+_HANDLE_TRANSIENT = (
+    ActorDiedError,
+    ActorUnavailableError,
+    RayActorError,
+    BackPressureError,
+    DeploymentUnavailableError,
+)
+
+
+class RenderStage(Protocol):
+    """把作业渲染成提示词。"""
+
+    async def render(self, job: ReportJob) -> RenderedPrompt:
+        """渲染。"""
+        ...
+
+
+class DeliveryStage(Protocol):
+    """投递终态回调。"""
+
+    async def send(self, job: ReportJob, payload: CallbackPayload) -> DeliveryOutcome:
+        """投递。"""
+        ...
+
+
+def _log_handle_retry(state: RetryCallState) -> None:
+    exc = state.outcome.exception() if state.outcome else None
+    logger.warning("调用部署失败（第 {} 次）：{!r}，稍后重试", state.attempt_number, exc)
+
+
+def _handle_retrying() -> AsyncRetrying:
+    return AsyncRetrying(
+        stop=stop_after_attempt(5),
+        wait=wait_exponential(multiplier=0.5, max=8),
+        retry=retry_if_exception_type(_HANDLE_TRANSIENT),
+        before_sleep=_log_handle_retry,
+        reraise=True,
+    )
+
+
+class HandleRenderStage:
+    """经句柄调用 TemplateRenderer。"""
+
+    def __init__(self, handle: DeploymentHandle[Any]) -> None:
+        self._handle = handle
+
+    async def render(self, job: ReportJob) -> RenderedPrompt:
+        """渲染（副本暂时不可用时重试）。"""
+        async for attempt in _handle_retrying():
+            with attempt:
+                result: RenderedPrompt = await self._handle.render.remote(
+                    job.trace_id, job.report_type, job.inputs, job.length
+                )
+                return result
+        raise AssertionError("unreachable")  # pragma: no cover
+
+
+class HandleDeliveryStage:
+    """经句柄调用 CallbackSender。"""
+
+    def __init__(self, handle: DeploymentHandle[Any]) -> None:
+        self._handle = handle
+
+    async def send(self, job: ReportJob, payload: CallbackPayload) -> DeliveryOutcome:
+        """投递（副本暂时不可用时重试）。"""
+        async for attempt in _handle_retrying():
+            with attempt:
+                result: DeliveryOutcome = await self._handle.send.remote(job.callback_url, payload)
+                return result
+        raise AssertionError("unreachable")  # pragma: no cover

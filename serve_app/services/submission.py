@@ -1,0 +1,37 @@
+"""受理请求：按模板目录校验，补全默认值，生成作业。"""
+
+from __future__ import annotations
+
+from serve_app.core.errors import RequestError
+from serve_app.core.settings import Settings
+from serve_app.models.reports import ReportJob, ReportRequest, utc_now
+from serve_app.prompting.catalog import TemplateCatalog
+
+
+class ReportSubmissions:
+    """把合法请求变成作业；不合法抛 RequestError（HTTP 422）。"""
+
+    def __init__(self, catalog: TemplateCatalog, settings: Settings) -> None:
+        self._catalog = catalog
+        self._default_callback = (
+            str(settings.default_callback_url) if settings.default_callback_url else None
+        )
+
+    def accept(self, request: ReportRequest, trace_id: str) -> ReportJob:
+        """校验并生成作业。"""
+        _, length = self._catalog.validate_request(
+            request.report_type, request.inputs, request.length
+        )
+        callback_url = str(request.callback_url) if request.callback_url else None
+        callback_url = callback_url or self._default_callback
+        if callback_url is None:
+            raise RequestError("缺少 callback_url：请求里给出回调地址，或请运维配置默认回调地址")
+        return ReportJob(
+            trace_id=trace_id,
+            report_type=request.report_type,
+            inputs=request.inputs,
+            length=length,
+            callback_url=callback_url,
+            metadata=request.metadata,
+            created_at=utc_now(),
+        )
