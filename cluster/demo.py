@@ -29,7 +29,7 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         request = {
             "report_type": args.report_type,
-            "inputs": _sample_inputs(args.report_type),
+            "inputs": types[args.report_type]["example_inputs"],
             "length": "short",
             "callback_url": receiver.url,
             "metadata": {"source": "make demo"},
@@ -43,31 +43,6 @@ def main(argv: list[str] | None = None) -> int:
         callback = receiver.wait_for(1, args.timeout)[0]
         out.write("收到回调：\n" + json.dumps(callback.body, ensure_ascii=False, indent=2) + "\n")
     return 0
-
-
-def _sample_inputs(report_type: str) -> dict[str, str]:
-    samples = {
-        "sales_weekly": {
-            "period": "2026-11-16 至 2026-11-22",
-            "region": "华东区",
-            "sales_data": "销售额 320 万元，环比 +8%；新签客户 14 家；回款率 92%。",
-        },
-        "customer_feedback": {
-            "product": "企业网盘",
-            "feedback": "上传大文件经常失败。\n客服响应很快。\n希望支持离线同步。",
-        },
-        "incident_postmortem": {
-            "title": "订单服务不可用 20 分钟",
-            "timeline": "10:02 告警\n10:05 定位连接池耗尽\n10:22 扩容恢复",
-            "impact": "约 3% 下单请求失败",
-        },
-        "project_weekly": {
-            "project": "报告引擎",
-            "week": "第 47 周",
-            "progress": "完成接口联调；回调重试上线。",
-        },
-    }
-    return samples.get(report_type, {})
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from loguru import logger
 from ray import serve
+from ray.serve.deployment import Deployment
 
 from serve_app.core.logging import configure_logging
 from serve_app.core.settings import Settings
@@ -11,12 +12,6 @@ from serve_app.delivery.client import CallbackClient
 from serve_app.models.reports import CallbackPayload, DeliveryOutcome
 
 
-@serve.deployment(
-    name="CallbackSender",
-    ray_actor_options={"num_cpus": 0.1},
-    # 一次投递可能在重试中等待较久，并发上限按“在途回调”估算
-    max_ongoing_requests=256,
-)
 class CallbackSender:
     """投递回调；客户端在 __init__ 创建、在副本关闭时释放。"""
 
@@ -32,3 +27,12 @@ class CallbackSender:
 
     async def __del__(self) -> None:
         await self._client.aclose()
+
+
+# 部署对象与类分开命名：类可按“模块.类名”引用序列化，不会把 loguru 等全局对象按值打包
+callback_sender_deployment: Deployment = serve.deployment(
+    name="CallbackSender",
+    ray_actor_options={"num_cpus": 0.1},
+    # 一次投递可能在重试中等待较久，并发上限按“在途回调”估算
+    max_ongoing_requests=256,
+)(CallbackSender)

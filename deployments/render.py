@@ -5,6 +5,7 @@ from __future__ import annotations
 from loguru import logger
 from pydantic import JsonValue
 from ray import serve
+from ray.serve.deployment import Deployment
 
 from serve_app.core.logging import configure_logging
 from serve_app.core.settings import Settings
@@ -14,7 +15,6 @@ from serve_app.prompting.catalog import TemplateCatalog
 from serve_app.prompting.renderer import PromptRenderer
 
 
-@serve.deployment(name="TemplateRenderer", ray_actor_options={"num_cpus": 0.1})
 class TemplateRenderer:
     """副本启动时加载并试渲染全部模板；模板坏了部署即失败。"""
 
@@ -40,3 +40,9 @@ class TemplateRenderer:
 
     async def check_health(self) -> None:
         """渲染器是纯内存对象，能响应即健康。"""
+
+
+# 部署对象与类分开命名：类按引用序列化（见 deployments/callback.py）
+template_renderer_deployment: Deployment = serve.deployment(
+    name="TemplateRenderer", ray_actor_options={"num_cpus": 0.1}
+)(TemplateRenderer)

@@ -4,27 +4,21 @@ from __future__ import annotations
 
 from typing import Any
 
-from ray.serve.deployment import Application, Deployment
+from ray.serve.deployment import Application
 
-from deployments.callback import CallbackSender
+from deployments.callback import callback_sender_deployment
 from deployments.llm import build_llm_server
-from deployments.render import TemplateRenderer
+from deployments.render import template_renderer_deployment
 from serve_app.core.logging import configure_logging
 from serve_app.core.settings import LLMMode, Settings
-from serve_app.ingress import ReportIngress
-
-
-def _deployment(obj: object) -> Deployment:
-    """`@serve.deployment` 修饰后的类是 Deployment（mypy 看不到类装饰器的返回类型）。"""
-    assert isinstance(obj, Deployment)
-    return obj
+from serve_app.ingress import report_ingress_deployment
 
 
 def compose_app(settings: Settings, llm: Application | None) -> Application:
     """把各部署组装成一个应用；`llm` 为 LLMServer（或测试用的同接口部署）。"""
-    renderer = _deployment(TemplateRenderer).bind(settings)
-    callbacks = _deployment(CallbackSender).bind(settings)
-    return _deployment(ReportIngress).bind(settings, renderer, callbacks, llm)
+    renderer = template_renderer_deployment.bind(settings)
+    callbacks = callback_sender_deployment.bind(settings)
+    return report_ingress_deployment.bind(settings, renderer, callbacks, llm)
 
 
 def build_app(args: dict[str, Any]) -> Application:

@@ -7,6 +7,7 @@ from typing import Any
 from fastapi import FastAPI
 from loguru import logger
 from ray import serve
+from ray.serve.deployment import Deployment
 from ray.serve.handle import DeploymentHandle
 
 from serve_app.api import create_app
@@ -36,15 +37,6 @@ def make_llm_client(settings: Settings, llm_handle: DeploymentHandle[Any] | None
     )
 
 
-@serve.deployment(
-    name="ReportIngress",
-    ray_actor_options={"num_cpus": 0.1},
-    # 后台流水线在请求的 ASGI 调用内运行，也算“进行中的请求”：按并发流水线数设置
-    max_ongoing_requests=1000,
-    # 优雅关闭时等待在途流水线的时长
-    graceful_shutdown_timeout_s=120,
-)
-@serve.ingress()
 class ReportIngress:
     """入口副本：资源在 __init__ 创建，在关闭时释放。"""
 
@@ -75,3 +67,14 @@ class ReportIngress:
 
     async def __del__(self) -> None:
         await self._llm.aclose()
+
+
+# 部署对象与类分开命名：类按引用序列化（见 deployments/callback.py）
+report_ingress_deployment: Deployment = serve.deployment(
+    name="ReportIngress",
+    ray_actor_options={"num_cpus": 0.1},
+    # 后台流水线在请求的 ASGI 调用内运行，也算“进行中的请求”：按并发流水线数设置
+    max_ongoing_requests=1000,
+    # 优雅关闭时等待在途流水线的时长
+    graceful_shutdown_timeout_s=120,
+)(serve.ingress()(ReportIngress))

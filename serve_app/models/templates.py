@@ -102,3 +102,4 @@ class ReportTypeInfo(BaseModel):
     lengths: dict[ReportLength, LengthPreset]
     default_length: ReportLength
     temperature: float
+    example_inputs: dict[str, JsonValue] = Field(description="一组可直接提交的示例输入")

@@ -83,6 +83,7 @@ class TemplateCatalog:
                 lengths=t.lengths,
                 default_length=t.default_length,
                 temperature=t.temperature,
+                example_inputs=t.sample_inputs,
             )
             for t in (self._by_name[n] for n in self.names)
         ]

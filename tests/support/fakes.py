@@ -1,0 +1,89 @@
+"""快速测试用的假实现：不启动 Ray，可注入故障。真实引擎由 e2e 层证明。"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+
+from serve_app.core.errors import LLMError
+from serve_app.models.reports import (
+    CallbackPayload,
+    Completion,
+    DeliveryOutcome,
+    ReportJob,
+    Usage,
+)
+from serve_app.models.templates import RenderedPrompt
+from serve_app.prompting.catalog import TemplateCatalog
+from serve_app.prompting.renderer import PromptRenderer
+
+
+@dataclass
+class FakeLLM:
+    """按脚本返回结果或抛错的 LLM 阶段。"""
+
+    is_ready: bool = True
+    error: BaseException | None = None
+    delay_s: float = 0.0
+    content: str = "报告正文"
+    prompts: list[tuple[str, RenderedPrompt]] = field(default_factory=list)
+    closed: bool = False
+
+    async def generate(self, prompt: RenderedPrompt, *, trace_id: str) -> Completion:
+        """记录调用，按脚本返回。"""
+        self.prompts.append((trace_id, prompt))
+        if self.delay_s:
+            await asyncio.sleep(self.delay_s)
+        if self.error is not None:
+            raise self.error
+        return Completion(
+            content=self.content,
+            model="fake",
+            finish_reason="stop",
+            usage=Usage(prompt_tokens=3, completion_tokens=2),
+        )
+
+    async def ready(self) -> bool:
+        """就绪与否由脚本决定。"""
+        return self.is_ready
+
+    async def aclose(self) -> None:
+        """记录已关闭。"""
+        self.closed = True
+
+
+class LocalRenderStage:
+    """进程内渲染（不经 Ray 句柄）。"""
+
+    def __init__(self, catalog: TemplateCatalog, error: BaseException | None = None) -> None:
+        self._renderer = PromptRenderer(catalog)
+        self.error = error
+
+    async def render(self, job: ReportJob) -> RenderedPrompt:
+        """渲染或按脚本抛错。"""
+        if self.error is not None:
+            raise self.error
+        return self._renderer.render(job.report_type, job.inputs, job.length)
+
+
+@dataclass
+class RecordingDelivery:
+    """记录载荷的投递阶段。"""
+
+    outcome: DeliveryOutcome = field(
+        default_factory=lambda: DeliveryOutcome(delivered=True, attempts=1, status_code=200)
+    )
+    error: BaseException | None = None
+    sent: list[tuple[str, CallbackPayload]] = field(default_factory=list)
+
+    async def send(self, job: ReportJob, payload: CallbackPayload) -> DeliveryOutcome:
+        """记录并返回脚本给定的结果。"""
+        self.sent.append((job.callback_url, payload))
+        if self.error is not None:
+            raise self.error
+        return self.outcome
+
+
+def llm_error(message: str = "引擎错误 500: boom") -> LLMError:
+    """一个 LLMError 实例。"""
+    return LLMError(message)

@@ -1,0 +1,38 @@
+"""测试共用的请求样例与设置构造。"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from serve_app.core.settings import Settings
+from serve_app.prompting.catalog import TemplateCatalog
+
+
+def load_catalog() -> TemplateCatalog:
+    """仓库自带的模板目录。"""
+    settings = make_settings()
+    return TemplateCatalog.from_file(settings.resolved_templates_path)
+
+
+def make_settings(**overrides: Any) -> Settings:
+    """不读 .env 与环境变量的设置（测试互不干扰）。"""
+    base: dict[str, Any] = {"engine": {"model_source": "unused-in-unit-tests"}}
+    base.update(overrides)
+    return Settings(_env_file=None, **base)
+
+
+def sales_request(callback_url: str, **overrides: Any) -> dict[str, Any]:
+    """一个合法的 sales_weekly 请求体。"""
+    body: dict[str, Any] = {
+        "report_type": "sales_weekly",
+        "inputs": {
+            "period": "2026-11-16 至 2026-11-22",
+            "region": "华东区",
+            "sales_data": "销售额 320 万元，环比 +8%。",
+        },
+        "length": "short",
+        "callback_url": callback_url,
+        "metadata": {"order": 42, "tags": ["周报"]},
+    }
+    body.update(overrides)
+    return body

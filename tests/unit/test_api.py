@@ -1,0 +1,182 @@
+"""HTTP 契约：校验、202、错误体、类型清单、健康检查（不启动 Ray）。"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+import pytest
+
+from serve_app.api import create_app
+from serve_app.core.services import IngressServices
+from serve_app.core.settings import Settings
+from serve_app.services.pipeline import ReportPipeline
+from serve_app.services.submission import ReportSubmissions
+from tests.support.fakes import FakeLLM, LocalRenderStage, RecordingDelivery
+from tests.support.sample import load_catalog, make_settings, sales_request
+
+CALLBACK = "http://127.0.0.1:9/hooks/reports"
+
+
+class Harness:
+    """一个不经 Ray 的入口应用与它的假依赖。"""
+
+    def __init__(self, settings: Settings) -> None:
+        catalog = load_catalog()
+        self.llm = FakeLLM()
+        self.delivery = RecordingDelivery()
+        self.services = IngressServices(
+            settings=settings,
+            catalog=catalog,
+            submissions=ReportSubmissions(catalog, settings),
+            pipeline=ReportPipeline(LocalRenderStage(catalog), self.llm, self.delivery),
+            llm=self.llm,
+        )
+        self.app = create_app(self.services)
+
+
+@pytest.fixture
+def harness() -> Harness:
+    return Harness(make_settings())
+
+
+@pytest.fixture
+async def client(harness: Harness) -> AsyncIterator[httpx.AsyncClient]:
+    transport = httpx.ASGITransport(app=harness.app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://test") as http:
+        yield http
+
+
+def _error(response: httpx.Response) -> str:
+    body: dict[str, Any] = response.json()
+    assert body["error"]["code"] in {"invalid_request", "payload_too_large"}
+    message: str = body["error"]["message"]
+    return message
+
+
+async def test_accepts_and_runs_pipeline(client: httpx.AsyncClient, harness: Harness) -> None:
+    response = await client.post("/v1/reports", json=sales_request(CALLBACK))
+    assert response.status_code == 202
+    body = response.json()
+    assert body["status"] == "accepted"
+    assert uuid.UUID(body["trace_id"]).version == 4
+    assert response.headers["X-Trace-Id"] == body["trace_id"]
+    # BackgroundTasks 在 ASGITransport 里于响应后同步跑完
+    [(url, payload)] = harness.delivery.sent
+    assert url == CALLBACK
+    assert payload.trace_id == body["trace_id"]
+    assert payload.status == "succeeded"
+    assert payload.metadata == {"order": 42, "tags": ["周报"]}
+    [(trace_id, prompt)] = harness.llm.prompts
+    assert trace_id == body["trace_id"]
+    assert prompt.max_tokens == load_catalog().get("sales_weekly").lengths["short"].max_tokens
+
+
+async def test_each_submission_gets_its_own_trace_id(client: httpx.AsyncClient) -> None:
+    ids = {
+        (await client.post("/v1/reports", json=sales_request(CALLBACK))).json()["trace_id"]
+        for _ in range(3)
+    }
+    assert len(ids) == 3
+
+
+@pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [
+        ({"report_type": "nope"}, "sales_weekly"),
+        ({"inputs": {"period": "W47"}}, "缺少必填输入"),
+        ({"inputs": {"period": "W47", "region": "r", "sales_data": "d", "x": 1}}, "未知输入"),
+        ({"callback_url": "ftp://example.invalid/hook"}, "callback_url"),
+        ({"callback_url": "not a url"}, "callback_url"),
+        ({"length": "huge"}, "length"),
+        ({"surprise": True}, "surprise"),
+        ({"report_type": ""}, "report_type"),
+        ({"metadata": {f"k{i}": i for i in range(40)}}, "metadata"),
+    ],
+)
+async def test_invalid_requests_get_422_saying_what_to_fix(
+    client: httpx.AsyncClient, harness: Harness, overrides: dict[str, Any], expected: str
+) -> None:
+    response = await client.post("/v1/reports", json={**sales_request(CALLBACK), **overrides})
+    assert response.status_code == 422, response.text
+    assert expected in _error(response)
+    assert harness.delivery.sent == []
+
+
+async def test_malformed_json_is_422(client: httpx.AsyncClient) -> None:
+    response = await client.post(
+        "/v1/reports", content=b"{not json", headers={"Content-Type": "application/json"}
+    )
+    assert response.status_code == 422
+    _error(response)
+
+
+async def test_missing_callback_without_default_is_422(client: httpx.AsyncClient) -> None:
+    body = sales_request(CALLBACK)
+    del body["callback_url"]
+    response = await client.post("/v1/reports", json=body)
+    assert response.status_code == 422
+    assert "callback_url" in _error(response)
+
+
+async def test_default_callback_is_used() -> None:
+    harness = Harness(make_settings(default_callback_url="http://127.0.0.1:9/default"))
+    body = sales_request(CALLBACK)
+    del body["callback_url"]
+    transport = httpx.ASGITransport(app=harness.app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://test") as http:
+        assert (await http.post("/v1/reports", json=body)).status_code == 202
+    assert harness.delivery.sent[0][0] == "http://127.0.0.1:9/default"
+
+
+async def test_body_over_limit_is_413(client: httpx.AsyncClient, harness: Harness) -> None:
+    limit = harness.services.settings.max_body_bytes
+    body = sales_request(CALLBACK, metadata={"blob": "x" * limit})
+    response = await client.post("/v1/reports", json=body)
+    assert response.status_code == 413
+    assert str(limit) in _error(response)
+    assert harness.delivery.sent == []
+
+
+async def test_chunked_body_over_limit_is_413(client: httpx.AsyncClient, harness: Harness) -> None:
+    limit = harness.services.settings.max_body_bytes
+
+    async def chunks() -> AsyncIterator[bytes]:
+        for _ in range(limit // 1024 + 2):
+            yield b"x" * 1024
+
+    response = await client.post(
+        "/v1/reports", content=chunks(), headers={"Content-Type": "application/json"}
+    )
+    assert response.status_code == 413
+
+
+async def test_report_types_lists_inputs_lengths_and_presets(client: httpx.AsyncClient) -> None:
+    response = await client.get("/v1/report-types")
+    assert response.status_code == 200
+    items = {item["name"]: item for item in response.json()}
+    assert {"sales_weekly", "customer_feedback", "incident_postmortem", "project_weekly"} <= set(
+        items
+    )
+    for item in items.values():
+        assert item["description"]
+        assert item["inputs"]
+        assert set(item["lengths"]) == {"short", "medium", "long"}
+        assert all(v["max_tokens"] > 0 for v in item["lengths"].values())
+
+
+async def test_health_and_readiness(client: httpx.AsyncClient, harness: Harness) -> None:
+    assert (await client.get("/healthz")).json() == {"status": "ok"}
+    assert (await client.get("/readyz")).status_code == 200
+    harness.llm.is_ready = False
+    response = await client.get("/readyz")
+    assert response.status_code == 503
+    assert response.json()["status"] == "not_ready"
+
+
+async def test_openapi_documents_the_contract(client: httpx.AsyncClient) -> None:
+    schema = (await client.get("/openapi.json")).json()
+    post = schema["paths"]["/v1/reports"]["post"]
+    assert {"202", "413", "422"} <= set(post["responses"])
