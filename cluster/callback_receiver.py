@@ -36,6 +36,7 @@ class _Script:
     statuses: list[int] = field(default_factory=list)
     default_status: int = 200
     delay_s: float = 0.0
+    retry_after_s: int | None = None
 
 
 class CallbackReceiver:
@@ -86,11 +87,18 @@ class CallbackReceiver:
         self.stop()
 
     def script(
-        self, statuses: Iterable[int] = (), default_status: int = 200, delay_s: float = 0.0
+        self,
+        statuses: Iterable[int] = (),
+        default_status: int = 200,
+        delay_s: float = 0.0,
+        retry_after_s: int | None = None,
     ) -> None:
-        """编排接下来的响应：先依次返回 statuses，之后一直返回 default_status。"""
+        """编排接下来的响应：先依次返回 statuses，之后一直返回 default_status。
+
+        delay_s：每次响应前等待；retry_after_s：非 2xx 响应带上 Retry-After。
+        """
         with self._cond:
-            self._script = _Script(list(statuses), default_status, delay_s)
+            self._script = _Script(list(statuses), default_status, delay_s, retry_after_s)
 
     async def _handle(self, request: Request) -> JSONResponse:
         raw = await request.body()
@@ -112,7 +120,10 @@ class CallbackReceiver:
         with self._cond:
             self._received.append(record)
             self._cond.notify_all()
-        return JSONResponse({"ok": 200 <= status < 300}, status_code=status)
+        headers = {}
+        if script.retry_after_s is not None and not 200 <= status < 300:
+            headers["Retry-After"] = str(script.retry_after_s)
+        return JSONResponse({"ok": 200 <= status < 300}, status_code=status, headers=headers)
 
     @property
     def received(self) -> list[ReceivedCallback]:

@@ -26,6 +26,12 @@ _TRANSIENT_HANDLE_ERRORS = (
 )
 
 
+def _engine_class(public: type) -> type:
+    """Ray Serve LLM 公开协议类对应的引擎类（其直接基类）。"""
+    base = public.__base__
+    return base if base is not None and base is not object else public
+
+
 class ServeLLMClient:
     """调用 LLMServer.chat；chat 是异步生成器，非流式请求只产出一个结果。"""
 
@@ -38,8 +44,9 @@ class ServeLLMClient:
         )
 
         self._request_cls = ChatCompletionRequest
-        self._response_cls = ChatCompletionResponse
-        self._error_cls = ErrorResponse
+        # 公开类只是引擎（vLLM）协议类的空子类；LLMServer 产出的是引擎类的实例，按基类判断
+        self._response_cls = _engine_class(ChatCompletionResponse)
+        self._error_cls = _engine_class(ErrorResponse)
         self._handle = handle
         self._stream_handle = handle.options(stream=True)
         self._model_id = model_id
@@ -78,18 +85,22 @@ class ServeLLMClient:
 
     def _to_completion(self, item: Any) -> Completion:
         if isinstance(item, self._error_cls):
-            error = item.error
+            failure: Any = item  # 引擎协议类在运行时才确定，字段按鸭子类型读取
+            error = failure.error
             message = f"引擎错误 {error.code}: {error.message}"
             if int(error.code or 500) >= 500:
                 raise TransientLLMError(message)
             raise LLMError(message)
         if not isinstance(item, self._response_cls):
             raise LLMError(f"LLMServer 返回了意外的类型 {type(item).__name__}")
-        choice = item.choices[0]
-        usage = item.usage
+        response: Any = item
+        if not response.choices:
+            raise LLMError("LLMServer 返回了空的 choices")
+        choice = response.choices[0]
+        usage = response.usage
         return Completion(
             content=choice.message.content or "",
-            model=item.model,
+            model=response.model,
             finish_reason=choice.finish_reason,
             usage=Usage(
                 prompt_tokens=usage.prompt_tokens if usage else 0,

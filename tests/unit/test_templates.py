@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from pydantic import JsonValue
 
 from serve_app.core.errors import RenderError, RequestError
 from serve_app.models.templates import TemplateSpec
@@ -81,7 +82,7 @@ def test_empty_required_input_counts_as_missing() -> None:
 
 
 def test_oversized_input_is_refused() -> None:
-    inputs = {"period": "W47", "region": "华东", "sales_data": "x" * 9000}
+    inputs: dict[str, JsonValue] = {"period": "W47", "region": "华东", "sales_data": "x" * 9000}
     with pytest.raises(RequestError, match="sales_data' 过长"):
         load_catalog().validate_request("sales_weekly", inputs, None)
 

@@ -1,0 +1,175 @@
+"""整个 Serve 应用：受理 → 渲染 → 假引擎 → 真实回调接收方。"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import httpx
+import pytest
+
+from cluster.callback_receiver import ReceivedCallback
+from tests.integration.conftest import CALLBACK_ATTEMPTS, LLM_ATTEMPTS, ItApp
+from tests.support.cluster import free_port, read_json_logs
+from tests.support.sample import sales_request
+
+WAIT_S = 60.0
+
+
+def _submit(app: ItApp, body: dict[str, Any]) -> str:
+    response = httpx.post(app.base_url + "/v1/reports", json=body, timeout=30)
+    assert response.status_code == 202, response.text
+    trace_id: str = response.json()["trace_id"]
+    assert response.headers["x-trace-id"] == trace_id
+    return trace_id
+
+
+def _callback_for(app: ItApp, trace_id: str, timeout_s: float = WAIT_S) -> ReceivedCallback:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        for record in app.receiver.received:
+            if record.body.get("trace_id") == trace_id:
+                return record
+        time.sleep(0.1)
+    raise TimeoutError(f"{timeout_s}s 内没有收到 {trace_id} 的回调")
+
+
+def _callbacks_for(app: ItApp, trace_id: str) -> list[ReceivedCallback]:
+    return [r for r in app.receiver.received if r.body.get("trace_id") == trace_id]
+
+
+def test_report_is_delivered_with_trace_id_across_handles(it_app: ItApp) -> None:
+    trace_id = _submit(it_app, sales_request(it_app.receiver.url))
+    callback = _callback_for(it_app, trace_id)
+    body = callback.body
+    assert callback.headers["x-trace-id"] == trace_id
+    assert body["status"] == "succeeded" and body["error"] is None
+    # 假引擎回显 request_id：trace_id 经句柄传到了 LLM 阶段；short 预设 32
+    assert body["report"]["content"] == f"request_id={trace_id} max_tokens=32"
+    assert body["report"]["usage"] == {"prompt_tokens": 11, "completion_tokens": 7}
+    assert body["report"]["model"] == "report-llm"
+    assert body["metadata"] == {"order": 42, "tags": ["周报"]}
+    assert body["report_type"] == "sales_weekly"
+
+
+@pytest.mark.parametrize(
+    ("directive", "code"),
+    [
+        ("[[error:400]]", "llm_error"),
+        ("[[error:503]]", "llm_error"),
+        ("[[sleep:10]]", "llm_timeout"),
+    ],
+)
+def test_llm_failures_end_in_failed_callback(it_app: ItApp, directive: str, code: str) -> None:
+    body = sales_request(it_app.receiver.url)
+    body["inputs"]["sales_data"] = directive
+    trace_id = _submit(it_app, body)
+    callback = _callback_for(it_app, trace_id)
+    assert callback.body["status"] == "failed" and callback.body["report"] is None
+    assert callback.body["error"]["code"] == code
+    assert callback.body["error"]["message"]
+    time.sleep(0.5)
+    assert len(_callbacks_for(it_app, trace_id)) == 1
+
+
+def test_transient_engine_errors_are_retried(it_app: ItApp) -> None:
+    body = sales_request(it_app.receiver.url)
+    body["inputs"]["sales_data"] = "[[error:503]]"
+    trace_id = _submit(it_app, body)
+    _callback_for(it_app, trace_id)
+    attempts = [
+        r
+        for r in read_json_logs(it_app.log_path)
+        if r["extra"].get("trace_id") == trace_id and "LLM 调用第" in r["message"]
+    ]
+    assert len(attempts) == LLM_ATTEMPTS - 1
+
+
+def test_render_failure_ends_in_failed_callback(it_app: ItApp) -> None:
+    body = {
+        "report_type": "fragile",
+        "inputs": {"topic": "boom"},
+        "callback_url": it_app.receiver.url,
+    }
+    trace_id = _submit(it_app, body)
+    callback = _callback_for(it_app, trace_id)
+    assert callback.body["error"]["code"] == "render_error"
+    assert "not_declared" in callback.body["error"]["message"]
+
+
+def test_invalid_request_is_refused_before_any_work(it_app: ItApp) -> None:
+    before = len(it_app.receiver.received)
+    response = httpx.post(
+        it_app.base_url + "/v1/reports",
+        json=sales_request(it_app.receiver.url, report_type="nope"),
+        timeout=30,
+    )
+    assert response.status_code == 422
+    assert "fragile" in response.json()["error"]["message"]
+    time.sleep(0.5)
+    assert len(it_app.receiver.received) == before
+
+
+def test_every_log_line_of_a_job_carries_its_trace_id(it_app: ItApp) -> None:
+    offset = it_app.log_path.stat().st_size if it_app.log_path.exists() else 0
+    trace_id = _submit(it_app, sales_request(it_app.receiver.url))
+    _callback_for(it_app, trace_id)
+    time.sleep(1.0)
+    records = list(read_json_logs(it_app.log_path, offset))
+    ours = [r for r in records if r["extra"].get("trace_id") == trace_id]
+    # 三个部署都写了这个作业的日志：入口、渲染、回调
+    names = {r["name"] for r in ours}
+    assert {"serve_app.services.pipeline", "deployments.render", "deployments.callback"} <= names
+    # 这段时间里项目代码的每一行都带 trace_id（只有这一个作业在跑）
+    untagged = [
+        r["message"]
+        for r in records
+        if r["extra"].get("trace_id") in (None, "-")
+        and r["name"].split(".")[0] in {"serve_app", "deployments"}
+    ]
+    assert untagged == []
+
+
+def test_unreachable_callback_is_logged_loudly(it_app: ItApp) -> None:
+    url = f"http://127.0.0.1:{free_port()}/hooks"
+    trace_id = _submit(it_app, sales_request(url))
+    deadline = time.monotonic() + WAIT_S
+    loud: list[dict[str, Any]] = []
+    while time.monotonic() < deadline and not loud:
+        loud = [
+            r
+            for r in read_json_logs(it_app.log_path)
+            if r["extra"].get("trace_id") == trace_id and "回调丢失" in r["message"]
+        ]
+        time.sleep(0.2)
+    assert loud and loud[0]["level"]["name"] == "ERROR"
+    assert f"attempts={CALLBACK_ATTEMPTS}" in loud[0]["message"]
+
+
+def test_concurrent_submissions_each_get_exactly_one_callback(it_app: ItApp) -> None:
+    async def submit_all() -> list[str]:
+        async with httpx.AsyncClient(base_url=it_app.base_url, timeout=30) as client:
+            responses = await asyncio.gather(
+                *(
+                    client.post("/v1/reports", json=sales_request(it_app.receiver.url))
+                    for _ in range(30)
+                )
+            )
+        assert all(r.status_code == 202 for r in responses)
+        return [r.json()["trace_id"] for r in responses]
+
+    trace_ids = asyncio.run(submit_all())
+    assert len(set(trace_ids)) == 30
+    for trace_id in trace_ids:
+        _callback_for(it_app, trace_id)
+    time.sleep(0.5)
+    for trace_id in trace_ids:
+        assert len(_callbacks_for(it_app, trace_id)) == 1
+
+
+def test_http_surface_through_serve(it_app: ItApp) -> None:
+    assert httpx.get(it_app.base_url + "/healthz").json() == {"status": "ok"}
+    assert httpx.get(it_app.base_url + "/readyz").status_code == 200
+    types = httpx.get(it_app.base_url + "/v1/report-types").json()
+    assert {t["name"] for t in types} == {"sales_weekly", "fragile"}

@@ -1,0 +1,86 @@
+"""测试用的 Ray 集群与 Serve：本进程启动、本进程关闭（经自己的句柄，不按名字杀进程）。"""
+
+from __future__ import annotations
+
+import json
+import socket
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import ray
+from ray import serve
+
+from serve_app.core.settings import PROJECT_ROOT
+
+# 逻辑 CPU 数：LLMServer 的 placement group 要整块 CPU，轻量部署各占零头；
+# 在 2 核机器上多报一些逻辑 CPU，避免调度互相等待（真实算力仍由操作系统分配）。
+LOGICAL_CPUS = 8
+
+
+def free_port() -> int:
+    """127.0.0.1 上一个空闲端口。"""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+    return port
+
+
+@dataclass(frozen=True)
+class ServeCluster:
+    """已启动的 Ray + Serve；`base_url` 为 Serve HTTP 入口。"""
+
+    base_url: str
+
+
+def start_cluster() -> ServeCluster:
+    """启动本地 Ray 与 Serve（HTTP 只监听 127.0.0.1）。"""
+    port = free_port()
+    ray.init(
+        num_cpus=LOGICAL_CPUS,
+        include_dashboard=False,
+        log_to_driver=True,
+        runtime_env={"env_vars": {"PYTHONPATH": str(PROJECT_ROOT)}},
+    )
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    return ServeCluster(base_url=f"http://127.0.0.1:{port}")
+
+
+def stop_cluster() -> None:
+    """关闭 Serve 与 Ray。"""
+    try:
+        serve.shutdown()
+    finally:
+        ray.shutdown()
+
+
+def wait_http_ok(url: str, timeout_s: float) -> None:
+    """轮询直到 url 返回 200；超时抛 TimeoutError。"""
+    deadline = time.monotonic() + timeout_s
+    last = "无响应"
+    while time.monotonic() < deadline:
+        try:
+            response = httpx.get(url, timeout=10)
+            if response.status_code == 200:
+                return
+            last = f"HTTP {response.status_code}"
+        except httpx.HTTPError as exc:
+            last = repr(exc)
+        time.sleep(1)
+    raise TimeoutError(f"{url} 在 {timeout_s}s 内未就绪：{last}")
+
+
+def read_json_logs(path: Path, offset: int = 0) -> Iterator[dict[str, Any]]:
+    """读取 loguru 序列化日志（每行一条 JSON）的 record 部分。"""
+    if not path.exists():
+        return
+    with path.open(encoding="utf-8") as handle:
+        handle.seek(offset)
+        for line in handle:
+            line = line.strip()
+            if line:
+                record: dict[str, Any] = json.loads(line)["record"]
+                yield record

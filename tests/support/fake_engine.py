@@ -1,0 +1,74 @@
+"""集成测试用的假 LLMServer 部署：与 Ray Serve LLM 的 `chat`/`check_health` 同接口。
+
+按用户消息里的指令注入故障（真实引擎由 e2e 层证明）：
+- `[[error:<code>]]`：产出 ErrorResponse（code ≥ 500 视为可重试）；
+- `[[sleep:<秒>]]`：先等待再回答（制造超时）；
+- 其余：回显 request_id 与 max_tokens，便于断言 trace_id 跨句柄传递。
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+from ray import serve
+from ray.serve.deployment import Deployment
+from ray.serve.llm.openai_api_models import (
+    ChatCompletionRequest,
+    ChatCompletionResponse,
+    ErrorResponse,
+)
+
+_ERROR = re.compile(r"\[\[error:(\d+)\]\]")
+_SLEEP = re.compile(r"\[\[sleep:([\d.]+)\]\]")
+
+
+class FakeLLMServer:
+    """不加载模型的 LLMServer 替身。"""
+
+    def __init__(self, model_id: str) -> None:
+        self._model_id = model_id
+        self.calls = 0
+
+    async def chat(self, request: ChatCompletionRequest) -> AsyncIterator[Any]:
+        """与 LLMServer.chat 一样是异步生成器，非流式请求只产出一个结果。"""
+        self.calls += 1
+        user = str(request.messages[-1]["content"])
+        if match := _SLEEP.search(user):
+            await asyncio.sleep(float(match.group(1)))
+        if match := _ERROR.search(user):
+            code = int(match.group(1))
+            yield ErrorResponse(
+                error={"message": "注入的引擎错误", "type": "InjectedError", "code": code}
+            )
+            return
+        content = f"request_id={request.request_id} max_tokens={request.max_tokens}"
+        yield ChatCompletionResponse(
+            id=f"chatcmpl-{request.request_id}",
+            object="chat.completion",
+            created=int(time.time()),
+            model=self._model_id,
+            choices=[
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": content},
+                    "finish_reason": "stop",
+                }
+            ],
+            usage={"prompt_tokens": 11, "completion_tokens": 7, "total_tokens": 18},
+        )
+
+    async def get_calls(self) -> int:
+        """被调用次数（测试断言重试次数用）。"""
+        return self.calls
+
+    async def check_health(self) -> None:
+        """总是健康。"""
+
+
+fake_llm_deployment: Deployment = serve.deployment(
+    name="FakeLLMServer", ray_actor_options={"num_cpus": 0}
+)(FakeLLMServer)

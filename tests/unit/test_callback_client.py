@@ -1,0 +1,168 @@
+"""回调客户端与重试策略：对 127.0.0.1 上真实的 HTTP 接收方。"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import time
+from collections.abc import AsyncIterator, Iterator
+from datetime import UTC, datetime
+
+import pytest
+
+from cluster.callback_receiver import CallbackReceiver
+from serve_app.core.errors import ErrorCode
+from serve_app.core.settings import CallbackPolicy
+from serve_app.delivery.client import CallbackClient
+from serve_app.delivery.retry_policy import parse_retry_after
+from serve_app.models.reports import CallbackPayload, ReportJob
+from tests.support.logs import captured_logs
+
+FAST = CallbackPolicy(
+    connect_timeout_s=1.0,
+    read_timeout_s=2.0,
+    max_attempts=4,
+    initial_backoff_s=0.01,
+    max_backoff_s=0.05,
+    jitter_s=0.01,
+)
+
+
+def _payload(trace_id: str = "t-1") -> CallbackPayload:
+    job = ReportJob(
+        trace_id=trace_id,
+        report_type="sales_weekly",
+        inputs={},
+        length="short",
+        callback_url="http://127.0.0.1/",
+        metadata={"order": 1},
+        created_at=datetime.now(UTC),
+    )
+    return CallbackPayload.failed(job, ErrorCode.LLM_ERROR, "boom")
+
+
+@pytest.fixture
+def receiver() -> Iterator[CallbackReceiver]:
+    with CallbackReceiver() as server:
+        yield server
+
+
+@pytest.fixture
+async def client() -> AsyncIterator[CallbackClient]:
+    sender = CallbackClient(FAST)
+    yield sender
+    await sender.aclose()
+
+
+async def test_500_twice_then_200_is_delivered_once(
+    receiver: CallbackReceiver, client: CallbackClient
+) -> None:
+    receiver.script([500, 503])
+    outcome = await client.deliver(receiver.url, _payload())
+    assert outcome.delivered and outcome.attempts == 3 and outcome.status_code == 200
+    statuses = [r.status_returned for r in receiver.received]
+    assert statuses == [500, 503, 200]
+    assert len(receiver.delivered()) == 1
+    last = receiver.received[-1]
+    assert last.headers["x-trace-id"] == "t-1"
+    assert last.headers["content-type"] == "application/json"
+    assert last.body["trace_id"] == "t-1" and last.body["status"] == "failed"
+
+
+async def test_400_is_not_retried(receiver: CallbackReceiver, client: CallbackClient) -> None:
+    receiver.script([400])
+    outcome = await client.deliver(receiver.url, _payload())
+    assert not outcome.delivered and outcome.attempts == 1 and outcome.status_code == 400
+    assert len(receiver.received) == 1
+
+
+@pytest.mark.parametrize("status", [301, 410])
+async def test_redirect_and_gone_are_final(
+    receiver: CallbackReceiver, client: CallbackClient, status: int
+) -> None:
+    receiver.script([status])
+    outcome = await client.deliver(receiver.url, _payload())
+    assert not outcome.delivered and outcome.status_code == status
+    assert len(receiver.received) == 1
+
+
+async def test_429_retry_after_is_honoured(
+    receiver: CallbackReceiver, client: CallbackClient
+) -> None:
+    receiver.script([429], retry_after_s=1)
+    started = time.monotonic()
+    outcome = await client.deliver(receiver.url, _payload())
+    assert outcome.delivered and outcome.attempts == 2
+    assert time.monotonic() - started >= 1.0
+
+
+async def test_gives_up_after_max_attempts_and_logs(
+    receiver: CallbackReceiver, client: CallbackClient
+) -> None:
+    receiver.script(default_status=502)
+    with captured_logs() as logs:
+        outcome = await client.deliver(receiver.url, _payload())
+    assert not outcome.delivered and outcome.attempts == FAST.max_attempts
+    assert len(receiver.received) == FAST.max_attempts
+    assert any(r["level"] == "ERROR" and "未送达" in r["message"] for r in logs)
+
+
+def _closed_port() -> int:
+    """一个刚释放、无人监听的 127.0.0.1 端口：连接会被立即拒绝。"""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+    return port
+
+
+async def test_unreachable_receiver_gives_up_and_logs(client: CallbackClient) -> None:
+    url = f"http://127.0.0.1:{_closed_port()}/hooks"
+    with captured_logs() as logs:
+        outcome = await client.deliver(url, _payload())
+    assert not outcome.delivered
+    assert outcome.attempts == FAST.max_attempts
+    assert outcome.error is not None and "ConnectError" in outcome.error
+    assert sum("后重试" in r["message"] for r in logs) == FAST.max_attempts - 1
+    assert any(r["level"] == "ERROR" for r in logs)
+
+
+async def test_dropped_connection_is_retried(client: CallbackClient) -> None:
+    """接收方读完请求就断开（如 keep-alive 空闲超时的竞争）：重试而非丢失。"""
+    connections = 0
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal connections
+        connections += 1
+        await reader.readuntil(b"\r\n\r\n")
+        if connections > 1:
+            writer.write(b"HTTP/1.1 204 No Content\r\nContent-Length: 0\r\n\r\n")
+            await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        outcome = await client.deliver(f"http://127.0.0.1:{port}/", _payload())
+    finally:
+        server.close()
+        await server.wait_closed()
+    assert outcome.delivered and outcome.attempts == 2 and outcome.status_code == 204
+
+
+async def test_slow_receiver_times_out_and_is_retried(receiver: CallbackReceiver) -> None:
+    policy = FAST.model_copy(update={"read_timeout_s": 0.2, "max_attempts": 2})
+    sender = CallbackClient(policy)
+    receiver.script(delay_s=1.0)
+    try:
+        outcome = await sender.deliver(receiver.url, _payload())
+    finally:
+        await sender.aclose()
+    assert not outcome.delivered and outcome.attempts == 2
+    assert outcome.error is not None and "ReadTimeout" in outcome.error
+
+
+def test_parse_retry_after() -> None:
+    assert parse_retry_after("7") == 7.0
+    assert parse_retry_after(None) is None
+    assert parse_retry_after("soon") is None
+    assert parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT") == 0.0

@@ -1,0 +1,189 @@
+"""LLM 阶段：超时与重试策略；外部 OpenAI 兼容客户端对 127.0.0.1 上的假服务。"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import uvicorn
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+from serve_app.core.errors import LLMError, LLMTimeout
+from serve_app.core.settings import LLMCallPolicy
+from serve_app.llm.openai_compat import OpenAICompatClient
+from serve_app.llm.port import TransientLLMError, call_with_policy
+from serve_app.models.reports import Completion, Usage
+from serve_app.models.templates import RenderedPrompt
+
+POLICY = LLMCallPolicy(timeout_s=2.0, max_attempts=3, initial_backoff_s=0.01, max_backoff_s=0.02)
+PROMPT = RenderedPrompt(system="系统", user="用户", max_tokens=16, temperature=0.1, top_p=1.0)
+DONE = Completion(
+    content="ok", model="m", finish_reason="stop", usage=Usage(prompt_tokens=1, completion_tokens=1)
+)
+
+
+async def test_transient_errors_are_retried() -> None:
+    calls = 0
+
+    async def attempt() -> Completion:
+        nonlocal calls
+        calls += 1
+        if calls < 3:
+            raise TransientLLMError("副本不可用")
+        return DONE
+
+    assert await call_with_policy(POLICY, attempt) == DONE
+    assert calls == 3
+
+
+async def test_permanent_errors_are_not_retried() -> None:
+    calls = 0
+
+    async def attempt() -> Completion:
+        nonlocal calls
+        calls += 1
+        raise LLMError("请求不合法")
+
+    with pytest.raises(LLMError):
+        await call_with_policy(POLICY, attempt)
+    assert calls == 1
+
+
+async def test_timeout_becomes_llm_timeout_without_retry() -> None:
+    calls = 0
+
+    async def attempt() -> Completion:
+        nonlocal calls
+        calls += 1
+        await asyncio.sleep(10)
+        return DONE
+
+    policy = POLICY.model_copy(update={"timeout_s": 0.1})
+    started = time.monotonic()
+    with pytest.raises(LLMTimeout):
+        await call_with_policy(policy, attempt)
+    assert calls == 1 and time.monotonic() - started < 2
+
+
+class FakeOpenAIServer:
+    """127.0.0.1 上的 OpenAI 兼容假服务：先按脚本返回错误，再返回补全。"""
+
+    def __init__(self, failures: list[int]) -> None:
+        self.failures = failures
+        self.requests: list[tuple[dict[str, str], dict[str, Any]]] = []
+        app = Starlette(
+            routes=[
+                Route("/v1/models", self._models),
+                Route("/v1/chat/completions", self._chat, methods=["POST"]),
+            ]
+        )
+        self._sock = socket.socket()
+        self._sock.bind(("127.0.0.1", 0))
+        self.port = self._sock.getsockname()[1]
+        self._server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off"))
+        self._thread = threading.Thread(
+            target=lambda: asyncio.run(self._server.serve(sockets=[self._sock])), daemon=True
+        )
+
+    async def _models(self, _: Request) -> JSONResponse:
+        return JSONResponse({"object": "list", "data": [{"id": "tiny", "object": "model"}]})
+
+    async def _chat(self, request: Request) -> JSONResponse:
+        self.requests.append((dict(request.headers), await request.json()))
+        if self.failures:
+            status = self.failures.pop(0)
+            return JSONResponse({"error": {"message": "boom"}}, status_code=status)
+        return JSONResponse(
+            {
+                "id": "c1",
+                "object": "chat.completion",
+                "created": 0,
+                "model": "tiny",
+                "choices": [
+                    {
+                        "index": 0,
+                        "message": {"role": "assistant", "content": "报告"},
+                        "finish_reason": "length",
+                    }
+                ],
+                "usage": {"prompt_tokens": 9, "completion_tokens": 16, "total_tokens": 25},
+            }
+        )
+
+    def __enter__(self) -> FakeOpenAIServer:
+        self._thread.start()
+        while not self._server.started:
+            time.sleep(0.02)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._server.should_exit = True
+        self._thread.join(timeout=10)
+        self._sock.close()
+
+
+@pytest.fixture
+def fake_server(request: pytest.FixtureRequest) -> Iterator[FakeOpenAIServer]:
+    failures: list[int] = list(getattr(request, "param", []))
+    with FakeOpenAIServer(failures) as server:
+        yield server
+
+
+def _client(server: FakeOpenAIServer) -> OpenAICompatClient:
+    return OpenAICompatClient(
+        base_url=f"http://127.0.0.1:{server.port}/v1", api_key="EMPTY", model="", policy=POLICY
+    )
+
+
+@pytest.mark.parametrize("fake_server", [[503, 500]], indirect=True)
+async def test_external_client_retries_5xx_and_sends_trace_id(
+    fake_server: FakeOpenAIServer,
+) -> None:
+    client = _client(fake_server)
+    try:
+        completion = await client.generate(PROMPT, trace_id="trace-xyz")
+        assert await client.ready()
+    finally:
+        await client.aclose()
+    assert completion.content == "报告" and completion.model == "tiny"
+    assert completion.usage.completion_tokens == 16 and completion.finish_reason == "length"
+    assert len(fake_server.requests) == 3
+    headers, body = fake_server.requests[-1]
+    assert headers["x-request-id"] == "trace-xyz"
+    assert body["request_id"] == "trace-xyz"
+    assert body["model"] == "tiny" and body["max_tokens"] == 16
+    assert [m["role"] for m in body["messages"]] == ["system", "user"]
+
+
+@pytest.mark.parametrize("fake_server", [[400]], indirect=True)
+async def test_external_client_does_not_retry_4xx(fake_server: FakeOpenAIServer) -> None:
+    client = _client(fake_server)
+    try:
+        with pytest.raises(LLMError, match="HTTP 400"):
+            await client.generate(PROMPT, trace_id="t")
+    finally:
+        await client.aclose()
+    assert len(fake_server.requests) == 1
+
+
+async def test_external_client_unreachable_is_not_ready() -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    client = OpenAICompatClient(
+        base_url=f"http://127.0.0.1:{port}/v1", api_key="EMPTY", model="m", policy=POLICY
+    )
+    try:
+        assert not await client.ready()
+        with pytest.raises(TransientLLMError, match="暂不可用"):
+            await client.generate(PROMPT, trace_id="t")
+    finally:
+        await client.aclose()

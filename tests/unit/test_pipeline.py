@@ -1,0 +1,97 @@
+"""流水线：每个作业恰好一次终态回调，失败带正确错误码与堆栈日志。"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import pytest
+
+from serve_app.core.errors import (
+    INTERNAL_ERROR_MESSAGE,
+    ErrorCode,
+    LLMError,
+    LLMTimeout,
+    RenderError,
+)
+from serve_app.models.reports import DeliveryOutcome, ReportJob
+from serve_app.services.pipeline import ReportPipeline
+from tests.support.fakes import FakeLLM, LocalRenderStage, RecordingDelivery
+from tests.support.logs import captured_logs
+from tests.support.sample import load_catalog
+
+
+def _job() -> ReportJob:
+    spec = load_catalog().get("sales_weekly")
+    return ReportJob(
+        trace_id="trace-123",
+        report_type="sales_weekly",
+        inputs=dict(spec.sample_inputs),
+        length="short",
+        callback_url="http://127.0.0.1:9/hook",
+        metadata={"order": 7},
+        created_at=datetime.now(UTC),
+    )
+
+
+def _pipeline(
+    llm: FakeLLM, delivery: RecordingDelivery, render_error: BaseException | None = None
+) -> ReportPipeline:
+    return ReportPipeline(LocalRenderStage(load_catalog(), render_error), llm, delivery)
+
+
+async def test_success_delivers_report_and_logs_with_trace_id() -> None:
+    delivery = RecordingDelivery()
+    with captured_logs() as logs:
+        outcome = await _pipeline(FakeLLM(), delivery).run(_job())
+    assert outcome.delivered
+    [(_, payload)] = delivery.sent
+    assert payload.status == "succeeded" and payload.report is not None
+    assert payload.report.usage.completion_tokens == 2
+    assert payload.metadata == {"order": 7}
+    assert logs and all(r["trace_id"] == "trace-123" for r in logs)
+
+
+@pytest.mark.parametrize(
+    ("llm", "render_error", "code"),
+    [
+        (FakeLLM(), RenderError("模板坏了"), ErrorCode.RENDER_ERROR),
+        (FakeLLM(error=LLMError("引擎错误")), None, ErrorCode.LLM_ERROR),
+        (FakeLLM(error=LLMTimeout("超时")), None, ErrorCode.LLM_TIMEOUT),
+        (FakeLLM(content="  \n"), None, ErrorCode.LLM_ERROR),
+        (FakeLLM(error=RuntimeError("db password=hunter2")), None, ErrorCode.INTERNAL_ERROR),
+    ],
+)
+async def test_every_failure_ends_in_one_failed_callback(
+    llm: FakeLLM, render_error: BaseException | None, code: ErrorCode
+) -> None:
+    delivery = RecordingDelivery()
+    with captured_logs() as logs:
+        await _pipeline(llm, delivery, render_error).run(_job())
+    [(_, payload)] = delivery.sent
+    assert payload.status == "failed" and payload.report is None
+    assert payload.error is not None and payload.error.code is code
+    if code is ErrorCode.INTERNAL_ERROR:
+        # 内部细节只进日志，不给调用方
+        assert payload.error.message == INTERNAL_ERROR_MESSAGE
+    failures = [r for r in logs if r["level"] == "ERROR"]
+    assert failures and failures[0]["exception"] is not None
+    assert all(r["trace_id"] == "trace-123" for r in logs)
+
+
+async def test_undelivered_callback_is_logged_loudly() -> None:
+    delivery = RecordingDelivery(
+        outcome=DeliveryOutcome(delivered=False, attempts=6, status_code=503, error="HTTP 503")
+    )
+    with captured_logs() as logs:
+        outcome = await _pipeline(FakeLLM(), delivery).run(_job())
+    assert not outcome.delivered
+    loud = [r for r in logs if "回调丢失" in r["message"]]
+    assert loud and loud[0]["level"] == "ERROR" and loud[0]["trace_id"] == "trace-123"
+
+
+async def test_callback_stage_crash_does_not_escape() -> None:
+    delivery = RecordingDelivery(error=RuntimeError("actor died"))
+    with captured_logs() as logs:
+        outcome = await _pipeline(FakeLLM(), delivery).run(_job())
+    assert not outcome.delivered
+    assert any("回调丢失" in r["message"] for r in logs)

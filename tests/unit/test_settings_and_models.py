@@ -1,0 +1,145 @@
+"""配置模型与回调载荷模型。"""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+
+import pytest
+from pydantic import ValidationError
+
+from serve_app.core.errors import (
+    INTERNAL_ERROR_MESSAGE,
+    ErrorCode,
+    LLMTimeout,
+    RenderError,
+    error_info,
+)
+from serve_app.core.settings import CallbackPolicy, LLMMode, Settings
+from serve_app.models.reports import CallbackPayload, Completion, ReportJob, Usage
+from tests.support.sample import make_settings
+
+_JOB = ReportJob(
+    trace_id="t",
+    report_type="sales_weekly",
+    inputs={"period": "W47"},
+    length="short",
+    callback_url="http://127.0.0.1/hook",
+    metadata={"order": 42},
+    created_at=datetime(2026, 11, 25, tzinfo=UTC),
+)
+
+
+def test_environment_variables_configure_nested_settings(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("REPORTS_ENGINE__MODEL_SOURCE", "/models/qwen")
+    monkeypatch.setenv("REPORTS_CALLBACK__MAX_ATTEMPTS", "9")
+    monkeypatch.setenv("REPORTS_LLM__TIMEOUT_S", "12.5")
+    settings = Settings(_env_file=None)
+    assert settings.engine.model_source == "/models/qwen"
+    assert settings.callback.max_attempts == 9
+    assert settings.llm.timeout_s == 12.5
+
+
+def test_yaml_args_win_over_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("REPORTS_LOG_LEVEL", "DEBUG")
+    settings = make_settings(log_level="WARNING")
+    assert settings.log_level == "WARNING"
+
+
+def test_unknown_field_fails_the_deploy() -> None:
+    with pytest.raises(ValidationError, match="engin"):
+        make_settings(engin={"model_source": "x"})
+    with pytest.raises(ValidationError, match="max_replica"):
+        make_settings(engine={"model_source": "x", "max_replica": 3})
+
+
+def test_serve_llm_mode_requires_a_model(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("REPORTS_ENGINE__MODEL_SOURCE", raising=False)
+    with pytest.raises(ValidationError, match="REPORTS_ENGINE__MODEL_SOURCE"):
+        Settings(_env_file=None)
+
+
+def test_external_mode_url_shorthand(monkeypatch: pytest.MonkeyPatch) -> None:
+    settings = Settings(_env_file=None, llm_mode=LLMMode.EXTERNAL)
+    assert settings.external_base_url == "http://vllm-service:8000/v1"
+    monkeypatch.setenv("VLLM_API_URL", "http://127.0.0.1:8100/v1")
+    settings = Settings(_env_file=None, llm_mode=LLMMode.EXTERNAL)
+    assert settings.external_base_url == "http://127.0.0.1:8100/v1"
+
+
+def test_callback_policy_rejects_inverted_backoff() -> None:
+    with pytest.raises(ValidationError, match="max_backoff_s"):
+        CallbackPolicy(initial_backoff_s=10, max_backoff_s=1)
+
+
+def test_relative_templates_path_resolves_from_repository() -> None:
+    assert make_settings().resolved_templates_path.is_file()
+
+
+def test_succeeded_payload_matches_contract() -> None:
+    report = Completion(
+        content="正文",
+        model="m",
+        finish_reason="stop",
+        usage=Usage(prompt_tokens=5, completion_tokens=7),
+    )
+    body = json.loads(CallbackPayload.succeeded(_JOB, report).model_dump_json())
+    assert set(body) == {
+        "trace_id",
+        "status",
+        "report_type",
+        "report",
+        "error",
+        "metadata",
+        "created_at",
+        "completed_at",
+    }
+    assert body["status"] == "succeeded" and body["error"] is None
+    assert body["report"] == {
+        "content": "正文",
+        "model": "m",
+        "finish_reason": "stop",
+        "usage": {"prompt_tokens": 5, "completion_tokens": 7},
+    }
+    assert body["metadata"] == {"order": 42}
+    assert datetime.fromisoformat(body["completed_at"]) >= datetime.fromisoformat(
+        body["created_at"]
+    )
+
+
+def test_failed_payload_matches_contract() -> None:
+    body = json.loads(CallbackPayload.failed(_JOB, ErrorCode.LLM_TIMEOUT, "超时").model_dump_json())
+    assert body["status"] == "failed" and body["report"] is None
+    assert body["error"] == {"code": "llm_timeout", "message": "超时"}
+
+
+def test_payload_rejects_inconsistent_outcome() -> None:
+    with pytest.raises(ValidationError, match="failed 必须带 error"):
+        CallbackPayload(
+            trace_id="t",
+            status="failed",
+            report_type="x",
+            report=None,
+            error=None,
+            metadata=None,
+            created_at=_JOB.created_at,
+            completed_at=_JOB.created_at,
+        )
+
+
+def test_error_info_maps_codes_and_hides_internals() -> None:
+    assert error_info(RenderError("坏模板")) == (ErrorCode.RENDER_ERROR, "坏模板")
+    assert error_info(LLMTimeout("慢"))[0] is ErrorCode.LLM_TIMEOUT
+    assert error_info(KeyError("secret-detail")) == (
+        ErrorCode.INTERNAL_ERROR,
+        INTERNAL_ERROR_MESSAGE,
+    )
+
+
+def test_errors_survive_pickling_across_processes() -> None:
+    import pickle
+
+    restored = pickle.loads(pickle.dumps(LLMTimeout("慢")))
+    assert isinstance(restored, LLMTimeout) and restored.message == "慢"
