@@ -10,6 +10,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 # 训练分词器用的几行语料：中英混合，覆盖报告常见字符
 _CORPUS = [
@@ -38,6 +39,7 @@ def build_tiny_model(output_dir: Path) -> Path:
         return output_dir
     # 依赖较重，只在真正生成时导入
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    import torch
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -72,15 +74,34 @@ def build_tiny_model(output_dir: Path) -> Path:
         bos_token_id=fast.bos_token_id,
         eos_token_id=fast.eos_token_id,
         pad_token_id=fast.pad_token_id,
-        tie_word_embeddings=True,
+        tie_word_embeddings=False,
     )
+    torch.manual_seed(0)
     model = LlamaForCausalLM(config)
+    _suppress_blank_tokens(model, fast)
     model.save_pretrained(str(output_dir))
     (output_dir / _MARKER).write_text(
         json.dumps({"note": "随机权重的测试模型，输出无意义"}, ensure_ascii=False),
         encoding="utf-8",
     )
     return output_dir
+
+
+def _suppress_blank_tokens(model: Any, tokenizer: Any) -> None:
+    """把特殊 token 与纯空白 token 的输出权重置零。
+
+    随机权重下其余 token 的 logit 几乎总有正值，于是模型不会只吐换行或结束符，
+    生成的文本（虽无意义）总是非空，端到端测试才能断言正文非空。
+    """
+    import torch
+
+    blank = [
+        token_id
+        for token_id in range(len(tokenizer))
+        if token_id in tokenizer.all_special_ids or not tokenizer.decode([token_id]).strip()
+    ]
+    with torch.no_grad():
+        model.lm_head.weight[blank] = 0.0
 
 
 def main(argv: list[str] | None = None) -> int:
