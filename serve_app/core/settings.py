@@ -107,7 +107,10 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="REPORTS_",
         env_nested_delimiter="__",
-        env_file=".env",
+        # 绝对路径：副本进程的当前目录不一定是仓库根
+        env_file=PROJECT_ROOT / ".env",
+        # .env 里留空的变量视为未设置（.env.example 的空行可以原样复制）
+        env_ignore_empty=True,
         extra="forbid",
         frozen=True,
     )

@@ -34,7 +34,9 @@ class ItApp:
 
 
 @pytest.fixture(scope="session")
-def it_app(serve_cluster: ServeCluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ItApp]:
+def it_app(
+    serve_cluster: ServeCluster, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ItApp]:
     """部署一次，整个集成层共用。"""
     log_path = tmp_path_factory.mktemp("it-logs") / "jobs.jsonl"
     settings = Settings(

@@ -1,0 +1,82 @@
+"""e2e 层：真实 vLLM（CPU）+ 现场生成的小模型。整个层共用一次部署。"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+import yaml
+from ray import serve
+
+from cluster.build_tiny_model import build_tiny_model
+from cluster.callback_receiver import CallbackReceiver
+from serve_app.app import build_app
+from serve_app.core.settings import PROJECT_ROOT
+from tests.support.cluster import ServeCluster, wait_http_ok
+from tests.support.vllm_server import VLLMServer
+
+# 首次部署要加载 torch/vLLM 并初始化引擎，2 核机器上需要几分钟
+DEPLOY_TIMEOUT_S = 600
+
+
+@dataclass(frozen=True)
+class E2EStack:
+    """集群内模式与外部模式两个应用，以及共用的回调接收方。"""
+
+    internal_url: str
+    external_url: str
+    external_model: str
+    receiver: CallbackReceiver
+
+
+def _cpu_profile_args() -> dict[str, Any]:
+    """serve_config.cpu.yaml 里应用的 args（与 make run 用的同一份配置）。"""
+    config = yaml.safe_load((PROJECT_ROOT / "serve_config.cpu.yaml").read_text(encoding="utf-8"))
+    args: dict[str, Any] = config["applications"][0]["args"]
+    return args
+
+
+@pytest.fixture(scope="session")
+def e2e_stack(
+    serve_cluster: ServeCluster, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[E2EStack]:
+    """生成小模型，启动外部 vLLM 服务，并部署两个模式的应用。"""
+    workdir = tmp_path_factory.mktemp("e2e")
+    model_dir = build_tiny_model(workdir / "tiny-model")
+    external = VLLMServer(model_dir, served_name="tiny-external", log_path=workdir / "vllm.log")
+    # 外部服务先起，与 LLMServer 的部署并行加载
+    external.start()
+    try:
+        with CallbackReceiver() as receiver:
+            args = _cpu_profile_args()
+            args["engine"] = {**args["engine"], "model_source": str(model_dir)}
+            serve.run(build_app(args), name="reports-e2e", route_prefix="/e2e")
+            external.wait_ready(DEPLOY_TIMEOUT_S)
+            serve.run(
+                build_app(
+                    {
+                        "llm_mode": "external",
+                        "vllm_api_url": external.base_url,
+                        "external": {"model": external.served_name},
+                    }
+                ),
+                name="reports-ext",
+                route_prefix="/ext",
+            )
+            stack = E2EStack(
+                internal_url=serve_cluster.base_url + "/e2e",
+                external_url=serve_cluster.base_url + "/ext",
+                external_model=external.served_name,
+                receiver=receiver,
+            )
+            wait_http_ok(stack.internal_url + "/readyz", DEPLOY_TIMEOUT_S)
+            wait_http_ok(stack.external_url + "/readyz", DEPLOY_TIMEOUT_S)
+            try:
+                yield stack
+            finally:
+                serve.delete("reports-ext")
+                serve.delete("reports-e2e")
+    finally:
+        external.stop()

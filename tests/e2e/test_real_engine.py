@@ -1,0 +1,92 @@
+"""真实 vLLM（CPU）端到端：集群内 LLMServer 与外部 OpenAI 兼容服务两种模式。"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import httpx
+
+from cluster.callback_receiver import ReceivedCallback
+from tests.e2e.conftest import E2EStack
+
+WAIT_S = 300.0
+
+
+def _types(base_url: str) -> list[dict[str, Any]]:
+    response = httpx.get(base_url + "/v1/report-types", timeout=30)
+    assert response.status_code == 200
+    types: list[dict[str, Any]] = response.json()
+    return types
+
+
+def _submit_all(stack: E2EStack, base_url: str, types: list[dict[str, Any]]) -> dict[str, str]:
+    """每个类型提交一份（short 篇幅），返回 trace_id → 类型。"""
+    submitted: dict[str, str] = {}
+    for item in types:
+        body = {
+            "report_type": item["name"],
+            "inputs": item["example_inputs"],
+            "length": "short",
+            "callback_url": stack.receiver.url,
+            "metadata": {"type": item["name"]},
+        }
+        response = httpx.post(base_url + "/v1/reports", json=body, timeout=30)
+        assert response.status_code == 202, response.text
+        submitted[response.json()["trace_id"]] = item["name"]
+    return submitted
+
+
+def _wait_callbacks(stack: E2EStack, trace_ids: set[str]) -> dict[str, ReceivedCallback]:
+    deadline = time.monotonic() + WAIT_S
+    while time.monotonic() < deadline:
+        got = {tid: r for tid, r in stack.receiver.delivered().items() if tid in trace_ids}
+        if len(got) == len(trace_ids):
+            return got
+        time.sleep(0.5)
+    raise TimeoutError(f"{WAIT_S}s 内只收到 {len(got)}/{len(trace_ids)} 个回调")
+
+
+def _assert_real_report(
+    callback: ReceivedCallback, report_type: str, model: str, max_tokens: int
+) -> None:
+    body = callback.body
+    assert body["status"] == "succeeded", body
+    assert body["report_type"] == report_type
+    assert body["metadata"] == {"type": report_type}
+    report = body["report"]
+    assert report["content"].strip()
+    assert report["model"] == model
+    assert report["finish_reason"] in {"stop", "length"}
+    usage = report["usage"]
+    assert usage["prompt_tokens"] > 0
+    assert 0 < usage["completion_tokens"] <= max_tokens
+
+
+def test_every_report_type_on_in_cluster_llmserver(e2e_stack: E2EStack) -> None:
+    types = _types(e2e_stack.internal_url)
+    assert len(types) >= 4
+    submitted = _submit_all(e2e_stack, e2e_stack.internal_url, types)
+    callbacks = _wait_callbacks(e2e_stack, set(submitted))
+    presets = {t["name"]: t["lengths"]["short"]["max_tokens"] for t in types}
+    for trace_id, report_type in submitted.items():
+        callback = callbacks[trace_id]
+        assert callback.headers["x-trace-id"] == trace_id
+        _assert_real_report(callback, report_type, "report-llm", presets[report_type])
+
+
+def test_every_report_type_on_external_vllm_server(e2e_stack: E2EStack) -> None:
+    types = _types(e2e_stack.external_url)
+    submitted = _submit_all(e2e_stack, e2e_stack.external_url, types)
+    callbacks = _wait_callbacks(e2e_stack, set(submitted))
+    presets = {t["name"]: t["lengths"]["short"]["max_tokens"] for t in types}
+    for trace_id, report_type in submitted.items():
+        _assert_real_report(
+            callbacks[trace_id], report_type, e2e_stack.external_model, presets[report_type]
+        )
+
+
+def test_readiness_reflects_real_engines(e2e_stack: E2EStack) -> None:
+    for base_url in (e2e_stack.internal_url, e2e_stack.external_url):
+        response = httpx.get(base_url + "/readyz", timeout=30)
+        assert response.status_code == 200 and response.json() == {"status": "ready"}

@@ -1,0 +1,72 @@
+"""独立的 vLLM OpenAI 服务（CPU）：外部模式的真实对端。经自己的 PID/进程组启动与关闭。"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.support.cluster import free_port, wait_http_ok
+
+
+class VLLMServer:
+    """`python -m vllm.entrypoints.openai.api_server`，只监听 127.0.0.1。"""
+
+    def __init__(self, model_dir: Path, served_name: str, log_path: Path) -> None:
+        self.port = free_port()
+        self.served_name = served_name
+        self._model_dir = model_dir
+        self._log_path = log_path
+        self._process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def base_url(self) -> str:
+        """OpenAI 兼容的 base URL。"""
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    def start(self) -> None:
+        """后台启动（不等待就绪）；新会话，便于整组关闭它派生的引擎进程。"""
+        env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1"}
+        command = [
+            sys.executable,
+            "-m",
+            "vllm.entrypoints.openai.api_server",
+            "--model",
+            str(self._model_dir),
+            "--served-model-name",
+            self.served_name,
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--enforce-eager",
+            "--max-model-len",
+            "2048",
+            "--gpu-memory-utilization",
+            "0.15",
+        ]
+        with self._log_path.open("wb") as log:
+            self._process = subprocess.Popen(
+                command, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
+            )
+
+    def wait_ready(self, timeout_s: float) -> None:
+        """等 /v1/models 可用；进程提前退出时报出日志位置。"""
+        assert self._process is not None
+        if self._process.poll() is not None:
+            raise RuntimeError(f"vLLM 服务已退出，见 {self._log_path}")
+        wait_http_ok(self.base_url + "/models", timeout_s)
+
+    def stop(self) -> None:
+        """向自己的进程组发 SIGTERM，超时再 SIGKILL。"""
+        if self._process is None or self._process.poll() is not None:
+            return
+        pgid = os.getpgid(self._process.pid)
+        os.killpg(pgid, signal.SIGTERM)
+        try:
+            self._process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(pgid, signal.SIGKILL)
+            self._process.wait(timeout=10)
