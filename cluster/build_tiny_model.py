@@ -38,8 +38,8 @@ def build_tiny_model(output_dir: Path) -> Path:
     if (output_dir / _MARKER).exists():
         return output_dir
     # 依赖较重，只在真正生成时导入
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     import torch
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
     output_dir.mkdir(parents=True, exist_ok=True)

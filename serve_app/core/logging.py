@@ -6,8 +6,12 @@ import logging
 import sys
 from pathlib import Path
 from types import FrameType
+from typing import TYPE_CHECKING
 
 from loguru import logger
+
+if TYPE_CHECKING:
+    from loguru import Record
 
 # 没有作业上下文时 trace_id 的占位值
 NO_TRACE = "-"
@@ -33,9 +37,14 @@ class InterceptHandler(logging.Handler):
         while frame is not None and frame.f_code.co_filename == logging.__file__:
             frame = frame.f_back
             depth += 1
-        # Ray Serve 的日志记录带 request_id，可作为无作业上下文时的线索
-        trace_id = getattr(record, "request_id", None) or NO_TRACE
-        logger.bind(trace_id=trace_id).opt(depth=depth, exception=record.exc_info).log(
+        # 作业上下文里的 trace_id 优先；没有时用 Ray Serve 记录上的 request_id 作线索
+        request_id = getattr(record, "request_id", None)
+
+        def fill_trace_id(entry: Record) -> None:
+            if request_id and entry["extra"].get("trace_id", NO_TRACE) == NO_TRACE:
+                entry["extra"]["trace_id"] = str(request_id)
+
+        logger.patch(fill_trace_id).opt(depth=depth, exception=record.exc_info).log(
             level, record.getMessage()
         )
 
@@ -53,8 +62,24 @@ def configure_logging(level: str = "INFO", json_path: Path | None = None) -> Non
         json_path.parent.mkdir(parents=True, exist_ok=True)
         # 多个副本进程追加同一文件：每行一条 JSON，单行写入是原子的
         logger.add(str(json_path), level=level, serialize=True, enqueue=False)
+    # 其余会向上传播的标准库日志统一经根 logger 进入 loguru
+    logging.basicConfig(handlers=[InterceptHandler()], level=logging.INFO, force=True)
     for name in ("uvicorn", "uvicorn.error", "fastapi", "httpx", "openai"):
         std = logging.getLogger(name)
         std.handlers = [InterceptHandler()]
         std.propagate = False
+    _route_serve_stderr()
     _configured = key
+
+
+def _route_serve_stderr() -> None:
+    """Ray Serve 的副本日志（含访问日志）：stderr 那一路改走 loguru，文件那一路保留给 dashboard。"""
+    serve_logger = logging.getLogger("ray.serve")
+    for handler in list(serve_logger.handlers):
+        if type(handler) is logging.StreamHandler:
+            serve_logger.removeHandler(handler)
+            intercept = InterceptHandler()
+            # 保留 Ray 的过滤器：它们给记录补上 request_id 等字段，并决定哪些行进 stderr
+            for log_filter in handler.filters:
+                intercept.addFilter(log_filter)
+            serve_logger.addHandler(intercept)

@@ -52,7 +52,7 @@ def start_cluster() -> ServeCluster:
 def stop_cluster() -> None:
     """关闭 Serve 与 Ray。"""
     try:
-        serve.shutdown()
+        serve.shutdown()  # type: ignore[no-untyped-call]  # Ray 未标注类型
     finally:
         ray.shutdown()
 

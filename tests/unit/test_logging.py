@@ -1,0 +1,84 @@
+"""日志：标准库日志进入 loguru，trace_id 由上下文绑定，Ray Serve 的 stderr 那一路被接管。"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from loguru import logger
+
+from serve_app.core import logging as logging_setup
+from serve_app.core.logging import InterceptHandler, configure_logging
+from tests.support.logs import captured_logs
+
+
+@pytest.fixture(autouse=True)
+def fresh_logging() -> Iterator[None]:
+    """每个测试重新配置，结束后恢复 loguru 默认输出。"""
+    logging_setup._configured = None
+    yield
+    logging_setup._configured = None
+    logger.remove()
+    logger.add(logging.StreamHandler(), level="DEBUG")
+    logging.basicConfig(handlers=[], force=True)
+
+
+def test_stdlib_logging_is_routed_with_request_id() -> None:
+    configure_logging("DEBUG")
+    with captured_logs() as logs:
+        logging.getLogger("some.library").warning("来自标准库 %s", "x")
+        record = logging.LogRecord("uvicorn.error", logging.INFO, __file__, 1, "访问", None, None)
+        record.request_id = "req-7"
+        logging.getLogger("uvicorn.error").handle(record)
+    assert [(r["message"], r["trace_id"]) for r in logs] == [
+        ("来自标准库 x", "-"),
+        ("访问", "req-7"),
+    ]
+
+
+def test_contextualize_binds_trace_id_for_every_line() -> None:
+    configure_logging("DEBUG")
+    with captured_logs() as logs:
+        with logger.contextualize(trace_id="t-9"):
+            logger.info("一")
+            logging.getLogger("httpx").info("二")
+        logger.info("三")
+    assert [r["trace_id"] for r in logs] == ["t-9", "t-9", "-"]
+
+
+def test_ray_serve_stream_handler_is_replaced_but_files_kept(tmp_path: Path) -> None:
+    serve_logger = logging.getLogger("ray.serve")
+    saved = list(serve_logger.handlers)
+    stream = logging.StreamHandler()
+    marker = logging.Filter("ray")
+    stream.addFilter(marker)
+    file_handler = logging.FileHandler(tmp_path / "replica.log")
+    serve_logger.handlers = [stream, file_handler]
+    try:
+        configure_logging("INFO")
+        handlers = serve_logger.handlers
+        assert file_handler in handlers and stream not in handlers
+        [intercept] = [h for h in handlers if isinstance(h, InterceptHandler)]
+        assert marker in intercept.filters
+    finally:
+        file_handler.close()
+        serve_logger.handlers = saved
+
+
+def test_json_file_sink_writes_one_record_per_line(tmp_path: Path) -> None:
+    path = tmp_path / "logs" / "jobs.jsonl"
+    configure_logging("INFO", path)
+    with logger.contextualize(trace_id="t-json"):
+        logger.info("写入")
+    lines = path.read_text(encoding="utf-8").splitlines()
+    assert len(lines) == 1 and '"trace_id": "t-json"' in lines[0]
+
+
+def test_configure_is_idempotent() -> None:
+    configure_logging("INFO")
+    with captured_logs() as logs:
+        configure_logging("INFO")  # 同参数重复调用不会移除已有的输出
+        logger.info("仍在")
+    assert [r["message"] for r in logs] == ["仍在"]
