@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import sys
 from pathlib import Path
-from types import FrameType
 from typing import TYPE_CHECKING
 
 from loguru import logger
@@ -32,21 +31,18 @@ class InterceptHandler(logging.Handler):
             level: str | int = logger.level(record.levelname).name
         except ValueError:
             level = record.levelno
-        frame: FrameType | None = logging.currentframe()
-        depth = 2
-        while frame is not None and frame.f_code.co_filename == logging.__file__:
-            frame = frame.f_back
-            depth += 1
         # 作业上下文里的 trace_id 优先；没有时用 Ray Serve 记录上的 request_id 作线索
         request_id = getattr(record, "request_id", None)
 
-        def fill_trace_id(entry: Record) -> None:
+        def from_stdlib(entry: Record) -> None:
+            # 位置取自标准库记录本身（logger 名、函数、行号），不靠栈帧深度推算
+            entry["name"] = record.name
+            entry["function"] = record.funcName
+            entry["line"] = record.lineno
             if request_id and entry["extra"].get("trace_id", NO_TRACE) == NO_TRACE:
                 entry["extra"]["trace_id"] = str(request_id)
 
-        logger.patch(fill_trace_id).opt(depth=depth, exception=record.exc_info).log(
-            level, record.getMessage()
-        )
+        logger.patch(from_stdlib).opt(exception=record.exc_info).log(level, record.getMessage())
 
 
 def configure_logging(level: str = "INFO", json_path: Path | None = None) -> None:

@@ -32,9 +32,9 @@ def test_stdlib_logging_is_routed_with_request_id() -> None:
         record = logging.LogRecord("uvicorn.error", logging.INFO, __file__, 1, "访问", None, None)
         record.request_id = "req-7"
         logging.getLogger("uvicorn.error").handle(record)
-    assert [(r["message"], r["trace_id"]) for r in logs] == [
-        ("来自标准库 x", "-"),
-        ("访问", "req-7"),
+    assert [(r["message"], r["trace_id"], r["name"]) for r in logs] == [
+        ("来自标准库 x", "-", "some.library"),
+        ("访问", "req-7", "uvicorn.error"),
     ]
 
 

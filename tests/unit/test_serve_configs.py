@@ -1,0 +1,62 @@
+"""serve_config*.yaml：Serve 的 schema、应用 args 与部署名都对得上。"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from ray.serve.schema import ServeDeploySchema
+
+from deployments.llm import llm_deployment_name
+from serve_app.core.settings import PROJECT_ROOT, Settings
+
+CONFIGS = [PROJECT_ROOT / "serve_config.yaml", PROJECT_ROOT / "serve_config.cpu.yaml"]
+LIGHT = {"ReportIngress", "TemplateRenderer", "CallbackSender"}
+
+
+def _load(path: Path) -> dict[str, Any]:
+    data: dict[str, Any] = yaml.safe_load(path.read_text(encoding="utf-8"))
+    return data
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
+def test_config_is_a_valid_serve_deploy_schema(path: Path) -> None:
+    schema = ServeDeploySchema.model_validate(_load(path))
+    [app] = schema.applications
+    assert app.import_path == "serve_app.app:build_app"
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
+def test_args_validate_and_deployment_names_exist(path: Path) -> None:
+    [app] = _load(path)["applications"]
+    args = dict(app["args"])
+    args["engine"] = {**args["engine"], "model_source": "/models/any"}
+    settings = Settings(_env_file=None, **args)
+    names = {d["name"] for d in app["deployments"]}
+    assert names == LIGHT | {llm_deployment_name(settings.engine)}
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
+def test_llm_autoscales_on_queue_depth(path: Path) -> None:
+    [app] = _load(path)["applications"]
+    [llm] = [d for d in app["deployments"] if d["name"].startswith("LLMServer:")]
+    scaling = llm["autoscaling_config"]
+    # 没有显式值时 Ray Serve LLM 用 1e9，按排队深度的扩缩永远不会触发
+    assert 0 < scaling["target_ongoing_requests"] <= llm["max_ongoing_requests"] < 10_000
+    assert 1 <= scaling["min_replicas"] <= scaling["max_replicas"]
+    assert {"upscale_delay_s", "downscale_delay_s"} <= set(scaling)
+    # 不覆盖 LLMServer 的 ray_actor_options（会冲掉引擎的 runtime_env / 资源设置）
+    assert "ray_actor_options" not in llm
+
+
+def test_gpu_profile_puts_engine_on_gpu_and_cpu_profile_on_cpu() -> None:
+    [gpu], [cpu] = (_load(p)["applications"] for p in CONFIGS)
+    assert gpu["args"]["engine"]["accelerator"] == "gpu"
+    assert cpu["args"]["engine"]["accelerator"] == "cpu"
+    assert cpu["args"]["engine"]["engine_kwargs"]["enforce_eager"] is True
+    for app in (gpu, cpu):
+        for deployment in app["deployments"]:
+            if deployment["name"] in LIGHT:
+                assert deployment["ray_actor_options"]["num_cpus"] < 1
