@@ -10,10 +10,10 @@ RUN_DIR := .run
 TINY_MODEL := .cache/tiny-model
 export PYTHONPATH := $(CURDIR)
 
-.PHONY: help install run stop demo test test-unit test-integration test-e2e lint fmt clean
+.PHONY: help install run stop demo test test-unit test-integration test-e2e test-cluster lint fmt clean
 
 help:
-	@echo "make run | stop | demo | test | test-e2e | lint"
+	@echo "make run | stop | demo | test | test-unit | test-integration | test-e2e | test-cluster | lint"
 
 $(UV):
 	python3 -m venv $(TOOLS)
@@ -41,6 +41,8 @@ lint: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
+	$(VENV)/bin/hadolint cluster/Dockerfile
+	$(VENV)/bin/check-jsonschema --builtin-schema vendor.compose-spec docker-compose.yml
 
 fmt: install
 	$(VENV)/bin/ruff format .
@@ -57,6 +59,9 @@ test-integration: install
 
 test-e2e: install
 	$(VENV)/bin/pytest -m e2e
+
+test-cluster: install
+	$(VENV)/bin/pytest -m cluster
 
 clean:
 	rm -rf $(RUN_DIR) .pytest_cache .mypy_cache .ruff_cache

@@ -30,7 +30,11 @@ def build_llm_config(engine: EngineSettings) -> LLMConfig:
     """EngineSettings → LLMConfig。"""
     deployment_config: dict[str, Any] = {
         **DEFAULT_LLM_DEPLOYMENT_CONFIG,
-        "ray_actor_options": {"num_cpus": engine.replica_num_cpus},
+        # 副本资源会并进引擎 placement group 的第一个 bundle：自定义资源决定整组落在哪类节点
+        "ray_actor_options": {
+            "num_cpus": engine.replica_num_cpus,
+            "resources": dict(engine.replica_resources),
+        },
     }
     return LLMConfig(
         model_loading_config={

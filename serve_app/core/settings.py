@@ -58,6 +58,13 @@ class EngineSettings(_Strict):
     replica_num_cpus: float = Field(
         1.0, ge=0, description="LLMServer 副本进程本身占用的 CPU（不含引擎 worker）"
     )
+    replica_resources: dict[str, float] = Field(
+        default_factory=dict,
+        description=(
+            "LLM 副本要求的 Ray 自定义资源，如 {reports_llm: 0.01}：只有广播了该资源的节点"
+            "（cluster/start_worker.sh）才会放 LLM 副本"
+        ),
+    )
 
 
 class ExternalLLMSettings(_Strict):

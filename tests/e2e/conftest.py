@@ -14,7 +14,7 @@ from cluster.build_tiny_model import build_tiny_model
 from cluster.callback_receiver import CallbackReceiver
 from serve_app.app import build_app
 from serve_app.core.settings import PROJECT_ROOT
-from tests.support.cluster import ServeCluster, wait_http_ok
+from tests.support.cluster import ServeCluster, start_cluster, stop_cluster, wait_http_ok
 from tests.support.vllm_server import VLLMServer
 
 # 首次部署要加载 torch/vLLM 并初始化引擎，2 核机器上需要几分钟
@@ -38,7 +38,17 @@ def _cpu_profile_args() -> dict[str, Any]:
     return args
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
+def serve_cluster() -> Iterator[ServeCluster]:
+    """本层一个进程内 Ray + Serve；本层测试结束即关闭（下一层从干净的机器开始）。"""
+    cluster = start_cluster()
+    try:
+        yield cluster
+    finally:
+        stop_cluster()
+
+
+@pytest.fixture(scope="package")
 def e2e_stack(
     serve_cluster: ServeCluster, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[E2EStack]:

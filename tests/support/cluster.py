@@ -19,6 +19,8 @@ from serve_app.core.settings import PROJECT_ROOT
 # 逻辑 CPU 数：LLMServer 的 placement group 要整块 CPU，轻量部署各占零头；
 # 在 2 核机器上多报一些逻辑 CPU，避免调度互相等待（真实算力仍由操作系统分配）。
 LOGICAL_CPUS = 8
+# 单节点同时扮演 head 与 LLM worker：广播 serve_config 里两类部署要求的自定义资源
+NODE_RESOURCES = {"reports_cpu": 100.0, "reports_llm": 100.0}
 
 
 def free_port() -> int:
@@ -41,6 +43,7 @@ def start_cluster() -> ServeCluster:
     port = free_port()
     ray.init(
         num_cpus=LOGICAL_CPUS,
+        resources=NODE_RESOURCES,
         include_dashboard=False,
         log_to_driver=True,
         runtime_env={"env_vars": {"PYTHONPATH": str(PROJECT_ROOT)}},
