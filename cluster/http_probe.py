@@ -1,4 +1,6 @@
-"""HTTP 探针：URL 返回 2xx 则退出码 0，否则 1。供容器 HEALTHCHECK 与 deploy.sh 使用（镜像里不装 curl）。
+"""HTTP 探针：URL 返回 2xx 则退出码 0，否则 1。
+
+供容器 HEALTHCHECK 与 deploy.sh 使用（镜像里不装 curl）。
 
 用法：python -m cluster.http_probe URL [--bearer-env 环境变量名] [--timeout 秒]
 """
