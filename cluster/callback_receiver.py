@@ -77,7 +77,8 @@ class CallbackReceiver:
     def stop(self) -> None:
         """关闭服务并等待线程退出。"""
         self._server.should_exit = True
-        self._thread.join(timeout=10)
+        if self._thread.is_alive():
+            self._thread.join(timeout=10)
         self._sock.close()
 
     def __enter__(self) -> CallbackReceiver:

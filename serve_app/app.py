@@ -23,7 +23,7 @@ def compose_app(settings: Settings, llm: Application | None) -> Application:
 
 def build_app(args: dict[str, Any]) -> Application:
     """校验 `args`（未知字段直接报错），解析配置一次，组装应用。"""
-    settings = Settings(**args)
+    settings = Settings.from_args(args)
     configure_logging(settings.log_level, settings.log_json_path)
     llm = build_llm_server(settings.engine) if settings.llm_mode is LLMMode.SERVE_LLM else None
     return compose_app(settings, llm)

@@ -118,7 +118,9 @@ class Settings(BaseSettings):
         env_file=PROJECT_ROOT / ".env",
         # .env 里留空的变量视为未设置（.env.example 的空行可以原样复制）
         env_ignore_empty=True,
-        extra="forbid",
+        # .env 同时给 docker compose 用，含非本应用的变量：这里忽略；
+        # serve_config 的 args 里写错的键由 from_args() 拒绝，嵌套模型本身也禁止未知字段
+        extra="ignore",
         frozen=True,
     )
 
@@ -150,6 +152,15 @@ class Settings(BaseSettings):
                 "（环境变量 REPORTS_ENGINE__MODEL_SOURCE）"
             )
         return self
+
+    @classmethod
+    def from_args(cls, args: dict[str, Any]) -> Settings:
+        """由 serve_config.yaml 的 args 构造；未知的顶层键直接报错（部署失败，而非请求时出错）。"""
+        known = set(cls.model_fields) | {"VLLM_API_URL"}
+        unknown = sorted(set(args) - known)
+        if unknown:
+            raise ValueError(f"serve_config 的 args 有未知字段 {unknown}，可用：{sorted(known)}")
+        return cls(**args)
 
     @property
     def external_base_url(self) -> str:

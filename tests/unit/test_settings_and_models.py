@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, datetime
+from pathlib import Path
 
 import pytest
 from pydantic import ValidationError
@@ -15,7 +16,7 @@ from serve_app.core.errors import (
     RenderError,
     error_info,
 )
-from serve_app.core.settings import CallbackPolicy, LLMMode, Settings
+from serve_app.core.settings import PROJECT_ROOT, CallbackPolicy, LLMMode, Settings
 from serve_app.models.reports import CallbackPayload, Completion, ReportJob, Usage
 from tests.support.sample import make_settings
 
@@ -49,10 +50,28 @@ def test_yaml_args_win_over_environment(monkeypatch: pytest.MonkeyPatch) -> None
 
 
 def test_unknown_field_fails_the_deploy() -> None:
-    with pytest.raises(ValidationError, match="engin"):
-        make_settings(engin={"model_source": "x"})
+    with pytest.raises(ValueError, match="engin"):
+        Settings.from_args({"engin": {"model_source": "x"}})
     with pytest.raises(ValidationError, match="max_replica"):
-        make_settings(engine={"model_source": "x", "max_replica": 3})
+        Settings.from_args({"engine": {"model_source": "x", "max_replica": 3}})
+
+
+def test_dotenv_shared_with_compose_is_accepted(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    env_file = tmp_path / ".env"
+    example = (PROJECT_ROOT / ".env.example").read_text(encoding="utf-8")
+    env_file.write_text(
+        example.replace(
+            "REPORTS_ENGINE__MODEL_SOURCE=\n", "REPORTS_ENGINE__MODEL_SOURCE=/m\n"
+        ).replace("RAY_AUTH_TOKEN=\n", "RAY_AUTH_TOKEN=abc\n"),
+        encoding="utf-8",
+    )
+    monkeypatch.delenv("REPORTS_ENGINE__MODEL_SOURCE", raising=False)
+    settings = Settings(_env_file=env_file)
+    assert settings.engine.model_source == "/m"
+    assert settings.callback.max_attempts == 6
+    assert settings.vllm_api_url is None
 
 
 def test_serve_llm_mode_requires_a_model(monkeypatch: pytest.MonkeyPatch) -> None:

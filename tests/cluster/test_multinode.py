@@ -1,0 +1,133 @@
+"""真实的多节点 Ray 集群（127.0.0.1）：放置、端到端、按排队深度扩缩、worker 丢失。"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import httpx
+from loguru import logger
+
+from cluster.callback_receiver import ReceivedCallback
+from tests.cluster.conftest import APP, AUTOSCALING, LLM_DEPLOYMENT, MultiNode
+from tests.support.sample import sales_request
+
+LIGHT = ("ReportIngress", "TemplateRenderer", "CallbackSender")
+
+
+def _replica_nodes(cluster: MultiNode, deployment: str) -> set[str]:
+    details = cluster.api.deployment(APP, deployment)
+    return {r["node_id"] for r in details["replicas"] if r["state"] == "RUNNING"}
+
+
+def _submit_many(cluster: MultiNode, count: int, length: str) -> list[str]:
+    async def run() -> list[str]:
+        async with httpx.AsyncClient(base_url=cluster.base_url, timeout=60) as client:
+            responses = await asyncio.gather(
+                *(
+                    client.post(
+                        "/v1/reports",
+                        json=sales_request(cluster.receiver.url, length=length),
+                    )
+                    for _ in range(count)
+                )
+            )
+        assert all(r.status_code == 202 for r in responses), [r.text for r in responses]
+        return [r.json()["trace_id"] for r in responses]
+
+    return asyncio.run(run())
+
+
+def _wait_terminal(
+    cluster: MultiNode, trace_ids: list[str], timeout_s: float
+) -> dict[str, list[ReceivedCallback]]:
+    """等每个作业都收到回调；返回 trace_id → 收到的全部回调（用于检查恰好一次）。"""
+    wanted = set(trace_ids)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        got = {r.body.get("trace_id") for r in cluster.receiver.received} & wanted
+        if got == wanted:
+            break
+        time.sleep(1)
+    time.sleep(2)  # 留出时间暴露可能的重复回调
+    by_id: dict[str, list[ReceivedCallback]] = {t: [] for t in trace_ids}
+    for record in cluster.receiver.received:
+        trace_id = record.body.get("trace_id")
+        if trace_id in by_id:
+            by_id[trace_id].append(record)
+    missing = [t for t, calls in by_id.items() if not calls]
+    assert not missing, f"{len(missing)} 个作业没有回调：{missing[:3]}"
+    return by_id
+
+
+def test_replicas_are_placed_by_node_role(multinode: MultiNode) -> None:
+    nodes = multinode.api.alive_nodes()
+    assert len(nodes) == 2
+    head_id = multinode.api.head_node_id()
+    [worker_id] = [n["node_id"] for n in nodes if not n["is_head_node"]]
+    assert _replica_nodes(multinode, LLM_DEPLOYMENT) == {worker_id}
+    for name in LIGHT:
+        assert _replica_nodes(multinode, name) == {head_id}, name
+
+
+def test_report_flows_end_to_end(multinode: MultiNode) -> None:
+    [trace_id] = _submit_many(multinode, 1, "short")
+    [callback] = _wait_terminal(multinode, [trace_id], 300)[trace_id]
+    assert callback.body["status"] == "succeeded"
+    assert callback.body["report"]["content"].strip()
+    assert callback.body["report"]["usage"]["completion_tokens"] > 0
+
+
+def test_llm_autoscales_on_queue_depth_and_back(multinode: MultiNode) -> None:
+    api = multinode.api
+
+    def target() -> int:
+        value: int = api.deployment(APP, LLM_DEPLOYMENT)["target_num_replicas"]
+        return value
+
+    assert target() == AUTOSCALING["min_replicas"]
+    # 突发量远大于 1 个副本的 target_ongoing_requests
+    trace_ids = _submit_many(multinode, 24, "medium")
+    api.wait_for(lambda: target() > AUTOSCALING["min_replicas"], 120, "LLM 副本扩容")
+    logger.info("扩容已触发：target_num_replicas={}", target())
+    callbacks = _wait_terminal(multinode, trace_ids, 900)
+    assert all(len(c) == 1 and c[0].body["status"] == "succeeded" for c in callbacks.values())
+    api.wait_for(
+        lambda: (
+            target() == AUTOSCALING["min_replicas"]
+            and len(api.deployment(APP, LLM_DEPLOYMENT)["replicas"]) == AUTOSCALING["min_replicas"]
+        ),
+        240,
+        "突发结束后缩回 min_replicas",
+    )
+
+
+def test_worker_loss_leaves_no_report_silent(multinode: MultiNode) -> None:
+    """worker 在作业进行中停掉：每个作业恰好一次终态回调（引擎回不来就 failed）。
+
+    新 worker 加入后服务恢复。
+    """
+    trace_ids = _submit_many(multinode, 6, "long")
+    time.sleep(2)
+    old_worker = multinode.workers[-1]
+    old_worker.stop()
+    multinode.start_worker()
+    callbacks = _wait_terminal(multinode, trace_ids, 900)
+    tally: dict[str, int] = {"succeeded": 0, "failed": 0}
+    for trace_id, calls in callbacks.items():
+        assert len(calls) == 1, f"{trace_id} 收到 {len(calls)} 次回调"
+        body: dict[str, Any] = calls[0].body
+        tally[body["status"]] += 1
+        if body["status"] == "failed":
+            assert body["error"]["code"] in {"llm_error", "llm_timeout"}, body["error"]
+    logger.info("worker 丢失：{} 个作业，结果 {}", len(trace_ids), tally)
+    # 新 worker 上起了 LLM 副本后，服务恢复
+    multinode.api.wait_for(
+        lambda: httpx.get(multinode.base_url + "/readyz", timeout=30).status_code == 200,
+        600,
+        "新 worker 上的 LLM 副本就绪",
+    )
+    [trace_id] = _submit_many(multinode, 1, "short")
+    [callback] = _wait_terminal(multinode, [trace_id], 300)[trace_id]
+    assert callback.body["status"] == "succeeded"
