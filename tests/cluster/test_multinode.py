@@ -104,14 +104,15 @@ def test_llm_autoscales_on_queue_depth_and_back(multinode: MultiNode) -> None:
 
 
 def test_worker_loss_leaves_no_report_silent(multinode: MultiNode) -> None:
-    """worker 在作业进行中停掉：每个作业恰好一次终态回调（引擎回不来就 failed）。
+    """worker 节点在作业进行中突然消失（整组进程被杀）：每个作业恰好一次终态回调。
 
-    新 worker 加入后服务恢复。
+    设计的承诺（持久化账本之前）：LLM 调用因副本死亡失败时按策略重试；Serve 在新 worker 上补起
+    LLM 副本后排队的请求继续完成，超时则以 failed（llm_timeout / llm_error）回调结束。
     """
     trace_ids = _submit_many(multinode, 6, "long")
     time.sleep(2)
     old_worker = multinode.workers[-1]
-    old_worker.stop()
+    old_worker.kill()
     multinode.start_worker()
     callbacks = _wait_terminal(multinode, trace_ids, 900)
     tally: dict[str, int] = {"succeeded": 0, "failed": 0}

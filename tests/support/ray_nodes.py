@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import psutil
 
 from serve_app.core.settings import PROJECT_ROOT
 from tests.support.cluster import free_port
@@ -69,16 +70,27 @@ class RayNode:
             self.kill()
 
     def kill(self) -> None:
-        """模拟节点突然消失：对本节点的进程组 SIGKILL。
+        """模拟节点突然消失（如容器被杀）：本节点起的全部进程一起 SIGKILL。
 
-        raylet 一死，其上的 worker 进程随之退出。
+        先记下 ray start 的全部后代（raylet、副本 worker、vLLM 引擎进程……，有的在自己的进程组里），
+        再杀进程组与这些 PID：只动本测试启动的进程，不留孤儿占用 CPU 与内存。
         """
-        if self._process is None:
+        if self._process is None or self._process.poll() is not None:
             return
+        try:
+            descendants = psutil.Process(self.pid).children(recursive=True)
+        except psutil.NoSuchProcess:
+            descendants = []
         try:
             os.killpg(self.pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
+        for child in descendants:
+            try:
+                child.kill()
+            except psutil.NoSuchProcess:
+                continue
+        psutil.wait_procs(descendants, timeout=30)
         self._process.wait(timeout=30)
 
 
