@@ -7,12 +7,14 @@ from pathlib import Path
 import pytest
 
 _TIERS = ("unit", "integration", "e2e", "cluster")
+_TESTS_DIR = Path(__file__).resolve().parent
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """tests/<层级>/ 下的测试自动带上对应标记，`-m unit` 等可按层运行。"""
     for item in items:
-        parts = Path(str(item.path)).parts
-        for tier in _TIERS:
-            if tier in parts:
-                item.add_marker(getattr(pytest.mark, tier))
+        # 只看 tests/ 下的第一级目录，仓库所在路径里碰巧有同名目录也不影响
+        relative = Path(str(item.path)).resolve().relative_to(_TESTS_DIR)
+        tier = relative.parts[0] if len(relative.parts) > 1 else None
+        if tier in _TIERS:
+            item.add_marker(getattr(pytest.mark, tier))
