@@ -29,6 +29,7 @@ class ReceivedCallback:
     headers: dict[str, str]
     body: dict[str, Any]
     status_returned: int
+    raw: bytes = b""
 
 
 @dataclass
@@ -117,6 +118,7 @@ class CallbackReceiver:
             headers={k.lower(): v for k, v in request.headers.items()},
             body=body,
             status_returned=status,
+            raw=raw,
         )
         with self._cond:
             self._received.append(record)

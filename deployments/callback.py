@@ -9,6 +9,7 @@ from ray.serve.deployment import Deployment
 from serve_app.core.logging import configure_logging
 from serve_app.core.settings import Settings
 from serve_app.delivery.client import CallbackClient
+from serve_app.delivery.url_guard import callback_target_policy
 from serve_app.models.reports import CallbackPayload, DeliveryOutcome
 
 
@@ -17,7 +18,12 @@ class CallbackSender:
 
     def __init__(self, settings: Settings) -> None:
         configure_logging(settings.log_level, settings.log_json_path)
-        self._client = CallbackClient(settings.callback)
+        secret = settings.callback_signing_secret
+        self._client = CallbackClient(
+            settings.callback,
+            callback_target_policy(settings),
+            signing_secret=secret.get_secret_value() if secret else None,
+        )
 
     async def send(self, url: str, payload: CallbackPayload) -> DeliveryOutcome:
         """投递一个作业的终态回调。"""

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 
+from serve_app.core.auth import require_api_key
 from serve_app.core.http_errors import install_error_handlers
 from serve_app.core.middleware import BodySizeLimitMiddleware
 from serve_app.core.services import IngressServices
@@ -18,8 +19,11 @@ def create_app(services: IngressServices) -> FastAPI:
         description="提交报告请求（202 + trace_id），报告完成后回调 callback_url。",
     )
     app.state.services = services
-    app.include_router(reports.router)
-    app.include_router(report_types.router)
+    # /v1/* 需要 API key；/healthz、/readyz 始终开放
+    protected = [Depends(require_api_key)]
+    unauthorized: dict[int | str, dict[str, str]] = {401: {"description": "缺少或错误的 API key"}}
+    app.include_router(reports.router, dependencies=protected, responses=unauthorized)
+    app.include_router(report_types.router, dependencies=protected, responses=unauthorized)
     app.include_router(health.router)
     install_error_handlers(app)
     app.add_middleware(BodySizeLimitMiddleware, max_body_bytes=services.settings.max_body_bytes)

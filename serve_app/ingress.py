@@ -14,6 +14,7 @@ from serve_app.api import create_app
 from serve_app.core.logging import configure_logging
 from serve_app.core.services import IngressServices
 from serve_app.core.settings import LLMMode, Settings
+from serve_app.delivery.url_guard import callback_target_policy
 from serve_app.llm.openai_compat import OpenAICompatClient
 from serve_app.llm.port import LLMClient
 from serve_app.llm.serve_llm import ServeLLMClient
@@ -53,13 +54,15 @@ class ReportIngress:
         self._services = IngressServices(
             settings=settings,
             catalog=catalog,
-            submissions=ReportSubmissions(catalog, settings),
+            submissions=ReportSubmissions(catalog, settings, callback_target_policy(settings)),
             pipeline=ReportPipeline(
                 HandleRenderStage(renderer), self._llm, HandleDeliveryStage(callbacks)
             ),
             llm=self._llm,
         )
         logger.info("入口已启动：llm_mode={}", settings.llm_mode)
+        if not settings.api_keys:
+            logger.warning("未配置 API key（REPORTS_API_KEYS）：/v1/* 不鉴权，只适合本机或受信网络")
 
     def __serve_build_asgi_app__(self) -> FastAPI:
         """Serve 在构造后调用，取得本副本的 HTTP 应用。"""

@@ -2,6 +2,8 @@
 
     ReportError                 所有业务错误的基类，带 `code`
     ├── RequestError            请求不合法（HTTP 422）
+    │   └── UnsafeCallbackUrl   回调地址不安全（SSRF 防护拒绝）
+    ├── AuthError               缺少或错误的 API key（HTTP 401）
     ├── RenderError             模板渲染失败
     ├── LLMError                引擎返回错误或不可用
     │   └── LLMTimeout          生成超时
@@ -19,6 +21,8 @@ class ErrorCode(StrEnum):
     """回调 `error.code` 与 HTTP 错误体里的错误码。"""
 
     INVALID_REQUEST = "invalid_request"
+    UNSAFE_CALLBACK_URL = "unsafe_callback_url"
+    UNAUTHORIZED = "unauthorized"
     PAYLOAD_TOO_LARGE = "payload_too_large"
     RENDER_ERROR = "render_error"
     LLM_ERROR = "llm_error"
@@ -41,6 +45,18 @@ class RequestError(ReportError):
     """请求不合法：类型未知、输入缺失或多余等。"""
 
     code = ErrorCode.INVALID_REQUEST
+
+
+class UnsafeCallbackUrl(RequestError):
+    """回调地址被 SSRF 防护拒绝（受理时 422；投递时不重试）。"""
+
+    code = ErrorCode.UNSAFE_CALLBACK_URL
+
+
+class AuthError(ReportError):
+    """缺少或错误的 API key。"""
+
+    code = ErrorCode.UNAUTHORIZED
 
 
 class RenderError(ReportError):

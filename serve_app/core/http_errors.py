@@ -6,8 +6,9 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from loguru import logger
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from serve_app.core.errors import ErrorCode, RequestError, error_info
+from serve_app.core.errors import AuthError, ErrorCode, RequestError, error_info
 
 
 def _location(loc: tuple[int | str, ...]) -> str:
@@ -34,6 +35,36 @@ async def _request_error(_: Request, exc: Exception) -> JSONResponse:
     return JSONResponse(status_code=422, content={"error": {"code": code, "message": message}})
 
 
+async def _http_error(_: Request, exc: Exception) -> JSONResponse:
+    """框架自身抛出的 HTTP 错误（404、405、无法解码的请求体等）也用统一的错误体。"""
+    assert isinstance(exc, StarletteHTTPException)
+    if exc.status_code == 400:
+        # 请求体不是 UTF-8 / 无法解析：与其他不合法请求一样是 422
+        return JSONResponse(
+            status_code=422,
+            content={
+                "error": {
+                    "code": ErrorCode.INVALID_REQUEST,
+                    "message": "请求体无法解析：需要 UTF-8 编码的 JSON",
+                }
+            },
+        )
+    return JSONResponse(
+        status_code=exc.status_code,
+        content={"error": {"code": ErrorCode.INVALID_REQUEST, "message": str(exc.detail)}},
+        headers=exc.headers,
+    )
+
+
+async def _auth_error(_: Request, exc: Exception) -> JSONResponse:
+    code, message = error_info(exc)
+    return JSONResponse(
+        status_code=401,
+        content={"error": {"code": code, "message": message}},
+        headers={"WWW-Authenticate": 'Bearer realm="reports"'},
+    )
+
+
 async def _unexpected_error(_: Request, exc: Exception) -> JSONResponse:
     logger.opt(exception=exc).error("请求处理出现未预期的错误")
     code, message = error_info(exc)
@@ -43,5 +74,7 @@ async def _unexpected_error(_: Request, exc: Exception) -> JSONResponse:
 def install_error_handlers(app: FastAPI) -> None:
     """注册全部错误处理器。"""
     app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(RequestError, _request_error)
+    app.add_exception_handler(AuthError, _auth_error)
     app.add_exception_handler(Exception, _unexpected_error)

@@ -23,6 +23,11 @@ class IngressServices:
     pipeline: ReportPipeline
     llm: LLMClient
 
+    @property
+    def api_keys(self) -> tuple[str, ...]:
+        """/v1/* 接受的 key（明文只在内存里用于比较）。"""
+        return tuple(key.get_secret_value() for key in self.settings.api_keys)
+
 
 def get_services(request: Request) -> IngressServices:
     """FastAPI 依赖：取当前应用的单例集合。"""

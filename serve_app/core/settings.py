@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from enum import StrEnum
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     AliasChoices,
@@ -13,9 +13,10 @@ from pydantic import (
     ConfigDict,
     Field,
     SecretStr,
+    field_validator,
     model_validator,
 )
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 # 仓库根目录：相对路径（模板文件等）据此解析，与进程当前目录无关
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
@@ -139,10 +140,57 @@ class Settings(BaseSettings):
         None, description="请求未带 callback_url 时使用"
     )
     max_body_bytes: int = Field(64 * 1024, ge=1024, description="请求体上限（字节）")
+
+    # ---- 安全 ----
+    api_keys: Annotated[tuple[SecretStr, ...], NoDecode] = Field(
+        (), description="/v1/* 接受的 Bearer key（环境变量 REPORTS_API_KEYS，逗号分隔）"
+    )
+    auth_disabled: bool = Field(
+        False, description="显式关闭鉴权（REPORTS_AUTH_DISABLED=true）；auth_required 时才需要"
+    )
+    auth_required: bool = Field(
+        True, description="没有 key 时拒绝启动（compose 剖面）；本机 CPU 剖面设为 false"
+    )
+    callback_signing_secret: SecretStr | None = Field(
+        None,
+        validation_alias=AliasChoices("CALLBACK_SIGNING_SECRET", "callback_signing_secret"),
+        description="Standard Webhooks 密钥（whsec_…）；设置后每个回调都带签名",
+    )
+    callback_allowed_hosts: Annotated[tuple[str, ...], NoDecode] = Field(
+        (),
+        validation_alias=AliasChoices("CALLBACK_ALLOWED_HOSTS", "callback_allowed_hosts"),
+        description="回调地址白名单：精确主机名或 *.后缀，可带 :端口；为空不限主机名",
+    )
+    callback_allow_loopback: bool = Field(False, description="允许回调到回环地址（本机剖面）")
+    callback_allow_private: bool = Field(False, description="允许回调到内网地址（10.x 等）")
     log_level: Literal["TRACE", "DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_json_path: Path | None = Field(
         None, description="另外写一份 JSON 行日志（便于采集与测试检查）"
     )
+
+    @field_validator("api_keys", "callback_allowed_hosts", mode="before")
+    @classmethod
+    def _split_commas(cls, value: object) -> object:
+        """环境变量里的逗号分隔列表 → 元组（去空白、去空项）。"""
+        if isinstance(value, str):
+            return tuple(item.strip() for item in value.split(",") if item.strip())
+        return value
+
+    @field_validator("callback_signing_secret")
+    @classmethod
+    def _check_secret(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and not value.get_secret_value().startswith("whsec_"):
+            raise ValueError("CALLBACK_SIGNING_SECRET 必须是 Standard Webhooks 密钥（whsec_ 开头）")
+        return value
+
+    @model_validator(mode="after")
+    def _check_auth(self) -> Settings:
+        if self.auth_required and not self.api_keys and not self.auth_disabled:
+            raise ValueError(
+                "未配置 API key：设置 REPORTS_API_KEYS（逗号分隔），"
+                "或明确接受不鉴权：REPORTS_AUTH_DISABLED=true"
+            )
+        return self
 
     @model_validator(mode="after")
     def _check_mode(self) -> Settings:
@@ -156,7 +204,7 @@ class Settings(BaseSettings):
     @classmethod
     def from_args(cls, args: dict[str, Any]) -> Settings:
         """由 serve_config.yaml 的 args 构造；未知的顶层键直接报错（部署失败，而非请求时出错）。"""
-        known = set(cls.model_fields) | {"VLLM_API_URL"}
+        known = set(cls.model_fields) | {"VLLM_API_URL", "CALLBACK_SIGNING_SECRET"}
         unknown = sorted(set(args) - known)
         if unknown:
             raise ValueError(f"serve_config 的 args 有未知字段 {unknown}，可用：{sorted(known)}")

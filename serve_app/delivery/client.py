@@ -1,10 +1,18 @@
-"""回调 HTTP 客户端：每个副本一个 httpx.AsyncClient，按策略重试投递。"""
+"""回调 HTTP 客户端：每个副本一个 httpx.AsyncClient，按策略重试投递。
+
+每次尝试都带同一个 `webhook-id`（接收方据此去重）；配置了密钥时按 Standard Webhooks 签名。
+所有连接都经 SSRF 防护（见 url_guard），被拒的地址不重试。
+"""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 import httpx
 from loguru import logger
+from standardwebhooks.webhooks import Webhook
 
+from serve_app.core.errors import UnsafeCallbackUrl
 from serve_app.core.settings import CallbackPolicy
 from serve_app.delivery.retry_policy import (
     CallbackRetrying,
@@ -13,6 +21,7 @@ from serve_app.delivery.retry_policy import (
     is_retryable_status,
     parse_retry_after,
 )
+from serve_app.delivery.url_guard import CallbackTargetPolicy, guarded_transport
 from serve_app.models.reports import CallbackPayload, DeliveryOutcome
 
 USER_AGENT = "report-engine/0.1"
@@ -22,9 +31,14 @@ class CallbackClient:
     """把回调载荷 POST 给 backend B。"""
 
     def __init__(
-        self, policy: CallbackPolicy, transport: httpx.AsyncBaseTransport | None = None
+        self,
+        policy: CallbackPolicy,
+        targets: CallbackTargetPolicy,
+        signing_secret: str | None = None,
+        transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         self._retrying = CallbackRetrying(policy)
+        self._signer = Webhook(signing_secret) if signing_secret else None
         self._client = httpx.AsyncClient(
             timeout=httpx.Timeout(
                 connect=policy.connect_timeout_s,
@@ -34,27 +48,46 @@ class CallbackClient:
             ),
             # 3xx 视为失败，绝不跟随重定向
             follow_redirects=False,
-            transport=transport,
+            # 不走环境变量里的代理：代理会绕过按 IP 的 SSRF 检查
+            trust_env=False,
+            transport=transport or guarded_transport(targets),
             headers={"User-Agent": USER_AGENT},
         )
 
     async def deliver(self, url: str, payload: CallbackPayload) -> DeliveryOutcome:
         """投递一次回调（含重试）；不抛异常，结果在 DeliveryOutcome 里。"""
-        body = payload.model_dump_json().encode()
-        headers = {"Content-Type": "application/json", "X-Trace-Id": payload.trace_id}
+        body = payload.model_dump_json()
         attempts = 0
         try:
             async for attempt in self._retrying.retrying():
                 with attempt:
                     attempts = attempt.retry_state.attempt_number
-                    status = await self._post_once(url, body, headers)
+                    headers = self._headers(payload.trace_id, body)
+                    status = await self._post_once(url, body.encode(), headers)
                     logger.info("回调已送达：HTTP {}，第 {} 次尝试", status, attempts)
                     return DeliveryOutcome(delivered=True, attempts=attempts, status_code=status)
         except (RetryableStatus, PermanentStatus) as exc:
             return self._failed(attempts, exc.status_code, str(exc))
         except httpx.TransportError as exc:
             return self._failed(attempts, None, f"{type(exc).__name__}: {exc}")
+        except UnsafeCallbackUrl as exc:
+            # 投递时解析到了被禁的地址（如 DNS 变了）：不连接、不重试
+            return self._failed(attempts, None, f"SSRF 防护拒绝：{exc.message}")
         raise AssertionError("unreachable")  # pragma: no cover
+
+    def _headers(self, trace_id: str, body: str) -> dict[str, str]:
+        """每次尝试的请求头：webhook-id 固定为 trace_id，签名用本次尝试的时间戳。"""
+        message_id = f"msg_{trace_id}"
+        headers = {
+            "Content-Type": "application/json",
+            "X-Trace-Id": trace_id,
+            "webhook-id": message_id,
+        }
+        if self._signer is not None:
+            now = datetime.now(UTC)
+            headers["webhook-timestamp"] = str(int(now.timestamp()))
+            headers["webhook-signature"] = self._signer.sign(message_id, now, body)
+        return headers
 
     async def _post_once(self, url: str, body: bytes, headers: dict[str, str]) -> int:
         async with self._client.stream("POST", url, content=body, headers=headers) as resp:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime
 from typing import Literal
 
@@ -11,9 +12,11 @@ from serve_app.core.errors import ErrorCode
 
 ReportLength = Literal["short", "medium", "long"]
 
-# 输入与元数据的数量上限（请求体大小另由中间件限制）
+# 输入与元数据的数量与大小上限（请求体大小另由中间件限制）
 MAX_INPUTS = 32
 MAX_METADATA_KEYS = 32
+MAX_KEY_CHARS = 64
+MAX_METADATA_BYTES = 8 * 1024
 
 
 class ReportRequest(BaseModel):
@@ -28,8 +31,23 @@ class ReportRequest(BaseModel):
     length: ReportLength | None = Field(None, description="篇幅；缺省用模板默认值")
     callback_url: AnyHttpUrl | None = Field(None, description="回调地址；缺省用服务配置的默认地址")
     metadata: dict[str, JsonValue] | None = Field(
-        None, max_length=MAX_METADATA_KEYS, description="原样回传的调用方数据"
+        None,
+        max_length=MAX_METADATA_KEYS,
+        description=f"原样回传的调用方数据（序列化后不超过 {MAX_METADATA_BYTES} 字节）",
     )
+
+    @model_validator(mode="after")
+    def _check_sizes(self) -> ReportRequest:
+        long_keys = [
+            k[:20] for k in (*self.inputs, *(self.metadata or {})) if len(k) > MAX_KEY_CHARS
+        ]
+        if long_keys:
+            raise ValueError(f"键名不能超过 {MAX_KEY_CHARS} 个字符：{long_keys}")
+        if self.metadata is not None:
+            size = len(json.dumps(self.metadata, ensure_ascii=False).encode())
+            if size > MAX_METADATA_BYTES:
+                raise ValueError(f"metadata 过大：{size} 字节，上限 {MAX_METADATA_BYTES}")
+        return self
 
 
 class ReportAccepted(BaseModel):

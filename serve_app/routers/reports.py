@@ -16,7 +16,7 @@ router = APIRouter(prefix="/v1", tags=["reports"])
 
 _ERRORS: dict[int | str, dict[str, str]] = {
     413: {"description": "请求体过大"},
-    422: {"description": "请求不合法（类型未知、输入缺失或多余、URL 错误）"},
+    422: {"description": "请求不合法（类型未知、输入缺失或多余、URL 错误或不安全）"},
 }
 
 
@@ -29,7 +29,7 @@ async def submit_report(
     """受理请求：返回 202 与 trace_id，报告稍后回调。"""
     trace_id = str(uuid.uuid4())
     with logger.contextualize(trace_id=trace_id):
-        job = services.submissions.accept(body, trace_id)
+        job = await services.submissions.accept(body, trace_id)
         background.add_task(services.pipeline.run, job)
         logger.info("已受理：report_type={} callback={}", job.report_type, job.callback_url)
     return JSONResponse(

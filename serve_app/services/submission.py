@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from serve_app.core.errors import RequestError
 from serve_app.core.settings import Settings
+from serve_app.delivery.url_guard import CallbackTargetPolicy
 from serve_app.models.reports import ReportJob, ReportRequest, utc_now
 from serve_app.prompting.catalog import TemplateCatalog
 
@@ -11,14 +12,17 @@ from serve_app.prompting.catalog import TemplateCatalog
 class ReportSubmissions:
     """把合法请求变成作业；不合法抛 RequestError（HTTP 422）。"""
 
-    def __init__(self, catalog: TemplateCatalog, settings: Settings) -> None:
+    def __init__(
+        self, catalog: TemplateCatalog, settings: Settings, targets: CallbackTargetPolicy
+    ) -> None:
         self._catalog = catalog
+        self._targets = targets
         self._default_callback = (
             str(settings.default_callback_url) if settings.default_callback_url else None
         )
 
-    def accept(self, request: ReportRequest, trace_id: str) -> ReportJob:
-        """校验并生成作业。"""
+    async def accept(self, request: ReportRequest, trace_id: str) -> ReportJob:
+        """校验并生成作业（含回调地址的 SSRF 检查）。"""
         _, length = self._catalog.validate_request(
             request.report_type, request.inputs, request.length
         )
@@ -26,6 +30,7 @@ class ReportSubmissions:
         callback_url = callback_url or self._default_callback
         if callback_url is None:
             raise RequestError("缺少 callback_url：请求里给出回调地址，或请运维配置默认回调地址")
+        await self._targets.check_url(callback_url)
         return ReportJob(
             trace_id=trace_id,
             report_type=request.report_type,

@@ -70,6 +70,8 @@ def e2e_stack(
                         "llm_mode": "external",
                         "vllm_api_url": external.base_url,
                         "external": {"model": external.served_name},
+                        "auth_required": False,
+                        "callback_allow_loopback": True,
                     }
                 ),
                 name="reports-ext",

@@ -68,6 +68,8 @@ def it_app(
             "jitter_s": 0.05,
         },
         log_json_path=log_path,
+        auth_required=False,
+        callback_allow_loopback=True,
         log_level="DEBUG",
     )
     app = compose_app(settings, fake_llm_deployment.bind(settings.engine.model_id))

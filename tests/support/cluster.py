@@ -42,6 +42,8 @@ def start_cluster() -> ServeCluster:
     """启动本地 Ray 与 Serve（HTTP 只监听 127.0.0.1）。"""
     port = free_port()
     ray.init(
+        # 总是新起一个本地集群：不去连机器上别的 Ray（如多节点测试或 make run 起的）
+        address="local",
         num_cpus=LOGICAL_CPUS,
         resources=NODE_RESOURCES,
         include_dashboard=False,

@@ -16,7 +16,11 @@ def load_catalog() -> TemplateCatalog:
 
 def make_settings(**overrides: Any) -> Settings:
     """不读 .env 与环境变量的设置（测试互不干扰）。"""
-    base: dict[str, Any] = {"engine": {"model_source": "unused-in-unit-tests"}}
+    base: dict[str, Any] = {
+        "engine": {"model_source": "unused-in-unit-tests"},
+        "auth_required": False,
+        "callback_allow_loopback": True,
+    }
     base.update(overrides)
     return Settings(_env_file=None, **base)
 

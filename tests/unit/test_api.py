@@ -9,43 +9,20 @@ from typing import Any
 import httpx
 import pytest
 
-from serve_app.api import create_app
-from serve_app.core.services import IngressServices
-from serve_app.core.settings import Settings
-from serve_app.services.pipeline import ReportPipeline
-from serve_app.services.submission import ReportSubmissions
-from tests.support.fakes import FakeLLM, LocalRenderStage, RecordingDelivery
-from tests.support.sample import load_catalog, make_settings, sales_request
+from tests.support.harness import Harness
+from tests.support.sample import load_catalog, sales_request
 
 CALLBACK = "http://127.0.0.1:9/hooks/reports"
 
 
-class Harness:
-    """一个不经 Ray 的入口应用与它的假依赖。"""
-
-    def __init__(self, settings: Settings) -> None:
-        catalog = load_catalog()
-        self.llm = FakeLLM()
-        self.delivery = RecordingDelivery()
-        self.services = IngressServices(
-            settings=settings,
-            catalog=catalog,
-            submissions=ReportSubmissions(catalog, settings),
-            pipeline=ReportPipeline(LocalRenderStage(catalog), self.llm, self.delivery),
-            llm=self.llm,
-        )
-        self.app = create_app(self.services)
-
-
 @pytest.fixture
 def harness() -> Harness:
-    return Harness(make_settings())
+    return Harness()
 
 
 @pytest.fixture
 async def client(harness: Harness) -> AsyncIterator[httpx.AsyncClient]:
-    transport = httpx.ASGITransport(app=harness.app)
-    async with httpx.AsyncClient(transport=transport, base_url="http://test") as http:
+    async with harness.client() as http:
         yield http
 
 
@@ -122,11 +99,10 @@ async def test_missing_callback_without_default_is_422(client: httpx.AsyncClient
 
 
 async def test_default_callback_is_used() -> None:
-    harness = Harness(make_settings(default_callback_url="http://127.0.0.1:9/default"))
+    harness = Harness(default_callback_url="http://127.0.0.1:9/default")
     body = sales_request(CALLBACK)
     del body["callback_url"]
-    transport = httpx.ASGITransport(app=harness.app)
-    async with httpx.AsyncClient(transport=transport, base_url="http://test") as http:
+    async with harness.client() as http:
         assert (await http.post("/v1/reports", json=body)).status_code == 202
     assert harness.delivery.sent[0][0] == "http://127.0.0.1:9/default"
 

@@ -15,6 +15,7 @@ from serve_app.core.errors import ErrorCode
 from serve_app.core.settings import CallbackPolicy
 from serve_app.delivery.client import CallbackClient
 from serve_app.delivery.retry_policy import parse_retry_after
+from serve_app.delivery.url_guard import CallbackTargetPolicy
 from serve_app.models.reports import CallbackPayload, ReportJob
 from tests.support.logs import captured_logs
 
@@ -26,6 +27,10 @@ FAST = CallbackPolicy(
     max_backoff_s=0.05,
     jitter_s=0.01,
 )
+
+
+# 测试接收方都在 127.0.0.1：放行回环（其余 SSRF 规则照常生效）
+LOOPBACK_OK = CallbackTargetPolicy(allow_loopback=True)
 
 
 def _payload(trace_id: str = "t-1") -> CallbackPayload:
@@ -49,7 +54,7 @@ def receiver() -> Iterator[CallbackReceiver]:
 
 @pytest.fixture
 async def client() -> AsyncIterator[CallbackClient]:
-    sender = CallbackClient(FAST)
+    sender = CallbackClient(FAST, LOOPBACK_OK)
     yield sender
     await sender.aclose()
 
@@ -151,7 +156,7 @@ async def test_dropped_connection_is_retried(client: CallbackClient) -> None:
 
 async def test_slow_receiver_times_out_and_is_retried(receiver: CallbackReceiver) -> None:
     policy = FAST.model_copy(update={"read_timeout_s": 0.2, "max_attempts": 2})
-    sender = CallbackClient(policy)
+    sender = CallbackClient(policy, LOOPBACK_OK)
     receiver.script(delay_s=1.0)
     try:
         outcome = await sender.deliver(receiver.url, _payload())

@@ -43,7 +43,7 @@ def test_contextualize_binds_trace_id_for_every_line() -> None:
     with captured_logs() as logs:
         with logger.contextualize(trace_id="t-9"):
             logger.info("一")
-            logging.getLogger("httpx").info("二")
+            logging.getLogger("some.client.library").info("二")
         logger.info("三")
     assert [r["trace_id"] for r in logs] == ["t-9", "t-9", "-"]
 

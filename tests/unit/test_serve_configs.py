@@ -33,6 +33,7 @@ def test_args_validate_and_deployment_names_exist(path: Path) -> None:
     [app] = _load(path)["applications"]
     args = dict(app["args"])
     args["engine"] = {**args["engine"], "model_source": "/models/any"}
+    args["api_keys"] = "ops-key"  # compose 剖面要求 key
     settings = Settings(_env_file=None, **args)
     names = {d["name"] for d in app["deployments"]}
     assert names == LIGHT | {llm_deployment_name(settings.engine)}
@@ -49,6 +50,15 @@ def test_llm_autoscales_on_queue_depth(path: Path) -> None:
     assert {"upscale_delay_s", "downscale_delay_s"} <= set(scaling)
     # 不覆盖 LLMServer 的 ray_actor_options（会冲掉引擎的 runtime_env / 资源设置）
     assert "ray_actor_options" not in llm
+
+
+def test_only_the_local_profile_runs_open() -> None:
+    auth = {p.name: _load(p)["applications"][0]["args"].get("auth_required", True) for p in CONFIGS}
+    assert auth == {"serve_config.yaml": True, "serve_config.cpu.yaml": False}
+    external = _load(PROJECT_ROOT / "serve_config.external.yaml")["applications"][0]["args"]
+    assert external["auth_required"] is True
+    with pytest.raises(ValueError, match="REPORTS_API_KEYS"):
+        Settings(_env_file=None, **external)
 
 
 def test_gpu_profile_puts_engine_on_gpu_and_cpu_profile_on_cpu() -> None:

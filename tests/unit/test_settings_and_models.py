@@ -31,6 +31,40 @@ _JOB = ReportJob(
 )
 
 
+@pytest.fixture(autouse=True)
+def _auth_explicitly_disabled(monkeypatch: pytest.MonkeyPatch) -> None:
+    """这些测试关注别的字段：显式关闭鉴权要求（鉴权规则另有测试）。"""
+    monkeypatch.setenv("REPORTS_AUTH_DISABLED", "true")
+
+
+def test_auth_is_required_unless_keys_or_explicit_opt_out(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("REPORTS_AUTH_DISABLED")
+    with pytest.raises(ValidationError, match="REPORTS_API_KEYS"):
+        Settings(_env_file=None, engine={"model_source": "/m"})
+    monkeypatch.setenv("REPORTS_API_KEYS", " key-one , key-two ,")
+    settings = Settings(_env_file=None, engine={"model_source": "/m"})
+    assert [k.get_secret_value() for k in settings.api_keys] == ["key-one", "key-two"]
+    assert "key-one" not in repr(settings) and "key-one" not in str(settings.model_dump())
+    monkeypatch.delenv("REPORTS_API_KEYS")
+    monkeypatch.setenv("REPORTS_AUTH_DISABLED", "true")
+    assert Settings(_env_file=None, engine={"model_source": "/m"}).api_keys == ()
+
+
+def test_signing_secret_and_allowed_hosts_from_environment(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("CALLBACK_SIGNING_SECRET", "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw")
+    monkeypatch.setenv("CALLBACK_ALLOWED_HOSTS", "hooks.example.com, *.corp.example:8443")
+    settings = Settings(_env_file=None, engine={"model_source": "/m"})
+    assert settings.callback_allowed_hosts == ("hooks.example.com", "*.corp.example:8443")
+    assert settings.callback_signing_secret is not None
+    monkeypatch.setenv("CALLBACK_SIGNING_SECRET", "plain-secret")
+    with pytest.raises(ValidationError, match="whsec_"):
+        Settings(_env_file=None, engine={"model_source": "/m"})
+
+
 def test_environment_variables_configure_nested_settings(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

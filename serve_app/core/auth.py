@@ -1,0 +1,40 @@
+"""API key 鉴权：`Authorization: Bearer <key>`，常量时间比较，key 不进日志。"""
+
+from __future__ import annotations
+
+import hmac
+from typing import Annotated
+
+from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from serve_app.core.errors import AuthError
+from serve_app.core.services import IngressServices, get_services
+
+# auto_error=False：缺少头时由我们给出统一的 401 错误体
+_bearer = HTTPBearer(auto_error=False, description="REPORTS_API_KEYS 中的任意一个 key")
+
+
+def key_matches(candidate: str, keys: tuple[str, ...]) -> bool:
+    """与每个 key 做常量时间比较（不提前返回，耗时不泄露匹配到第几个）。"""
+    supplied = candidate.encode()
+    matched = False
+    for key in keys:
+        matched |= hmac.compare_digest(supplied, key.encode())
+    return matched
+
+
+async def require_api_key(
+    request: Request,
+    services: Annotated[IngressServices, Depends(get_services)],
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> None:
+    """配置了 key 时，/v1/* 必须带其中之一；没配置时放行（启动时已告警）。"""
+    keys = services.api_keys
+    if not keys:
+        return
+    if credentials is None or credentials.scheme.lower() != "bearer":
+        raise AuthError("缺少 API key：请求头加 Authorization: Bearer <key>")
+    if not key_matches(credentials.credentials, keys):
+        raise AuthError("API key 无效")
+    request.state.authenticated = True

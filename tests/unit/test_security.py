@@ -1,0 +1,275 @@
+"""安全：API key 鉴权、签名回调、SSRF 防护（不连接任何被拒地址）、输入加固。"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+from datetime import UTC, datetime
+from typing import Any
+
+import httpcore
+import httpx
+import pytest
+from standardwebhooks.webhooks import Webhook
+
+from cluster.callback_receiver import CallbackReceiver
+from serve_app.core.auth import key_matches
+from serve_app.core.errors import ErrorCode, UnsafeCallbackUrl
+from serve_app.core.settings import CallbackPolicy
+from serve_app.delivery.client import CallbackClient
+from serve_app.delivery.url_guard import CallbackTargetPolicy, HostPattern
+from serve_app.models.reports import CallbackPayload, ReportJob
+from tests.support.harness import PUBLIC_IP, Harness, public_dns
+from tests.support.sample import sales_request
+
+SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+FAST = CallbackPolicy(max_attempts=3, initial_backoff_s=0.01, max_backoff_s=0.02, jitter_s=0.01)
+
+
+@pytest.fixture
+def no_connect(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[tuple[str, int]]]:
+    """记录并拦下一切向外的 TCP 连接：被拒的地址连尝试都不应出现。"""
+    attempts: list[tuple[str, int]] = []
+
+    async def refuse(self: object, host: str, port: int, **_: object) -> object:
+        del self
+        attempts.append((host, port))
+        raise httpcore.ConnectError("测试禁止连接")
+
+    monkeypatch.setattr(httpcore.AnyIOBackend, "connect_tcp", refuse)
+    yield attempts
+
+
+# ---------------------------------------------------------------- 鉴权
+
+
+def _app(**settings: Any) -> httpx.AsyncClient:
+    return Harness(**settings).client()
+
+
+@pytest.fixture
+async def secured() -> AsyncIterator[httpx.AsyncClient]:
+    async with _app(api_keys="alpha-key,beta-key", auth_required=True) as client:
+        yield client
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [{}, {"Authorization": "Bearer wrong"}, {"Authorization": "Basic YWxwaGEta2V5"}],
+    ids=["missing", "wrong", "not-bearer"],
+)
+async def test_v1_requires_a_valid_key(secured: httpx.AsyncClient, headers: dict[str, str]) -> None:
+    for method, path in (("POST", "/v1/reports"), ("GET", "/v1/report-types")):
+        response = await secured.request(
+            method, path, json=sales_request("http://127.0.0.1:9/h"), headers=headers
+        )
+        assert response.status_code == 401
+        assert response.headers["www-authenticate"].startswith("Bearer")
+        assert response.json()["error"]["code"] == ErrorCode.UNAUTHORIZED
+        assert "alpha-key" not in response.text
+
+
+async def test_any_configured_key_is_accepted(secured: httpx.AsyncClient) -> None:
+    for key in ("alpha-key", "beta-key"):
+        response = await secured.post(
+            "/v1/reports",
+            json=sales_request("http://127.0.0.1:9/h"),
+            headers={"Authorization": f"Bearer {key}"},
+        )
+        assert response.status_code == 202
+
+
+async def test_health_endpoints_stay_open(secured: httpx.AsyncClient) -> None:
+    assert (await secured.get("/healthz")).status_code == 200
+    assert (await secured.get("/readyz")).status_code == 200
+
+
+def test_key_comparison() -> None:
+    assert key_matches("b", ("a", "b"))
+    assert not key_matches("", ("a",))
+    assert not key_matches("a" * 3, ("a",))
+
+
+# ---------------------------------------------------------------- 签名回调
+
+
+def _payload(trace_id: str) -> CallbackPayload:
+    job = ReportJob(
+        trace_id=trace_id,
+        report_type="sales_weekly",
+        inputs={},
+        length="short",
+        callback_url="http://127.0.0.1/",
+        created_at=datetime.now(UTC),
+    )
+    return CallbackPayload.failed(job, ErrorCode.LLM_ERROR, "boom")
+
+
+async def test_callbacks_are_signed_and_keep_one_webhook_id_across_retries() -> None:
+    with CallbackReceiver() as receiver:
+        receiver.script([503])
+        client = CallbackClient(FAST, CallbackTargetPolicy(allow_loopback=True), SECRET)
+        try:
+            outcome = await client.deliver(receiver.url, _payload("t-signed"))
+        finally:
+            await client.aclose()
+    assert outcome.delivered and outcome.attempts == 2
+    first, second = receiver.received
+    assert first.headers["webhook-id"] == second.headers["webhook-id"] == "msg_t-signed"
+    for record in (first, second):
+        body = record.raw.decode()
+        # 任何 Standard Webhooks 校验器都能验：这里用官方库
+        verified = Webhook(SECRET).verify(body, record.headers)
+        assert verified["trace_id"] == "t-signed"
+    with pytest.raises(Exception, match="signature"):
+        Webhook("whsec_" + "A" * 32).verify(first.raw.decode(), first.headers)
+
+
+async def test_unsigned_callbacks_still_carry_webhook_id() -> None:
+    with CallbackReceiver() as receiver:
+        client = CallbackClient(FAST, CallbackTargetPolicy(allow_loopback=True))
+        try:
+            await client.deliver(receiver.url, _payload("t-plain"))
+        finally:
+            await client.aclose()
+    [record] = receiver.received
+    assert record.headers["webhook-id"] == "msg_t-plain"
+    assert "webhook-signature" not in record.headers
+
+
+# ---------------------------------------------------------------- SSRF
+
+
+@pytest.mark.parametrize(
+    ("url", "reason"),
+    [
+        ("ftp://127.0.0.1/hook", "http 或 https"),
+        ("http://user:pw@127.0.0.1/hook", "用户名或密码"),
+        ("http://169.254.169.254/latest/meta-data/", "云元数据"),
+        ("http://[fe80::1]/hook", "链路本地"),
+        ("http://[fd00:ec2::254]/hook", "云元数据"),
+        ("http://[::ffff:169.254.169.254]/hook", "云元数据"),
+        ("http://100.100.100.200/hook", "云元数据"),
+        ("http://0.0.0.0:8080/hook", "云元数据"),
+        ("http://10.1.2.3/hook", "内网"),
+        ("http://192.168.0.10/hook", "内网"),
+        ("http://[fd12::1]/hook", "内网"),
+        ("http://127.0.0.1:8080/hook", "回环"),
+        ("http://[::1]/hook", "回环"),
+        ("http://224.0.0.1/hook", "组播"),
+    ],
+)
+async def test_refused_targets(url: str, reason: str, no_connect: list[tuple[str, int]]) -> None:
+    policy = CallbackTargetPolicy(resolver=public_dns)
+    with pytest.raises(UnsafeCallbackUrl, match=reason):
+        await policy.check_url(url)
+    assert no_connect == []
+
+
+async def test_loopback_and_private_can_be_allowed_but_metadata_never() -> None:
+    open_policy = CallbackTargetPolicy(allow_loopback=True, allow_private=True)
+    await open_policy.check_url("http://127.0.0.1:9/hook")
+    await open_policy.check_url("http://[::1]:9/hook")
+    await open_policy.check_url("http://10.0.0.5/hook")
+    # 白名单里的内网主机放行；白名单也放不开元数据地址；不在白名单的一律拒绝
+    listed = CallbackTargetPolicy(["10.0.0.5", "169.254.169.254"])
+    await listed.check_url("http://10.0.0.5/hook")
+    with pytest.raises(UnsafeCallbackUrl, match="云元数据"):
+        await listed.check_url("http://169.254.169.254/hook")
+    with pytest.raises(UnsafeCallbackUrl, match="不在白名单"):
+        await listed.check_url("http://10.0.0.6/hook")
+
+
+async def test_allowlist_patterns() -> None:
+    policy = CallbackTargetPolicy(
+        ["hooks.example.com", "*.corp.example", "api.partner.example:8443"], resolver=public_dns
+    )
+    await policy.check_url("https://hooks.example.com/x")
+    await policy.check_url("https://a.b.corp.example/x")
+    await policy.check_url("https://api.partner.example:8443/x")
+    for url in (
+        "https://corp.example/x",
+        "https://evil-corp.example/x",
+        "https://api.partner.example/x",
+        "https://hooks.example.com.evil.example/x",
+    ):
+        with pytest.raises(UnsafeCallbackUrl, match="白名单"):
+            await policy.check_url(url)
+    assert HostPattern.parse("[::1]:8080") == HostPattern("::1", 8080)
+
+
+async def test_allowlisted_name_resolving_to_metadata_is_refused() -> None:
+    async def to_metadata(host: str, port: int) -> list[str]:
+        del host, port
+        return [PUBLIC_IP, "169.254.169.254"]
+
+    policy = CallbackTargetPolicy(["hooks.example.com"], resolver=to_metadata)
+    with pytest.raises(UnsafeCallbackUrl, match="169.254.169.254"):
+        await policy.check_url("https://hooks.example.com/x")
+
+
+async def test_submission_refuses_unsafe_callback_with_422() -> None:
+    async with _app(callback_allow_loopback=False) as client:
+        response = await client.post(
+            "/v1/reports", json=sales_request("http://169.254.169.254/latest/meta-data")
+        )
+        assert response.status_code == 422
+        assert response.json()["error"]["code"] == ErrorCode.UNSAFE_CALLBACK_URL
+        response = await client.post("/v1/reports", json=sales_request("http://127.0.0.1:9/h"))
+        assert response.status_code == 422 and "回环" in response.json()["error"]["message"]
+
+
+async def test_delivery_rechecks_the_resolved_address_without_connecting(
+    no_connect: list[tuple[str, int]],
+) -> None:
+    """受理时解析到公网，投递时 DNS 变成元数据地址（DNS rebinding）：拒绝、不重试、不连接。"""
+    answers = iter([[PUBLIC_IP], ["169.254.169.254"], ["169.254.169.254"]])
+
+    async def rebinding(host: str, port: int) -> list[str]:
+        del host, port
+        return next(answers)
+
+    policy = CallbackTargetPolicy(resolver=rebinding)
+    await policy.check_url("http://rebind.example/hook")
+    client = CallbackClient(FAST, policy)
+    try:
+        outcome = await client.deliver("http://rebind.example/hook", _payload("t-rebind"))
+    finally:
+        await client.aclose()
+    assert not outcome.delivered and outcome.attempts == 1
+    assert outcome.error is not None and "SSRF" in outcome.error
+    assert no_connect == []
+
+
+async def test_delivery_connects_to_the_checked_address(
+    no_connect: list[tuple[str, int]],
+) -> None:
+    """放行的主机名：连接的是检查过的那个 IP（而不是再让系统解析一次）。"""
+    client = CallbackClient(
+        FAST.model_copy(update={"max_attempts": 1}), CallbackTargetPolicy(resolver=public_dns)
+    )
+    try:
+        outcome = await client.deliver("http://hooks.example.com:8080/x", _payload("t-pin"))
+    finally:
+        await client.aclose()
+    assert not outcome.delivered
+    assert no_connect == [(PUBLIC_IP, 8080)]
+
+
+# ---------------------------------------------------------------- 输入加固
+
+
+@pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [
+        ({"metadata": {"blob": "x" * 9000}}, "metadata 过大"),
+        ({"metadata": {"k" * 80: 1}}, "键名不能超过"),
+        ({"max_tokens": 99999}, "max_tokens"),
+        ({"inputs": {f"i{n}": "v" for n in range(40)}}, "inputs"),
+    ],
+)
+async def test_hardened_input_limits(overrides: dict[str, Any], expected: str) -> None:
+    async with _app() as client:
+        body = {**sales_request("http://127.0.0.1:9/h"), **overrides}
+        response = await client.post("/v1/reports", json=body)
+    assert response.status_code == 422
+    assert expected in response.json()["error"]["message"]
