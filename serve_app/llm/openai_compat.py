@@ -10,8 +10,13 @@ from openai import AsyncOpenAI
 
 from serve_app.core.errors import LLMError
 from serve_app.core.settings import LLMCallPolicy
-from serve_app.llm.port import TransientLLMError, call_with_policy
-from serve_app.models.reports import Completion, Usage
+from serve_app.llm.port import (
+    TransientLLMError,
+    call_with_policy,
+    completion_from_chat,
+    probe_ready,
+)
+from serve_app.models.reports import Completion
 from serve_app.models.templates import RenderedPrompt
 
 
@@ -74,29 +79,13 @@ class OpenAICompatClient:
             raise LLMError(
                 f"外部 LLM 服务拒绝请求（HTTP {exc.status_code}）：{exc.message}"
             ) from exc
-        if not response.choices:
-            raise LLMError("外部 LLM 服务返回了空结果")
-        choice = response.choices[0]
-        usage = response.usage
-        return Completion(
-            content=choice.message.content or "",
-            model=response.model,
-            finish_reason=choice.finish_reason,
-            usage=Usage(
-                prompt_tokens=usage.prompt_tokens if usage else 0,
-                completion_tokens=usage.completion_tokens if usage else 0,
-            ),
-        )
+        return completion_from_chat(response)
 
     async def ready(self) -> bool:
         """/models 在时限内能列出即就绪。"""
-        try:
-            async with asyncio.timeout(self._policy.ready_timeout_s):
-                await self._client.models.list()
-        except Exception as exc:  # noqa: BLE001 - 任何失败都只意味着“未就绪”
-            logger.warning("外部 LLM 服务未就绪：{!r}", exc)
-            return False
-        return True
+        return await probe_ready(
+            self._client.models.list, self._policy.ready_timeout_s, "外部 LLM 服务"
+        )
 
     async def aclose(self) -> None:
         """关闭连接池。"""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
-from typing import Protocol
+from typing import Any, Protocol
 
 from loguru import logger
 from tenacity import (
@@ -18,7 +18,7 @@ from tenacity import (
 
 from serve_app.core.errors import LLMError, LLMTimeout
 from serve_app.core.settings import LLMCallPolicy
-from serve_app.models.reports import Completion
+from serve_app.models.reports import Completion, Usage
 from serve_app.models.templates import RenderedPrompt
 
 
@@ -72,3 +72,31 @@ async def call_with_policy(
             except TimeoutError as exc:
                 raise LLMTimeout(f"生成超过 {policy.timeout_s:g} 秒未完成") from exc
     raise AssertionError("unreachable")  # pragma: no cover
+
+
+def completion_from_chat(response: Any) -> Completion:
+    """OpenAI 形状的 chat 响应（openai SDK 对象或 vLLM 协议对象）→ Completion。"""
+    if not response.choices:
+        raise LLMError("引擎返回了空的 choices")
+    choice = response.choices[0]
+    usage = response.usage
+    return Completion(
+        content=choice.message.content or "",
+        model=response.model,
+        finish_reason=choice.finish_reason,
+        usage=Usage(
+            prompt_tokens=usage.prompt_tokens if usage else 0,
+            completion_tokens=(usage.completion_tokens or 0) if usage else 0,
+        ),
+    )
+
+
+async def probe_ready(check: Callable[[], Awaitable[object]], timeout_s: float, what: str) -> bool:
+    """在时限内 check() 成功即就绪；任何失败都只意味着“未就绪”（记一条告警）。"""
+    try:
+        async with asyncio.timeout(timeout_s):
+            await check()
+    except Exception as exc:  # noqa: BLE001 - 任何失败都只意味着“未就绪”
+        logger.warning("{} 未就绪：{!r}", what, exc)
+        return False
+    return True

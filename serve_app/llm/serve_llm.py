@@ -12,8 +12,13 @@ from ray.serve.handle import DeploymentHandle, DeploymentResponseGenerator
 
 from serve_app.core.errors import LLMError
 from serve_app.core.settings import LLMCallPolicy
-from serve_app.llm.port import TransientLLMError, call_with_policy
-from serve_app.models.reports import Completion, Usage
+from serve_app.llm.port import (
+    TransientLLMError,
+    call_with_policy,
+    completion_from_chat,
+    probe_ready,
+)
+from serve_app.models.reports import Completion
 from serve_app.models.templates import RenderedPrompt
 
 # 这些异常表示副本暂时不可用，换个副本或稍后重试可能成功
@@ -93,30 +98,13 @@ class ServeLLMClient:
             raise LLMError(message)
         if not isinstance(item, self._response_cls):
             raise LLMError(f"LLMServer 返回了意外的类型 {type(item).__name__}")
-        response: Any = item
-        if not response.choices:
-            raise LLMError("LLMServer 返回了空的 choices")
-        choice = response.choices[0]
-        usage = response.usage
-        return Completion(
-            content=choice.message.content or "",
-            model=response.model,
-            finish_reason=choice.finish_reason,
-            usage=Usage(
-                prompt_tokens=usage.prompt_tokens if usage else 0,
-                completion_tokens=(usage.completion_tokens or 0) if usage else 0,
-            ),
-        )
+        return completion_from_chat(item)
 
     async def ready(self) -> bool:
         """LLMServer 的健康检查在时限内通过即就绪。"""
-        try:
-            async with asyncio.timeout(self._policy.ready_timeout_s):
-                await self._handle.check_health.remote()
-        except Exception as exc:  # noqa: BLE001 - 任何失败都只意味着“未就绪”
-            logger.warning("LLMServer 未就绪：{!r}", exc)
-            return False
-        return True
+        return await probe_ready(
+            self._handle.check_health.remote, self._policy.ready_timeout_s, "LLMServer"
+        )
 
     async def aclose(self) -> None:
         """句柄由 Serve 管理，无需释放。"""

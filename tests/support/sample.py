@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Any
 
+from serve_app.core.errors import ErrorCode
 from serve_app.core.settings import Settings
+from serve_app.models.reports import CallbackPayload, ReportJob
 from serve_app.prompting.catalog import TemplateCatalog
 
 
@@ -40,3 +43,17 @@ def sales_request(callback_url: str, **overrides: Any) -> dict[str, Any]:
     }
     body.update(overrides)
     return body
+
+
+def failed_payload(trace_id: str = "t-1") -> CallbackPayload:
+    """一个 failed 回调载荷（投递相关测试用）。"""
+    job = ReportJob(
+        trace_id=trace_id,
+        report_type="sales_weekly",
+        inputs={},
+        length="short",
+        callback_url="http://127.0.0.1/",
+        metadata={"order": 1},
+        created_at=datetime.now(UTC),
+    )
+    return CallbackPayload.failed(job, ErrorCode.LLM_ERROR, "boom")

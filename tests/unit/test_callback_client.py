@@ -6,18 +6,16 @@ import asyncio
 import socket
 import time
 from collections.abc import AsyncIterator, Iterator
-from datetime import UTC, datetime
 
 import pytest
 
 from cluster.callback_receiver import CallbackReceiver
-from serve_app.core.errors import ErrorCode
 from serve_app.core.settings import CallbackPolicy
 from serve_app.delivery.client import CallbackClient
 from serve_app.delivery.retry_policy import parse_retry_after
 from serve_app.delivery.url_guard import CallbackTargetPolicy
-from serve_app.models.reports import CallbackPayload, ReportJob
 from tests.support.logs import captured_logs
+from tests.support.sample import failed_payload
 
 FAST = CallbackPolicy(
     connect_timeout_s=1.0,
@@ -31,19 +29,6 @@ FAST = CallbackPolicy(
 
 # 测试接收方都在 127.0.0.1：放行回环（其余 SSRF 规则照常生效）
 LOOPBACK_OK = CallbackTargetPolicy(allow_loopback=True)
-
-
-def _payload(trace_id: str = "t-1") -> CallbackPayload:
-    job = ReportJob(
-        trace_id=trace_id,
-        report_type="sales_weekly",
-        inputs={},
-        length="short",
-        callback_url="http://127.0.0.1/",
-        metadata={"order": 1},
-        created_at=datetime.now(UTC),
-    )
-    return CallbackPayload.failed(job, ErrorCode.LLM_ERROR, "boom")
 
 
 @pytest.fixture
@@ -63,7 +48,7 @@ async def test_500_twice_then_200_is_delivered_once(
     receiver: CallbackReceiver, client: CallbackClient
 ) -> None:
     receiver.script([500, 503])
-    outcome = await client.deliver(receiver.url, _payload())
+    outcome = await client.deliver(receiver.url, failed_payload())
     assert outcome.delivered and outcome.attempts == 3 and outcome.status_code == 200
     statuses = [r.status_returned for r in receiver.received]
     assert statuses == [500, 503, 200]
@@ -76,7 +61,7 @@ async def test_500_twice_then_200_is_delivered_once(
 
 async def test_400_is_not_retried(receiver: CallbackReceiver, client: CallbackClient) -> None:
     receiver.script([400])
-    outcome = await client.deliver(receiver.url, _payload())
+    outcome = await client.deliver(receiver.url, failed_payload())
     assert not outcome.delivered and outcome.attempts == 1 and outcome.status_code == 400
     assert len(receiver.received) == 1
 
@@ -86,7 +71,7 @@ async def test_redirect_and_gone_are_final(
     receiver: CallbackReceiver, client: CallbackClient, status: int
 ) -> None:
     receiver.script([status])
-    outcome = await client.deliver(receiver.url, _payload())
+    outcome = await client.deliver(receiver.url, failed_payload())
     assert not outcome.delivered and outcome.status_code == status
     assert len(receiver.received) == 1
 
@@ -96,7 +81,7 @@ async def test_429_retry_after_is_honoured(
 ) -> None:
     receiver.script([429], retry_after_s=1)
     started = time.monotonic()
-    outcome = await client.deliver(receiver.url, _payload())
+    outcome = await client.deliver(receiver.url, failed_payload())
     assert outcome.delivered and outcome.attempts == 2
     assert time.monotonic() - started >= 1.0
 
@@ -106,7 +91,7 @@ async def test_gives_up_after_max_attempts_and_logs(
 ) -> None:
     receiver.script(default_status=502)
     with captured_logs() as logs:
-        outcome = await client.deliver(receiver.url, _payload())
+        outcome = await client.deliver(receiver.url, failed_payload())
     assert not outcome.delivered and outcome.attempts == FAST.max_attempts
     assert len(receiver.received) == FAST.max_attempts
     assert any(r["level"] == "ERROR" and "未送达" in r["message"] for r in logs)
@@ -123,7 +108,7 @@ def _closed_port() -> int:
 async def test_unreachable_receiver_gives_up_and_logs(client: CallbackClient) -> None:
     url = f"http://127.0.0.1:{_closed_port()}/hooks"
     with captured_logs() as logs:
-        outcome = await client.deliver(url, _payload())
+        outcome = await client.deliver(url, failed_payload())
     assert not outcome.delivered
     assert outcome.attempts == FAST.max_attempts
     assert outcome.error is not None and "ConnectError" in outcome.error
@@ -147,7 +132,7 @@ async def test_dropped_connection_is_retried(client: CallbackClient) -> None:
     server = await asyncio.start_server(handle, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
     try:
-        outcome = await client.deliver(f"http://127.0.0.1:{port}/", _payload())
+        outcome = await client.deliver(f"http://127.0.0.1:{port}/", failed_payload())
     finally:
         server.close()
         await server.wait_closed()
@@ -159,7 +144,7 @@ async def test_slow_receiver_times_out_and_is_retried(receiver: CallbackReceiver
     sender = CallbackClient(policy, LOOPBACK_OK)
     receiver.script(delay_s=1.0)
     try:
-        outcome = await sender.deliver(receiver.url, _payload())
+        outcome = await sender.deliver(receiver.url, failed_payload())
     finally:
         await sender.aclose()
     assert not outcome.delivered and outcome.attempts == 2

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterator
-from datetime import UTC, datetime
 from typing import Any
 
 import httpcore
@@ -17,9 +16,8 @@ from serve_app.core.errors import ErrorCode, UnsafeCallbackUrl
 from serve_app.core.settings import CallbackPolicy
 from serve_app.delivery.client import CallbackClient
 from serve_app.delivery.url_guard import CallbackTargetPolicy, HostPattern
-from serve_app.models.reports import CallbackPayload, ReportJob
 from tests.support.harness import PUBLIC_IP, Harness, public_dns
-from tests.support.sample import sales_request
+from tests.support.sample import failed_payload, sales_request
 
 SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 FAST = CallbackPolicy(max_attempts=3, initial_backoff_s=0.01, max_backoff_s=0.02, jitter_s=0.01)
@@ -92,24 +90,12 @@ def test_key_comparison() -> None:
 # ---------------------------------------------------------------- 签名回调
 
 
-def _payload(trace_id: str) -> CallbackPayload:
-    job = ReportJob(
-        trace_id=trace_id,
-        report_type="sales_weekly",
-        inputs={},
-        length="short",
-        callback_url="http://127.0.0.1/",
-        created_at=datetime.now(UTC),
-    )
-    return CallbackPayload.failed(job, ErrorCode.LLM_ERROR, "boom")
-
-
 async def test_callbacks_are_signed_and_keep_one_webhook_id_across_retries() -> None:
     with CallbackReceiver() as receiver:
         receiver.script([503])
         client = CallbackClient(FAST, CallbackTargetPolicy(allow_loopback=True), SECRET)
         try:
-            outcome = await client.deliver(receiver.url, _payload("t-signed"))
+            outcome = await client.deliver(receiver.url, failed_payload("t-signed"))
         finally:
             await client.aclose()
     assert outcome.delivered and outcome.attempts == 2
@@ -128,7 +114,7 @@ async def test_unsigned_callbacks_still_carry_webhook_id() -> None:
     with CallbackReceiver() as receiver:
         client = CallbackClient(FAST, CallbackTargetPolicy(allow_loopback=True))
         try:
-            await client.deliver(receiver.url, _payload("t-plain"))
+            await client.deliver(receiver.url, failed_payload("t-plain"))
         finally:
             await client.aclose()
     [record] = receiver.received
@@ -232,7 +218,7 @@ async def test_delivery_rechecks_the_resolved_address_without_connecting(
     await policy.check_url("http://rebind.example/hook")
     client = CallbackClient(FAST, policy)
     try:
-        outcome = await client.deliver("http://rebind.example/hook", _payload("t-rebind"))
+        outcome = await client.deliver("http://rebind.example/hook", failed_payload("t-rebind"))
     finally:
         await client.aclose()
     assert not outcome.delivered and outcome.attempts == 1
@@ -248,7 +234,7 @@ async def test_delivery_connects_to_the_checked_address(
         FAST.model_copy(update={"max_attempts": 1}), CallbackTargetPolicy(resolver=public_dns)
     )
     try:
-        outcome = await client.deliver("http://hooks.example.com:8080/x", _payload("t-pin"))
+        outcome = await client.deliver("http://hooks.example.com:8080/x", failed_payload("t-pin"))
     finally:
         await client.aclose()
     assert not outcome.delivered
