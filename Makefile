@@ -10,7 +10,7 @@ RUN_DIR := .run
 TINY_MODEL := .cache/tiny-model
 export PYTHONPATH := $(CURDIR)
 
-.PHONY: help install run stop demo test test-unit test-integration test-e2e test-cluster lint fmt clean
+.PHONY: help install run stop demo bench test test-unit test-integration test-e2e test-cluster lint fmt clean
 
 help:
 	@echo "make run | stop | demo | test | test-unit | test-integration | test-e2e | test-cluster | lint"
@@ -36,6 +36,9 @@ stop:
 
 demo: install
 	$(PY) -m cluster.demo
+
+bench: install
+	$(PY) -m cluster.bench_pipeline
 
 lint: install
 	$(VENV)/bin/ruff check .

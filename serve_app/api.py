@@ -19,9 +19,11 @@ def create_app(services: IngressServices) -> FastAPI:
         description="提交报告请求（202 + trace_id），报告完成后回调 callback_url。",
     )
     app.state.services = services
-    # /v1/* 需要 API key；/healthz、/readyz 始终开放
-    protected = [Depends(require_api_key)]
-    unauthorized: dict[int | str, dict[str, str]] = {401: {"description": "缺少或错误的 API key"}}
+    # 配置了 key 时 /v1/* 需要 Bearer key（OpenAPI 里也声明）；/healthz、/readyz 始终开放
+    protected = [Depends(require_api_key)] if services.api_keys else []
+    unauthorized: dict[int | str, dict[str, str]] = (
+        {401: {"description": "缺少或错误的 API key"}} if protected else {}
+    )
     app.include_router(reports.router, dependencies=protected, responses=unauthorized)
     app.include_router(report_types.router, dependencies=protected, responses=unauthorized)
     app.include_router(health.router)

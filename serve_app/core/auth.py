@@ -29,10 +29,8 @@ async def require_api_key(
     services: Annotated[IngressServices, Depends(get_services)],
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> None:
-    """配置了 key 时，/v1/* 必须带其中之一；没配置时放行（启动时已告警）。"""
+    """/v1/* 必须带配置的 key 之一（只在配置了 key 时挂上这个依赖）。"""
     keys = services.api_keys
-    if not keys:
-        return
     if credentials is None or credentials.scheme.lower() != "bearer":
         raise AuthError("缺少 API key：请求头加 Authorization: Bearer <key>")
     if not key_matches(credentials.credentials, keys):

@@ -12,10 +12,10 @@ from ray import serve
 
 from cluster.build_tiny_model import build_tiny_model
 from cluster.callback_receiver import CallbackReceiver
+from cluster.vllm_server import VLLMServer
 from serve_app.app import build_app
 from serve_app.core.settings import PROJECT_ROOT
 from tests.support.cluster import ServeCluster, start_cluster, stop_cluster, wait_http_ok
-from tests.support.vllm_server import VLLMServer
 
 # 首次部署要加载 torch/vLLM 并初始化引擎，2 核机器上需要几分钟
 DEPLOY_TIMEOUT_S = 600

@@ -70,6 +70,8 @@ def it_app(
         log_json_path=log_path,
         auth_required=False,
         callback_allow_loopback=True,
+        # 只接受回调到 127.0.0.1：白名单先于 DNS 检查，模糊测试的随机主机名不会触发任何解析
+        callback_allowed_hosts=("127.0.0.1",),
         log_level="DEBUG",
     )
     app = compose_app(settings, fake_llm_deployment.bind(settings.engine.model_id))

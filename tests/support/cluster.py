@@ -3,32 +3,31 @@
 from __future__ import annotations
 
 import json
-import socket
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import httpx
 import ray
 from ray import serve
 
+from cluster.local_http import free_port, wait_http_ok
 from serve_app.core.settings import PROJECT_ROOT
+
+__all__ = [
+    "ServeCluster",
+    "free_port",
+    "read_json_logs",
+    "start_cluster",
+    "stop_cluster",
+    "wait_http_ok",
+]
 
 # 逻辑 CPU 数：LLMServer 的 placement group 要整块 CPU，轻量部署各占零头；
 # 在 2 核机器上多报一些逻辑 CPU，避免调度互相等待（真实算力仍由操作系统分配）。
 LOGICAL_CPUS = 8
 # 单节点同时扮演 head 与 LLM worker：广播 serve_config 里两类部署要求的自定义资源
 NODE_RESOURCES = {"reports_cpu": 100.0, "reports_llm": 100.0}
-
-
-def free_port() -> int:
-    """127.0.0.1 上一个空闲端口。"""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-    return port
 
 
 @dataclass(frozen=True)
@@ -60,22 +59,6 @@ def stop_cluster() -> None:
         serve.shutdown()  # type: ignore[no-untyped-call]  # Ray 未标注类型
     finally:
         ray.shutdown()
-
-
-def wait_http_ok(url: str, timeout_s: float) -> None:
-    """轮询直到 url 返回 200；超时抛 TimeoutError。"""
-    deadline = time.monotonic() + timeout_s
-    last = "无响应"
-    while time.monotonic() < deadline:
-        try:
-            response = httpx.get(url, timeout=10)
-            if response.status_code == 200:
-                return
-            last = f"HTTP {response.status_code}"
-        except httpx.HTTPError as exc:
-            last = repr(exc)
-        time.sleep(1)
-    raise TimeoutError(f"{url} 在 {timeout_s}s 内未就绪：{last}")
 
 
 def read_json_logs(path: Path, offset: int = 0) -> Iterator[dict[str, Any]]:

@@ -259,3 +259,15 @@ async def test_hardened_input_limits(overrides: dict[str, Any], expected: str) -
         response = await client.post("/v1/reports", json=body)
     assert response.status_code == 422
     assert expected in response.json()["error"]["message"]
+
+
+async def test_openapi_declares_bearer_auth_only_when_keys_are_configured(
+    secured: httpx.AsyncClient,
+) -> None:
+    schema = (await secured.get("/openapi.json")).json()
+    assert "HTTPBearer" in schema["components"]["securitySchemes"]
+    assert "401" in schema["paths"]["/v1/reports"]["post"]["responses"]
+    async with _app() as open_client:
+        open_schema = (await open_client.get("/openapi.json")).json()
+    assert "securitySchemes" not in open_schema.get("components", {})
+    assert "401" not in open_schema["paths"]["/v1/reports"]["post"]["responses"]

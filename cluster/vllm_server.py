@@ -1,4 +1,7 @@
-"""独立的 vLLM OpenAI 服务（CPU）：外部模式的真实对端。经自己的 PID/进程组启动与关闭。"""
+"""独立的 vLLM OpenAI 服务（CPU，127.0.0.1）：e2e 外部模式的对端与基准的对照组。
+
+经自己的 PID / 进程组启动与关闭。
+"""
 
 from __future__ import annotations
 
@@ -8,14 +11,17 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.support.cluster import free_port, wait_http_ok
+from cluster.local_http import free_port, wait_http_ok
 
 
 class VLLMServer:
     """`python -m vllm.entrypoints.openai.api_server`，只监听 127.0.0.1。"""
 
-    def __init__(self, model_dir: Path, served_name: str, log_path: Path) -> None:
+    def __init__(
+        self, model_dir: Path, served_name: str, log_path: Path, max_model_len: int = 2048
+    ) -> None:
         self.port = free_port()
+        self._max_model_len = max_model_len
         self.served_name = served_name
         self._model_dir = model_dir
         self._log_path = log_path
@@ -43,7 +49,7 @@ class VLLMServer:
             str(self.port),
             "--enforce-eager",
             "--max-model-len",
-            "2048",
+            str(self._max_model_len),
             "--gpu-memory-utilization",
             "0.15",
         ]
