@@ -57,11 +57,7 @@ def _prompt() -> tuple[list[dict[str, str]], int, dict[str, object]]:
     catalog = TemplateCatalog.from_file(PROJECT_ROOT / "prompts" / "templates.yaml")
     spec = catalog.get(REPORT_TYPE)
     prompt = PromptRenderer(catalog).render(REPORT_TYPE, dict(spec.sample_inputs), LENGTH)
-    messages = [
-        {"role": "system", "content": prompt.system},
-        {"role": "user", "content": prompt.user},
-    ]
-    return messages, prompt.max_tokens, dict(spec.sample_inputs)
+    return prompt.chat_messages(), prompt.max_tokens, dict(spec.sample_inputs)
 
 
 async def _bench_engine(server: VLLMServer, requests: int, concurrency: int) -> Run:

@@ -204,7 +204,10 @@ class Settings(BaseSettings):
     @classmethod
     def from_args(cls, args: dict[str, Any]) -> Settings:
         """由 serve_config.yaml 的 args 构造；未知的顶层键直接报错（部署失败，而非请求时出错）。"""
-        known = set(cls.model_fields) | {"VLLM_API_URL", "CALLBACK_SIGNING_SECRET"}
+        known = set(cls.model_fields)
+        for field in cls.model_fields.values():
+            if isinstance(field.validation_alias, AliasChoices):
+                known |= {c for c in field.validation_alias.choices if isinstance(c, str)}
         unknown = sorted(set(args) - known)
         if unknown:
             raise ValueError(f"serve_config 的 args 有未知字段 {unknown}，可用：{sorted(known)}")

@@ -6,11 +6,10 @@ import asyncio
 from typing import Any
 
 from loguru import logger
-from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
-from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
 from ray.serve.handle import DeploymentHandle, DeploymentResponseGenerator
 
 from serve_app.core.errors import LLMError
+from serve_app.core.ray_errors import TRANSIENT_HANDLE_ERRORS
 from serve_app.core.settings import LLMCallPolicy
 from serve_app.llm.port import (
     TransientLLMError,
@@ -20,15 +19,6 @@ from serve_app.llm.port import (
 )
 from serve_app.models.reports import Completion
 from serve_app.models.templates import RenderedPrompt
-
-# 这些异常表示副本暂时不可用，换个副本或稍后重试可能成功
-_TRANSIENT_HANDLE_ERRORS = (
-    ActorDiedError,
-    ActorUnavailableError,
-    RayActorError,
-    BackPressureError,
-    DeploymentUnavailableError,
-)
 
 
 def _engine_class(public: type) -> type:
@@ -64,10 +54,7 @@ class ServeLLMClient:
     async def _attempt(self, prompt: RenderedPrompt, trace_id: str) -> Completion:
         request = self._request_cls(
             model=self._model_id,
-            messages=[
-                {"role": "system", "content": prompt.system},
-                {"role": "user", "content": prompt.user},
-            ],
+            messages=prompt.chat_messages(),
             max_tokens=prompt.max_tokens,
             temperature=prompt.temperature,
             top_p=prompt.top_p,
@@ -80,7 +67,7 @@ class ServeLLMClient:
         try:
             async for item in stream:
                 return self._to_completion(item)
-        except _TRANSIENT_HANDLE_ERRORS as exc:
+        except TRANSIENT_HANDLE_ERRORS as exc:
             raise TransientLLMError(f"LLM 副本暂不可用：{type(exc).__name__}") from exc
         except asyncio.CancelledError:
             # 超时或作业取消：让 Serve 把取消传到副本，vLLM 随之中止生成

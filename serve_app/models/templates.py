@@ -90,6 +90,10 @@ class RenderedPrompt(BaseModel):
     temperature: float
     top_p: float
 
+    def chat_messages(self) -> list[dict[str, str]]:
+        """OpenAI 形状的消息列表（system + user）。"""
+        return [{"role": "system", "content": self.system}, {"role": "user", "content": self.user}]
+
 
 class ReportTypeInfo(BaseModel):
     """`GET /v1/report-types` 的一项。"""

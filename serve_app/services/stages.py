@@ -5,8 +5,6 @@ from __future__ import annotations
 from typing import Any, Protocol
 
 from loguru import logger
-from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
-from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
 from ray.serve.handle import DeploymentHandle
 from tenacity import (
     AsyncRetrying,
@@ -16,17 +14,9 @@ from tenacity import (
     wait_exponential,
 )
 
+from serve_app.core.ray_errors import TRANSIENT_HANDLE_ERRORS
 from serve_app.models.reports import CallbackPayload, DeliveryOutcome, ReportJob
 from serve_app.models.templates import RenderedPrompt
-
-# 副本死亡、不可用或背压：换副本 / 稍后重试
-_HANDLE_TRANSIENT = (
-    ActorDiedError,
-    ActorUnavailableError,
-    RayActorError,
-    BackPressureError,
-    DeploymentUnavailableError,
-)
 
 
 class RenderStage(Protocol):
@@ -54,7 +44,7 @@ def _handle_retrying() -> AsyncRetrying:
     return AsyncRetrying(
         stop=stop_after_attempt(5),
         wait=wait_exponential(multiplier=0.5, max=8),
-        retry=retry_if_exception_type(_HANDLE_TRANSIENT),
+        retry=retry_if_exception_type(TRANSIENT_HANDLE_ERRORS),
         before_sleep=_log_handle_retry,
         reraise=True,
     )

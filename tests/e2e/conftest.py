@@ -15,7 +15,7 @@ from cluster.callback_receiver import CallbackReceiver
 from cluster.vllm_server import VLLMServer
 from serve_app.app import build_app
 from serve_app.core.settings import PROJECT_ROOT
-from tests.support.cluster import ServeCluster, start_cluster, stop_cluster, wait_http_ok
+from tests.support.cluster import ServeCluster, running_cluster, wait_http_ok
 
 # 首次部署要加载 torch/vLLM 并初始化引擎，2 核机器上需要几分钟
 DEPLOY_TIMEOUT_S = 600
@@ -40,12 +40,9 @@ def _cpu_profile_args() -> dict[str, Any]:
 
 @pytest.fixture(scope="package")
 def serve_cluster() -> Iterator[ServeCluster]:
-    """本层一个进程内 Ray + Serve；本层测试结束即关闭（下一层从干净的机器开始）。"""
-    cluster = start_cluster()
-    try:
+    """本层一个进程内 Ray + Serve；本层测试结束即关闭。"""
+    with running_cluster() as cluster:
         yield cluster
-    finally:
-        stop_cluster()
 
 
 @pytest.fixture(scope="package")

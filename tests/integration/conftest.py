@@ -12,7 +12,7 @@ from ray import serve
 from cluster.callback_receiver import CallbackReceiver
 from serve_app.app import compose_app
 from serve_app.core.settings import Settings
-from tests.support.cluster import ServeCluster, start_cluster, stop_cluster, wait_http_ok
+from tests.support.cluster import ServeCluster, running_cluster, wait_http_ok
 from tests.support.fake_engine import fake_llm_deployment
 
 APP_NAME = "reports-it"
@@ -35,12 +35,9 @@ class ItApp:
 
 @pytest.fixture(scope="package")
 def serve_cluster() -> Iterator[ServeCluster]:
-    """本层一个进程内 Ray + Serve；本层测试结束即关闭（下一层从干净的机器开始）。"""
-    cluster = start_cluster()
-    try:
+    """本层一个进程内 Ray + Serve；本层测试结束即关闭。"""
+    with running_cluster() as cluster:
         yield cluster
-    finally:
-        stop_cluster()
 
 
 @pytest.fixture(scope="package")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ __all__ = [
     "ServeCluster",
     "free_port",
     "read_json_logs",
+    "running_cluster",
     "start_cluster",
     "stop_cluster",
     "wait_http_ok",
@@ -72,3 +74,13 @@ def read_json_logs(path: Path, offset: int = 0) -> Iterator[dict[str, Any]]:
             if line:
                 record: dict[str, Any] = json.loads(line)["record"]
                 yield record
+
+
+@contextmanager
+def running_cluster() -> Iterator[ServeCluster]:
+    """一个测试层用的进程内 Ray + Serve：退出时一定关闭（下一层从干净的机器开始）。"""
+    cluster = start_cluster()
+    try:
+        yield cluster
+    finally:
+        stop_cluster()
