@@ -8,7 +8,7 @@ from serve_app.core.auth import require_api_key
 from serve_app.core.http_errors import install_error_handlers
 from serve_app.core.middleware import BodySizeLimitMiddleware
 from serve_app.core.services import IngressServices
-from serve_app.routers import health, report_types, reports
+from serve_app.routers import health, ops, report_types, reports
 
 
 def create_app(services: IngressServices) -> FastAPI:
@@ -26,6 +26,7 @@ def create_app(services: IngressServices) -> FastAPI:
     )
     app.include_router(reports.router, dependencies=protected, responses=unauthorized)
     app.include_router(report_types.router, dependencies=protected, responses=unauthorized)
+    app.include_router(ops.router, dependencies=protected, responses=unauthorized)
     app.include_router(health.router)
     install_error_handlers(app)
     app.add_middleware(BodySizeLimitMiddleware, max_body_bytes=services.settings.max_body_bytes)

@@ -7,6 +7,7 @@ from typing import Any
 from ray.serve.deployment import Application
 
 from deployments.callback import callback_sender_deployment
+from deployments.ledger import ledger_deployment
 from deployments.llm import build_llm_server
 from deployments.render import template_renderer_deployment
 from serve_app.core.logging import configure_logging
@@ -18,7 +19,12 @@ def compose_app(settings: Settings, llm: Application | None) -> Application:
     """把各部署组装成一个应用；`llm` 为 LLMServer（或测试用的同接口部署）。"""
     renderer = template_renderer_deployment.bind(settings)
     callbacks = callback_sender_deployment.bind(settings)
-    return report_ingress_deployment.bind(settings, renderer, callbacks, llm)
+    ledger = ledger_deployment.bind(settings)
+    # 优雅关闭窗口要容下作业的排空时间（serve_config 里另写的值优先）
+    ingress = report_ingress_deployment.options(
+        graceful_shutdown_timeout_s=settings.jobs.drain_timeout_s + 30
+    )
+    return ingress.bind(settings, renderer, callbacks, ledger, llm)
 
 
 def build_app(args: dict[str, Any]) -> Application:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import socket
+import uuid
 from typing import Any
 
 from fastapi import FastAPI
@@ -15,11 +18,14 @@ from serve_app.core.logging import configure_logging
 from serve_app.core.services import IngressServices
 from serve_app.core.settings import LLMMode, Settings
 from serve_app.delivery.url_guard import callback_target_policy
+from serve_app.ledger.client import LedgerClient
 from serve_app.llm.openai_compat import OpenAICompatClient
 from serve_app.llm.port import LLMClient
 from serve_app.llm.serve_llm import ServeLLMClient
 from serve_app.prompting.catalog import TemplateCatalog
+from serve_app.services.jobs import JobService
 from serve_app.services.pipeline import ReportPipeline
+from serve_app.services.runner import JobRunner
 from serve_app.services.stages import HandleDeliveryStage, HandleRenderStage
 from serve_app.services.submission import ReportSubmissions
 
@@ -46,21 +52,29 @@ class ReportIngress:
         settings: Settings,
         renderer: DeploymentHandle[Any],
         callbacks: DeploymentHandle[Any],
+        ledger: DeploymentHandle[Any],
         llm: DeploymentHandle[Any] | None = None,
     ) -> None:
         configure_logging(settings.log_level, settings.log_json_path)
         catalog = TemplateCatalog.from_file(settings.resolved_templates_path)
         self._llm = make_llm_client(settings, llm)
+        pipeline = ReportPipeline(
+            HandleRenderStage(renderer), self._llm, HandleDeliveryStage(callbacks)
+        )
+        store = LedgerClient(ledger, settings.jobs)
+        # 本副本在账本里的身份：进程级唯一，副本重启后是新身份（旧租约到期即被接手）
+        owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self._runner = JobRunner(store, pipeline, settings.jobs, owner)
         self._services = IngressServices(
             settings=settings,
             catalog=catalog,
             submissions=ReportSubmissions(catalog, settings, callback_target_policy(settings)),
-            pipeline=ReportPipeline(
-                HandleRenderStage(renderer), self._llm, HandleDeliveryStage(callbacks)
-            ),
+            jobs=JobService(store, self._runner),
             llm=self._llm,
         )
-        logger.info("入口已启动：llm_mode={}", settings.llm_mode)
+        # Serve 在事件循环里调用构造函数：此刻启动续租与扫描（接手崩溃前留下的作业）
+        self._runner.start()
+        logger.info("入口已启动：llm_mode={} owner={}", settings.llm_mode, owner)
         if not settings.api_keys:
             logger.warning("未配置 API key（REPORTS_API_KEYS）：/v1/* 不鉴权，只适合本机或受信网络")
 
@@ -69,6 +83,8 @@ class ReportIngress:
         return create_app(self._services)
 
     async def __del__(self) -> None:
+        # 优雅关闭：等在途作业（drain_timeout_s），余下的交还租约
+        await self._runner.drain()
         await self._llm.aclose()
 
 
@@ -76,8 +92,8 @@ class ReportIngress:
 report_ingress_deployment: Deployment = serve.deployment(
     name="ReportIngress",
     ray_actor_options={"num_cpus": 0.1},
-    # 后台流水线在请求的 ASGI 调用内运行，也算“进行中的请求”：按并发流水线数设置
+    # 作业在 JobRunner 的后台任务里执行，不占请求并发；这里只限同时处理的 HTTP 请求
     max_ongoing_requests=1000,
-    # 优雅关闭时等待在途流水线的时长
+    # 关闭时 __del__ 等在途作业 jobs.drain_timeout_s（默认 90s），须留出余量
     graceful_shutdown_timeout_s=120,
 )(serve.ingress()(ReportIngress))

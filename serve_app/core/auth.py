@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 from typing import Annotated
 
@@ -36,3 +37,10 @@ async def require_api_key(
     if not key_matches(credentials.credentials, keys):
         raise AuthError("API key 无效")
     request.state.authenticated = True
+    # 调用方身份（key 的摘要）：Idempotency-Key 按调用方隔离
+    request.state.principal = hashlib.sha256(credentials.credentials.encode()).hexdigest()[:16]
+
+
+def caller_principal(request: Request) -> str:
+    """当前调用方的身份；未启用鉴权时所有调用方共用一个。"""
+    return str(getattr(request.state, "principal", "anonymous"))

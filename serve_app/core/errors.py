@@ -4,6 +4,11 @@
     ├── RequestError            请求不合法（HTTP 422）
     │   └── UnsafeCallbackUrl   回调地址不安全（SSRF 防护拒绝）
     ├── AuthError               缺少或错误的 API key（HTTP 401）
+    ├── JobNotFound             trace_id 未知（HTTP 404）
+    ├── JobConflict             作业状态不允许该操作（HTTP 409）
+    │   └── IdempotencyConflict 同一 Idempotency-Key 配了不同的请求体
+    ├── Overloaded              排队的作业已满（HTTP 429 + Retry-After）
+    ├── LedgerUnavailable       作业账本暂不可用（HTTP 503）
     ├── RenderError             模板渲染失败
     ├── LLMError                引擎返回错误或不可用
     │   └── LLMTimeout          生成超时
@@ -28,6 +33,13 @@ class ErrorCode(StrEnum):
     LLM_ERROR = "llm_error"
     LLM_TIMEOUT = "llm_timeout"
     CALLBACK_ERROR = "callback_error"
+    NOT_FOUND = "not_found"
+    JOB_CONFLICT = "job_conflict"
+    IDEMPOTENCY_CONFLICT = "idempotency_conflict"
+    OVERLOADED = "overloaded"
+    LEDGER_UNAVAILABLE = "ledger_unavailable"
+    CANCELLED = "cancelled"
+    WORKER_LOST = "worker_lost"
     INTERNAL_ERROR = "internal_error"
 
 
@@ -57,6 +69,40 @@ class AuthError(ReportError):
     """缺少或错误的 API key。"""
 
     code = ErrorCode.UNAUTHORIZED
+
+
+class JobNotFound(ReportError):
+    """没有这个 trace_id 的作业。"""
+
+    code = ErrorCode.NOT_FOUND
+
+
+class JobConflict(ReportError):
+    """作业当前状态不允许该操作（如取消已完成的作业）。"""
+
+    code = ErrorCode.JOB_CONFLICT
+
+
+class IdempotencyConflict(JobConflict):
+    """同一 Idempotency-Key 在有效期内配了不同的请求体。"""
+
+    code = ErrorCode.IDEMPOTENCY_CONFLICT
+
+
+class Overloaded(ReportError):
+    """排队的作业已超过 LLM 阶段能按时处理的量：稍后再试。"""
+
+    code = ErrorCode.OVERLOADED
+
+    def __init__(self, message: str, retry_after_s: int = 5) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+class LedgerUnavailable(ReportError):
+    """作业账本在重试后仍不可用：作业无法安全受理。"""
+
+    code = ErrorCode.LEDGER_UNAVAILABLE
 
 
 class RenderError(ReportError):

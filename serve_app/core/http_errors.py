@@ -9,8 +9,30 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from loguru import logger
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
-from serve_app.core.errors import AuthError, ErrorCode, RequestError, error_info
+from serve_app.core.errors import (
+    AuthError,
+    ErrorCode,
+    JobConflict,
+    JobNotFound,
+    LedgerUnavailable,
+    Overloaded,
+    ReportError,
+    RequestError,
+    error_info,
+)
+
+# 业务错误 → HTTP 状态码：唯一的映射处（按顺序匹配，子类在前）
+_HTTP_STATUS: tuple[tuple[type[ReportError], int], ...] = (
+    (RequestError, 422),
+    (AuthError, 401),
+    (JobNotFound, 404),
+    (JobConflict, 409),
+    (Overloaded, 429),
+    (LedgerUnavailable, 503),
+)
+_LEDGER_RETRY_AFTER_S = 5
 
 
 def error_response(
@@ -35,11 +57,27 @@ async def _validation_error(_: Request, exc: Exception) -> JSONResponse:
     return error_response(422, ErrorCode.INVALID_REQUEST, "请求不合法：" + "；".join(problems))
 
 
-async def _request_error(_: Request, exc: Exception) -> JSONResponse:
-    return error_response(422, *error_info(exc))
+def _headers_for(exc: ReportError) -> dict[str, str]:
+    if isinstance(exc, AuthError):
+        return {"WWW-Authenticate": 'Bearer realm="reports"'}
+    if isinstance(exc, Overloaded):
+        return {"Retry-After": str(exc.retry_after_s)}
+    if isinstance(exc, LedgerUnavailable):
+        return {"Retry-After": str(_LEDGER_RETRY_AFTER_S)}
+    return {}
 
 
-async def _http_error(_: Request, exc: Exception) -> JSONResponse:
+async def _report_error(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, ReportError)
+    status = next((code for cls, code in _HTTP_STATUS if isinstance(exc, cls)), None)
+    if status is None:
+        return await _unexpected_error(_, exc)
+    if status >= 500:
+        logger.opt(exception=exc).error("请求失败：{}", exc.message)
+    return error_response(status, *error_info(exc), headers=_headers_for(exc))
+
+
+async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     """框架自身抛出的 HTTP 错误（404、405、无法解码的请求体等）也用统一的错误体。"""
     assert isinstance(exc, StarletteHTTPException)
     if exc.status_code == 400:
@@ -47,15 +85,20 @@ async def _http_error(_: Request, exc: Exception) -> JSONResponse:
         return error_response(
             422, ErrorCode.INVALID_REQUEST, "请求体无法解析：需要 UTF-8 编码的 JSON"
         )
-    return error_response(
-        exc.status_code, ErrorCode.INVALID_REQUEST, str(exc.detail), headers=exc.headers
-    )
+    headers = exc.headers
+    if exc.status_code == 405:
+        # 同一路径的不同方法是不同路由，Starlette 只报第一个路由的 Allow：这里汇总全部
+        headers = {"Allow": ", ".join(_allowed_methods(request))}
+    return error_response(exc.status_code, ErrorCode.INVALID_REQUEST, str(exc.detail), headers)
 
 
-async def _auth_error(_: Request, exc: Exception) -> JSONResponse:
-    return error_response(
-        401, *error_info(exc), headers={"WWW-Authenticate": 'Bearer realm="reports"'}
-    )
+def _allowed_methods(request: Request) -> list[str]:
+    methods: set[str] = set()
+    for route in request.app.router.routes:
+        match, _ = route.matches(request.scope)
+        if match is not Match.NONE:
+            methods |= set(getattr(route, "methods", None) or ())
+    return sorted(methods)
 
 
 async def _unexpected_error(_: Request, exc: Exception) -> JSONResponse:
@@ -67,6 +110,5 @@ def install_error_handlers(app: FastAPI) -> None:
     """注册全部错误处理器。"""
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
-    app.add_exception_handler(RequestError, _request_error)
-    app.add_exception_handler(AuthError, _auth_error)
+    app.add_exception_handler(ReportError, _report_error)
     app.add_exception_handler(Exception, _unexpected_error)

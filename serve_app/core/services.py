@@ -9,7 +9,7 @@ from fastapi import Request
 from serve_app.core.settings import Settings
 from serve_app.llm.port import LLMClient
 from serve_app.prompting.catalog import TemplateCatalog
-from serve_app.services.pipeline import ReportPipeline
+from serve_app.services.jobs import JobService
 from serve_app.services.submission import ReportSubmissions
 
 
@@ -20,7 +20,7 @@ class IngressServices:
     settings: Settings
     catalog: TemplateCatalog
     submissions: ReportSubmissions
-    pipeline: ReportPipeline
+    jobs: JobService
     llm: LLMClient
 
     @property

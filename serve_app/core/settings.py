@@ -105,6 +105,46 @@ class CallbackPolicy(_Strict):
         return self
 
 
+class JobPolicy(_Strict):
+    """作业的持久化、租约、恢复、重投与限流。"""
+
+    ledger_path: Path = Field(
+        Path(".run/ledger.sqlite3"),
+        description="SQLite 账本文件（相对路径按仓库根解析）；compose 里放在 /data 卷上",
+    )
+    lease_s: float = Field(30.0, gt=0, description="作业租约：持有者失联这么久后由别的副本接手")
+    heartbeat_s: float = Field(10.0, gt=0, description="续租间隔（须小于 lease_s 的一半）")
+    sweep_interval_s: float = Field(5.0, gt=0, description="扫描到期租约与待重投回调的间隔")
+    max_runs: int = Field(3, ge=1, le=20, description="一个作业最多被执行几次（含恢复）")
+    max_concurrent_per_replica: int = Field(
+        256, ge=1, description="每个入口副本同时执行的作业数；多出的在副本内排队"
+    )
+    max_active_jobs: int = Field(
+        1000, ge=1, description="全局未完成（待生成）的作业上限；超过时 POST 返回 429"
+    )
+    drain_timeout_s: float = Field(
+        90.0, ge=0, description="副本关闭时等待在途作业的时长；之后交还租约给其他副本"
+    )
+    idempotency_ttl_s: float = Field(24 * 3600.0, gt=0, description="Idempotency-Key 有效期")
+    redelivery_schedule_s: tuple[float, ...] = Field(
+        (60.0, 300.0, 1800.0, 7200.0, 18000.0, 36000.0),
+        min_length=1,
+        description="内联重试用尽后的持久化重投间隔（最后一项重复使用）",
+    )
+    redelivery_horizon_s: float = Field(
+        24 * 3600.0, gt=0, description="从首次投递失败起，超过这么久仍未送达即标记 undelivered"
+    )
+    ledger_call_timeout_s: float = Field(10.0, gt=0, description="单次账本调用的超时")
+
+    @model_validator(mode="after")
+    def _check_lease(self) -> JobPolicy:
+        if self.heartbeat_s * 2 > self.lease_s:
+            raise ValueError("jobs.heartbeat_s 必须不大于 jobs.lease_s 的一半，否则租约会误过期")
+        if any(step <= 0 for step in self.redelivery_schedule_s):
+            raise ValueError("jobs.redelivery_schedule_s 的每一项都必须大于 0")
+        return self
+
+
 class Settings(BaseSettings):
     """整个应用的配置。
 
@@ -135,6 +175,7 @@ class Settings(BaseSettings):
     )
     llm: LLMCallPolicy = LLMCallPolicy()
     callback: CallbackPolicy = CallbackPolicy()
+    jobs: JobPolicy = JobPolicy()
     templates_path: Path = Path("prompts/templates.yaml")
     default_callback_url: AnyHttpUrl | None = Field(
         None, description="请求未带 callback_url 时使用"
@@ -217,6 +258,12 @@ class Settings(BaseSettings):
     def external_base_url(self) -> str:
         """外部模式实际使用的 base URL。"""
         return str(self.vllm_api_url or self.external.base_url)
+
+    @property
+    def resolved_ledger_path(self) -> Path:
+        """账本文件的绝对路径（相对路径按仓库根目录解析）。"""
+        path = self.jobs.ledger_path
+        return path if path.is_absolute() else PROJECT_ROOT / path
 
     @property
     def resolved_templates_path(self) -> Path:

@@ -22,7 +22,7 @@ from serve_app.delivery.retry_policy import (
     parse_retry_after,
 )
 from serve_app.delivery.url_guard import CallbackTargetPolicy, guarded_transport
-from serve_app.models.reports import CallbackPayload, DeliveryOutcome
+from serve_app.models.reports import CallbackPayload, DeliveryOutcome, webhook_id
 
 USER_AGENT = "report-engine/0.1"
 
@@ -66,18 +66,20 @@ class CallbackClient:
                     status = await self._post_once(url, body.encode(), headers)
                     logger.info("回调已送达：HTTP {}，第 {} 次尝试", status, attempts)
                     return DeliveryOutcome(delivered=True, attempts=attempts, status_code=status)
-        except (RetryableStatus, PermanentStatus) as exc:
+        except RetryableStatus as exc:
             return self._failed(attempts, exc.status_code, str(exc))
+        except PermanentStatus as exc:
+            return self._failed(attempts, exc.status_code, str(exc), permanent=True)
         except httpx.TransportError as exc:
             return self._failed(attempts, None, f"{type(exc).__name__}: {exc}")
         except UnsafeCallbackUrl as exc:
             # 投递时解析到了被禁的地址（如 DNS 变了）：不连接、不重试
-            return self._failed(attempts, None, f"SSRF 防护拒绝：{exc.message}")
+            return self._failed(attempts, None, f"SSRF 防护拒绝：{exc.message}", permanent=True)
         raise AssertionError("unreachable")  # pragma: no cover
 
     def _headers(self, trace_id: str, body: str) -> dict[str, str]:
         """每次尝试的请求头：webhook-id 固定为 trace_id，签名用本次尝试的时间戳。"""
-        message_id = f"msg_{trace_id}"
+        message_id = webhook_id(trace_id)
         headers = {
             "Content-Type": "application/json",
             "X-Trace-Id": trace_id,
@@ -101,12 +103,18 @@ class CallbackClient:
         raise PermanentStatus(status)
 
     @staticmethod
-    def _failed(attempts: int, status_code: int | None, error: str) -> DeliveryOutcome:
-        logger.error(
-            "回调最终未送达：尝试 {} 次，最后状态 {}，原因 {}", attempts, status_code, error
+    def _failed(
+        attempts: int, status_code: int | None, error: str, *, permanent: bool = False
+    ) -> DeliveryOutcome:
+        logger.warning(
+            "本轮回调未送达：尝试 {} 次，最后状态 {}，原因 {}", attempts, status_code, error
         )
         return DeliveryOutcome(
-            delivered=False, attempts=attempts, status_code=status_code, error=error
+            delivered=False,
+            attempts=attempts,
+            status_code=status_code,
+            error=error,
+            permanent=permanent,
         )
 
     async def aclose(self) -> None:

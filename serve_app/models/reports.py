@@ -98,7 +98,7 @@ class CallbackPayload(BaseModel):
     """回调给 backend B 的请求体。"""
 
     trace_id: str
-    status: Literal["succeeded", "failed"]
+    status: Literal["succeeded", "failed", "cancelled"]
     report_type: str
     report: Completion | None
     error: ErrorBody | None
@@ -110,8 +110,8 @@ class CallbackPayload(BaseModel):
     def _check_outcome(self) -> CallbackPayload:
         if self.status == "succeeded" and (self.report is None or self.error is not None):
             raise ValueError("succeeded 必须带 report 且不带 error")
-        if self.status == "failed" and (self.error is None or self.report is not None):
-            raise ValueError("failed 必须带 error 且不带 report")
+        if self.status != "succeeded" and (self.error is None or self.report is not None):
+            raise ValueError(f"{self.status} 必须带 error 且不带 report")
         return self
 
     @classmethod
@@ -131,9 +131,24 @@ class CallbackPayload(BaseModel):
     @classmethod
     def failed(cls, job: ReportJob, code: ErrorCode, message: str) -> CallbackPayload:
         """失败回调。"""
+        return cls._unsuccessful(job, "failed", code, message)
+
+    @classmethod
+    def cancelled(cls, job: ReportJob) -> CallbackPayload:
+        """取消回调：调用方用 DELETE 取消了作业。"""
+        return cls._unsuccessful(job, "cancelled", ErrorCode.CANCELLED, "作业已按请求取消")
+
+    @classmethod
+    def _unsuccessful(
+        cls,
+        job: ReportJob,
+        status: Literal["failed", "cancelled"],
+        code: ErrorCode,
+        message: str,
+    ) -> CallbackPayload:
         return cls(
             trace_id=job.trace_id,
-            status="failed",
+            status=status,
             report_type=job.report_type,
             report=None,
             error=ErrorBody(code=code, message=message),
@@ -144,12 +159,18 @@ class CallbackPayload(BaseModel):
 
 
 class DeliveryOutcome(BaseModel):
-    """一次回调投递（含重试）的结果；持久化重投（后续 issue）从这里接入。"""
+    """一次回调投递（含内联重试）的结果；未送达时由账本安排持久化重投。"""
 
     delivered: bool
     attempts: int
     status_code: int | None = None
     error: str | None = None
+    permanent: bool = Field(False, description="不可重试的失败（4xx、SSRF 拒绝）：不再自动重投")
+
+
+def webhook_id(trace_id: str) -> str:
+    """一个作业的全部投递共用的 webhook-id（Standard Webhooks 去重键，跨重试与重启不变）。"""
+    return f"msg_{trace_id}"
 
 
 def utc_now() -> datetime:

@@ -1,39 +1,97 @@
-"""`POST /v1/reports`：受理报告请求。"""
+"""`/v1/reports`：受理、查询、取消、重新投递。"""
 
 from __future__ import annotations
 
 import uuid
 from typing import Annotated
 
-from fastapi import APIRouter, BackgroundTasks, Depends
+from fastapi import APIRouter, Depends, Header, Path, Request
 from fastapi.responses import JSONResponse
 from loguru import logger
 
+from serve_app.core.auth import caller_principal
 from serve_app.core.services import IngressServices, get_services
+from serve_app.ledger.records import ReportStatus
 from serve_app.models.reports import ReportAccepted, ReportRequest
+from serve_app.services.jobs import MAX_IDEMPOTENCY_KEY_CHARS, idempotency_key
 
 router = APIRouter(prefix="/v1", tags=["reports"])
 
-_ERRORS: dict[int | str, dict[str, str]] = {
+TraceId = Annotated[str, Path(min_length=1, max_length=64, description="受理时返回的 trace_id")]
+
+_NOT_FOUND: dict[int | str, dict[str, str]] = {404: {"description": "没有这个 trace_id 的作业"}}
+_SUBMIT_ERRORS: dict[int | str, dict[str, str]] = {
+    409: {"description": "Idempotency-Key 已用于另一个不同的请求体"},
     413: {"description": "请求体过大"},
     422: {"description": "请求不合法（类型未知、输入缺失或多余、URL 错误或不安全）"},
+    429: {"description": "排队的作业已满：按 Retry-After 稍后重试"},
+    503: {"description": "作业账本暂不可用：按 Retry-After 稍后重试"},
 }
 
 
-@router.post("/reports", status_code=202, response_model=ReportAccepted, responses=_ERRORS)
+@router.post("/reports", status_code=202, response_model=ReportAccepted, responses=_SUBMIT_ERRORS)
 async def submit_report(
     body: ReportRequest,
-    background: BackgroundTasks,
+    request: Request,
     services: Annotated[IngressServices, Depends(get_services)],
+    idempotency: Annotated[
+        str | None,
+        Header(
+            alias="Idempotency-Key",
+            max_length=MAX_IDEMPOTENCY_KEY_CHARS,
+            description="24 小时内同一 key + 同一请求体只受理一次，重放返回第一次的 202",
+        ),
+    ] = None,
 ) -> JSONResponse:
-    """受理请求：返回 202 与 trace_id，报告稍后回调。"""
+    """受理请求：作业写入账本后返回 202 与 trace_id，报告稍后回调。"""
+    key = idempotency_key(idempotency, caller_principal(request), body)
     trace_id = str(uuid.uuid4())
     with logger.contextualize(trace_id=trace_id):
         job = await services.submissions.accept(body, trace_id)
-        background.add_task(services.pipeline.run, job)
-        logger.info("已受理：report_type={} callback={}", job.report_type, job.callback_url)
+        record, replayed = await services.jobs.admit(job, key)
+    trace_id = record.trace_id
+    with logger.contextualize(trace_id=trace_id):
+        if replayed:
+            logger.info("幂等重放：返回已受理的作业")
+        else:
+            logger.info("已受理：report_type={} callback={}", job.report_type, job.callback_url)
+    headers = {"X-Trace-Id": trace_id}
+    if replayed:
+        headers["Idempotent-Replayed"] = "true"
     return JSONResponse(
-        status_code=202,
-        content=ReportAccepted(trace_id=trace_id).model_dump(),
-        headers={"X-Trace-Id": trace_id},
+        status_code=202, content=ReportAccepted(trace_id=trace_id).model_dump(), headers=headers
     )
+
+
+@router.get("/reports/{trace_id}", response_model=ReportStatus, responses=_NOT_FOUND)
+async def get_report(
+    trace_id: TraceId, services: Annotated[IngressServices, Depends(get_services)]
+) -> ReportStatus:
+    """作业的当前状态、结果与回调投递情况。"""
+    return await services.jobs.status(trace_id)
+
+
+@router.delete(
+    "/reports/{trace_id}",
+    status_code=202,
+    response_model=ReportStatus,
+    responses={**_NOT_FOUND, 409: {"description": "作业已产生结果，不能再取消"}},
+)
+async def cancel_report(
+    trace_id: TraceId, services: Annotated[IngressServices, Depends(get_services)]
+) -> ReportStatus:
+    """取消尚未完成的作业：生成在引擎里中止，随后送出一个 cancelled 回调。"""
+    return await services.jobs.cancel(trace_id)
+
+
+@router.post(
+    "/reports/{trace_id}/redeliver",
+    status_code=202,
+    response_model=ReportStatus,
+    responses={**_NOT_FOUND, 409: {"description": "作业尚无结果可投递"}},
+)
+async def redeliver_report(
+    trace_id: TraceId, services: Annotated[IngressServices, Depends(get_services)]
+) -> ReportStatus:
+    """立即重新投递结果回调（webhook-id 不变，接收方可去重）。"""
+    return await services.jobs.redeliver(trace_id)

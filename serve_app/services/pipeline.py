@@ -1,36 +1,53 @@
-"""报告流水线：渲染 → 生成 → 回调。每个受理的作业恰好产生一次终态回调。"""
+"""报告流水线：渲染 → 生成 → 回调。作业的持久化与调度见 services/runner.py。"""
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+
 from loguru import logger
 
-from serve_app.core.errors import CallbackError, LLMError, error_info
+from serve_app.core.errors import LLMError, error_info
+from serve_app.ledger.records import JobState
 from serve_app.llm.port import LLMClient
 from serve_app.models.reports import CallbackPayload, DeliveryOutcome, ReportJob
 from serve_app.services.stages import DeliveryStage, RenderStage
 
+# 进入某个阶段前的回调（账本记录状态；作业被取消或租约丢失时抛 StageInterrupted）
+StageHook = Callable[[JobState], Awaitable[None]]
+
+
+class StageInterrupted(Exception):
+    """作业在阶段之间被打断：已请求取消（cancelled）或租约已归别的副本（lost）。"""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+async def _no_hook(_: JobState) -> None:
+    return None
+
 
 class ReportPipeline:
-    """在入口副本的后台任务里执行一个作业。"""
+    """一个作业的两步：产生结果（成功或失败的回调载荷），投递回调。"""
 
     def __init__(self, renderer: RenderStage, llm: LLMClient, delivery: DeliveryStage) -> None:
         self._renderer = renderer
         self._llm = llm
         self._delivery = delivery
 
-    async def run(self, job: ReportJob) -> DeliveryOutcome:
-        """执行作业并投递终态回调；不向外抛异常。"""
-        with logger.contextualize(trace_id=job.trace_id):
-            payload = await self._produce(job)
-            return await self._deliver(job, payload)
-
-    async def _produce(self, job: ReportJob) -> CallbackPayload:
+    async def produce(self, job: ReportJob, on_stage: StageHook = _no_hook) -> CallbackPayload:
+        """渲染并生成；任何失败都变成 failed 载荷（被打断时抛 StageInterrupted）。"""
         logger.info("作业开始：report_type={} length={}", job.report_type, job.length)
         try:
+            await on_stage(JobState.RENDERING)
             prompt = await self._renderer.render(job)
+            await on_stage(JobState.GENERATING)
             completion = await self._llm.generate(prompt, trace_id=job.trace_id)
             if not completion.content.strip():
                 raise LLMError("模型返回了空内容")
+        except StageInterrupted:
+            raise
         except Exception as exc:  # noqa: BLE001 - 任何失败都必须变成 failed 回调
             code, message = error_info(exc)
             logger.exception("作业失败：{} - {}", code, message)
@@ -43,25 +60,24 @@ class ReportPipeline:
         )
         return CallbackPayload.succeeded(job, completion)
 
-    async def _deliver(self, job: ReportJob, payload: CallbackPayload) -> DeliveryOutcome:
+    async def deliver(self, job: ReportJob, payload: CallbackPayload) -> DeliveryOutcome:
+        """投递终态回调（含内联重试）；不抛异常，未送达由账本安排重投。"""
         try:
             outcome = await self._delivery.send(job, payload)
-        except Exception as exc:  # noqa: BLE001 - 任何失败都必须变成 failed 回调
-            logger.exception("回调部署不可用，回调未送达")
+        except Exception as exc:  # noqa: BLE001 - 投递阶段不可用也只是“本轮未送达”
+            logger.exception("回调部署不可用，本轮未送达")
             outcome = DeliveryOutcome(delivered=False, attempts=0, error=repr(exc))
         if not outcome.delivered:
-            self._on_undelivered(job, payload, outcome)
+            logger.warning(
+                "回调本轮未送达：status={} attempts={} last_status={} error={}",
+                payload.status,
+                outcome.attempts,
+                outcome.status_code,
+                outcome.error,
+            )
         return outcome
 
-    def _on_undelivered(
-        self, job: ReportJob, payload: CallbackPayload, outcome: DeliveryOutcome
-    ) -> None:
-        """重试用尽仍未送达：目前大声记录；持久化重投（后续 issue）从这里接入。"""
-        error = CallbackError(f"回调 {job.callback_url} 未送达：{outcome.error}")
-        logger.error(
-            "【回调丢失】status={} attempts={} last_status={} - {}",
-            payload.status,
-            outcome.attempts,
-            outcome.status_code,
-            error.message,
-        )
+    async def run(self, job: ReportJob) -> DeliveryOutcome:
+        """不经账本地执行一个作业（单元测试与基准用）。"""
+        with logger.contextualize(trace_id=job.trace_id):
+            return await self.deliver(job, await self.produce(job))

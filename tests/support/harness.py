@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -10,7 +12,10 @@ from serve_app.api import create_app
 from serve_app.core.services import IngressServices
 from serve_app.core.settings import Settings
 from serve_app.delivery.url_guard import callback_target_policy
+from serve_app.ledger.sqlite_store import SqliteJobStore
+from serve_app.services.jobs import JobService
 from serve_app.services.pipeline import ReportPipeline
+from serve_app.services.runner import JobRunner
 from serve_app.services.submission import ReportSubmissions
 from tests.support.fakes import FakeLLM, LocalRenderStage, RecordingDelivery
 from tests.support.sample import load_catalog, make_settings
@@ -32,16 +37,31 @@ class Harness:
         catalog = load_catalog()
         self.llm = FakeLLM()
         self.delivery = RecordingDelivery()
+        # 内存账本（每个 Harness 一个）；执行器在第一次受理时于当前事件循环里启动
+        self.store = SqliteJobStore(Path(":memory:"), self.settings.jobs)
+        pipeline = ReportPipeline(LocalRenderStage(catalog), self.llm, self.delivery)
+        self.runner = JobRunner(self.store, pipeline, self.settings.jobs, owner="unit")
         self.services = IngressServices(
             settings=self.settings,
             catalog=catalog,
             submissions=ReportSubmissions(
                 catalog, self.settings, callback_target_policy(self.settings, resolver=public_dns)
             ),
-            pipeline=ReportPipeline(LocalRenderStage(catalog), self.llm, self.delivery),
+            jobs=JobService(self.store, self.runner),
             llm=self.llm,
         )
         self.app = create_app(self.services)
+
+    async def settle(self, timeout_s: float = 5.0) -> None:
+        """等本副本的后台作业全部结束。"""
+        async with asyncio.timeout(timeout_s):
+            while self.runner.running:
+                await asyncio.sleep(0.01)
+
+    async def aclose(self) -> None:
+        """排空执行器并关闭账本。"""
+        await self.runner.drain(timeout_s=5)
+        await self.store.close()
 
     def client(self) -> httpx.AsyncClient:
         """经 ASGI 直接调用应用的客户端（不走网络）。"""

@@ -24,6 +24,7 @@ def harness() -> Harness:
 async def client(harness: Harness) -> AsyncIterator[httpx.AsyncClient]:
     async with harness.client() as http:
         yield http
+    await harness.aclose()
 
 
 def _error(response: httpx.Response) -> str:
@@ -40,7 +41,7 @@ async def test_accepts_and_runs_pipeline(client: httpx.AsyncClient, harness: Har
     assert body["status"] == "accepted"
     assert uuid.UUID(body["trace_id"]).version == 4
     assert response.headers["X-Trace-Id"] == body["trace_id"]
-    # BackgroundTasks 在 ASGITransport 里于响应后同步跑完
+    await harness.settle()
     [(url, payload)] = harness.delivery.sent
     assert url == CALLBACK
     assert payload.trace_id == body["trace_id"]
@@ -104,6 +105,8 @@ async def test_default_callback_is_used() -> None:
     del body["callback_url"]
     async with harness.client() as http:
         assert (await http.post("/v1/reports", json=body)).status_code == 202
+    await harness.settle()
+    await harness.aclose()
     assert harness.delivery.sent[0][0] == "http://127.0.0.1:9/default"
 
 

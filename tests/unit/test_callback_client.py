@@ -94,7 +94,8 @@ async def test_gives_up_after_max_attempts_and_logs(
         outcome = await client.deliver(receiver.url, failed_payload())
     assert not outcome.delivered and outcome.attempts == FAST.max_attempts
     assert len(receiver.received) == FAST.max_attempts
-    assert any(r["level"] == "ERROR" and "未送达" in r["message"] for r in logs)
+    assert any(r["level"] == "WARNING" and "未送达" in r["message"] for r in logs)
+    assert not outcome.permanent  # 5xx：交给账本按重投表继续
 
 
 def _closed_port() -> int:
@@ -113,7 +114,7 @@ async def test_unreachable_receiver_gives_up_and_logs(client: CallbackClient) ->
     assert outcome.attempts == FAST.max_attempts
     assert outcome.error is not None and "ConnectError" in outcome.error
     assert sum("后重试" in r["message"] for r in logs) == FAST.max_attempts - 1
-    assert any(r["level"] == "ERROR" for r in logs)
+    assert any(r["level"] == "WARNING" and "未送达" in r["message"] for r in logs)
 
 
 async def test_dropped_connection_is_retried(client: CallbackClient) -> None:

@@ -1,0 +1,108 @@
+"""经 DeploymentHandle 调用 Ledger 部署的 JobStore 实现：每次调用有超时，瞬时错误重试。"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any, cast
+
+from loguru import logger
+from ray.serve.handle import DeploymentHandle
+from tenacity import (
+    AsyncRetrying,
+    RetryCallState,
+    RetryError,
+    retry_if_exception_type,
+    stop_after_attempt,
+    wait_exponential,
+)
+
+from serve_app.core.errors import LedgerUnavailable
+from serve_app.core.ray_errors import TRANSIENT_HANDLE_ERRORS
+from serve_app.core.settings import JobPolicy
+from serve_app.ledger.records import Admission, CancelResult, JobRecord, JobState, WorkItem
+from serve_app.ledger.store import AdvanceResult, HeartbeatReply, IdempotencyKey
+from serve_app.models.reports import CallbackPayload, DeliveryOutcome, ReportJob
+
+_RETRYABLE = (*TRANSIENT_HANDLE_ERRORS, TimeoutError)
+
+
+def _log_retry(state: RetryCallState) -> None:
+    exc = state.outcome.exception() if state.outcome else None
+    logger.warning("调用 Ledger 失败（第 {} 次）：{!r}，稍后重试", state.attempt_number, exc)
+
+
+class LedgerClient:
+    """JobStore 的句柄实现（Ledger 部署即 SqliteJobStore，方法一一对应）。"""
+
+    def __init__(self, handle: DeploymentHandle[Any], policy: JobPolicy) -> None:
+        self._handle = handle
+        self._timeout_s = policy.ledger_call_timeout_s
+
+    async def _call(self, method: str, *args: Any) -> Any:
+        retrying = AsyncRetrying(
+            stop=stop_after_attempt(5),
+            wait=wait_exponential(multiplier=0.2, max=5),
+            retry=retry_if_exception_type(_RETRYABLE),
+            before_sleep=_log_retry,
+        )
+        try:
+            async for attempt in retrying:
+                with attempt:
+                    async with asyncio.timeout(self._timeout_s):
+                        return await getattr(self._handle, method).remote(*args)
+        except RetryError as exc:
+            raise LedgerUnavailable(f"作业账本暂不可用（{method}）") from exc
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def admit(
+        self, job: ReportJob, owner: str, idempotency: IdempotencyKey | None
+    ) -> Admission:
+        """见 JobStore.admit（按 trace_id 幂等，超时重试不会重复写入）。"""
+        return cast(Admission, await self._call("admit", job, owner, idempotency))
+
+    async def get(self, trace_id: str) -> JobRecord | None:
+        """见 JobStore.get。"""
+        return cast(JobRecord | None, await self._call("get", trace_id))
+
+    async def advance(self, trace_id: str, owner: str, state: JobState) -> AdvanceResult:
+        """见 JobStore.advance。"""
+        return cast(AdvanceResult, await self._call("advance", trace_id, owner, state))
+
+    async def finish(
+        self, trace_id: str, owner: str, outcome: CallbackPayload
+    ) -> CallbackPayload | None:
+        """见 JobStore.finish。"""
+        return cast(CallbackPayload | None, await self._call("finish", trace_id, owner, outcome))
+
+    async def record_delivery(
+        self, trace_id: str, owner: str, result: DeliveryOutcome
+    ) -> JobRecord | None:
+        """见 JobStore.record_delivery。"""
+        return cast(JobRecord | None, await self._call("record_delivery", trace_id, owner, result))
+
+    async def heartbeat(self, owner: str, trace_ids: list[str]) -> HeartbeatReply:
+        """见 JobStore.heartbeat。"""
+        return cast(HeartbeatReply, await self._call("heartbeat", owner, trace_ids))
+
+    async def claim_due(self, owner: str, limit: int) -> list[WorkItem]:
+        """见 JobStore.claim_due。"""
+        return cast(list[WorkItem], await self._call("claim_due", owner, limit))
+
+    async def release(self, owner: str, trace_ids: list[str]) -> None:
+        """见 JobStore.release。"""
+        await self._call("release", owner, trace_ids)
+
+    async def request_cancel(self, trace_id: str) -> CancelResult:
+        """见 JobStore.request_cancel。"""
+        return cast(CancelResult, await self._call("request_cancel", trace_id))
+
+    async def redeliver(self, trace_id: str) -> JobRecord | None:
+        """见 JobStore.redeliver。"""
+        return cast(JobRecord | None, await self._call("redeliver", trace_id))
+
+    async def list_undelivered(self, limit: int) -> list[JobRecord]:
+        """见 JobStore.list_undelivered。"""
+        return cast(list[JobRecord], await self._call("list_undelivered", limit))
+
+    async def close(self) -> None:
+        """句柄由 Serve 管理，无需释放。"""

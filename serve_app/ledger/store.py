@@ -1,0 +1,88 @@
+"""账本存储的小接口：默认实现是 SQLite（sqlite_store），以后可换成服务器数据库。
+
+所有“谁在执行这个作业”的判断都由存储在事务里完成（租约 owner + 到期时间），
+因此多个入口副本经同一个 Ledger 部署协作时不会重复执行同一个作业。
+"""
+
+from __future__ import annotations
+
+from typing import Literal, Protocol
+
+from pydantic import BaseModel, Field
+
+from serve_app.ledger.records import Admission, CancelResult, JobRecord, JobState, WorkItem
+from serve_app.models.reports import CallbackPayload, DeliveryOutcome, ReportJob
+
+AdvanceResult = Literal["ok", "cancelled", "lost"]
+
+
+class IdempotencyKey(BaseModel):
+    """幂等键：`scope_key` 已含调用方身份；`body_hash` 是规范化请求体的摘要。"""
+
+    scope_key: str = Field(min_length=1)
+    body_hash: str = Field(min_length=1)
+
+
+class HeartbeatReply(BaseModel):
+    """续租结果：要取消的作业，以及已不归本副本的作业。"""
+
+    cancel: list[str] = Field(default_factory=list)
+    lost: list[str] = Field(default_factory=list)
+
+
+class JobStore(Protocol):
+    """作业账本。owner 是执行副本的唯一标识。"""
+
+    async def admit(
+        self, job: ReportJob, owner: str, idempotency: IdempotencyKey | None
+    ) -> Admission:
+        """受理：写入作业并由 owner 持有租约；幂等重放、键冲突与限流都在同一事务里判定。"""
+        ...
+
+    async def get(self, trace_id: str) -> JobRecord | None:
+        """按 trace_id 取作业。"""
+        ...
+
+    async def advance(self, trace_id: str, owner: str, state: JobState) -> AdvanceResult:
+        """进入下一个生成阶段；已请求取消返回 cancelled，租约已丢返回 lost。"""
+        ...
+
+    async def finish(
+        self, trace_id: str, owner: str, outcome: CallbackPayload
+    ) -> CallbackPayload | None:
+        """记录结果并进入 delivering；已请求取消时结果改为 cancelled。租约已丢返回 None。"""
+        ...
+
+    async def record_delivery(
+        self, trace_id: str, owner: str, result: DeliveryOutcome
+    ) -> JobRecord | None:
+        """记录一轮投递：送达即终态；否则安排下一次重投或标记 undelivered，并释放租约。"""
+        ...
+
+    async def heartbeat(self, owner: str, trace_ids: list[str]) -> HeartbeatReply:
+        """为 owner 持有的作业续租。"""
+        ...
+
+    async def claim_due(self, owner: str, limit: int) -> list[WorkItem]:
+        """领取租约已过期的作业与到期的重投。"""
+        ...
+
+    async def release(self, owner: str, trace_ids: list[str]) -> None:
+        """交还租约（副本关闭时），其他副本可立即接手。"""
+        ...
+
+    async def request_cancel(self, trace_id: str) -> CancelResult:
+        """登记取消；只有尚未产生结果的作业可以取消。"""
+        ...
+
+    async def redeliver(self, trace_id: str) -> JobRecord | None:
+        """已有结果的作业：重新安排立即投递（webhook-id 不变）。"""
+        ...
+
+    async def list_undelivered(self, limit: int) -> list[JobRecord]:
+        """已放弃自动重投的作业（最近的在前）。"""
+        ...
+
+    async def close(self) -> None:
+        """关闭连接。"""
+        ...

@@ -1,0 +1,21 @@
+"""`/v1/ops`：运维查询。"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Query
+
+from serve_app.core.services import IngressServices, get_services
+from serve_app.ledger.records import UndeliveredList
+
+router = APIRouter(prefix="/v1/ops", tags=["ops"])
+
+
+@router.get("/undelivered", response_model=UndeliveredList)
+async def list_undelivered(
+    services: Annotated[IngressServices, Depends(get_services)],
+    limit: Annotated[int, Query(ge=1, le=1000, description="最多返回几条")] = 100,
+) -> UndeliveredList:
+    """超过重投期限（或不可重试）仍未送达的作业；可逐个 redeliver。"""
+    return await services.jobs.undelivered(limit)

@@ -1,0 +1,225 @@
+"""JobRunner：入口副本里执行作业的后台任务，持有账本租约。
+
+- 新受理的作业由受理它的副本执行；每 heartbeat_s 为在途作业续租；
+- 每 sweep_interval_s 领取租约过期的作业（副本崩溃、缩容、节点丢失、整体重启）与到期的重投；
+- 取消：本副本的作业立即取消生成任务（Serve 把取消传到 LLM 副本，vLLM 中止请求），
+  其他副本的作业经续租回复得知；
+- 关闭：在 drain_timeout_s 内等在途作业结束，余下的交还租约，别的副本（或重启后）接手。
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+
+from loguru import logger
+
+from serve_app.core.settings import JobPolicy
+from serve_app.ledger.records import CallbackState, JobRecord, JobState
+from serve_app.ledger.store import JobStore
+from serve_app.models.reports import CallbackPayload, ReportJob
+from serve_app.services.pipeline import ReportPipeline, StageHook, StageInterrupted
+
+
+class JobRunner:
+    """一个入口副本的作业执行器；owner 是本副本在账本里的身份。"""
+
+    def __init__(
+        self, store: JobStore, pipeline: ReportPipeline, policy: JobPolicy, owner: str
+    ) -> None:
+        self._store = store
+        self._pipeline = pipeline
+        self._policy = policy
+        self.owner = owner
+        self._slots = asyncio.Semaphore(policy.max_concurrent_per_replica)
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._production: dict[str, asyncio.Task[CallbackPayload]] = {}
+        self._lost: set[str] = set()
+        self._loops: list[asyncio.Task[None]] = []
+        self._wake = asyncio.Event()
+        self._draining = False
+
+    # ---- 生命周期 ----
+
+    def start(self) -> None:
+        """启动续租与扫描循环（需在事件循环内调用；重复调用无副作用）。"""
+        if self._loops or self._draining:
+            return
+        self._loops = [
+            asyncio.create_task(self._heartbeat_loop(), name="jobs-heartbeat"),
+            asyncio.create_task(self._sweep_loop(), name="jobs-sweep"),
+        ]
+
+    async def drain(self, timeout_s: float | None = None) -> None:
+        """停止领取新作业，等在途作业结束；超时的取消并交还租约。"""
+        self._draining = True
+        for loop in self._loops:
+            loop.cancel()
+        timeout = self._policy.drain_timeout_s if timeout_s is None else timeout_s
+        pending = set(self._tasks.values())
+        if pending:
+            logger.info("副本关闭：等待 {} 个在途作业（最多 {:g}s）", len(pending), timeout)
+            _, pending = await asyncio.wait(pending, timeout=timeout)
+        leftover = [t.get_name() for t in pending]
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*pending, *self._loops, return_exceptions=True)
+        if leftover:
+            logger.warning("副本关闭：{} 个作业未完成，交还租约由其他副本接手", len(leftover))
+            with contextlib.suppress(Exception):
+                async with asyncio.timeout(5):
+                    await self._store.release(self.owner, leftover)
+
+    def wake(self) -> None:
+        """立即扫描一次（如刚登记了重投）。"""
+        self._wake.set()
+
+    # ---- 作业 ----
+
+    @property
+    def running(self) -> int:
+        """本副本在途的作业数。"""
+        return len(self._tasks)
+
+    def submit(self, record: JobRecord, *, produce: bool = True) -> None:
+        """在后台执行作业（本副本已持有其租约）。"""
+        self.start()
+        trace_id = record.trace_id
+        if trace_id in self._tasks:
+            return
+        task = asyncio.create_task(self._execute(record, produce), name=trace_id)
+        self._tasks[trace_id] = task
+        task.add_done_callback(lambda _: self._forget(trace_id))
+
+    def _forget(self, trace_id: str) -> None:
+        self._tasks.pop(trace_id, None)
+        self._lost.discard(trace_id)
+
+    def cancel_local(self, trace_id: str) -> bool:
+        """作业正在本副本生成：取消生成任务（随后投递 cancelled 回调）。"""
+        production = self._production.get(trace_id)
+        if production is None:
+            return False
+        production.cancel()
+        return True
+
+    async def _execute(self, record: JobRecord, produce: bool) -> None:
+        job = record.job
+        with logger.contextualize(trace_id=job.trace_id):
+            try:
+                payload = await self._produce(job) if produce else record.outcome
+                if payload is None:
+                    return
+                if record.runs > 1 or not produce:
+                    logger.info(
+                        "恢复执行：投递 {} 回调（第 {} 次执行）", payload.status, record.runs
+                    )
+                outcome = await self._pipeline.deliver(job, payload)
+                after = await self._store.record_delivery(job.trace_id, self.owner, outcome)
+                self._log_delivery(after)
+            except asyncio.CancelledError:
+                if job.trace_id in self._lost:
+                    logger.warning("作业租约已归其他副本，本副本停止执行")
+                    return
+                raise
+            except Exception:  # noqa: BLE001 - 账本暂不可用等：租约到期后由扫描接手
+                logger.exception("作业执行中断，租约到期后由其他副本接手")
+
+    @staticmethod
+    def _log_delivery(record: JobRecord | None) -> None:
+        if record is None:
+            return
+        callback = record.callback
+        if callback.state is CallbackState.UNDELIVERED:
+            logger.error(
+                "【回调放弃】累计尝试 {} 次仍未送达（最后状态 {}，{}）：见 /v1/ops/undelivered，"
+                "可 POST /v1/reports/{}/redeliver",
+                callback.attempts,
+                callback.last_status_code,
+                callback.last_error,
+                record.trace_id,
+            )
+        elif callback.state is CallbackState.PENDING:
+            logger.info("回调将于 {} 重投", callback.next_attempt_at)
+
+    async def _produce(self, job: ReportJob) -> CallbackPayload | None:
+        """生成结果并记入账本；租约已丢返回 None。"""
+        async with self._slots:
+            task = asyncio.create_task(self._pipeline.produce(job, self._stage_hook(job)))
+            self._production[job.trace_id] = task
+            try:
+                payload = await task
+            except StageInterrupted as exc:
+                if exc.reason == "lost":
+                    logger.warning("作业租约已归其他副本，本副本停止执行")
+                    return None
+                payload = CallbackPayload.cancelled(job)
+            except asyncio.CancelledError:
+                current = asyncio.current_task()
+                if job.trace_id in self._lost or (current is not None and current.cancelling()):
+                    raise
+                logger.info("作业已取消：生成已中止")
+                payload = CallbackPayload.cancelled(job)
+            finally:
+                self._production.pop(job.trace_id, None)
+        final = await self._store.finish(job.trace_id, self.owner, payload)
+        if final is None:
+            logger.warning("记录结果时租约已归其他副本，放弃本次结果")
+        return final
+
+    def _stage_hook(self, job: ReportJob) -> StageHook:
+        async def on_stage(state: JobState) -> None:
+            result = await self._store.advance(job.trace_id, self.owner, state)
+            if result != "ok":
+                raise StageInterrupted(result)
+            logger.debug("进入阶段 {}", state)
+
+        return on_stage
+
+    # ---- 后台循环 ----
+
+    async def _heartbeat_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self._policy.heartbeat_s)
+            try:
+                reply = await self._store.heartbeat(self.owner, list(self._tasks))
+            except Exception:  # noqa: BLE001 - 下一轮再试；租约比续租间隔长得多
+                logger.exception("续租失败")
+                continue
+            for trace_id in reply.cancel:
+                with logger.contextualize(trace_id=trace_id):
+                    if self.cancel_local(trace_id):
+                        logger.info("收到取消请求：中止生成")
+            for trace_id in reply.lost:
+                task = self._tasks.get(trace_id)
+                if task is not None:
+                    self._lost.add(trace_id)
+                    task.cancel()
+
+    async def _sweep_loop(self) -> None:
+        while True:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self._policy.sweep_interval_s):
+                    await self._wake.wait()
+            self._wake.clear()
+            try:
+                await self.sweep_once()
+            except Exception:  # noqa: BLE001 - 下一轮再试
+                logger.exception("扫描账本失败")
+
+    async def sweep_once(self) -> int:
+        """领取一批到期的工作并在后台执行；返回领取的个数。"""
+        capacity = self._policy.max_concurrent_per_replica - len(self._tasks)
+        if self._draining or capacity <= 0:
+            return 0
+        items = await self._store.claim_due(self.owner, capacity)
+        for item in items:
+            with logger.contextualize(trace_id=item.record.trace_id):
+                logger.info(
+                    "从账本领取：state={} produce={} runs={}",
+                    item.record.state,
+                    item.produce,
+                    item.record.runs,
+                )
+            self.submit(item.record, produce=item.produce)
+        return len(items)
