@@ -60,7 +60,7 @@ class Harness:
 
     async def aclose(self) -> None:
         """排空执行器并关闭账本。"""
-        await self.runner.drain(timeout_s=5)
+        await self.runner.drain(timeout_s=0.5)
         await self.store.close()
 
     def client(self) -> httpx.AsyncClient:

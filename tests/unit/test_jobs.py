@@ -1,0 +1,213 @@
+"""作业接口（进程内账本 + 执行器 + 假 LLM/投递）：状态、幂等、限流、取消、重投、恢复、排空。"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from typing import Any
+
+import httpx
+import pytest
+
+from serve_app.ledger.records import JobState
+from serve_app.models.reports import DeliveryOutcome, ReportJob
+from tests.support.harness import Harness
+from tests.support.sample import sales_request
+
+CALLBACK = "http://127.0.0.1:9/hooks/reports"
+FAST_JOBS = {
+    "lease_s": 0.4,
+    "heartbeat_s": 0.1,
+    "sweep_interval_s": 0.05,
+    "redelivery_schedule_s": (0.1,),
+    "redelivery_horizon_s": 60,
+    "drain_timeout_s": 0.2,
+}
+
+
+@pytest.fixture
+async def harness() -> AsyncIterator[Harness]:
+    h = Harness(jobs=FAST_JOBS)
+    yield h
+    await h.aclose()
+
+
+@pytest.fixture
+async def client(harness: Harness) -> AsyncIterator[httpx.AsyncClient]:
+    async with harness.client() as http:
+        yield http
+
+
+async def _submit(client: httpx.AsyncClient, **headers: str) -> str:
+    response = await client.post("/v1/reports", json=sales_request(CALLBACK), headers=headers)
+    assert response.status_code == 202, response.text
+    trace_id: str = response.json()["trace_id"]
+    return trace_id
+
+
+async def _status(client: httpx.AsyncClient, trace_id: str) -> dict[str, Any]:
+    response = await client.get(f"/v1/reports/{trace_id}")
+    assert response.status_code == 200, response.text
+    body: dict[str, Any] = response.json()
+    return body
+
+
+async def _wait_state(client: httpx.AsyncClient, trace_id: str, state: str) -> dict[str, Any]:
+    async with asyncio.timeout(5):
+        while True:
+            body = await _status(client, trace_id)
+            if body["status"] == state:
+                return body
+            await asyncio.sleep(0.02)
+
+
+async def test_status_reports_every_stage_and_the_result(
+    client: httpx.AsyncClient, harness: Harness
+) -> None:
+    trace_id = await _submit(client)
+    await harness.settle()
+    body = await _status(client, trace_id)
+    assert body["status"] == "succeeded" and body["report"]["content"] == "报告正文"
+    assert [h["state"] for h in body["history"]] == [
+        "accepted",
+        "rendering",
+        "generating",
+        "delivering",
+        "succeeded",
+    ]
+    assert body["callback"]["state"] == "delivered" and body["callback"]["attempts"] == 1
+    assert body["callback"]["webhook_id"] == f"msg_{trace_id}"
+    assert body["metadata"] == {"order": 42, "tags": ["周报"]} and body["error"] is None
+    missing = await client.get("/v1/reports/no-such-job")
+    assert missing.status_code == 404 and missing.json()["error"]["code"] == "not_found"
+
+
+async def test_idempotency_key_replays_the_first_202(
+    client: httpx.AsyncClient, harness: Harness
+) -> None:
+    first = await _submit(client, **{"Idempotency-Key": "order-42"})
+    replay = await client.post(
+        "/v1/reports", json=sales_request(CALLBACK), headers={"Idempotency-Key": "order-42"}
+    )
+    assert replay.status_code == 202 and replay.json()["trace_id"] == first
+    assert replay.headers["Idempotent-Replayed"] == "true"
+    await harness.settle()
+    assert len(harness.llm.prompts) == 1  # 没有再生成
+    other = sales_request(CALLBACK, length="long")
+    conflict = await client.post("/v1/reports", json=other, headers={"Idempotency-Key": "order-42"})
+    assert conflict.status_code == 409
+    error = conflict.json()["error"]
+    assert error["code"] == "idempotency_conflict" and first in error["message"]
+    bad = await client.post("/v1/reports", json=other, headers={"Idempotency-Key": ""})
+    assert bad.status_code == 422 and "Idempotency-Key" in bad.json()["error"]["message"]
+
+
+async def test_full_queue_answers_429_with_retry_after() -> None:
+    harness = Harness(jobs={**FAST_JOBS, "max_active_jobs": 1})
+    harness.llm.delay_s = 2
+    try:
+        async with harness.client() as client:
+            await _submit(client)
+            response = await client.post("/v1/reports", json=sales_request(CALLBACK))
+            assert response.status_code == 429
+            assert int(response.headers["Retry-After"]) >= 1
+            assert response.json()["error"]["code"] == "overloaded"
+    finally:
+        await harness.aclose()
+
+
+async def test_cancel_during_generation_aborts_it(
+    client: httpx.AsyncClient, harness: Harness
+) -> None:
+    harness.llm.delay_s = 30
+    trace_id = await _submit(client)
+    await _wait_state(client, trace_id, "generating")
+    response = await client.delete(f"/v1/reports/{trace_id}")
+    assert response.status_code == 202
+    # 生成被中止（假 LLM 要睡 30 秒，这里 5 秒内就收尾）
+    await harness.settle(timeout_s=5)
+    [(_, payload)] = harness.delivery.sent
+    assert payload.status == "cancelled" and payload.error is not None
+    assert payload.error.code == "cancelled"
+    body = await _status(client, trace_id)
+    assert body["status"] == "cancelled" and body["callback"]["state"] == "delivered"
+    again = await client.delete(f"/v1/reports/{trace_id}")
+    assert again.status_code == 409 and again.json()["error"]["code"] == "job_conflict"
+    assert (await client.delete("/v1/reports/nope")).status_code == 404
+
+
+async def test_undelivered_round_is_redelivered_from_the_ledger(
+    client: httpx.AsyncClient, harness: Harness
+) -> None:
+    refused = DeliveryOutcome(delivered=False, attempts=2, error="ConnectError")
+    harness.delivery.outcome = refused
+    trace_id = await _submit(client)
+    body = await _wait_state(client, trace_id, "delivering")
+    assert body["report"] is not None  # 结果已在账本里，可以查询
+    assert body["callback"]["state"] == "pending" and body["callback"]["next_attempt_at"]
+    harness.delivery.outcome = DeliveryOutcome(delivered=True, attempts=1, status_code=200)
+    body = await _wait_state(client, trace_id, "succeeded")
+    assert body["callback"]["attempts"] >= 3
+    assert all(p.trace_id == trace_id for _, p in harness.delivery.sent)
+    # 手动重投：已送达的也可以再投一次（同一 webhook-id）
+    response = await client.post(f"/v1/reports/{trace_id}/redeliver")
+    assert response.status_code == 202
+    async with asyncio.timeout(5):
+        while len(harness.delivery.sent) < 3:
+            await asyncio.sleep(0.02)
+
+
+async def test_redeliver_needs_a_result(client: httpx.AsyncClient, harness: Harness) -> None:
+    harness.llm.delay_s = 30
+    trace_id = await _submit(client)
+    response = await client.post(f"/v1/reports/{trace_id}/redeliver")
+    assert response.status_code == 409
+    assert (await client.post("/v1/reports/nope/redeliver")).status_code == 404
+
+
+async def test_undelivered_jobs_are_listed_for_ops(
+    client: httpx.AsyncClient, harness: Harness
+) -> None:
+    harness.delivery.outcome = DeliveryOutcome(
+        delivered=False, attempts=1, status_code=410, permanent=True
+    )
+    trace_id = await _submit(client)
+    await _wait_state(client, trace_id, "succeeded")
+    listing = (await client.get("/v1/ops/undelivered")).json()
+    assert listing["count"] == 1 and listing["reports"][0]["trace_id"] == trace_id
+    assert listing["reports"][0]["callback"]["state"] == "undelivered"
+
+
+async def test_job_of_a_vanished_replica_is_recovered(harness: Harness) -> None:
+    job = ReportJob(
+        trace_id="orphan",
+        report_type="sales_weekly",
+        inputs=dict(sales_request(CALLBACK)["inputs"]),
+        length="short",
+        callback_url=CALLBACK,
+        created_at=datetime.now(UTC),
+    )
+    await harness.store.admit(job, "replica-that-crashed", None)
+    harness.runner.start()
+    async with asyncio.timeout(5):
+        while not harness.delivery.sent:
+            await asyncio.sleep(0.02)
+    [(_, payload)] = harness.delivery.sent
+    assert payload.trace_id == "orphan" and payload.status == "succeeded"
+    record = await harness.store.get("orphan")
+    assert record is not None and record.runs == 2 and record.state is JobState.SUCCEEDED
+
+
+async def test_drain_hands_unfinished_jobs_back(
+    client: httpx.AsyncClient, harness: Harness
+) -> None:
+    harness.llm.delay_s = 30
+    trace_id = await _submit(client)
+    await _wait_state(client, trace_id, "generating")
+    await harness.runner.drain(timeout_s=0.1)
+    record = await harness.store.get(trace_id)
+    assert record is not None and record.state is JobState.GENERATING
+    # 租约已交还：另一个副本立刻就能接手，且这次不计入执行次数
+    [item] = await harness.store.claim_due("other", 10)
+    assert item.produce and item.record.runs == 1

@@ -1,0 +1,274 @@
+"""SQLite 账本：状态机、幂等、限流、租约与恢复、重投表、持久化（时钟可控）。"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from serve_app.core.errors import ErrorCode
+from serve_app.core.settings import JobPolicy
+from serve_app.ledger.records import CallbackState, JobState
+from serve_app.ledger.sqlite_store import SqliteJobStore
+from serve_app.ledger.store import IdempotencyKey
+from serve_app.models.reports import (
+    CallbackPayload,
+    Completion,
+    DeliveryOutcome,
+    ReportJob,
+    Usage,
+)
+
+POLICY = JobPolicy(
+    lease_s=30,
+    heartbeat_s=10,
+    max_runs=2,
+    max_active_jobs=3,
+    redelivery_schedule_s=(60, 300),
+    redelivery_horizon_s=1000,
+    idempotency_ttl_s=100,
+)
+DELIVERED = DeliveryOutcome(delivered=True, attempts=1, status_code=200)
+REFUSED = DeliveryOutcome(delivered=False, attempts=3, error="ConnectError")
+
+
+class Clock:
+    """可拨动的时钟。"""
+
+    def __init__(self) -> None:
+        self.now = 1_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+async def store(tmp_path: Path, clock: Clock) -> AsyncIterator[SqliteJobStore]:
+    db = SqliteJobStore(tmp_path / "ledger.sqlite3", POLICY, clock)
+    yield db
+    await db.close()
+
+
+def _job(trace_id: str = "t-1") -> ReportJob:
+    return ReportJob(
+        trace_id=trace_id,
+        report_type="sales_weekly",
+        inputs={"period": "本周"},
+        length="short",
+        callback_url="http://127.0.0.1:9/hook",
+        metadata={"order": 1},
+        created_at=datetime.now(UTC),
+    )
+
+
+def _succeeded(job: ReportJob) -> CallbackPayload:
+    report = Completion(
+        content="正文",
+        model="m",
+        finish_reason="stop",
+        usage=Usage(prompt_tokens=1, completion_tokens=1),
+    )
+    return CallbackPayload.succeeded(job, report)
+
+
+async def _produced(store: SqliteJobStore, trace_id: str = "t-1", owner: str = "a") -> None:
+    job = _job(trace_id)
+    assert (await store.admit(job, owner, None)).record is not None
+    assert await store.advance(trace_id, owner, JobState.RENDERING) == "ok"
+    assert await store.advance(trace_id, owner, JobState.GENERATING) == "ok"
+    assert await store.finish(trace_id, owner, _succeeded(job)) is not None
+
+
+async def test_full_lifecycle_is_recorded(store: SqliteJobStore) -> None:
+    await _produced(store)
+    record = await store.record_delivery("t-1", "a", DELIVERED)
+    assert record is not None
+    assert record.state is JobState.SUCCEEDED
+    assert [h.state for h in record.history] == [
+        JobState.ACCEPTED,
+        JobState.RENDERING,
+        JobState.GENERATING,
+        JobState.DELIVERING,
+        JobState.SUCCEEDED,
+    ]
+    assert record.callback.state is CallbackState.DELIVERED
+    assert record.callback.attempts == 1 and record.callback.last_status_code == 200
+    assert record.callback.webhook_id == "msg_t-1"
+    assert record.outcome is not None and record.outcome.report is not None
+    assert await store.get("missing") is None
+
+
+async def test_admit_is_idempotent_on_trace_id(store: SqliteJobStore) -> None:
+    first = await store.admit(_job(), "a", None)
+    again = await store.admit(_job(), "a", None)
+    assert first.record == again.record
+
+
+async def test_idempotency_key_replays_or_conflicts(store: SqliteJobStore, clock: Clock) -> None:
+    key = IdempotencyKey(scope_key="k", body_hash="h1")
+    first = await store.admit(_job("t-1"), "a", key)
+    replay = await store.admit(_job("t-2"), "a", key)
+    assert replay.replayed and replay.record is not None and replay.record.trace_id == "t-1"
+    assert await store.get("t-2") is None
+    other = await store.admit(_job("t-3"), "a", IdempotencyKey(scope_key="k", body_hash="h2"))
+    assert other.record is None and other.conflict_trace_id == "t-1"
+    # 过了有效期：同一个 key 可以开始新作业
+    clock.now += POLICY.idempotency_ttl_s + 1
+    fresh = await store.admit(_job("t-4"), "a", key)
+    assert first.record is not None and not fresh.replayed
+    assert fresh.record is not None and fresh.record.trace_id == "t-4"
+
+
+async def test_admission_is_bounded_with_retry_after(store: SqliteJobStore, clock: Clock) -> None:
+    for i in range(POLICY.max_active_jobs):
+        assert (await store.admit(_job(f"t-{i}"), "a", None)).record is not None
+    full = await store.admit(_job("t-x"), "a", None)
+    assert full.record is None and full.retry_after_s == 5
+    # 有了吞吐数据：按腾出 10% 的时间估算，至少 1 秒
+    job = _job("t-0")
+    await store.finish("t-0", "a", _succeeded(job))
+    clock.now += 1
+    assert (await store.admit(_job("t-y"), "a", None)).record is not None
+    full = await store.admit(_job("t-z"), "a", None)
+    assert full.retry_after_s is not None and 1 <= full.retry_after_s <= 60
+
+
+async def test_cancel_before_and_after_result(store: SqliteJobStore) -> None:
+    job = _job()
+    await store.admit(job, "a", None)
+    cancel = await store.request_cancel("t-1")
+    assert cancel.accepted and cancel.record is not None and cancel.record.cancel_requested
+    assert await store.advance("t-1", "a", JobState.RENDERING) == "cancelled"
+    # 取消与完成赛跑：取消已登记，则结果改为 cancelled
+    final = await store.finish("t-1", "a", _succeeded(job))
+    assert final is not None and final.status == "cancelled"
+    assert final.error is not None and final.error.code is ErrorCode.CANCELLED
+    late = await store.request_cancel("t-1")
+    assert not late.accepted and late.record is not None
+    assert late.record.state is JobState.DELIVERING
+    assert not (await store.request_cancel("nope")).accepted
+
+
+async def test_expired_lease_is_claimed_then_fails_as_worker_lost(
+    store: SqliteJobStore, clock: Clock
+) -> None:
+    await store.admit(_job(), "dead", None)
+    assert await store.claim_due("b", 10) == []
+    clock.now += POLICY.lease_s + 1
+    [item] = await store.claim_due("b", 10)
+    assert item.produce and item.record.runs == 2
+    # 旧持有者已失去租约
+    assert await store.advance("t-1", "dead", JobState.RENDERING) == "lost"
+    assert (await store.heartbeat("dead", ["t-1"])).lost == ["t-1"]
+    clock.now += POLICY.lease_s + 1
+    [item] = await store.claim_due("c", 10)
+    assert not item.produce and item.record.outcome is not None
+    assert item.record.outcome.status == "failed"
+    assert item.record.outcome.error is not None
+    assert item.record.outcome.error.code is ErrorCode.WORKER_LOST
+
+
+async def test_heartbeat_keeps_lease_and_reports_cancel(
+    store: SqliteJobStore, clock: Clock
+) -> None:
+    await store.admit(_job(), "a", None)
+    clock.now += POLICY.lease_s - 1
+    assert (await store.heartbeat("a", ["t-1"])).cancel == []
+    clock.now += POLICY.lease_s - 1
+    assert await store.claim_due("b", 10) == []
+    await store.request_cancel("t-1")
+    assert (await store.heartbeat("a", ["t-1"])).cancel == ["t-1"]
+
+
+async def test_released_job_is_claimable_at_once_without_counting_a_run(
+    store: SqliteJobStore,
+) -> None:
+    await store.admit(_job(), "a", None)
+    await store.release("a", ["t-1"])
+    [item] = await store.claim_due("b", 10)
+    assert item.produce and item.record.runs == 1
+
+
+async def test_unowned_cancelled_job_is_claimed_for_cancelled_callback(
+    store: SqliteJobStore, clock: Clock
+) -> None:
+    await store.admit(_job(), "dead", None)
+    await store.request_cancel("t-1")
+    clock.now += POLICY.lease_s + 1
+    [item] = await store.claim_due("b", 10)
+    assert not item.produce and item.record.outcome is not None
+    assert item.record.outcome.status == "cancelled"
+
+
+async def test_redelivery_follows_schedule_until_horizon(
+    store: SqliteJobStore, clock: Clock
+) -> None:
+    await _produced(store)
+    record = await store.record_delivery("t-1", "a", REFUSED)
+    assert record is not None and record.state is JobState.DELIVERING
+    assert record.callback.state is CallbackState.PENDING and record.callback.attempts == 3
+    assert record.callback.next_attempt_at is not None
+    assert record.callback.next_attempt_at.timestamp() == pytest.approx(clock.now + 60)
+    assert await store.claim_due("b", 10) == []
+    clock.now += 60
+    [item] = await store.claim_due("b", 10)
+    assert not item.produce
+    record = await store.record_delivery("t-1", "b", REFUSED)
+    assert record is not None and record.callback.next_attempt_at is not None
+    assert record.callback.next_attempt_at.timestamp() == pytest.approx(clock.now + 300)
+    # 最后一档重复使用，直到期限；期限到了最后一试在期限那一刻
+    for _ in range(3):
+        clock.now += 300
+        assert len(await store.claim_due("b", 10)) == 1
+        record = await store.record_delivery("t-1", "b", REFUSED)
+    assert record is not None and record.callback.state is CallbackState.PENDING
+    clock.now += 300
+    assert len(await store.claim_due("b", 10)) == 1
+    record = await store.record_delivery("t-1", "b", REFUSED)
+    assert record is not None
+    assert record.callback.state is CallbackState.UNDELIVERED
+    assert record.state is JobState.SUCCEEDED and record.callback.next_attempt_at is None
+    assert [r.trace_id for r in await store.list_undelivered(10)] == ["t-1"]
+    # 运维重投：立即到期，webhook-id 不变
+    again = await store.redeliver("t-1")
+    assert again is not None and again.callback.state is CallbackState.PENDING
+    [item] = await store.claim_due("b", 10)
+    record = await store.record_delivery("t-1", "b", DELIVERED)
+    assert record is not None and record.callback.state is CallbackState.DELIVERED
+    assert await store.list_undelivered(10) == []
+
+
+async def test_permanent_failure_is_undelivered_at_once(store: SqliteJobStore) -> None:
+    await _produced(store)
+    gone = DeliveryOutcome(delivered=False, attempts=1, status_code=410, permanent=True)
+    record = await store.record_delivery("t-1", "a", gone)
+    assert record is not None and record.callback.state is CallbackState.UNDELIVERED
+
+
+async def test_redeliver_needs_a_result(store: SqliteJobStore) -> None:
+    await store.admit(_job(), "a", None)
+    record = await store.redeliver("t-1")
+    assert record is not None and record.outcome is None
+    assert await store.redeliver("nope") is None
+
+
+async def test_jobs_survive_a_restart(tmp_path: Path, clock: Clock) -> None:
+    path = tmp_path / "ledger.sqlite3"
+    first = SqliteJobStore(path, POLICY, clock)
+    await first.admit(_job(), "a", None)
+    await first.close()
+    second = SqliteJobStore(path, POLICY, clock)
+    try:
+        record = await second.get("t-1")
+        assert record is not None and record.state is JobState.ACCEPTED
+        clock.now += POLICY.lease_s + 1
+        assert len(await second.claim_due("b", 10)) == 1
+    finally:
+        await second.close()
