@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query
+from pydantic import BaseModel, ConfigDict, Field
 
 from serve_app.core.services import IngressServices, get_services
 from serve_app.ledger.records import UndeliveredList
@@ -12,10 +13,18 @@ from serve_app.ledger.records import UndeliveredList
 router = APIRouter(prefix="/v1/ops", tags=["ops"])
 
 
+class UndeliveredQuery(BaseModel):
+    """查询参数；未知参数直接 422（拼错的参数不会被悄悄忽略）。"""
+
+    model_config = ConfigDict(extra="forbid")
+
+    limit: int = Field(100, ge=1, le=1000, description="最多返回几条")
+
+
 @router.get("/undelivered", response_model=UndeliveredList)
 async def list_undelivered(
     services: Annotated[IngressServices, Depends(get_services)],
-    limit: Annotated[int, Query(ge=1, le=1000, description="最多返回几条")] = 100,
+    query: Annotated[UndeliveredQuery, Query()],
 ) -> UndeliveredList:
     """超过重投期限（或不可重试）仍未送达的作业；可逐个 redeliver。"""
-    return await services.jobs.undelivered(limit)
+    return await services.jobs.undelivered(query.limit)

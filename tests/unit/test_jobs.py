@@ -211,3 +211,8 @@ async def test_drain_hands_unfinished_jobs_back(
     # 租约已交还：另一个副本立刻就能接手，且这次不计入执行次数
     [item] = await harness.store.claim_due("other", 10)
     assert item.produce and item.record.runs == 1
+
+
+async def test_ops_listing_rejects_unknown_parameters(client: httpx.AsyncClient) -> None:
+    response = await client.get("/v1/ops/undelivered", params={"limt": 5})
+    assert response.status_code == 422 and "limt" in response.json()["error"]["message"]
