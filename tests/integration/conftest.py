@@ -65,6 +65,13 @@ def it_app(
             "jitter_s": 0.05,
         },
         log_json_path=log_path,
+        jobs={
+            "ledger_path": log_path.with_name("ledger.sqlite3"),
+            "lease_s": 4,
+            "heartbeat_s": 1,
+            "sweep_interval_s": 0.5,
+            "drain_timeout_s": 5,
+        },
         auth_required=False,
         callback_allow_loopback=True,
         # 只接受回调到 127.0.0.1：白名单先于 DNS 检查，模糊测试的随机主机名不会触发任何解析

@@ -131,20 +131,27 @@ def test_every_log_line_of_a_job_carries_its_trace_id(it_app: ItApp) -> None:
     assert untagged == []
 
 
-def test_unreachable_callback_is_logged_loudly(it_app: ItApp) -> None:
+def test_unreachable_callback_waits_in_the_ledger_for_redelivery(it_app: ItApp) -> None:
     url = f"http://127.0.0.1:{free_port()}/hooks"
     trace_id = _submit(it_app, sales_request(url))
     deadline = time.monotonic() + WAIT_S
-    loud: list[dict[str, Any]] = []
-    while time.monotonic() < deadline and not loud:
-        loud = [
-            r
-            for r in read_json_logs(it_app.log_path)
-            if r["extra"].get("trace_id") == trace_id and "回调丢失" in r["message"]
-        ]
+    status: dict[str, Any] = {}
+    while time.monotonic() < deadline:
+        status = httpx.get(f"{it_app.base_url}/v1/reports/{trace_id}", timeout=10).json()
+        if status["callback"]["attempts"] >= CALLBACK_ATTEMPTS:
+            break
         time.sleep(0.2)
-    assert loud and loud[0]["level"]["name"] == "ERROR"
-    assert f"attempts={CALLBACK_ATTEMPTS}" in loud[0]["message"]
+    # 结果已记入账本，回调等待下一次重投（不会丢）
+    assert status["status"] == "delivering" and status["report"] is not None
+    callback = status["callback"]
+    assert callback["state"] == "pending" and callback["next_attempt_at"]
+    assert "ConnectError" in callback["last_error"]
+    warned = [
+        r
+        for r in read_json_logs(it_app.log_path)
+        if r["extra"].get("trace_id") == trace_id and "本轮未送达" in r["message"]
+    ]
+    assert warned and warned[0]["level"]["name"] == "WARNING"
 
 
 def test_concurrent_submissions_each_get_exactly_one_callback(it_app: ItApp) -> None:
