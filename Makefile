@@ -10,10 +10,10 @@ RUN_DIR := .run
 TINY_MODEL := .cache/tiny-model
 export PYTHONPATH := $(CURDIR)
 
-.PHONY: help install run stop demo bench test test-unit test-integration test-e2e test-cluster lint fmt clean
+.PHONY: help install run stop demo bench test test-unit test-integration test-fault test-e2e test-cluster lint fmt clean
 
 help:
-	@echo "make run | stop | demo | test | test-unit | test-integration | test-e2e | test-cluster | lint"
+	@echo "make run | stop | demo | test | test-unit | test-integration | test-fault | test-e2e | test-cluster | lint"
 
 $(UV):
 	python3 -m venv $(TOOLS)
@@ -59,6 +59,9 @@ test-unit: install
 
 test-integration: install
 	$(VENV)/bin/pytest -m integration
+
+test-fault: install
+	$(VENV)/bin/pytest -m fault
 
 test-e2e: install
 	$(VENV)/bin/pytest -m e2e

@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # 启动 Ray head 节点（容器 ray-head 与多节点测试共用）。多余参数原样传给 `ray start`（如 --block）。
-# 资源：head 只广播 reports_cpu，serve_config 里轻量部署（入口、渲染、回调）要求它，所以它们落在 head。
+# 资源：head 广播 reports_cpu（轻量部署：入口、渲染、回调要求它）与 reports_ledger（只有 head 有，
+# Ledger 部署要求它：账本文件在 head 的 /data 卷上）。
 set -euo pipefail
 source "$(dirname "$0")/ray_env.sh"
-resources=${RAY_HEAD_RESOURCES:-'{"reports_cpu": 100}'}
+resources=${RAY_HEAD_RESOURCES:-'{"reports_cpu": 100, "reports_ledger": 1}'}
 args=(
   --head
   --port="${RAY_GCS_PORT:-6379}"

@@ -33,4 +33,6 @@ ledger_deployment: Deployment = serve.deployment(
     num_replicas=1,
     ray_actor_options={"num_cpus": 0.1},
     max_ongoing_requests=2000,
+    # 续租与扫描每隔几秒就调用一次：不写 Serve 的逐次访问日志（业务日志照常）
+    logging_config={"enable_access_log": False},
 )(Ledger)

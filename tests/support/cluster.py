@@ -29,7 +29,7 @@ __all__ = [
 # 在 2 核机器上多报一些逻辑 CPU，避免调度互相等待（真实算力仍由操作系统分配）。
 LOGICAL_CPUS = 8
 # 单节点同时扮演 head 与 LLM worker：广播 serve_config 里两类部署要求的自定义资源
-NODE_RESOURCES = {"reports_cpu": 100.0, "reports_llm": 100.0}
+NODE_RESOURCES = {"reports_cpu": 100.0, "reports_ledger": 1.0, "reports_llm": 100.0}
 
 
 @dataclass(frozen=True)

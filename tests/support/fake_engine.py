@@ -2,7 +2,7 @@
 
 按用户消息里的指令注入故障（真实引擎由 e2e 层证明）：
 - `[[error:<code>]]`：产出 ErrorResponse（code ≥ 500 视为可重试）；
-- `[[sleep:<秒>]]`：先等待再回答（制造超时）；
+- `[[sleep:<秒>]]`：先等待再回答（制造超时、在途作业）；等待中被取消会计数；
 - 其余：回显 request_id 与 max_tokens，便于断言 trace_id 跨句柄传递。
 """
 
@@ -32,13 +32,19 @@ class FakeLLMServer:
     def __init__(self, model_id: str) -> None:
         self._model_id = model_id
         self.calls = 0
+        self.cancelled = 0
 
     async def chat(self, request: ChatCompletionRequest) -> AsyncIterator[Any]:
         """与 LLMServer.chat 一样是异步生成器，非流式请求只产出一个结果。"""
         self.calls += 1
         user = str(request.messages[-1]["content"])
         if match := _SLEEP.search(user):
-            await asyncio.sleep(float(match.group(1)))
+            try:
+                await asyncio.sleep(float(match.group(1)))
+            except asyncio.CancelledError:
+                # Serve 把调用方的取消传到了副本：真实引擎在此中止请求（vLLM abort）
+                self.cancelled += 1
+                raise
         if match := _ERROR.search(user):
             code = int(match.group(1))
             yield ErrorResponse(
@@ -65,10 +71,17 @@ class FakeLLMServer:
         """被调用次数（测试断言重试次数用）。"""
         return self.calls
 
+    async def get_cancelled(self) -> int:
+        """被调用方取消的生成数（证明取消传到了引擎副本）。"""
+        return self.cancelled
+
     async def check_health(self) -> None:
         """总是健康。"""
 
 
 fake_llm_deployment: Deployment = serve.deployment(
-    name="FakeLLMServer", ray_actor_options={"num_cpus": 0}
+    # 与 serve_config 里 LLMServer 的并发同量级：在途请求都进到副本里（取消可在副本里观察到）
+    name="FakeLLMServer",
+    ray_actor_options={"num_cpus": 0},
+    max_ongoing_requests=32,
 )(FakeLLMServer)

@@ -1,0 +1,278 @@
+"""故障层：真实 Serve 应用（假引擎）+ 127.0.0.1 上真实的 backend B；杀副本、停接收方、整体重启。
+
+本层结束时打印一行汇总：受理、送达、失败回调、取消回调、丢失（必须为 0）。
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import ray
+from ray import serve
+
+from cluster.callback_receiver import CallbackReceiver, ReceivedCallback
+from serve_app.app import compose_app
+from serve_app.core.settings import PROJECT_ROOT, Settings
+from tests.support.cluster import ServeCluster, free_port, running_cluster, wait_http_ok
+from tests.support.fake_engine import fake_llm_deployment
+
+APP_NAME = "reports-fault"
+ROUTE = "/fault"
+LEASE_S = 3.0
+TERMINAL = ("succeeded", "failed", "cancelled")
+
+
+class BackendB:
+    """backend B 的替身：固定端口，可以停掉（连接被拒）再起来；记录跨重启累计。"""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self._history: list[ReceivedCallback] = []
+        self._receiver: CallbackReceiver | None = None
+        self.start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/hooks/reports"
+
+    @property
+    def receiver(self) -> CallbackReceiver:
+        assert self._receiver is not None, "backend B 已停"
+        return self._receiver
+
+    def start(self) -> None:
+        if self._receiver is None:
+            self._receiver = CallbackReceiver(port=self.port).start()
+
+    def stop(self) -> None:
+        if self._receiver is not None:
+            self._history.extend(self._receiver.received)
+            self._receiver.stop()
+            self._receiver = None
+
+    def received(self) -> list[ReceivedCallback]:
+        live = self._receiver.received if self._receiver is not None else []
+        return [*self._history, *live]
+
+    def accepted_for(self, trace_id: str) -> list[ReceivedCallback]:
+        """该作业被 2xx 收下的回调。"""
+        return [
+            r
+            for r in self.received()
+            if r.body.get("trace_id") == trace_id and 200 <= r.status_returned < 300
+        ]
+
+
+@dataclass
+class Tally:
+    """整个故障层的作业结局汇总。"""
+
+    accepted: int = 0
+    outcomes: Counter[str] = field(default_factory=Counter)
+
+    def line(self) -> str:
+        return (
+            f"故障层汇总: jobs accepted={self.accepted} delivered={self.outcomes['succeeded']}"
+            f" failed-with-callback={self.outcomes['failed']}"
+            f" cancelled-with-callback={self.outcomes['cancelled']} lost={self.outcomes['lost']}"
+        )
+
+
+TALLY = Tally()
+
+
+@dataclass
+class FaultApp:
+    """部署好的故障层应用及其操作。"""
+
+    cluster: ServeCluster
+    settings: Settings
+    backend: BackendB
+    log_path: Path
+    accepted: list[str] = field(default_factory=list)
+
+    @property
+    def base_url(self) -> str:
+        return self.cluster.base_url + ROUTE
+
+    def deploy(self) -> None:
+        app = compose_app(self.settings, fake_llm_deployment.bind(self.settings.engine.model_id))
+        serve.run(app, name=APP_NAME, route_prefix=ROUTE)
+        wait_http_ok(self.base_url + "/readyz", timeout_s=120)
+
+    def shutdown(self) -> None:
+        serve.delete(APP_NAME)
+
+    def body(self, directive: str = "", **overrides: Any) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "report_type": "sales_weekly",
+            "inputs": {"period": "本周", "region": "华东", "sales_data": f"销售额 100 {directive}"},
+            "length": "short",
+            "callback_url": self.backend.url,
+        }
+        body.update(overrides)
+        return body
+
+    def submit(self, directive: str = "", **headers: str) -> str:
+        response = httpx.post(
+            self.base_url + "/v1/reports", json=self.body(directive), headers=headers, timeout=30
+        )
+        assert response.status_code == 202, response.text
+        return self.track(response.json()["trace_id"])
+
+    def track(self, trace_id: str) -> str:
+        if trace_id not in self.accepted:
+            self.accepted.append(trace_id)
+        return trace_id
+
+    def status(self, trace_id: str) -> dict[str, Any]:
+        """状态查询；入口副本重启期间重试。"""
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                response = httpx.get(f"{self.base_url}/v1/reports/{trace_id}", timeout=10)
+                if response.status_code == 200:
+                    body: dict[str, Any] = response.json()
+                    return body
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"60s 内查不到 {trace_id} 的状态")
+            time.sleep(0.2)
+
+    def wait_status(
+        self, trace_id: str, states: tuple[str, ...], timeout_s: float = 60
+    ) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout_s
+        body = self.status(trace_id)
+        while body["status"] not in states:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{trace_id} 停在 {body['status']}，等的是 {states}")
+            time.sleep(0.1)
+            body = self.status(trace_id)
+        return body
+
+    def wait_for(
+        self, trace_id: str, check: Any, what: str, timeout_s: float = 60
+    ) -> dict[str, Any]:
+        """轮询状态直到 check(状态) 为真。"""
+        deadline = time.monotonic() + timeout_s
+        body = self.status(trace_id)
+        while not check(body):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{trace_id} 等不到 {what}：{body}")
+            time.sleep(0.1)
+            body = self.status(trace_id)
+        return body
+
+    def wait_delivered(self, trace_ids: list[str], timeout_s: float = 120) -> None:
+        """等每个作业都有被 2xx 收下的终态回调，且账本里回调已送达。"""
+        deadline = time.monotonic() + timeout_s
+        for trace_id in trace_ids:
+            while not self.backend.accepted_for(trace_id):
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"{timeout_s}s 内 {trace_id} 没有送达的回调")
+                time.sleep(0.1)
+            body = self.wait_status(trace_id, TERMINAL, max(1.0, deadline - time.monotonic()))
+            assert body["callback"]["state"] == "delivered", body
+
+    def check_one_terminal_callback_each(self, trace_ids: list[str], *, exactly_once: bool) -> None:
+        """每个作业：至少一次（exactly_once 时恰好一次）2xx 终态回调，都带同一 webhook-id，
+        状态与账本一致。"""
+        for trace_id in trace_ids:
+            accepted = self.backend.accepted_for(trace_id)
+            assert accepted, f"{trace_id} 没有送达的回调"
+            if exactly_once:
+                assert len(accepted) == 1, f"{trace_id} 送达了 {len(accepted)} 次"
+            assert {r.headers["webhook-id"] for r in accepted} == {f"msg_{trace_id}"}
+            statuses = {r.body["status"] for r in accepted}
+            assert len(statuses) == 1 and statuses <= set(TERMINAL)
+            assert self.status(trace_id)["status"] in statuses
+
+    def kill_replica(self, deployment: str) -> None:
+        """用 ray.kill 杀掉某个部署的一个副本（Serve 控制器会补一个新的）。"""
+        prefix = f"SERVE_REPLICA::{APP_NAME}#{deployment}#"
+        names = [
+            a["name"]
+            for a in ray.util.list_named_actors(all_namespaces=True)
+            if a["name"].startswith(prefix)
+        ]
+        assert names, f"找不到 {deployment} 的副本"
+        ray.kill(ray.get_actor(names[0], namespace="serve"), no_restart=True)
+
+    def engine_cancelled(self) -> int:
+        handle = serve.get_deployment_handle("FakeLLMServer", app_name=APP_NAME)
+        count: int = handle.get_cancelled.remote().result(timeout_s=30)
+        return count
+
+
+@pytest.fixture(scope="package")
+def fault_app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FaultApp]:
+    """本层一个 Ray + 一个应用；kill 与重启的测试之后应用仍可用。"""
+    work = tmp_path_factory.mktemp("fault")
+    settings = Settings(
+        _env_file=None,
+        engine={"model_id": "report-llm", "model_source": "fake"},
+        templates_path=PROJECT_ROOT / "tests/integration/templates.yaml",
+        llm={"timeout_s": 60, "max_attempts": 2, "initial_backoff_s": 0.5, "max_backoff_s": 1},
+        callback={
+            "connect_timeout_s": 1,
+            "read_timeout_s": 5,
+            "max_attempts": 2,
+            "initial_backoff_s": 0.05,
+            "max_backoff_s": 0.2,
+            "jitter_s": 0.05,
+        },
+        jobs={
+            "ledger_path": work / "ledger.sqlite3",
+            "lease_s": LEASE_S,
+            "heartbeat_s": 0.5,
+            "sweep_interval_s": 0.5,
+            "max_concurrent_per_replica": 8,
+            "max_active_jobs": 60,
+            "drain_timeout_s": 3,
+            "redelivery_schedule_s": [1, 2, 3],
+            "redelivery_horizon_s": 300,
+        },
+        log_json_path=work / "jobs.jsonl",
+        auth_required=False,
+        callback_allow_loopback=True,
+        callback_allowed_hosts=("127.0.0.1",),
+    )
+    backend = BackendB()
+    with running_cluster() as cluster:
+        app = FaultApp(cluster, settings, backend, work / "jobs.jsonl")
+        app.deploy()
+        try:
+            yield app
+        finally:
+            _tally(app)
+            try:
+                app.shutdown()
+            finally:
+                backend.stop()
+
+
+def _tally(app: FaultApp) -> None:
+    """按 backend B 实际收下的回调给每个受理的作业记结局。"""
+    TALLY.accepted += len(app.accepted)
+    for trace_id in app.accepted:
+        accepted = app.backend.accepted_for(trace_id)
+        TALLY.outcomes[accepted[-1].body["status"] if accepted else "lost"] += 1
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    """故障层结束后打印一行汇总（并存一份 JSON 供 CI 留档）。"""
+    if TALLY.accepted:
+        terminalreporter.write_line(TALLY.line())
+        out = PROJECT_ROOT / ".run" / "fault-tally.json"
+        out.parent.mkdir(exist_ok=True)
+        out.write_text(json.dumps({"accepted": TALLY.accepted, **TALLY.outcomes}), "utf-8")

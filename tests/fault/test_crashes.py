@@ -1,0 +1,53 @@
+"""副本与整个应用崩溃：LLM 副本被杀、入口副本被杀、整体关停后重启。"""
+
+from __future__ import annotations
+
+from tests.fault.conftest import FaultApp
+
+
+def test_llm_replica_killed_mid_generation(fault_app: FaultApp) -> None:
+    app = fault_app
+    ids = [app.submit("[[sleep:15]]") for _ in range(4)]
+    for trace_id in ids:
+        app.wait_status(trace_id, ("generating",))
+    app.kill_replica("FakeLLMServer")
+    # 每个受影响的作业：在新副本上完成，或以 failed 结束——都有回调
+    app.wait_delivered(ids, timeout_s=180)
+    app.check_one_terminal_callback_each(ids, exactly_once=True)
+    for trace_id in ids:
+        assert app.status(trace_id)["status"] in ("succeeded", "failed")
+
+
+def test_ingress_replica_killed_while_jobs_run(fault_app: FaultApp) -> None:
+    app = fault_app
+    ids = [app.submit("[[sleep:4]]") for _ in range(6)]
+    for trace_id in ids:
+        app.wait_status(trace_id, ("generating",))
+    app.kill_replica("ReportIngress")
+    # 新的入口副本在租约过期后从账本接手，重新执行
+    app.wait_delivered(ids, timeout_s=180)
+    app.check_one_terminal_callback_each(ids, exactly_once=False)
+    for trace_id in ids:
+        body = app.status(trace_id)
+        assert body["status"] == "succeeded"
+        states = [h["state"] for h in body["history"]]
+        assert states.count("rendering") == 2, states
+
+
+def test_whole_app_restart_finishes_pending_jobs(fault_app: FaultApp) -> None:
+    app = fault_app
+    app.backend.stop()
+    undelivered = [app.submit() for _ in range(3)]
+    for trace_id in undelivered:
+        app.wait_for(trace_id, lambda b: b["callback"]["attempts"] >= 2, "内联重试用尽")
+    running = [app.submit("[[sleep:20]]") for _ in range(3)]
+    for trace_id in running:
+        app.wait_status(trace_id, ("generating",))
+    app.shutdown()
+    app.backend.start()
+    app.deploy()
+    ids = undelivered + running
+    app.wait_delivered(ids, timeout_s=240)
+    app.check_one_terminal_callback_each(ids, exactly_once=False)
+    for trace_id in ids:
+        assert app.status(trace_id)["status"] == "succeeded"

@@ -1,0 +1,82 @@
+"""经真实 Serve 应用：幂等重放、键冲突 409、生成前与生成中取消（引擎里中止）、各状态、重投。"""
+
+from __future__ import annotations
+
+import time
+
+import httpx
+
+from tests.fault.conftest import FaultApp
+
+
+def test_idempotent_replay_and_conflict(fault_app: FaultApp) -> None:
+    app = fault_app
+    url = app.base_url + "/v1/reports"
+    key = {"Idempotency-Key": "order-7"}
+    first = app.submit(**key)
+    replay = httpx.post(url, json=app.body(), headers=key, timeout=30)
+    assert replay.status_code == 202 and replay.json()["trace_id"] == first
+    assert replay.headers["idempotent-replayed"] == "true"
+    conflict = httpx.post(url, json=app.body(length="long"), headers=key, timeout=30)
+    assert conflict.status_code == 409
+    assert conflict.json()["error"]["code"] == "idempotency_conflict"
+    app.wait_delivered([first])
+    app.check_one_terminal_callback_each([first], exactly_once=True)
+
+
+def test_cancel_before_and_during_generation(fault_app: FaultApp) -> None:
+    app = fault_app
+    cancelled_before = app.engine_cancelled()
+    # 占满本副本的 8 个执行位：第 9 个作业停在 accepted
+    generating = [app.submit("[[sleep:60]]") for _ in range(8)]
+    for trace_id in generating:
+        app.wait_status(trace_id, ("generating",))
+    waiting = app.submit()
+    assert app.status(waiting)["status"] == "accepted"
+    ids = [waiting, *generating]
+    for trace_id in ids:
+        response = httpx.delete(f"{app.base_url}/v1/reports/{trace_id}", timeout=30)
+        assert response.status_code == 202, response.text
+    app.wait_delivered(ids, timeout_s=30)
+    app.check_one_terminal_callback_each(ids, exactly_once=True)
+    for trace_id in ids:
+        [callback] = app.backend.accepted_for(trace_id)
+        assert callback.body["status"] == "cancelled"
+        assert callback.body["error"]["code"] == "cancelled"
+    # 生成中的 8 个在引擎副本里被中止（不是等它睡完 60 秒）；取消异步传到副本，稍等片刻
+    deadline = time.monotonic() + 15
+    while app.engine_cancelled() - cancelled_before < len(generating):
+        assert time.monotonic() < deadline, "取消没有传到引擎副本"
+        time.sleep(0.2)
+    assert app.engine_cancelled() - cancelled_before == len(generating)
+    states = [h["state"] for h in app.status(waiting)["history"]]
+    assert "generating" not in states and states[-1] == "cancelled"
+    finished = httpx.delete(f"{app.base_url}/v1/reports/{waiting}", timeout=30)
+    assert finished.status_code == 409
+    assert httpx.delete(f"{app.base_url}/v1/reports/unknown", timeout=30).status_code == 404
+
+
+def test_status_of_each_outcome_and_redeliver(fault_app: FaultApp) -> None:
+    app = fault_app
+    ok = app.submit()
+    failed = app.submit("[[error:400]]")
+    app.wait_delivered([ok, failed])
+    body = app.status(ok)
+    assert [h["state"] for h in body["history"]] == [
+        "accepted",
+        "rendering",
+        "generating",
+        "delivering",
+        "succeeded",
+    ]
+    assert body["report"]["content"] and body["callback"]["delivered_at"]
+    failed_body = app.status(failed)
+    assert failed_body["status"] == "failed" and failed_body["error"]["code"] == "llm_error"
+    assert httpx.get(f"{app.base_url}/v1/reports/unknown", timeout=30).status_code == 404
+    # 运维重投：同一 webhook-id 再投一次
+    response = httpx.post(f"{app.base_url}/v1/reports/{ok}/redeliver", timeout=30)
+    assert response.status_code == 202
+    app.wait_for(ok, lambda b: b["callback"]["attempts"] == 2, "重投送达")
+    again = app.backend.accepted_for(ok)
+    assert len(again) == 2 and again[0].raw == again[1].raw
+    assert {r.headers["webhook-id"] for r in again} == {f"msg_{ok}"}
