@@ -88,6 +88,8 @@ def multinode(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MultiNode]:
         "RAY_HEAD_ADDRESS": f"127.0.0.1:{gcs_port}",
         # 构建器在集群里解析 Settings：模型经节点进程的环境传入
         "REPORTS_ENGINE__MODEL_SOURCE": str(model_dir),
+        # 账本放在本层的临时目录（Ledger 要求 head 广播的 reports_ledger）
+        "REPORTS_JOBS__LEDGER_PATH": str(workdir / "ledger.sqlite3"),
     }
     dashboard = f"http://127.0.0.1:{dashboard_port}"
     head = RayNode("start_head.sh", node_env | {"RAY_NUM_CPUS": "2"}, workdir / "head.log")

@@ -13,7 +13,7 @@ from cluster.callback_receiver import ReceivedCallback
 from tests.cluster.conftest import APP, AUTOSCALING, LLM_DEPLOYMENT, MultiNode
 from tests.support.sample import sales_request
 
-LIGHT = ("ReportIngress", "TemplateRenderer", "CallbackSender")
+LIGHT = ("ReportIngress", "TemplateRenderer", "CallbackSender", "Ledger")
 
 
 def _replica_nodes(cluster: MultiNode, deployment: str) -> set[str]:

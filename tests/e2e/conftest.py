@@ -28,6 +28,7 @@ class E2EStack:
     internal_url: str
     external_url: str
     external_model: str
+    external_metrics_url: str
     receiver: CallbackReceiver
 
 
@@ -59,6 +60,8 @@ def e2e_stack(
         with CallbackReceiver() as receiver:
             args = _cpu_profile_args()
             args["engine"] = {**args["engine"], "model_source": str(model_dir)}
+            # 每个应用一个临时账本（不碰仓库里 make run 的 .run/ledger.sqlite3）
+            args["jobs"] = {"ledger_path": str(workdir / "ledger-e2e.sqlite3")}
             serve.run(build_app(args), name="reports-e2e", route_prefix="/e2e")
             external.wait_ready(DEPLOY_TIMEOUT_S)
             serve.run(
@@ -69,6 +72,7 @@ def e2e_stack(
                         "external": {"model": external.served_name},
                         "auth_required": False,
                         "callback_allow_loopback": True,
+                        "jobs": {"ledger_path": str(workdir / "ledger-ext.sqlite3")},
                     }
                 ),
                 name="reports-ext",
@@ -78,6 +82,7 @@ def e2e_stack(
                 internal_url=serve_cluster.base_url + "/e2e",
                 external_url=serve_cluster.base_url + "/ext",
                 external_model=external.served_name,
+                external_metrics_url=external.base_url.removesuffix("/v1") + "/metrics",
                 receiver=receiver,
             )
             wait_http_ok(stack.internal_url + "/readyz", DEPLOY_TIMEOUT_S)

@@ -90,3 +90,53 @@ def test_readiness_reflects_real_engines(e2e_stack: E2EStack) -> None:
     for base_url in (e2e_stack.internal_url, e2e_stack.external_url):
         response = httpx.get(base_url + "/readyz", timeout=30)
         assert response.status_code == 200 and response.json() == {"status": "ready"}
+
+
+def _aborted_requests(stack: E2EStack) -> float:
+    """外部 vLLM 服务的 Prometheus 指标：以 abort 结束的请求数。"""
+    text = httpx.get(stack.external_metrics_url, timeout=30).text
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith("vllm:request_success_total{") and 'finished_reason="abort"' in line
+    )
+
+
+def _cancel_long_report(stack: E2EStack, base_url: str) -> str:
+    """提交一份 long 报告，生成开始后取消，返回 trace_id。"""
+    types = _types(base_url)
+    item = types[0]
+    body = {
+        "report_type": item["name"],
+        "inputs": item["example_inputs"],
+        "length": "long",
+        "callback_url": stack.receiver.url,
+    }
+    response = httpx.post(base_url + "/v1/reports", json=body, timeout=30)
+    assert response.status_code == 202, response.text
+    trace_id: str = response.json()["trace_id"]
+    deadline = time.monotonic() + WAIT_S
+    while httpx.get(f"{base_url}/v1/reports/{trace_id}", timeout=30).json()["status"] != (
+        "generating"
+    ):
+        assert time.monotonic() < deadline, "作业没有进入 generating"
+        time.sleep(0.05)
+    cancel = httpx.delete(f"{base_url}/v1/reports/{trace_id}", timeout=30)
+    assert cancel.status_code == 202, cancel.text
+    callback = _wait_callbacks(stack, {trace_id})[trace_id]
+    assert callback.body["status"] == "cancelled" and callback.body["report"] is None
+    return trace_id
+
+
+def test_cancel_aborts_generation_in_the_real_engine(e2e_stack: E2EStack) -> None:
+    before = _aborted_requests(e2e_stack)
+    _cancel_long_report(e2e_stack, e2e_stack.external_url)
+    # 引擎里确实中止了这个请求（vLLM 以 abort 结束它），而不是生成完 1536 个 token
+    deadline = time.monotonic() + 30
+    while _aborted_requests(e2e_stack) < before + 1:
+        assert time.monotonic() < deadline, "vLLM 没有中止被取消的请求"
+        time.sleep(0.2)
+    # 集群内 LLMServer：同样得到 cancelled 回调，状态为 cancelled
+    trace_id = _cancel_long_report(e2e_stack, e2e_stack.internal_url)
+    status = httpx.get(f"{e2e_stack.internal_url}/v1/reports/{trace_id}", timeout=30).json()
+    assert status["status"] == "cancelled" and status["callback"]["state"] == "delivered"

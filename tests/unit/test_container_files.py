@@ -120,3 +120,11 @@ def test_env_example_documents_cluster_variables() -> None:
         "VLLM_API_URL=",
     ):
         assert name in text
+
+
+@pytest.mark.parametrize("service", ["ray-head", "reports-external"])
+def test_ledger_lives_on_the_data_volume_of_the_head(service: str) -> None:
+    spec = _compose()["services"][service]
+    assert "reports-data:/data" in spec["volumes"]
+    assert spec["environment"]["REPORTS_JOBS__LEDGER_PATH"].startswith("/data/")
+    assert "reports_ledger" in spec["environment"]["RAY_HEAD_RESOURCES"]

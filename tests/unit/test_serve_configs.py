@@ -13,7 +13,7 @@ from deployments.llm import llm_deployment_name
 from serve_app.core.settings import PROJECT_ROOT, Settings
 
 CONFIGS = [PROJECT_ROOT / "serve_config.yaml", PROJECT_ROOT / "serve_config.cpu.yaml"]
-LIGHT = {"ReportIngress", "TemplateRenderer", "CallbackSender"}
+LIGHT = {"ReportIngress", "TemplateRenderer", "CallbackSender", "Ledger"}
 
 
 def _load(path: Path) -> dict[str, Any]:
@@ -70,3 +70,17 @@ def test_gpu_profile_puts_engine_on_gpu_and_cpu_profile_on_cpu() -> None:
         for deployment in app["deployments"]:
             if deployment["name"] in LIGHT:
                 assert deployment["ray_actor_options"]["num_cpus"] < 1
+
+
+@pytest.mark.parametrize(
+    "path", [*CONFIGS, PROJECT_ROOT / "serve_config.external.yaml"], ids=lambda p: p.name
+)
+def test_ledger_is_a_single_replica_on_the_node_with_the_volume(path: Path) -> None:
+    [app] = _load(path)["applications"]
+    [ledger] = [d for d in app["deployments"] if d["name"] == "Ledger"]
+    assert ledger["num_replicas"] == 1 and "autoscaling_config" not in ledger
+    assert "reports_ledger" in ledger["ray_actor_options"]["resources"]
+    [ingress] = [d for d in app["deployments"] if d["name"] == "ReportIngress"]
+    settings = Settings(_env_file=None, llm_mode="external", auth_required=False)
+    # 关闭窗口容得下作业的排空时间
+    assert ingress["graceful_shutdown_timeout_s"] > settings.jobs.drain_timeout_s
