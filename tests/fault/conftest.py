@@ -76,6 +76,7 @@ class Tally:
     """整个故障层的作业结局汇总。"""
 
     accepted: int = 0
+    rejected_429: int = 0
     outcomes: Counter[str] = field(default_factory=Counter)
 
     def line(self) -> str:
@@ -83,6 +84,7 @@ class Tally:
             f"故障层汇总: jobs accepted={self.accepted} delivered={self.outcomes['succeeded']}"
             f" failed-with-callback={self.outcomes['failed']}"
             f" cancelled-with-callback={self.outcomes['cancelled']} lost={self.outcomes['lost']}"
+            f" (429 rejected={self.rejected_429})"
         )
 
 
@@ -275,4 +277,5 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
         terminalreporter.write_line(TALLY.line())
         out = PROJECT_ROOT / ".run" / "fault-tally.json"
         out.parent.mkdir(exist_ok=True)
-        out.write_text(json.dumps({"accepted": TALLY.accepted, **TALLY.outcomes}), "utf-8")
+        summary = {"accepted": TALLY.accepted, "rejected_429": TALLY.rejected_429, **TALLY.outcomes}
+        out.write_text(json.dumps(summary), "utf-8")

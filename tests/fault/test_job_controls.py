@@ -7,6 +7,7 @@ import time
 import httpx
 
 from tests.fault.conftest import FaultApp
+from tests.support.sample import SUCCEEDED_HISTORY
 
 
 def test_idempotent_replay_and_conflict(fault_app: FaultApp) -> None:
@@ -62,13 +63,7 @@ def test_status_of_each_outcome_and_redeliver(fault_app: FaultApp) -> None:
     failed = app.submit("[[error:400]]")
     app.wait_delivered([ok, failed])
     body = app.status(ok)
-    assert [h["state"] for h in body["history"]] == [
-        "accepted",
-        "rendering",
-        "generating",
-        "delivering",
-        "succeeded",
-    ]
+    assert [h["state"] for h in body["history"]] == SUCCEEDED_HISTORY
     assert body["report"]["content"] and body["callback"]["delivered_at"]
     failed_body = app.status(failed)
     assert failed_body["status"] == "failed" and failed_body["error"]["code"] == "llm_error"

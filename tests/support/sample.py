@@ -10,6 +10,9 @@ from serve_app.core.settings import Settings
 from serve_app.models.reports import CallbackPayload, ReportJob
 from serve_app.prompting.catalog import TemplateCatalog
 
+# 一个成功作业在账本里经过的全部状态
+SUCCEEDED_HISTORY = ["accepted", "rendering", "generating", "delivering", "succeeded"]
+
 
 def load_catalog() -> TemplateCatalog:
     """仓库自带的模板目录。"""

@@ -13,7 +13,7 @@ import pytest
 from serve_app.ledger.records import JobState
 from serve_app.models.reports import DeliveryOutcome, ReportJob
 from tests.support.harness import Harness
-from tests.support.sample import sales_request
+from tests.support.sample import SUCCEEDED_HISTORY, sales_request
 
 CALLBACK = "http://127.0.0.1:9/hooks/reports"
 FAST_JOBS = {
@@ -69,13 +69,7 @@ async def test_status_reports_every_stage_and_the_result(
     await harness.settle()
     body = await _status(client, trace_id)
     assert body["status"] == "succeeded" and body["report"]["content"] == "报告正文"
-    assert [h["state"] for h in body["history"]] == [
-        "accepted",
-        "rendering",
-        "generating",
-        "delivering",
-        "succeeded",
-    ]
+    assert [h["state"] for h in body["history"]] == SUCCEEDED_HISTORY
     assert body["callback"]["state"] == "delivered" and body["callback"]["attempts"] == 1
     assert body["callback"]["webhook_id"] == f"msg_{trace_id}"
     assert body["metadata"] == {"order": 42, "tags": ["周报"]} and body["error"] is None

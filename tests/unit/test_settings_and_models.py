@@ -106,6 +106,15 @@ def test_dotenv_shared_with_compose_is_accepted(
     assert settings.engine.model_source == "/m"
     assert settings.callback.max_attempts == 6
     assert settings.vllm_api_url is None
+    assert settings.jobs.redelivery_schedule_s == (60, 300, 1800, 7200, 18000, 36000)
+    assert settings.jobs.lease_s == 30 and settings.resolved_ledger_path.name == "ledger.sqlite3"
+
+
+def test_job_policy_rejects_a_heartbeat_that_would_let_leases_expire() -> None:
+    with pytest.raises(ValidationError, match="heartbeat_s"):
+        make_settings(jobs={"lease_s": 10, "heartbeat_s": 6})
+    with pytest.raises(ValidationError, match="redelivery_schedule_s"):
+        make_settings(jobs={"redelivery_schedule_s": [60, 0]})
 
 
 def test_serve_llm_mode_requires_a_model(monkeypatch: pytest.MonkeyPatch) -> None:
