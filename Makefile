@@ -10,7 +10,7 @@ RUN_DIR := .run
 TINY_MODEL := .cache/tiny-model
 export PYTHONPATH := $(CURDIR)
 
-.PHONY: help install run stop demo bench test test-unit test-integration test-fault test-e2e test-cluster lint fmt clean
+.PHONY: help install run stop demo bench bench-ledger test test-unit test-integration test-fault test-e2e test-cluster lint fmt clean
 
 help:
 	@echo "make run | stop | demo | test | test-unit | test-integration | test-fault | test-e2e | test-cluster | lint"
@@ -39,6 +39,9 @@ demo: install
 
 bench: install
 	$(PY) -m cluster.bench_pipeline
+
+bench-ledger: install
+	$(PY) -m cluster.bench_ledger
 
 lint: install
 	$(VENV)/bin/ruff check .

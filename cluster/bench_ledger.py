@@ -1,0 +1,111 @@
+"""基准：SQLite 账本单独能承受的作业吞吐（每个作业走完整生命周期的 5 次事务）。
+
+    python -m cluster.bench_ledger [--jobs 2000] [--concurrency 64]
+
+每个作业：admit → advance(rendering) → advance(generating) → finish → record_delivery，
+与真实流水线对账本的写入相同（续租与扫描另计）。打印 jobs/s 与 admit 的 p50/p99 延迟，
+结果写到 .run/bench/ledger-<时间>.json。账本文件放在临时目录，与 make run 的账本无关。
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import statistics
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+from serve_app.core.settings import PROJECT_ROOT, JobPolicy
+from serve_app.ledger.records import JobState
+from serve_app.ledger.sqlite_store import SqliteJobStore
+from serve_app.models.reports import (
+    CallbackPayload,
+    Completion,
+    DeliveryOutcome,
+    ReportJob,
+    Usage,
+    utc_now,
+)
+
+OWNER = "bench"
+DELIVERED = DeliveryOutcome(delivered=True, attempts=1, status_code=200)
+REPORT = Completion(
+    content="x" * 2000,
+    model="bench",
+    finish_reason="stop",
+    usage=Usage(prompt_tokens=300, completion_tokens=500),
+)
+
+
+async def _one(store: SqliteJobStore, index: int, admit_ms: list[float]) -> None:
+    job = ReportJob(
+        trace_id=f"bench-{index}",
+        report_type="sales_weekly",
+        inputs={"period": "本周", "region": "华东", "sales_data": "销售额 320 万元" * 20},
+        length="short",
+        callback_url="http://127.0.0.1:9/hook",
+        created_at=utc_now(),
+    )
+    started = time.perf_counter()
+    await store.admit(job, OWNER, None)
+    admit_ms.append((time.perf_counter() - started) * 1000)
+    await store.advance(job.trace_id, OWNER, JobState.RENDERING)
+    await store.advance(job.trace_id, OWNER, JobState.GENERATING)
+    await store.finish(job.trace_id, OWNER, CallbackPayload.succeeded(job, REPORT))
+    await store.record_delivery(job.trace_id, OWNER, DELIVERED)
+
+
+async def _run(jobs: int, concurrency: int, path: Path) -> dict[str, float]:
+    policy = JobPolicy(max_active_jobs=jobs + 1)
+    store = SqliteJobStore(path, policy)
+    gate = asyncio.Semaphore(concurrency)
+    admit_ms: list[float] = []
+
+    async def gated(index: int) -> None:
+        async with gate:
+            await _one(store, index, admit_ms)
+
+    try:
+        started = time.perf_counter()
+        await asyncio.gather(*(gated(i) for i in range(jobs)))
+        seconds = time.perf_counter() - started
+    finally:
+        await store.close()
+    quantiles = statistics.quantiles(admit_ms, n=100)
+    return {
+        "jobs": jobs,
+        "concurrency": concurrency,
+        "seconds": seconds,
+        "jobs_per_s": jobs / seconds,
+        "admit_p50_ms": quantiles[49],
+        "admit_p99_ms": quantiles[98],
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    """运行并输出结果。"""
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--jobs", type=int, default=2000)
+    parser.add_argument("--concurrency", type=int, default=64)
+    args = parser.parse_args(argv)
+    with tempfile.TemporaryDirectory() as tmp:
+        result = asyncio.run(_run(args.jobs, args.concurrency, Path(tmp) / "ledger.sqlite3"))
+    out_dir = PROJECT_ROOT / ".run" / "bench"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / f"ledger-{datetime.now(UTC):%Y%m%dT%H%M%S}.json"
+    path.write_text(json.dumps({"when": datetime.now(UTC).isoformat(), **result}, indent=2))
+    sys.stdout.write(
+        f"账本：{result['jobs_per_s']:.0f} 个作业/秒"
+        f"（完整生命周期，{args.jobs} 个，并发 {args.concurrency}），"
+        f"admit p50 {result['admit_p50_ms']:.1f} ms、p99 {result['admit_p99_ms']:.1f} ms，"
+        f"结果：{path}\n"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
