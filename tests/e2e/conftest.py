@@ -53,7 +53,10 @@ def e2e_stack(
     """生成小模型，启动外部 vLLM 服务，并部署两个模式的应用。"""
     workdir = tmp_path_factory.mktemp("e2e")
     model_dir = build_tiny_model(workdir / "tiny-model")
-    external = VLLMServer(model_dir, served_name="tiny-external", log_path=workdir / "vllm.log")
+    # 上下文与集群内引擎相同（4096），最长的报告（2048 个 token）也放得下
+    external = VLLMServer(
+        model_dir, served_name="tiny-external", log_path=workdir / "vllm.log", max_model_len=4096
+    )
     # 外部服务先起，与 LLMServer 的部署并行加载
     external.start()
     try:
