@@ -102,7 +102,11 @@ class SqliteJobStore:
         async with self._open_lock:
             if self._db is None:
                 self._path.parent.mkdir(parents=True, exist_ok=True)
-                db = await aiosqlite.connect(self._path, isolation_level=None)
+                connection = aiosqlite.connect(self._path, isolation_level=None)
+                # aiosqlite 的工作线程默认非守护：忘了 close 时会卡住进程退出。
+                # 设为守护线程：已提交的事务在 WAL 里，进程退出不会丢
+                connection.daemon = True
+                db = await connection
                 db.row_factory = aiosqlite.Row
                 await db.execute("PRAGMA journal_mode=WAL")
                 # FULL：每次提交都 fsync，202 发出前作业已落盘

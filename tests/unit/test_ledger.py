@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -9,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from serve_app.core.errors import ErrorCode
-from serve_app.core.settings import JobPolicy
+from serve_app.core.settings import PROJECT_ROOT, JobPolicy
 from serve_app.ledger.records import CallbackState, JobState
 from serve_app.ledger.sqlite_store import SqliteJobStore
 from serve_app.ledger.store import IdempotencyKey
@@ -272,3 +275,17 @@ async def test_jobs_survive_a_restart(tmp_path: Path, clock: Clock) -> None:
         assert len(await second.claim_due("b", 10)) == 1
     finally:
         await second.close()
+
+
+def test_an_unclosed_ledger_does_not_block_process_exit(tmp_path: Path) -> None:
+    # aiosqlite 的工作线程默认非守护：忘了 close 时解释器退出会一直等它
+    code = (
+        "import asyncio\n"
+        "from pathlib import Path\n"
+        "from serve_app.core.settings import PROJECT_ROOT, JobPolicy\n"
+        "from serve_app.ledger.sqlite_store import SqliteJobStore\n"
+        f"store = SqliteJobStore(Path({str(tmp_path / 'l.sqlite3')!r}), JobPolicy())\n"
+        "asyncio.run(store.get('x'))\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(PROJECT_ROOT)}
+    subprocess.run([sys.executable, "-c", code], env=env, timeout=60, check=True)
