@@ -22,6 +22,11 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
 
+def _from_root(path: Path) -> Path:
+    """相对路径按仓库根目录解析（与进程当前目录无关）。"""
+    return path if path.is_absolute() else PROJECT_ROOT / path
+
+
 class LLMMode(StrEnum):
     """LLM 阶段的运行方式。"""
 
@@ -262,11 +267,9 @@ class Settings(BaseSettings):
     @property
     def resolved_ledger_path(self) -> Path:
         """账本文件的绝对路径（相对路径按仓库根目录解析）。"""
-        path = self.jobs.ledger_path
-        return path if path.is_absolute() else PROJECT_ROOT / path
+        return _from_root(self.jobs.ledger_path)
 
     @property
     def resolved_templates_path(self) -> Path:
         """模板文件的绝对路径（相对路径按仓库根目录解析）。"""
-        path = self.templates_path
-        return path if path.is_absolute() else PROJECT_ROOT / path
+        return _from_root(self.templates_path)

@@ -5,30 +5,17 @@ from __future__ import annotations
 import asyncio
 from typing import Any, cast
 
-from loguru import logger
 from ray.serve.handle import DeploymentHandle
-from tenacity import (
-    AsyncRetrying,
-    RetryCallState,
-    RetryError,
-    retry_if_exception_type,
-    stop_after_attempt,
-    wait_exponential,
-)
 
 from serve_app.core.errors import LedgerUnavailable
-from serve_app.core.ray_errors import TRANSIENT_HANDLE_ERRORS
+from serve_app.core.ray_errors import TRANSIENT_HANDLE_ERRORS, handle_retrying
 from serve_app.core.settings import JobPolicy
 from serve_app.ledger.records import Admission, CancelResult, JobRecord, JobState, WorkItem
 from serve_app.ledger.store import AdvanceResult, HeartbeatReply, IdempotencyKey
 from serve_app.models.reports import CallbackPayload, DeliveryOutcome, ReportJob
 
-_RETRYABLE = (*TRANSIENT_HANDLE_ERRORS, TimeoutError)
-
-
-def _log_retry(state: RetryCallState) -> None:
-    exc = state.outcome.exception() if state.outcome else None
-    logger.warning("调用 Ledger 失败（第 {} 次）：{!r}，稍后重试", state.attempt_number, exc)
+# 重试用尽后仍是这些异常：账本不可用
+_UNAVAILABLE: tuple[type[Exception], ...] = (*TRANSIENT_HANDLE_ERRORS, TimeoutError)
 
 
 class LedgerClient:
@@ -39,18 +26,13 @@ class LedgerClient:
         self._timeout_s = policy.ledger_call_timeout_s
 
     async def _call(self, method: str, *args: Any) -> Any:
-        retrying = AsyncRetrying(
-            stop=stop_after_attempt(5),
-            wait=wait_exponential(multiplier=0.2, max=5),
-            retry=retry_if_exception_type(_RETRYABLE),
-            before_sleep=_log_retry,
-        )
+        retrying = handle_retrying(also=_UNAVAILABLE, initial_backoff_s=0.2, max_backoff_s=5)
         try:
             async for attempt in retrying:
                 with attempt:
                     async with asyncio.timeout(self._timeout_s):
                         return await getattr(self._handle, method).remote(*args)
-        except RetryError as exc:
+        except _UNAVAILABLE as exc:
             raise LedgerUnavailable(f"作业账本暂不可用（{method}）") from exc
         raise AssertionError("unreachable")  # pragma: no cover
 

@@ -76,8 +76,3 @@ class ReportPipeline:
                 outcome.error,
             )
         return outcome
-
-    async def run(self, job: ReportJob) -> DeliveryOutcome:
-        """不经账本地执行一个作业（单元测试与基准用）。"""
-        with logger.contextualize(trace_id=job.trace_id):
-            return await self.deliver(job, await self.produce(job))

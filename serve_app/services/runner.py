@@ -66,9 +66,11 @@ class JobRunner:
         await asyncio.gather(*pending, *self._loops, return_exceptions=True)
         if leftover:
             logger.warning("副本关闭：{} 个作业未完成，交还租约由其他副本接手", len(leftover))
-            with contextlib.suppress(Exception):
+            try:
                 async with asyncio.timeout(5):
                     await self._store.release(self.owner, leftover)
+            except Exception:  # noqa: BLE001 - 交还失败也无妨：租约到期后同样会被接手
+                logger.exception("交还租约失败，等租约到期后由其他副本接手")
 
     def wake(self) -> None:
         """立即扫描一次（如刚登记了重投）。"""

@@ -4,17 +4,9 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
-from loguru import logger
 from ray.serve.handle import DeploymentHandle
-from tenacity import (
-    AsyncRetrying,
-    RetryCallState,
-    retry_if_exception_type,
-    stop_after_attempt,
-    wait_exponential,
-)
 
-from serve_app.core.ray_errors import TRANSIENT_HANDLE_ERRORS
+from serve_app.core.ray_errors import handle_retrying
 from serve_app.models.reports import CallbackPayload, DeliveryOutcome, ReportJob
 from serve_app.models.templates import RenderedPrompt
 
@@ -35,21 +27,6 @@ class DeliveryStage(Protocol):
         ...
 
 
-def _log_handle_retry(state: RetryCallState) -> None:
-    exc = state.outcome.exception() if state.outcome else None
-    logger.warning("调用部署失败（第 {} 次）：{!r}，稍后重试", state.attempt_number, exc)
-
-
-def _handle_retrying() -> AsyncRetrying:
-    return AsyncRetrying(
-        stop=stop_after_attempt(5),
-        wait=wait_exponential(multiplier=0.5, max=8),
-        retry=retry_if_exception_type(TRANSIENT_HANDLE_ERRORS),
-        before_sleep=_log_handle_retry,
-        reraise=True,
-    )
-
-
 class HandleRenderStage:
     """经句柄调用 TemplateRenderer。"""
 
@@ -58,7 +35,7 @@ class HandleRenderStage:
 
     async def render(self, job: ReportJob) -> RenderedPrompt:
         """渲染（副本暂时不可用时重试）。"""
-        async for attempt in _handle_retrying():
+        async for attempt in handle_retrying():
             with attempt:
                 result: RenderedPrompt = await self._handle.render.remote(
                     job.trace_id, job.report_type, job.inputs, job.length
@@ -75,7 +52,7 @@ class HandleDeliveryStage:
 
     async def send(self, job: ReportJob, payload: CallbackPayload) -> DeliveryOutcome:
         """投递（副本暂时不可用时重试）。"""
-        async for attempt in _handle_retrying():
+        async for attempt in handle_retrying():
             with attempt:
                 result: DeliveryOutcome = await self._handle.send.remote(job.callback_url, payload)
                 return result

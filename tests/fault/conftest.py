@@ -153,14 +153,7 @@ class FaultApp:
     def wait_status(
         self, trace_id: str, states: tuple[str, ...], timeout_s: float = 60
     ) -> dict[str, Any]:
-        deadline = time.monotonic() + timeout_s
-        body = self.status(trace_id)
-        while body["status"] not in states:
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"{trace_id} 停在 {body['status']}，等的是 {states}")
-            time.sleep(0.1)
-            body = self.status(trace_id)
-        return body
+        return self.wait_for(trace_id, lambda b: b["status"] in states, f"状态 {states}", timeout_s)
 
     def wait_for(
         self, trace_id: str, check: Any, what: str, timeout_s: float = 60

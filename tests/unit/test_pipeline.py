@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 import pytest
+from loguru import logger
 
 from serve_app.core.errors import (
     INTERNAL_ERROR_MESSAGE,
@@ -33,6 +34,12 @@ def _job() -> ReportJob:
     )
 
 
+async def _run(pipeline: ReportPipeline, job: ReportJob) -> DeliveryOutcome:
+    """不经账本执行一个作业：产生结果再投递（JobRunner 在此之外记账）。"""
+    with logger.contextualize(trace_id=job.trace_id):
+        return await pipeline.deliver(job, await pipeline.produce(job))
+
+
 def _pipeline(
     llm: FakeLLM, delivery: RecordingDelivery, render_error: BaseException | None = None
 ) -> ReportPipeline:
@@ -42,7 +49,7 @@ def _pipeline(
 async def test_success_delivers_report_and_logs_with_trace_id() -> None:
     delivery = RecordingDelivery()
     with captured_logs() as logs:
-        outcome = await _pipeline(FakeLLM(), delivery).run(_job())
+        outcome = await _run(_pipeline(FakeLLM(), delivery), _job())
     assert outcome.delivered
     [(_, payload)] = delivery.sent
     assert payload.status == "succeeded" and payload.report is not None
@@ -66,7 +73,7 @@ async def test_every_failure_ends_in_one_failed_callback(
 ) -> None:
     delivery = RecordingDelivery()
     with captured_logs() as logs:
-        await _pipeline(llm, delivery, render_error).run(_job())
+        await _run(_pipeline(llm, delivery, render_error), _job())
     [(_, payload)] = delivery.sent
     assert payload.status == "failed" and payload.report is None
     assert payload.error is not None and payload.error.code is code
@@ -83,7 +90,7 @@ async def test_undelivered_round_is_logged_for_redelivery() -> None:
         outcome=DeliveryOutcome(delivered=False, attempts=6, status_code=503, error="HTTP 503")
     )
     with captured_logs() as logs:
-        outcome = await _pipeline(FakeLLM(), delivery).run(_job())
+        outcome = await _run(_pipeline(FakeLLM(), delivery), _job())
     assert not outcome.delivered
     # 本轮未送达只是告警：账本随后按重投表继续（见 test_ledger / 故障层）
     loud = [r for r in logs if "本轮未送达" in r["message"]]
@@ -93,6 +100,6 @@ async def test_undelivered_round_is_logged_for_redelivery() -> None:
 async def test_callback_stage_crash_does_not_escape() -> None:
     delivery = RecordingDelivery(error=RuntimeError("actor died"))
     with captured_logs() as logs:
-        outcome = await _pipeline(FakeLLM(), delivery).run(_job())
+        outcome = await _run(_pipeline(FakeLLM(), delivery), _job())
     assert not outcome.delivered
     assert any("本轮未送达" in r["message"] and r["exception"] for r in logs)
