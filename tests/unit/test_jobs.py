@@ -5,11 +5,15 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
-from typing import Any
+from types import SimpleNamespace
+from typing import Any, cast
 
 import httpx
 import pytest
 
+from serve_app.core.errors import LedgerUnavailable
+from serve_app.core.settings import JobPolicy
+from serve_app.ledger.client import LedgerClient
 from serve_app.ledger.records import JobState
 from serve_app.models.reports import DeliveryOutcome, ReportJob
 from tests.support.harness import Harness
@@ -210,3 +214,61 @@ async def test_drain_hands_unfinished_jobs_back(
 async def test_ops_listing_rejects_unknown_parameters(client: httpx.AsyncClient) -> None:
     response = await client.get("/v1/ops/undelivered", params={"limt": 5})
     assert response.status_code == 422 and "limt" in response.json()["error"]["message"]
+
+
+async def test_cancel_registered_on_another_replica_reaches_the_runner(
+    client: httpx.AsyncClient, harness: Harness
+) -> None:
+    harness.llm.delay_s = 30
+    trace_id = await _submit(client)
+    await _wait_state(client, trace_id, "generating")
+    # DELETE 落在另一个入口副本：只登记在账本里，本副本经续租回复得知
+    assert (await harness.store.request_cancel(trace_id)).accepted
+    await harness.settle(timeout_s=5)
+    [(_, payload)] = harness.delivery.sent
+    assert payload.status == "cancelled"
+
+
+async def test_runner_that_lost_its_lease_stops_without_delivering(
+    client: httpx.AsyncClient, harness: Harness
+) -> None:
+    harness.llm.delay_s = 30
+    trace_id = await _submit(client)
+    await _wait_state(client, trace_id, "generating")
+    # 另一个副本接手了（如本副本曾长时间失联）：本副本的下一次续租得知后停止
+    await harness.store.release(harness.runner.owner, [trace_id])
+    [item] = await harness.store.claim_due("other", 10)
+    assert item.record.trace_id == trace_id
+    await harness.settle(timeout_s=5)
+    assert harness.delivery.sent == []
+    record = await harness.store.get(trace_id)
+    assert record is not None and record.state is JobState.GENERATING
+
+
+async def test_unavailable_ledger_refuses_with_503_and_retry_after(
+    client: httpx.AsyncClient, harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def unavailable(*_: Any) -> None:
+        raise LedgerUnavailable("作业账本暂不可用（admit）")
+
+    monkeypatch.setattr(harness.store, "admit", unavailable)
+    response = await client.post("/v1/reports", json=sales_request(CALLBACK))
+    assert response.status_code == 503 and int(response.headers["Retry-After"]) >= 1
+    assert response.json()["error"]["code"] == "ledger_unavailable"
+    assert harness.runner.running == 0
+
+
+class _SlowHandle:
+    """每个方法都比超时慢的假句柄。"""
+
+    def __getattr__(self, method: str) -> Any:
+        async def remote(*_: Any) -> None:
+            await asyncio.sleep(1)
+
+        return SimpleNamespace(remote=remote)
+
+
+async def test_ledger_client_turns_repeated_timeouts_into_ledger_unavailable() -> None:
+    client = LedgerClient(cast(Any, _SlowHandle()), JobPolicy(ledger_call_timeout_s=0.01))
+    with pytest.raises(LedgerUnavailable, match="get"):
+        await client.get("t-1")
