@@ -21,19 +21,9 @@ class JobState(StrEnum):
     FAILED = "failed"
     CANCELLED = "cancelled"
 
-    @property
-    def producing(self) -> bool:
-        """结果尚未产生（可以取消、崩溃后需要重新执行）。"""
-        return self in PRODUCING_STATES
 
-    @property
-    def terminal(self) -> bool:
-        """终态：回调已送达或已放弃自动重投。"""
-        return self in TERMINAL_STATES
-
-
+# 结果尚未产生：可以取消，副本失联后需要重新执行
 PRODUCING_STATES = frozenset({JobState.ACCEPTED, JobState.RENDERING, JobState.GENERATING})
-TERMINAL_STATES = frozenset({JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED})
 
 
 class CallbackState(StrEnum):

@@ -40,11 +40,11 @@ class JobService:
 
     def __init__(self, store: JobStore, runner: JobRunner) -> None:
         self._store = store
-        self.runner = runner
+        self._runner = runner
 
     async def admit(self, job: ReportJob, key: IdempotencyKey | None) -> tuple[JobRecord, bool]:
         """写入账本（202 之前）并开始执行；返回 (记录, 是否幂等重放)。"""
-        admission = await self._store.admit(job, self.runner.owner, key)
+        admission = await self._store.admit(job, self._runner.owner, key)
         if admission.conflict_trace_id is not None:
             raise IdempotencyConflict(
                 "Idempotency-Key 已用于另一个不同的请求体"
@@ -57,7 +57,7 @@ class JobService:
             )
         assert admission.record is not None
         if not admission.replayed:
-            self.runner.submit(admission.record)
+            self._runner.submit(admission.record)
         return admission.record, admission.replayed
 
     async def status(self, trace_id: str) -> ReportStatus:
@@ -78,12 +78,12 @@ class JobService:
                 "（结果回调会照常送达；需要再次投递请用 redeliver）"
             )
         with logger.contextualize(trace_id=trace_id):
-            if self.runner.cancel_local(trace_id):
+            if self._runner.cancel_local(trace_id):
                 logger.info("已取消：中止本副本上的生成")
             else:
                 # 在别的副本上：其续租时得知；无人持有：扫描时直接投递 cancelled
                 logger.info("已登记取消")
-                self.runner.wake()
+                self._runner.wake()
         return ReportStatus.from_record(result.record)
 
     async def redeliver(self, trace_id: str) -> ReportStatus:
@@ -95,7 +95,7 @@ class JobService:
             raise JobConflict(f"作业仍在 {record.state}，尚无结果可投递")
         with logger.contextualize(trace_id=trace_id):
             logger.info("已安排重新投递回调")
-        self.runner.wake()
+        self._runner.wake()
         return ReportStatus.from_record(record)
 
     async def undelivered(self, limit: int) -> UndeliveredList:

@@ -10,7 +10,6 @@ import time
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -98,7 +97,6 @@ class FaultApp:
     cluster: ServeCluster
     settings: Settings
     backend: BackendB
-    log_path: Path
     accepted: list[str] = field(default_factory=list)
 
     @property
@@ -244,7 +242,7 @@ def fault_app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FaultApp]:
     )
     backend = BackendB()
     with running_cluster() as cluster:
-        app = FaultApp(cluster, settings, backend, work / "jobs.jsonl")
+        app = FaultApp(cluster, settings, backend)
         app.deploy()
         try:
             yield app
