@@ -18,10 +18,16 @@ class VLLMServer:
     """`python -m vllm.entrypoints.openai.api_server`，只监听 127.0.0.1。"""
 
     def __init__(
-        self, model_dir: Path, served_name: str, log_path: Path, max_model_len: int = 2048
+        self,
+        model_dir: Path,
+        served_name: str,
+        log_path: Path,
+        max_model_len: int = 2048,
+        max_num_seqs: int | None = None,
     ) -> None:
         self.port = free_port()
         self._max_model_len = max_model_len
+        self._max_num_seqs = max_num_seqs
         self.served_name = served_name
         self._model_dir = model_dir
         self._log_path = log_path
@@ -53,6 +59,8 @@ class VLLMServer:
             "--gpu-memory-utilization",
             "0.15",
         ]
+        if self._max_num_seqs is not None:
+            command += ["--max-num-seqs", str(self._max_num_seqs)]
         with self._log_path.open("wb") as log:
             self._process = subprocess.Popen(
                 command, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True

@@ -19,6 +19,8 @@ from tests.support.cluster import ServeCluster, running_cluster, wait_http_ok
 
 # 首次部署要加载 torch/vLLM 并初始化引擎，2 核机器上需要几分钟
 DEPLOY_TIMEOUT_S = 600
+# 引擎同时运行的序列数（见 e2e_stack）
+ENGINE_MAX_NUM_SEQS = 1
 
 
 @dataclass(frozen=True)
@@ -53,16 +55,27 @@ def e2e_stack(
     """生成小模型，启动外部 vLLM 服务，并部署两个模式的应用。"""
     workdir = tmp_path_factory.mktemp("e2e")
     model_dir = build_tiny_model(workdir / "tiny-model")
-    # 上下文与集群内引擎相同（4096），最长的报告（2048 个 token）也放得下
+    # 上下文与集群内引擎相同（4096），最长的报告（2048 个 token）也放得下。
+    # 两个引擎都一次只跑一个序列：几份同时提交的报告在引擎里排队，取消测试必然有作业
+    # 正在生成或在引擎里等待，不必和小模型的生成速度赛跑（慢机器上控制面会被饿住几秒）
     external = VLLMServer(
-        model_dir, served_name="tiny-external", log_path=workdir / "vllm.log", max_model_len=4096
+        model_dir,
+        served_name="tiny-external",
+        log_path=workdir / "vllm.log",
+        max_model_len=4096,
+        max_num_seqs=ENGINE_MAX_NUM_SEQS,
     )
     # 外部服务先起，与 LLMServer 的部署并行加载
     external.start()
     try:
         with CallbackReceiver() as receiver:
             args = _cpu_profile_args()
-            args["engine"] = {**args["engine"], "model_source": str(model_dir)}
+            engine_kwargs = {**args["engine"]["engine_kwargs"], "max_num_seqs": ENGINE_MAX_NUM_SEQS}
+            args["engine"] = {
+                **args["engine"],
+                "model_source": str(model_dir),
+                "engine_kwargs": engine_kwargs,
+            }
             # 每个应用一个临时账本（不碰仓库里 make run 的 .run/ledger.sqlite3）
             args["jobs"] = {"ledger_path": str(workdir / "ledger-e2e.sqlite3")}
             serve.run(build_app(args), name="reports-e2e", route_prefix="/e2e")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any
 
 import httpx
@@ -93,11 +94,12 @@ def test_readiness_reflects_real_engines(e2e_stack: E2EStack) -> None:
 
 
 def _engine_metrics(stack: E2EStack) -> dict[str, float]:
-    """外部 vLLM 服务的 Prometheus 指标：在跑的请求数、正常结束的请求数、生成的 token 总数。"""
+    """外部 vLLM 服务的 Prometheus 指标：在跑/排队的请求数、正常结束的请求数、生成的 token 总数。"""
     text = httpx.get(stack.external_metrics_url, timeout=30).text
-    totals = {"running": 0.0, "finished": 0.0, "generated": 0.0}
+    totals = {"running": 0.0, "waiting": 0.0, "finished": 0.0, "generated": 0.0}
     names = {
         "vllm:num_requests_running{": "running",
+        "vllm:num_requests_waiting{": "waiting",
         "vllm:request_success_total{": "finished",
         "vllm:generation_tokens_total{": "generated",
     }
@@ -113,13 +115,24 @@ LONGEST_TYPE = "incident_postmortem"
 LONGEST_TOKENS = 2048
 
 
-def _cancel_long_reports(
-    stack: E2EStack, base_url: str, count: int = 4
-) -> tuple[list[str], list[str]]:
-    """同时提交几份最长的报告，都开始生成后逐个取消。
+def _wait_until(condition: Callable[[], bool], message: str) -> None:
+    deadline = time.monotonic() + WAIT_S
+    while not condition():
+        assert time.monotonic() < deadline, message
+        time.sleep(0.05)
 
-    返回 (取消成功的, 取消前已生成完的)：在很慢的机器上个别作业可能先生成完（DELETE 得 409），
-    这种赛跑是允许的，但至少要有一个真正在生成中被取消。
+
+def _cancel_long_reports(
+    stack: E2EStack,
+    base_url: str,
+    count: int = 4,
+    engine_started: Callable[[], bool] | None = None,
+) -> tuple[list[str], list[str]]:
+    """提交几份最长的报告，都进入 generating（且引擎已在生成）后全部取消。
+
+    e2e 的引擎一次只跑一个序列（见 conftest），取消到达时第一份在引擎里生成、其余在引擎里
+    排队。返回 (取消成功的, 取消前已生成完的)：控制面在慢机器上可能被饿住，个别作业先生成完
+    （DELETE 得 409）是允许的，但至少要有一个真正被取消。
     """
     [item] = [t for t in _types(base_url) if t["name"] == LONGEST_TYPE]
     assert item["lengths"]["long"]["max_tokens"] == LONGEST_TOKENS
@@ -134,17 +147,21 @@ def _cancel_long_reports(
         response = httpx.post(base_url + "/v1/reports", json=body, timeout=30)
         assert response.status_code == 202, response.text
         trace_ids.append(response.json()["trace_id"])
-    deadline = time.monotonic() + WAIT_S
-    for trace_id in trace_ids:
-        while httpx.get(f"{base_url}/v1/reports/{trace_id}", timeout=30).json()["status"] in (
-            "accepted",
-            "rendering",
-        ):
-            assert time.monotonic() < deadline, "作业没有进入 generating"
-            time.sleep(0.05)
+
+    def all_generating() -> bool:
+        statuses = [
+            httpx.get(f"{base_url}/v1/reports/{trace_id}", timeout=30).json()["status"]
+            for trace_id in trace_ids
+        ]
+        return all(s not in ("accepted", "rendering") for s in statuses)
+
+    _wait_until(all_generating, "作业没有进入生成")
+    if engine_started is not None:
+        _wait_until(engine_started, "引擎里没有开始生成")
     cancelled: list[str] = []
     finished: list[str] = []
-    for trace_id in trace_ids:
+    # 后提交的先取消：它们还在引擎里排队
+    for trace_id in reversed(trace_ids):
         cancel = httpx.delete(f"{base_url}/v1/reports/{trace_id}", timeout=30)
         assert cancel.status_code in (202, 409), cancel.text
         (cancelled if cancel.status_code == 202 else finished).append(trace_id)
@@ -161,12 +178,17 @@ def _cancel_long_reports(
 def test_cancel_aborts_generation_in_the_real_engine(e2e_stack: E2EStack) -> None:
     before = _engine_metrics(e2e_stack)
     count = 4
-    cancelled, finished = _cancel_long_reports(e2e_stack, e2e_stack.external_url, count)
-    # 被取消的请求在引擎里中止：很快不再运行，且不是全部都“正常结束”了
+    cancelled, finished = _cancel_long_reports(
+        e2e_stack,
+        e2e_stack.external_url,
+        count,
+        engine_started=lambda: _engine_metrics(e2e_stack)["running"] >= 1,
+    )
+    # 被取消的请求在引擎里中止：很快既不在跑也不在排队，且不是全部都“正常结束”了
     # （赛跑中先生成完的、或取消到达时引擎恰好刚生成完的，会计入正常结束）
     time.sleep(2)
     after = _engine_metrics(e2e_stack)
-    assert after["running"] == 0, after
+    assert after["running"] == 0 and after["waiting"] == 0, after
     assert len(finished) <= after["finished"] - before["finished"] < count, (before, after)
     assert after["generated"] - before["generated"] < count * LONGEST_TOKENS
     # 集群内 LLMServer：同样得到 cancelled 回调，状态为 cancelled
