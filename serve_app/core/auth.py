@@ -10,7 +10,7 @@ from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from serve_app.core.errors import AuthError
-from serve_app.core.services import IngressServices, get_services
+from serve_app.core.services import ServicesDep
 
 # auto_error=False：缺少头时由我们给出统一的 401 错误体
 _bearer = HTTPBearer(auto_error=False, description="REPORTS_API_KEYS 中的任意一个 key")
@@ -27,7 +27,7 @@ def key_matches(candidate: str, keys: tuple[str, ...]) -> bool:
 
 async def require_api_key(
     request: Request,
-    services: Annotated[IngressServices, Depends(get_services)],
+    services: ServicesDep,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> None:
     """/v1/* 必须带配置的 key 之一（只在配置了 key 时挂上这个依赖）。"""

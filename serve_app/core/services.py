@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Annotated
 
-from fastapi import Request
+from fastapi import Depends, Request
 
 from serve_app.core.settings import Settings
 from serve_app.llm.port import LLMClient
@@ -33,3 +34,7 @@ def get_services(request: Request) -> IngressServices:
     """FastAPI 依赖：取当前应用的单例集合。"""
     services: IngressServices = request.app.state.services
     return services
+
+
+# 路由参数里的依赖写法：`services: ServicesDep`
+ServicesDep = Annotated[IngressServices, Depends(get_services)]

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Annotated
-
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 
-from serve_app.core.services import IngressServices, get_services
+from serve_app.core.services import ServicesDep
 
 router = APIRouter(tags=["health"])
 
@@ -19,7 +17,7 @@ async def healthz() -> dict[str, str]:
 
 
 @router.get("/readyz", responses={503: {"description": "LLM 阶段尚不能接活"}})
-async def readyz(services: Annotated[IngressServices, Depends(get_services)]) -> JSONResponse:
+async def readyz(services: ServicesDep) -> JSONResponse:
     """LLM 阶段能接活才 200。"""
     if await services.llm.ready():
         return JSONResponse({"status": "ready"})

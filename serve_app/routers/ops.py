@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Query
+from fastapi import APIRouter, Query
 from pydantic import BaseModel, ConfigDict, Field
 
-from serve_app.core.services import IngressServices, get_services
+from serve_app.core.services import ServicesDep
 from serve_app.ledger.records import UndeliveredList
 
 router = APIRouter(prefix="/v1/ops", tags=["ops"])
@@ -23,7 +23,7 @@ class UndeliveredQuery(BaseModel):
 
 @router.get("/undelivered", response_model=UndeliveredList)
 async def list_undelivered(
-    services: Annotated[IngressServices, Depends(get_services)],
+    services: ServicesDep,
     query: Annotated[UndeliveredQuery, Query()],
 ) -> UndeliveredList:
     """超过重投期限（或不可重试）仍未送达的作业；可逐个 redeliver。"""

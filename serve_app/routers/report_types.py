@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from fastapi import APIRouter
 
-from fastapi import APIRouter, Depends
-
-from serve_app.core.services import IngressServices, get_services
+from serve_app.core.services import ServicesDep
 from serve_app.models.templates import ReportTypeInfo
 
 router = APIRouter(prefix="/v1", tags=["reports"])
@@ -14,7 +12,7 @@ router = APIRouter(prefix="/v1", tags=["reports"])
 
 @router.get("/report-types")
 async def list_report_types(
-    services: Annotated[IngressServices, Depends(get_services)],
+    services: ServicesDep,
 ) -> list[ReportTypeInfo]:
     """全部报告类型、必填输入、篇幅与 max_tokens。"""
     return services.catalog.describe()

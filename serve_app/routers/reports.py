@@ -5,12 +5,12 @@ from __future__ import annotations
 import uuid
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Header, Path, Request
+from fastapi import APIRouter, Header, Path, Request
 from fastapi.responses import JSONResponse
 from loguru import logger
 
 from serve_app.core.auth import caller_principal
-from serve_app.core.services import IngressServices, get_services
+from serve_app.core.services import ServicesDep
 from serve_app.ledger.records import ReportStatus
 from serve_app.models.reports import ReportAccepted, ReportRequest
 from serve_app.services.jobs import MAX_IDEMPOTENCY_KEY_CHARS, idempotency_key
@@ -33,7 +33,7 @@ _SUBMIT_ERRORS: dict[int | str, dict[str, str]] = {
 async def submit_report(
     body: ReportRequest,
     request: Request,
-    services: Annotated[IngressServices, Depends(get_services)],
+    services: ServicesDep,
     idempotency: Annotated[
         str | None,
         Header(
@@ -64,9 +64,7 @@ async def submit_report(
 
 
 @router.get("/reports/{trace_id}", response_model=ReportStatus, responses=_NOT_FOUND)
-async def get_report(
-    trace_id: TraceId, services: Annotated[IngressServices, Depends(get_services)]
-) -> ReportStatus:
+async def get_report(trace_id: TraceId, services: ServicesDep) -> ReportStatus:
     """作业的当前状态、结果与回调投递情况。"""
     return await services.jobs.status(trace_id)
 
@@ -77,9 +75,7 @@ async def get_report(
     response_model=ReportStatus,
     responses={**_NOT_FOUND, 409: {"description": "作业已产生结果，不能再取消"}},
 )
-async def cancel_report(
-    trace_id: TraceId, services: Annotated[IngressServices, Depends(get_services)]
-) -> ReportStatus:
+async def cancel_report(trace_id: TraceId, services: ServicesDep) -> ReportStatus:
     """取消尚未完成的作业：生成在引擎里中止，随后送出一个 cancelled 回调。"""
     return await services.jobs.cancel(trace_id)
 
@@ -90,8 +86,6 @@ async def cancel_report(
     response_model=ReportStatus,
     responses={**_NOT_FOUND, 409: {"description": "作业尚无结果可投递"}},
 )
-async def redeliver_report(
-    trace_id: TraceId, services: Annotated[IngressServices, Depends(get_services)]
-) -> ReportStatus:
+async def redeliver_report(trace_id: TraceId, services: ServicesDep) -> ReportStatus:
     """立即重新投递结果回调（webhook-id 不变，接收方可去重）。"""
     return await services.jobs.redeliver(trace_id)

@@ -38,14 +38,19 @@ def _submit_all(stack: E2EStack, base_url: str, types: list[dict[str, Any]]) -> 
     return submitted
 
 
-def _wait_callbacks(stack: E2EStack, trace_ids: set[str]) -> dict[str, ReceivedCallback]:
+def _wait_until(condition: Callable[[], bool], message: str) -> None:
     deadline = time.monotonic() + WAIT_S
-    while time.monotonic() < deadline:
-        got = {tid: r for tid, r in stack.receiver.delivered().items() if tid in trace_ids}
-        if len(got) == len(trace_ids):
-            return got
-        time.sleep(0.5)
-    raise TimeoutError(f"{WAIT_S}s 内只收到 {len(got)}/{len(trace_ids)} 个回调")
+    while not condition():
+        assert time.monotonic() < deadline, message
+        time.sleep(0.05)
+
+
+def _wait_callbacks(stack: E2EStack, trace_ids: set[str]) -> dict[str, ReceivedCallback]:
+    def got() -> dict[str, ReceivedCallback]:
+        return {tid: r for tid, r in stack.receiver.delivered().items() if tid in trace_ids}
+
+    _wait_until(lambda: len(got()) == len(trace_ids), f"{WAIT_S}s 内没有收齐回调")
+    return got()
 
 
 def _assert_real_report(
@@ -113,13 +118,6 @@ def _engine_metrics(stack: E2EStack) -> dict[str, float]:
 # 生成最长的类型与篇幅（2048 个 token）：给取消留出足够的时间窗
 LONGEST_TYPE = "incident_postmortem"
 LONGEST_TOKENS = 2048
-
-
-def _wait_until(condition: Callable[[], bool], message: str) -> None:
-    deadline = time.monotonic() + WAIT_S
-    while not condition():
-        assert time.monotonic() < deadline, message
-        time.sleep(0.05)
 
 
 def _cancel_long_reports(

@@ -128,6 +128,13 @@ class FaultApp:
         assert response.status_code == 202, response.text
         return self.track(response.json()["trace_id"])
 
+    def submit_generating(self, directive: str, count: int) -> list[str]:
+        """提交 count 个作业并等它们都进入 generating。"""
+        trace_ids = [self.submit(directive) for _ in range(count)]
+        for trace_id in trace_ids:
+            self.wait_status(trace_id, ("generating",))
+        return trace_ids
+
     def track(self, trace_id: str) -> str:
         if trace_id not in self.accepted:
             self.accepted.append(trace_id)

@@ -7,9 +7,7 @@ from tests.fault.conftest import FaultApp
 
 def test_llm_replica_killed_mid_generation(fault_app: FaultApp) -> None:
     app = fault_app
-    ids = [app.submit("[[sleep:15]]") for _ in range(4)]
-    for trace_id in ids:
-        app.wait_status(trace_id, ("generating",))
+    ids = app.submit_generating("[[sleep:15]]", 4)
     app.kill_replica("FakeLLMServer")
     # 每个受影响的作业：在新副本上完成，或以 failed 结束——都有回调
     app.wait_delivered(ids, timeout_s=180)
@@ -20,9 +18,7 @@ def test_llm_replica_killed_mid_generation(fault_app: FaultApp) -> None:
 
 def test_ingress_replica_killed_while_jobs_run(fault_app: FaultApp) -> None:
     app = fault_app
-    ids = [app.submit("[[sleep:4]]") for _ in range(6)]
-    for trace_id in ids:
-        app.wait_status(trace_id, ("generating",))
+    ids = app.submit_generating("[[sleep:4]]", 6)
     app.kill_replica("ReportIngress")
     # 新的入口副本在租约过期后从账本接手，重新执行
     app.wait_delivered(ids, timeout_s=180)
@@ -40,9 +36,7 @@ def test_whole_app_restart_finishes_pending_jobs(fault_app: FaultApp) -> None:
     undelivered = [app.submit() for _ in range(3)]
     for trace_id in undelivered:
         app.wait_for(trace_id, lambda b: b["callback"]["attempts"] >= 2, "内联重试用尽")
-    running = [app.submit("[[sleep:20]]") for _ in range(3)]
-    for trace_id in running:
-        app.wait_status(trace_id, ("generating",))
+    running = app.submit_generating("[[sleep:20]]", 3)
     app.shutdown()
     app.backend.start()
     app.deploy()

@@ -29,9 +29,7 @@ def test_cancel_before_and_during_generation(fault_app: FaultApp) -> None:
     app = fault_app
     cancelled_before = app.engine_cancelled()
     # 占满本副本的 8 个执行位：第 9 个作业停在 accepted
-    generating = [app.submit("[[sleep:60]]") for _ in range(8)]
-    for trace_id in generating:
-        app.wait_status(trace_id, ("generating",))
+    generating = app.submit_generating("[[sleep:60]]", 8)
     waiting = app.submit()
     assert app.status(waiting)["status"] == "accepted"
     ids = [waiting, *generating]

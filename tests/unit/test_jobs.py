@@ -66,6 +66,21 @@ async def _wait_state(client: httpx.AsyncClient, trace_id: str, state: str) -> d
             await asyncio.sleep(0.02)
 
 
+async def _submit_stuck_in_generation(client: httpx.AsyncClient, harness: Harness) -> str:
+    """提交一个会在 generating 停留 30 秒的作业，等它进入 generating。"""
+    harness.llm.delay_s = 30
+    trace_id = await _submit(client)
+    await _wait_state(client, trace_id, "generating")
+    return trace_id
+
+
+async def _wait_sent(harness: Harness, count: int) -> None:
+    """等假投递收到 count 次回调。"""
+    async with asyncio.timeout(5):
+        while len(harness.delivery.sent) < count:
+            await asyncio.sleep(0.02)
+
+
 async def test_status_reports_every_stage_and_the_result(
     client: httpx.AsyncClient, harness: Harness
 ) -> None:
@@ -118,9 +133,7 @@ async def test_full_queue_answers_429_with_retry_after() -> None:
 async def test_cancel_during_generation_aborts_it(
     client: httpx.AsyncClient, harness: Harness
 ) -> None:
-    harness.llm.delay_s = 30
-    trace_id = await _submit(client)
-    await _wait_state(client, trace_id, "generating")
+    trace_id = await _submit_stuck_in_generation(client, harness)
     response = await client.delete(f"/v1/reports/{trace_id}")
     assert response.status_code == 202
     # 生成被中止（假 LLM 要睡 30 秒，这里 5 秒内就收尾）
@@ -151,9 +164,7 @@ async def test_undelivered_round_is_redelivered_from_the_ledger(
     # 手动重投：已送达的也可以再投一次（同一 webhook-id）
     response = await client.post(f"/v1/reports/{trace_id}/redeliver")
     assert response.status_code == 202
-    async with asyncio.timeout(5):
-        while len(harness.delivery.sent) < 3:
-            await asyncio.sleep(0.02)
+    await _wait_sent(harness, 3)
 
 
 async def test_redeliver_needs_a_result(client: httpx.AsyncClient, harness: Harness) -> None:
@@ -188,9 +199,7 @@ async def test_job_of_a_vanished_replica_is_recovered(harness: Harness) -> None:
     )
     await harness.store.admit(job, "replica-that-crashed", None)
     harness.runner.start()
-    async with asyncio.timeout(5):
-        while not harness.delivery.sent:
-            await asyncio.sleep(0.02)
+    await _wait_sent(harness, 1)
     [(_, payload)] = harness.delivery.sent
     assert payload.trace_id == "orphan" and payload.status == "succeeded"
     record = await harness.store.get("orphan")
@@ -200,9 +209,7 @@ async def test_job_of_a_vanished_replica_is_recovered(harness: Harness) -> None:
 async def test_drain_hands_unfinished_jobs_back(
     client: httpx.AsyncClient, harness: Harness
 ) -> None:
-    harness.llm.delay_s = 30
-    trace_id = await _submit(client)
-    await _wait_state(client, trace_id, "generating")
+    trace_id = await _submit_stuck_in_generation(client, harness)
     await harness.runner.drain(timeout_s=0.1)
     record = await harness.store.get(trace_id)
     assert record is not None and record.state is JobState.GENERATING
@@ -219,9 +226,7 @@ async def test_ops_listing_rejects_unknown_parameters(client: httpx.AsyncClient)
 async def test_cancel_registered_on_another_replica_reaches_the_runner(
     client: httpx.AsyncClient, harness: Harness
 ) -> None:
-    harness.llm.delay_s = 30
-    trace_id = await _submit(client)
-    await _wait_state(client, trace_id, "generating")
+    trace_id = await _submit_stuck_in_generation(client, harness)
     # DELETE 落在另一个入口副本：只登记在账本里，本副本经续租回复得知
     assert (await harness.store.request_cancel(trace_id)).accepted
     await harness.settle(timeout_s=5)
@@ -232,9 +237,7 @@ async def test_cancel_registered_on_another_replica_reaches_the_runner(
 async def test_runner_that_lost_its_lease_stops_without_delivering(
     client: httpx.AsyncClient, harness: Harness
 ) -> None:
-    harness.llm.delay_s = 30
-    trace_id = await _submit(client)
-    await _wait_state(client, trace_id, "generating")
+    trace_id = await _submit_stuck_in_generation(client, harness)
     # 另一个副本接手了（如本副本曾长时间失联）：本副本的下一次续租得知后停止
     await harness.store.release(harness.runner.owner, [trace_id])
     [item] = await harness.store.claim_due("other", 10)
