@@ -11,6 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from cluster.cpu_binding import engine_cpu_env
 from cluster.local_http import free_port, wait_http_ok
 
 
@@ -34,13 +35,19 @@ class VLLMServer:
         self._process: subprocess.Popen[bytes] | None = None
 
     @property
+    def pid(self) -> int:
+        """API 服务进程的 PID（引擎核心与 worker 是它的子进程）。"""
+        assert self._process is not None, "服务还没有启动"
+        return self._process.pid
+
+    @property
     def base_url(self) -> str:
         """OpenAI 兼容的 base URL。"""
         return f"http://127.0.0.1:{self.port}/v1"
 
     def start(self) -> None:
         """后台启动（不等待就绪）；新会话，便于整组关闭它派生的引擎进程。"""
-        env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1"}
+        env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1", **engine_cpu_env()}
         command = [
             sys.executable,
             "-m",

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import pytest
+import ray
 import yaml
 from ray import serve
 
 from cluster.build_tiny_model import build_tiny_model
 from cluster.callback_receiver import CallbackReceiver
+from cluster.cpu_binding import engine_cpu_env
 from cluster.vllm_server import VLLMServer
 from serve_app.app import build_app
 from serve_app.core.settings import PROJECT_ROOT
@@ -19,8 +22,7 @@ from tests.support.cluster import ServeCluster, running_cluster, wait_http_ok
 
 # 首次部署要加载 torch/vLLM 并初始化引擎，2 核机器上需要几分钟
 DEPLOY_TIMEOUT_S = 600
-# 引擎同时运行的序列数（见 e2e_stack）
-ENGINE_MAX_NUM_SEQS = 1
+INTERNAL_APP = "reports-e2e"
 
 
 @dataclass(frozen=True)
@@ -31,7 +33,22 @@ class E2EStack:
     external_url: str
     external_model: str
     external_metrics_url: str
+    external_pid: int
     receiver: CallbackReceiver
+
+    def llm_replica_pid(self) -> int:
+        """集群内 LLMServer 副本的进程 PID（它的子进程是 vLLM 引擎核心）。"""
+        prefix = f"SERVE_REPLICA::{INTERNAL_APP}#LLMServer:"
+        names = [
+            actor["name"]
+            for actor in ray.util.list_named_actors(all_namespaces=True)
+            if actor["name"].startswith(prefix)
+        ]
+        assert len(names) == 1, names
+        replica = ray.get_actor(names[0], namespace="serve")
+        pid: object = ray.get(replica.__ray_call__.remote(lambda _self: os.getpid()), timeout=30)
+        assert isinstance(pid, int)
+        return pid
 
 
 def _cpu_profile_args() -> dict[str, Any]:
@@ -55,30 +72,24 @@ def e2e_stack(
     """生成小模型，启动外部 vLLM 服务，并部署两个模式的应用。"""
     workdir = tmp_path_factory.mktemp("e2e")
     model_dir = build_tiny_model(workdir / "tiny-model")
-    # 上下文与集群内引擎相同（4096），最长的报告（2048 个 token）也放得下。
-    # 两个引擎都一次只跑一个序列：几份同时提交的报告在引擎里排队，取消测试必然有作业
-    # 正在生成或在引擎里等待，不必和小模型的生成速度赛跑（慢机器上控制面会被饿住几秒）
+    # 上下文与集群内引擎相同（4096），最长的报告（2048 个 token）也放得下
     external = VLLMServer(
-        model_dir,
-        served_name="tiny-external",
-        log_path=workdir / "vllm.log",
-        max_model_len=4096,
-        max_num_seqs=ENGINE_MAX_NUM_SEQS,
+        model_dir, served_name="tiny-external", log_path=workdir / "vllm.log", max_model_len=4096
     )
     # 外部服务先起，与 LLMServer 的部署并行加载
     external.start()
     try:
         with CallbackReceiver() as receiver:
             args = _cpu_profile_args()
-            engine_kwargs = {**args["engine"]["engine_kwargs"], "max_num_seqs": ENGINE_MAX_NUM_SEQS}
             args["engine"] = {
                 **args["engine"],
                 "model_source": str(model_dir),
-                "engine_kwargs": engine_kwargs,
+                # 引擎线程按本机可用核数显式绑定（见 cluster/cpu_binding）
+                "env_vars": {**args["engine"]["env_vars"], **engine_cpu_env()},
             }
             # 每个应用一个临时账本（不碰仓库里 make run 的 .run/ledger.sqlite3）
             args["jobs"] = {"ledger_path": str(workdir / "ledger-e2e.sqlite3")}
-            serve.run(build_app(args), name="reports-e2e", route_prefix="/e2e")
+            serve.run(build_app(args), name=INTERNAL_APP, route_prefix="/e2e")
             external.wait_ready(DEPLOY_TIMEOUT_S)
             serve.run(
                 build_app(
@@ -99,6 +110,7 @@ def e2e_stack(
                 external_url=serve_cluster.base_url + "/ext",
                 external_model=external.served_name,
                 external_metrics_url=external.base_url.removesuffix("/v1") + "/metrics",
+                external_pid=external.pid,
                 receiver=receiver,
             )
             wait_http_ok(stack.internal_url + "/readyz", DEPLOY_TIMEOUT_S)
@@ -107,6 +119,6 @@ def e2e_stack(
                 yield stack
             finally:
                 serve.delete("reports-ext")
-                serve.delete("reports-e2e")
+                serve.delete(INTERNAL_APP)
     finally:
         external.stop()

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import httpx
 
 from cluster.callback_receiver import ReceivedCallback
+from cluster.cpu_binding import describe_cpus
+from cluster.process_freeze import frozen_descendants
 from tests.e2e.conftest import E2EStack
 
 WAIT_S = 300.0
@@ -99,13 +102,16 @@ def test_readiness_reflects_real_engines(e2e_stack: E2EStack) -> None:
 
 
 def _engine_metrics(stack: E2EStack) -> dict[str, float]:
-    """外部 vLLM 服务的 Prometheus 指标：在跑/排队的请求数、正常结束的请求数、生成的 token 总数。"""
+    """外部 vLLM 服务的 Prometheus 指标：在跑/排队的请求数、正常结束的请求数、生成的 token 数。
+
+    被中止的请求不计入 request_success_total（vLLM 只记正常结束的）。
+    """
     text = httpx.get(stack.external_metrics_url, timeout=30).text
-    totals = {"running": 0.0, "waiting": 0.0, "finished": 0.0, "generated": 0.0}
+    totals = {"running": 0.0, "waiting": 0.0, "completed": 0.0, "generated": 0.0}
     names = {
         "vllm:num_requests_running{": "running",
         "vllm:num_requests_waiting{": "waiting",
-        "vllm:request_success_total{": "finished",
+        "vllm:request_success_total{": "completed",
         "vllm:generation_tokens_total{": "generated",
     }
     for line in text.splitlines():
@@ -115,23 +121,23 @@ def _engine_metrics(stack: E2EStack) -> dict[str, float]:
     return totals
 
 
-# 生成最长的类型与篇幅（2048 个 token）：给取消留出足够的时间窗
+# 生成最长的类型与篇幅（2048 个 token）
 LONGEST_TYPE = "incident_postmortem"
 LONGEST_TOKENS = 2048
+# 恢复引擎后、中止生效前引擎最多还能走几步：远小于一份报告的长度
+TOKENS_AFTER_RESUME = 64
+TERMINAL = {"succeeded", "failed", "cancelled"}
 
 
-def _cancel_long_reports(
-    stack: E2EStack,
-    base_url: str,
-    count: int = 4,
-    engine_started: Callable[[], bool] | None = None,
-) -> tuple[list[str], list[str]]:
-    """提交几份最长的报告，都进入 generating（且引擎已在生成）后全部取消。
+def _status(base_url: str, trace_id: str) -> dict[str, Any]:
+    response = httpx.get(f"{base_url}/v1/reports/{trace_id}", timeout=30)
+    assert response.status_code == 200, response.text
+    status: dict[str, Any] = response.json()
+    return status
 
-    e2e 的引擎一次只跑一个序列（见 conftest），取消到达时第一份在引擎里生成、其余在引擎里
-    排队。返回 (取消成功的, 取消前已生成完的)：控制面在慢机器上可能被饿住，个别作业先生成完
-    （DELETE 得 409）是允许的，但至少要有一个真正被取消。
-    """
+
+def _submit_long(stack: E2EStack, base_url: str, count: int) -> list[str]:
+    """提交 count 份最长的报告。"""
     [item] = [t for t in _types(base_url) if t["name"] == LONGEST_TYPE]
     assert item["lengths"]["long"]["max_tokens"] == LONGEST_TOKENS
     body = {
@@ -140,57 +146,101 @@ def _cancel_long_reports(
         "length": "long",
         "callback_url": stack.receiver.url,
     }
-    trace_ids: list[str] = []
+    trace_ids = []
     for _ in range(count):
         response = httpx.post(base_url + "/v1/reports", json=body, timeout=30)
         assert response.status_code == 202, response.text
         trace_ids.append(response.json()["trace_id"])
+    return trace_ids
 
-    def all_generating() -> bool:
-        statuses = [
-            httpx.get(f"{base_url}/v1/reports/{trace_id}", timeout=30).json()["status"]
-            for trace_id in trace_ids
-        ]
-        return all(s not in ("accepted", "rendering") for s in statuses)
 
-    _wait_until(all_generating, "作业没有进入生成")
-    if engine_started is not None:
-        _wait_until(engine_started, "引擎里没有开始生成")
-    cancelled: list[str] = []
-    finished: list[str] = []
-    # 后提交的先取消：它们还在引擎里排队
+def _wait_generating(base_url: str, trace_ids: list[str]) -> None:
+    _wait_until(
+        lambda: all(_status(base_url, t)["status"] == "generating" for t in trace_ids),
+        f"{WAIT_S}s 内作业没有都进入 generating",
+    )
+
+
+def _cancel_all(stack: E2EStack, base_url: str, trace_ids: list[str]) -> None:
+    """从后往前取消（都还没生成完，必须都是 202），等到每一份的 cancelled 回调。"""
     for trace_id in reversed(trace_ids):
         cancel = httpx.delete(f"{base_url}/v1/reports/{trace_id}", timeout=30)
-        assert cancel.status_code in (202, 409), cancel.text
-        (cancelled if cancel.status_code == 202 else finished).append(trace_id)
-    assert cancelled, "每个作业都在取消到达前生成完了，无法证明取消"
+        assert cancel.status_code == 202, cancel.text
     callbacks = _wait_callbacks(stack, set(trace_ids))
-    for trace_id in cancelled:
-        body_ = callbacks[trace_id].body
-        assert body_["status"] == "cancelled" and body_["report"] is None
-    for trace_id in finished:
-        assert callbacks[trace_id].body["status"] == "succeeded"
-    return cancelled, finished
+    for trace_id in trace_ids:
+        body = callbacks[trace_id].body
+        assert body["status"] == "cancelled" and body["report"] is None, body
+        status = _status(base_url, trace_id)
+        assert status["status"] == "cancelled" and status["callback"]["state"] == "delivered"
+
+
+@contextmanager
+def _frozen_mid_generation(stack: E2EStack) -> Iterator[tuple[str, dict[str, float]]]:
+    """提交一份长报告，等外部引擎开始生成它，冻住引擎进程；产出 (trace_id, 冻住时的指标)。
+
+    冻住后引擎一个 token 也不生成，之后的提交与取消不再和生成速度赛跑（慢机器上控制面可能
+    被饿住几秒）。看到“在生成”与冻住之间若恰好生成完了，就换一份重来。
+    """
+    for _ in range(5):
+        [trace_id] = _submit_long(stack, stack.external_url, 1)
+
+        def started(trace_id: str = trace_id) -> bool:
+            if _engine_metrics(stack)["running"] >= 1:
+                return True
+            return _status(stack.external_url, trace_id)["status"] in TERMINAL
+
+        _wait_until(started, f"引擎没有开始生成（{describe_cpus()}）")
+        with frozen_descendants(stack.external_pid):
+            metrics = _engine_metrics(stack)
+            if metrics["running"] >= 1:
+                assert _status(stack.external_url, trace_id)["status"] == "generating"
+                yield trace_id, metrics
+                return
+        _wait_callbacks(stack, {trace_id})
+    raise AssertionError(f"5 次都没能在生成中冻住引擎（{describe_cpus()}）")
 
 
 def test_cancel_aborts_generation_in_the_real_engine(e2e_stack: E2EStack) -> None:
-    before = _engine_metrics(e2e_stack)
-    count = 4
-    cancelled, finished = _cancel_long_reports(
-        e2e_stack,
-        e2e_stack.external_url,
-        count,
-        engine_started=lambda: _engine_metrics(e2e_stack)["running"] >= 1,
+    """外部 vLLM：生成中与排队中的作业被取消后，引擎里中止，不再生成。"""
+    stack = e2e_stack
+    with _frozen_mid_generation(stack) as (running, frozen):
+        # 引擎冻住时再提交两份：它们进入 generating，请求停在引擎门口
+        queued = _submit_long(stack, stack.external_url, 2)
+        _wait_generating(stack.external_url, queued)
+        _cancel_all(stack, stack.external_url, [running, *queued])
+        # 入口取消生成请求即断开连接；给 vLLM 的 API 服务一点时间把中止转给（冻住的）引擎
+        time.sleep(1)
+    # 恢复后引擎很快空闲：既不在跑也不在排队，几乎不再生成，三份都没有“正常结束”
+    _wait_until(
+        lambda: (m := _engine_metrics(stack))["running"] == 0 and m["waiting"] == 0,
+        "取消后引擎里仍有请求",
     )
-    # 被取消的请求在引擎里中止：很快既不在跑也不在排队，且不是全部都“正常结束”了
-    # （赛跑中先生成完的、或取消到达时引擎恰好刚生成完的，会计入正常结束）
     time.sleep(2)
-    after = _engine_metrics(e2e_stack)
+    after = _engine_metrics(stack)
     assert after["running"] == 0 and after["waiting"] == 0, after
-    assert len(finished) <= after["finished"] - before["finished"] < count, (before, after)
-    assert after["generated"] - before["generated"] < count * LONGEST_TOKENS
-    # 集群内 LLMServer：同样得到 cancelled 回调，状态为 cancelled
-    cancelled, _ = _cancel_long_reports(e2e_stack, e2e_stack.internal_url, count)
-    for trace_id in cancelled:
-        status = httpx.get(f"{e2e_stack.internal_url}/v1/reports/{trace_id}", timeout=30).json()
-        assert status["status"] == "cancelled" and status["callback"]["state"] == "delivered"
+    assert after["generated"] - frozen["generated"] < TOKENS_AFTER_RESUME, (frozen, after)
+    assert after["completed"] == frozen["completed"], (frozen, after)
+
+
+def test_cancel_in_cluster_llmserver(e2e_stack: E2EStack) -> None:
+    """集群内 LLMServer：冻住引擎核心后提交、取消，都得到 cancelled 回调与状态。"""
+    stack = e2e_stack
+    with frozen_descendants(stack.llm_replica_pid()):
+        trace_ids = _submit_long(stack, stack.internal_url, 3)
+        _wait_generating(stack.internal_url, trace_ids)
+        _cancel_all(stack, stack.internal_url, trace_ids)
+    # 恢复后引擎照常工作：再提交一份短报告能生成完
+    [item] = [t for t in _types(stack.internal_url) if t["name"] == LONGEST_TYPE]
+    response = httpx.post(
+        stack.internal_url + "/v1/reports",
+        json={
+            "report_type": LONGEST_TYPE,
+            "inputs": item["example_inputs"],
+            "length": "short",
+            "callback_url": stack.receiver.url,
+        },
+        timeout=30,
+    )
+    assert response.status_code == 202, response.text
+    trace_id = response.json()["trace_id"]
+    assert _wait_callbacks(stack, {trace_id})[trace_id].body["status"] == "succeeded"
