@@ -11,7 +11,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-from cluster.cpu_binding import engine_cpu_env
 from cluster.local_http import free_port, wait_http_ok
 
 
@@ -25,13 +24,17 @@ class VLLMServer:
         log_path: Path,
         max_model_len: int = 2048,
         max_num_seqs: int | None = None,
+        log_requests: bool = False,
+        niceness: int = 0,
     ) -> None:
         self.port = free_port()
         self._max_model_len = max_model_len
         self._max_num_seqs = max_num_seqs
+        self._log_requests = log_requests
+        self._niceness = niceness
         self.served_name = served_name
         self._model_dir = model_dir
-        self._log_path = log_path
+        self.log_path = log_path
         self._process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -47,8 +50,12 @@ class VLLMServer:
 
     def start(self) -> None:
         """后台启动（不等待就绪）；新会话，便于整组关闭它派生的引擎进程。"""
-        env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1", **engine_cpu_env()}
+        env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1"}
+        # nice 直接 exec 目标程序：PID 不变，引擎子进程继承同一优先级
         command = [
+            "nice",
+            "-n",
+            str(self._niceness),
             sys.executable,
             "-m",
             "vllm.entrypoints.openai.api_server",
@@ -68,7 +75,10 @@ class VLLMServer:
         ]
         if self._max_num_seqs is not None:
             command += ["--max-num-seqs", str(self._max_num_seqs)]
-        with self._log_path.open("wb") as log:
+        if self._log_requests:
+            # 每个请求的收到 / 中止写进日志（测试据此确认中止已发给引擎）
+            command.append("--enable-log-requests")
+        with self.log_path.open("wb") as log:
             self._process = subprocess.Popen(
                 command, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
             )
@@ -77,7 +87,7 @@ class VLLMServer:
         """等 /v1/models 可用；进程提前退出时报出日志位置。"""
         assert self._process is not None
         if self._process.poll() is not None:
-            raise RuntimeError(f"vLLM 服务已退出，见 {self._log_path}")
+            raise RuntimeError(f"vLLM 服务已退出，见 {self.log_path}")
         wait_http_ok(self.base_url + "/models", timeout_s)
 
     def stop(self) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -14,7 +15,6 @@ from ray import serve
 
 from cluster.build_tiny_model import build_tiny_model
 from cluster.callback_receiver import CallbackReceiver
-from cluster.cpu_binding import engine_cpu_env
 from cluster.vllm_server import VLLMServer
 from serve_app.app import build_app
 from serve_app.core.settings import PROJECT_ROOT
@@ -23,6 +23,8 @@ from tests.support.cluster import ServeCluster, running_cluster, wait_http_ok
 # 首次部署要加载 torch/vLLM 并初始化引擎，2 核机器上需要几分钟
 DEPLOY_TIMEOUT_S = 600
 INTERNAL_APP = "reports-e2e"
+# Ray 给 worker 进程（各 Serve 副本）设的 nice 值（raylet 配置 worker_niceness 的默认值）
+RAY_WORKER_NICENESS = 15
 
 
 @dataclass(frozen=True)
@@ -34,6 +36,7 @@ class E2EStack:
     external_model: str
     external_metrics_url: str
     external_pid: int
+    external_log: Path
     receiver: CallbackReceiver
 
     def llm_replica_pid(self) -> int:
@@ -49,6 +52,14 @@ class E2EStack:
         pid: object = ray.get(replica.__ray_call__.remote(lambda _self: os.getpid()), timeout=30)
         assert isinstance(pid, int)
         return pid
+
+    def llm_replica_log(self, pid: int) -> str:
+        """LLMServer 副本进程的标准输出日志（vLLM 的请求日志在这里）。"""
+        node = ray._private.worker.global_worker.node
+        assert node is not None, "Ray 未初始化"
+        logs_dir = Path(node.get_logs_dir_path())
+        [path] = logs_dir.glob(f"worker-*-{pid}.out")
+        return path.read_text(encoding="utf-8", errors="replace")
 
 
 def _cpu_profile_args() -> dict[str, Any]:
@@ -74,7 +85,14 @@ def e2e_stack(
     model_dir = build_tiny_model(workdir / "tiny-model")
     # 上下文与集群内引擎相同（4096），最长的报告（2048 个 token）也放得下
     external = VLLMServer(
-        model_dir, served_name="tiny-external", log_path=workdir / "vllm.log", max_model_len=4096
+        model_dir,
+        served_name="tiny-external",
+        log_path=workdir / "vllm.log",
+        max_model_len=4096,
+        log_requests=True,
+        # 与 Ray worker 同一优先级（Ray 默认 worker_niceness=15）：否则在 2 核机器上生成期间
+        # 外部引擎的进程压过集群里所有副本，入口、账本、回调整段停住
+        niceness=RAY_WORKER_NICENESS,
     )
     # 外部服务先起，与 LLMServer 的部署并行加载
     external.start()
@@ -84,8 +102,8 @@ def e2e_stack(
             args["engine"] = {
                 **args["engine"],
                 "model_source": str(model_dir),
-                # 引擎线程按本机可用核数显式绑定（见 cluster/cpu_binding）
-                "env_vars": {**args["engine"]["env_vars"], **engine_cpu_env()},
+                # 每个请求的收到 / 中止写进副本日志（取消测试据此确认引擎里中止了）
+                "engine_kwargs": {**args["engine"]["engine_kwargs"], "enable_log_requests": True},
             }
             # 每个应用一个临时账本（不碰仓库里 make run 的 .run/ledger.sqlite3）
             args["jobs"] = {"ledger_path": str(workdir / "ledger-e2e.sqlite3")}
@@ -111,6 +129,7 @@ def e2e_stack(
                 external_model=external.served_name,
                 external_metrics_url=external.base_url.removesuffix("/v1") + "/metrics",
                 external_pid=external.pid,
+                external_log=external.log_path,
                 receiver=receiver,
             )
             wait_http_ok(stack.internal_url + "/readyz", DEPLOY_TIMEOUT_S)

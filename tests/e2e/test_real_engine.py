@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -10,7 +11,6 @@ from typing import Any
 import httpx
 
 from cluster.callback_receiver import ReceivedCallback
-from cluster.cpu_binding import describe_cpus
 from cluster.process_freeze import frozen_descendants
 from tests.e2e.conftest import E2EStack
 
@@ -174,61 +174,89 @@ def _cancel_all(stack: E2EStack, base_url: str, trace_ids: list[str]) -> None:
         assert status["status"] == "cancelled" and status["callback"]["state"] == "delivered"
 
 
+def _log_shows(log: str, event: str, trace_ids: list[str]) -> bool:
+    """vLLM 的请求日志（enable_log_requests）里每个 trace_id 都有 event 这一行。"""
+    lines = [line for line in log.splitlines() if event in line]
+    return all(any(trace_id in line for line in lines) for trace_id in trace_ids)
+
+
+def _engine_log_shows(stack: E2EStack, event: str, trace_ids: list[str]) -> bool:
+    """外部 vLLM 服务的日志。"""
+    log = stack.external_log.read_text(encoding="utf-8", errors="replace")
+    return _log_shows(log, event, trace_ids)
+
+
 @contextmanager
 def _frozen_mid_generation(stack: E2EStack) -> Iterator[tuple[str, dict[str, float]]]:
-    """提交一份长报告，等外部引擎开始生成它，冻住引擎进程；产出 (trace_id, 冻住时的指标)。
+    """提交一份长报告，等外部引擎为它生成出 token，冻住引擎进程；产出 (trace_id, 冻住时的指标)。
 
     冻住后引擎一个 token 也不生成，之后的提交与取消不再和生成速度赛跑（慢机器上控制面可能
-    被饿住几秒）。看到“在生成”与冻住之间若恰好生成完了，就换一份重来。
+    被饿住几秒）。看到 token 与冻住之间若恰好生成完了，就换一份重来。
     """
     for _ in range(5):
+        base = _engine_metrics(stack)
         [trace_id] = _submit_long(stack, stack.external_url, 1)
 
-        def started(trace_id: str = trace_id) -> bool:
-            if _engine_metrics(stack)["running"] >= 1:
+        def producing(trace_id: str = trace_id, tokens: float = base["generated"]) -> bool:
+            if _engine_metrics(stack)["generated"] > tokens:
                 return True
             return _status(stack.external_url, trace_id)["status"] in TERMINAL
 
-        _wait_until(started, f"引擎没有开始生成（{describe_cpus()}）")
+        _wait_until(producing, f"引擎没有开始生成（loadavg={os.getloadavg()}）")
         with frozen_descendants(stack.external_pid):
+            # 冻住前引擎已发出的输出，API 服务这段时间内处理完
+            time.sleep(1)
             metrics = _engine_metrics(stack)
-            if metrics["running"] >= 1:
+            if metrics["completed"] == base["completed"]:
                 assert _status(stack.external_url, trace_id)["status"] == "generating"
                 yield trace_id, metrics
                 return
         _wait_callbacks(stack, {trace_id})
-    raise AssertionError(f"5 次都没能在生成中冻住引擎（{describe_cpus()}）")
+    raise AssertionError(f"5 次都没能在生成中冻住引擎（loadavg={os.getloadavg()}）")
 
 
 def test_cancel_aborts_generation_in_the_real_engine(e2e_stack: E2EStack) -> None:
     """外部 vLLM：生成中与排队中的作业被取消后，引擎里中止，不再生成。"""
     stack = e2e_stack
     with _frozen_mid_generation(stack) as (running, frozen):
-        # 引擎冻住时再提交两份：它们进入 generating，请求停在引擎门口
+        # 引擎冻住时再提交两份：请求已交给引擎（日志里有 Received），排在引擎门口
         queued = _submit_long(stack, stack.external_url, 2)
-        _wait_generating(stack.external_url, queued)
-        _cancel_all(stack, stack.external_url, [running, *queued])
-        # 入口取消生成请求即断开连接；给 vLLM 的 API 服务一点时间把中止转给（冻住的）引擎
-        time.sleep(1)
-    # 恢复后引擎很快空闲：既不在跑也不在排队，几乎不再生成，三份都没有“正常结束”
+        _wait_until(
+            lambda: _engine_log_shows(stack, "Received request", queued), "请求没有到达 vLLM"
+        )
+        trace_ids = [running, *queued]
+        _cancel_all(stack, stack.external_url, trace_ids)
+        # 入口取消即断开连接；vLLM 的 API 服务把中止发给（冻住的）引擎后记一行 aborted
+        _wait_until(lambda: _engine_log_shows(stack, "aborted", trace_ids), "vLLM 没有中止请求")
+    # 恢复后引擎不再生成：既不在跑也不在排队，token 数几乎不变且停住，三份都没有“正常结束”
     _wait_until(
         lambda: (m := _engine_metrics(stack))["running"] == 0 and m["waiting"] == 0,
         "取消后引擎里仍有请求",
     )
+    time.sleep(3)
+    settled = _engine_metrics(stack)
     time.sleep(2)
     after = _engine_metrics(stack)
-    assert after["running"] == 0 and after["waiting"] == 0, after
+    assert after["generated"] == settled["generated"], (settled, after)
     assert after["generated"] - frozen["generated"] < TOKENS_AFTER_RESUME, (frozen, after)
     assert after["completed"] == frozen["completed"], (frozen, after)
 
 
 def test_cancel_in_cluster_llmserver(e2e_stack: E2EStack) -> None:
-    """集群内 LLMServer：冻住引擎核心后提交、取消，都得到 cancelled 回调与状态。"""
+    """集群内 LLMServer：冻住引擎核心后提交、取消；取消经 Serve 传到副本，vLLM 在引擎里中止。"""
     stack = e2e_stack
-    with frozen_descendants(stack.llm_replica_pid()):
+    replica = stack.llm_replica_pid()
+    with frozen_descendants(replica):
         trace_ids = _submit_long(stack, stack.internal_url, 3)
-        _wait_generating(stack.internal_url, trace_ids)
+        _wait_until(
+            lambda: _log_shows(stack.llm_replica_log(replica), "Received request", trace_ids),
+            "请求没有到达 LLMServer 里的 vLLM",
+        )
         _cancel_all(stack, stack.internal_url, trace_ids)
+        _wait_until(
+            lambda: _log_shows(stack.llm_replica_log(replica), "aborted", trace_ids),
+            "LLMServer 里的 vLLM 没有中止请求",
+        )
     # 恢复后引擎照常工作：再提交一份短报告能生成完
     [item] = [t for t in _types(stack.internal_url) if t["name"] == LONGEST_TYPE]
     response = httpx.post(
