@@ -23,13 +23,11 @@ class VLLMServer:
         served_name: str,
         log_path: Path,
         max_model_len: int = 2048,
-        max_num_seqs: int | None = None,
         log_requests: bool = False,
         niceness: int = 0,
     ) -> None:
         self.port = free_port()
         self._max_model_len = max_model_len
-        self._max_num_seqs = max_num_seqs
         self._log_requests = log_requests
         self._niceness = niceness
         self.served_name = served_name
@@ -73,8 +71,6 @@ class VLLMServer:
             "--gpu-memory-utilization",
             "0.15",
         ]
-        if self._max_num_seqs is not None:
-            command += ["--max-num-seqs", str(self._max_num_seqs)]
         if self._log_requests:
             # 每个请求的收到 / 中止写进日志（测试据此确认中止已发给引擎）
             command.append("--enable-log-requests")
