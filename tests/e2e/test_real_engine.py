@@ -136,14 +136,14 @@ def _status(base_url: str, trace_id: str) -> dict[str, Any]:
     return status
 
 
-def _submit_long(stack: E2EStack, base_url: str, count: int) -> list[str]:
-    """提交 count 份最长的报告。"""
+def _submit_long(stack: E2EStack, base_url: str, count: int, length: str = "long") -> list[str]:
+    """提交 count 份最长类型的报告（默认最长篇幅）。"""
     [item] = [t for t in _types(base_url) if t["name"] == LONGEST_TYPE]
     assert item["lengths"]["long"]["max_tokens"] == LONGEST_TOKENS
     body = {
         "report_type": LONGEST_TYPE,
         "inputs": item["example_inputs"],
-        "length": "long",
+        "length": length,
         "callback_url": stack.receiver.url,
     }
     trace_ids = []
@@ -258,17 +258,5 @@ def test_cancel_in_cluster_llmserver(e2e_stack: E2EStack) -> None:
             "LLMServer 里的 vLLM 没有中止请求",
         )
     # 恢复后引擎照常工作：再提交一份短报告能生成完
-    [item] = [t for t in _types(stack.internal_url) if t["name"] == LONGEST_TYPE]
-    response = httpx.post(
-        stack.internal_url + "/v1/reports",
-        json={
-            "report_type": LONGEST_TYPE,
-            "inputs": item["example_inputs"],
-            "length": "short",
-            "callback_url": stack.receiver.url,
-        },
-        timeout=30,
-    )
-    assert response.status_code == 202, response.text
-    trace_id = response.json()["trace_id"]
+    [trace_id] = _submit_long(stack, stack.internal_url, 1, length="short")
     assert _wait_callbacks(stack, {trace_id})[trace_id].body["status"] == "succeeded"

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -67,3 +69,12 @@ class Harness:
         """经 ASGI 直接调用应用的客户端（不走网络）。"""
         transport = httpx.ASGITransport(app=self.app)
         return httpx.AsyncClient(transport=transport, base_url="http://test")
+
+    @asynccontextmanager
+    async def serving(self) -> AsyncIterator[httpx.AsyncClient]:
+        """client() 的上下文：退出时关闭客户端、排空执行器并关闭账本（线程不留给下一个测试）。"""
+        try:
+            async with self.client() as client:
+                yield client
+        finally:
+            await self.aclose()

@@ -22,9 +22,8 @@ def harness() -> Harness:
 
 @pytest.fixture
 async def client(harness: Harness) -> AsyncIterator[httpx.AsyncClient]:
-    async with harness.client() as http:
+    async with harness.serving() as http:
         yield http
-    await harness.aclose()
 
 
 def _error(response: httpx.Response) -> str:

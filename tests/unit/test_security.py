@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager
 from typing import Any
 
 import httpcore
@@ -41,15 +41,8 @@ def no_connect(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[tuple[str, int]
 # ---------------------------------------------------------------- 鉴权
 
 
-@asynccontextmanager
-async def _app(**settings: Any) -> AsyncIterator[httpx.AsyncClient]:
-    """进程内应用的客户端；退出时排空后台作业并关闭账本（不把账本线程留给下一个测试）。"""
-    harness = Harness(**settings)
-    try:
-        async with harness.client() as client:
-            yield client
-    finally:
-        await harness.aclose()
+def _app(**settings: Any) -> AbstractAsyncContextManager[httpx.AsyncClient]:
+    return Harness(**settings).serving()
 
 
 @pytest.fixture
