@@ -35,18 +35,19 @@ stop:
 	@bash cluster/local_run.sh stop
 
 demo: install
-	$(PY) -m cluster.demo
+	$(PY) -m examples.demo
 
 bench: install
-	$(PY) -m cluster.bench_pipeline
+	$(PY) -m benchmarks.pipeline
 
 bench-ledger: install
-	$(PY) -m cluster.bench_ledger
+	$(PY) -m benchmarks.ledger
 
 lint: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports
 	$(VENV)/bin/hadolint cluster/Dockerfile
 	$(VENV)/bin/check-jsonschema --builtin-schema vendor.compose-spec docker-compose.yml
 

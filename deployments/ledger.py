@@ -1,4 +1,4 @@
-"""Ledger 部署：单副本独占 SQLite 账本文件；各节点上的入口副本经句柄访问。"""
+"""Ledger 部署：单副本持有 SQLite 账本；各节点上的入口副本经句柄（LedgerClient）访问。"""
 
 from __future__ import annotations
 
@@ -8,23 +8,77 @@ from ray.serve.deployment import Deployment
 
 from serve_app.core.logging import configure_logging
 from serve_app.core.settings import Settings
+from serve_app.ledger.records import Admission, CancelResult, JobRecord, JobState, WorkItem
 from serve_app.ledger.sqlite_store import SqliteJobStore
+from serve_app.ledger.store import AdvanceResult, HeartbeatReply, IdempotencyKey
+from serve_app.models.reports import CallbackPayload, DeliveryOutcome, ReportJob
 
 
-class Ledger(SqliteJobStore):
-    """JobStore 的全部方法即部署方法；连接在第一次调用时打开，副本关闭时关闭。"""
+class Ledger:
+    """JobStore 的远程端点：持有一个存储，只公开下面列出的方法（见 serve_app/ledger/store.py）。"""
 
     def __init__(self, settings: Settings) -> None:
         configure_logging(settings.log_level, settings.log_json_path)
-        super().__init__(settings.resolved_ledger_path, settings.jobs)
+        # 连接在第一次调用时打开（Serve 同步调用构造函数）；结构版本不对时健康检查即失败
+        self._store = SqliteJobStore(settings.resolved_ledger_path, settings.jobs)
         logger.info("作业账本：{}", settings.resolved_ledger_path)
 
+    async def admit(
+        self, job: ReportJob, owner: str, idempotency: IdempotencyKey | None
+    ) -> Admission:
+        """见 JobStore.admit。"""
+        return await self._store.admit(job, owner, idempotency)
+
+    async def get(self, trace_id: str) -> JobRecord | None:
+        """见 JobStore.get。"""
+        return await self._store.get(trace_id)
+
+    async def advance(self, trace_id: str, owner: str, state: JobState) -> AdvanceResult:
+        """见 JobStore.advance。"""
+        return await self._store.advance(trace_id, owner, state)
+
+    async def finish(
+        self, trace_id: str, owner: str, outcome: CallbackPayload
+    ) -> CallbackPayload | None:
+        """见 JobStore.finish。"""
+        return await self._store.finish(trace_id, owner, outcome)
+
+    async def record_delivery(
+        self, trace_id: str, owner: str, result: DeliveryOutcome
+    ) -> JobRecord | None:
+        """见 JobStore.record_delivery。"""
+        return await self._store.record_delivery(trace_id, owner, result)
+
+    async def heartbeat(self, owner: str, trace_ids: list[str]) -> HeartbeatReply:
+        """见 JobStore.heartbeat。"""
+        return await self._store.heartbeat(owner, trace_ids)
+
+    async def claim_due(self, owner: str, limit: int) -> list[WorkItem]:
+        """见 JobStore.claim_due。"""
+        return await self._store.claim_due(owner, limit)
+
+    async def release(self, owner: str, trace_ids: list[str]) -> None:
+        """见 JobStore.release。"""
+        await self._store.release(owner, trace_ids)
+
+    async def request_cancel(self, trace_id: str) -> CancelResult:
+        """见 JobStore.request_cancel。"""
+        return await self._store.request_cancel(trace_id)
+
+    async def redeliver(self, trace_id: str) -> JobRecord | None:
+        """见 JobStore.redeliver。"""
+        return await self._store.redeliver(trace_id)
+
+    async def list_undelivered(self, limit: int) -> list[JobRecord]:
+        """见 JobStore.list_undelivered。"""
+        return await self._store.list_undelivered(limit)
+
     async def check_health(self) -> None:
-        """能打开数据库即健康。"""
-        await self._connection()
+        """能打开数据库并查询即健康。"""
+        await self._store.ping()
 
     async def __del__(self) -> None:
-        await self.close()
+        await self._store.close()
 
 
 # 必须单副本：SQLite 文件只由一个进程写；换成服务器数据库后才可多副本

@@ -1,8 +1,9 @@
 """统一的错误层级；`error_info()` 是错误到对外错误码的唯一映射处。
 
-    ReportError                 所有业务错误的基类，带 `code`
+    ReportError                 所有业务错误的基类，带 `code`、`http_status` 与 `headers()`
     ├── RequestError            请求不合法（HTTP 422）
-    │   └── UnsafeCallbackUrl   回调地址不安全（SSRF 防护拒绝）
+    │   ├── UnsafeCallbackUrl   回调地址不安全（SSRF 防护拒绝）
+    │   └── PayloadTooLarge     请求体超过上限（HTTP 413）
     ├── AuthError               缺少或错误的 API key（HTTP 401）
     ├── JobNotFound             trace_id 未知（HTTP 404）
     ├── JobConflict             作业状态不允许该操作（HTTP 409）
@@ -14,7 +15,8 @@
     │   └── LLMTimeout          生成超时
     └── CallbackError           回调重试用尽仍失败
 
-异常会跨 Ray 进程传递，因此都只携带可 pickle 的字符串参数。
+每个类自带 HTTP 状态码与响应头（像 vLLM 的入口那样）：serve_app/http/errors.py 只读这两项，
+不再另有映射表。5xx 的细节不给调用方。异常会跨 Ray 进程传递，因此只携带可 pickle 的参数。
 """
 
 from __future__ import annotations
@@ -47,16 +49,23 @@ class ReportError(Exception):
     """业务错误基类。"""
 
     code: ErrorCode = ErrorCode.INTERNAL_ERROR
+    # 在 HTTP 请求里抛出时的状态码；500 表示内部错误（对外隐藏细节）
+    http_status: int = 500
 
     def __init__(self, message: str) -> None:
         super().__init__(message)
         self.message = message
+
+    def headers(self) -> dict[str, str]:
+        """HTTP 响应要带的头（如 Retry-After）。"""
+        return {}
 
 
 class RequestError(ReportError):
     """请求不合法：类型未知、输入缺失或多余等。"""
 
     code = ErrorCode.INVALID_REQUEST
+    http_status = 422
 
 
 class UnsafeCallbackUrl(RequestError):
@@ -65,22 +74,36 @@ class UnsafeCallbackUrl(RequestError):
     code = ErrorCode.UNSAFE_CALLBACK_URL
 
 
+class PayloadTooLarge(RequestError):
+    """请求体超过 max_body_bytes。"""
+
+    code = ErrorCode.PAYLOAD_TOO_LARGE
+    http_status = 413
+
+
 class AuthError(ReportError):
     """缺少或错误的 API key。"""
 
     code = ErrorCode.UNAUTHORIZED
+    http_status = 401
+
+    def headers(self) -> dict[str, str]:
+        """告诉客户端用 Bearer 方案。"""
+        return {"WWW-Authenticate": 'Bearer realm="reports"'}
 
 
 class JobNotFound(ReportError):
     """没有这个 trace_id 的作业。"""
 
     code = ErrorCode.NOT_FOUND
+    http_status = 404
 
 
 class JobConflict(ReportError):
     """作业当前状态不允许该操作（如取消已完成的作业）。"""
 
     code = ErrorCode.JOB_CONFLICT
+    http_status = 409
 
 
 class IdempotencyConflict(JobConflict):
@@ -93,16 +116,30 @@ class Overloaded(ReportError):
     """排队的作业已超过 LLM 阶段能按时处理的量：稍后再试。"""
 
     code = ErrorCode.OVERLOADED
+    http_status = 429
 
     def __init__(self, message: str, retry_after_s: int = 5) -> None:
         super().__init__(message)
         self.retry_after_s = retry_after_s
+
+    def __reduce__(self) -> tuple[type[Overloaded], tuple[str, int]]:
+        return (type(self), (self.message, self.retry_after_s))
+
+    def headers(self) -> dict[str, str]:
+        """按估算的时间稍后重试。"""
+        return {"Retry-After": str(self.retry_after_s)}
 
 
 class LedgerUnavailable(ReportError):
     """作业账本在重试后仍不可用：作业无法安全受理。"""
 
     code = ErrorCode.LEDGER_UNAVAILABLE
+    http_status = 503
+    retry_after_s = 5
+
+    def headers(self) -> dict[str, str]:
+        """账本通常很快恢复：几秒后重试。"""
+        return {"Retry-After": str(self.retry_after_s)}
 
 
 class RenderError(ReportError):

@@ -11,6 +11,7 @@ from datetime import UTC, datetime
 import httpx
 from loguru import logger
 from standardwebhooks.webhooks import Webhook
+from tenacity import AsyncRetrying
 
 from serve_app.core.errors import UnsafeCallbackUrl
 from serve_app.core.settings import CallbackPolicy
@@ -57,25 +58,32 @@ class CallbackClient:
     async def deliver(self, url: str, payload: CallbackPayload) -> DeliveryOutcome:
         """投递一次回调（含重试）；不抛异常，结果在 DeliveryOutcome 里。"""
         body = payload.model_dump_json()
-        attempts = 0
+        retrying = self._retrying.retrying()
+
+        async def attempt() -> int:
+            headers = self._headers(payload.trace_id, body)
+            return await self._post_once(url, body.encode(), headers)
+
         try:
-            async for attempt in self._retrying.retrying():
-                with attempt:
-                    attempts = attempt.retry_state.attempt_number
-                    headers = self._headers(payload.trace_id, body)
-                    status = await self._post_once(url, body.encode(), headers)
-                    logger.info("回调已送达：HTTP {}，第 {} 次尝试", status, attempts)
-                    return DeliveryOutcome(delivered=True, attempts=attempts, status_code=status)
+            status: int = await retrying(attempt)
         except RetryableStatus as exc:
-            return self._failed(attempts, exc.status_code, str(exc))
+            return self._failed(self._attempts(retrying), exc.status_code, str(exc))
         except PermanentStatus as exc:
-            return self._failed(attempts, exc.status_code, str(exc), permanent=True)
+            return self._failed(self._attempts(retrying), exc.status_code, str(exc), permanent=True)
         except httpx.TransportError as exc:
-            return self._failed(attempts, None, f"{type(exc).__name__}: {exc}")
+            return self._failed(self._attempts(retrying), None, f"{type(exc).__name__}: {exc}")
         except UnsafeCallbackUrl as exc:
             # 投递时解析到了被禁的地址（如 DNS 变了）：不连接、不重试
-            return self._failed(attempts, None, f"SSRF 防护拒绝：{exc.message}", permanent=True)
-        raise AssertionError("unreachable")  # pragma: no cover
+            message = f"SSRF 防护拒绝：{exc.message}"
+            return self._failed(self._attempts(retrying), None, message, permanent=True)
+        attempts = self._attempts(retrying)
+        logger.info("回调已送达：HTTP {}，第 {} 次尝试", status, attempts)
+        return DeliveryOutcome(delivered=True, attempts=attempts, status_code=status)
+
+    @staticmethod
+    def _attempts(retrying: AsyncRetrying) -> int:
+        """本轮已做的尝试次数（tenacity 的统计）。"""
+        return int(retrying.statistics.get("attempt_number", 0))
 
     def _headers(self, trace_id: str, body: str) -> dict[str, str]:
         """每次尝试的请求头：webhook-id 固定为 trace_id，签名用本次尝试的时间戳。"""

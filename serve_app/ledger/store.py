@@ -1,19 +1,22 @@
 """账本存储的小接口：默认实现是 SQLite（sqlite_store），以后可换成服务器数据库。
 
+存储只管持久化与事务；状态推进、取消覆盖、重投表等判定在 rules.py。
+
 所有“谁在执行这个作业”的判断都由存储在事务里完成（租约 owner + 到期时间），
 因此多个入口副本经同一个 Ledger 部署协作时不会重复执行同一个作业。
 """
 
 from __future__ import annotations
 
-from typing import Literal, Protocol
+from typing import Protocol
 
 from pydantic import BaseModel, Field
 
 from serve_app.ledger.records import Admission, CancelResult, JobRecord, JobState, WorkItem
+from serve_app.ledger.rules import AdvanceResult
 from serve_app.models.reports import CallbackPayload, DeliveryOutcome, ReportJob
 
-AdvanceResult = Literal["ok", "cancelled", "lost"]
+__all__ = ["AdvanceResult", "HeartbeatReply", "IdempotencyKey", "JobStore"]
 
 
 class IdempotencyKey(BaseModel):

@@ -64,14 +64,16 @@ async def call_with_policy(
         before_sleep=_log_retry,
         reraise=True,
     )
-    async for try_ in retrying:
-        with try_:
-            try:
-                async with asyncio.timeout(policy.timeout_s):
-                    return await attempt()
-            except TimeoutError as exc:
-                raise LLMTimeout(f"生成超过 {policy.timeout_s:g} 秒未完成") from exc
-    raise AssertionError("unreachable")  # pragma: no cover
+
+    async def timed_attempt() -> Completion:
+        try:
+            async with asyncio.timeout(policy.timeout_s):
+                return await attempt()
+        except TimeoutError as exc:
+            raise LLMTimeout(f"生成超过 {policy.timeout_s:g} 秒未完成") from exc
+
+    result: Completion = await retrying(timed_attempt)
+    return result
 
 
 def completion_from_chat(response: Any) -> Completion:

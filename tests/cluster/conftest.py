@@ -15,10 +15,10 @@ import pytest
 import yaml
 
 from cluster.build_tiny_model import build_tiny_model
-from cluster.callback_receiver import CallbackReceiver
 from serve_app.core.settings import PROJECT_ROOT
 from tests.support.cluster import free_port
 from tests.support.ray_nodes import SCRIPTS, ClusterApi, RayNode
+from tests.support.receiver import CallbackReceiver
 
 APP = "reports"
 LLM_DEPLOYMENT = "LLMServer:report-llm"

@@ -9,9 +9,10 @@ from typing import Any
 import httpx
 from loguru import logger
 
-from cluster.callback_receiver import ReceivedCallback
 from tests.cluster.conftest import APP, AUTOSCALING, LLM_DEPLOYMENT, MultiNode
+from tests.support.receiver import ReceivedCallback
 from tests.support.sample import sales_request
+from tests.support.waiting import wait_until
 
 LIGHT = ("ReportIngress", "TemplateRenderer", "CallbackSender", "Ledger")
 
@@ -44,12 +45,15 @@ def _wait_terminal(
 ) -> dict[str, list[ReceivedCallback]]:
     """等每个作业都收到回调；返回 trace_id → 收到的全部回调（用于检查恰好一次）。"""
     wanted = set(trace_ids)
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        got = {r.body.get("trace_id") for r in cluster.receiver.received} & wanted
-        if got == wanted:
-            break
-        time.sleep(1)
+    try:
+        wait_until(
+            lambda: {r.body.get("trace_id") for r in cluster.receiver.received} >= wanted,
+            what="每个作业的回调",
+            timeout_s=timeout_s,
+            interval_s=1,
+        )
+    except TimeoutError:
+        pass  # 下面逐个列出缺了哪些
     time.sleep(2)  # 留出时间暴露可能的重复回调
     by_id: dict[str, list[ReceivedCallback]] = {t: [] for t in trace_ids}
     for record in cluster.receiver.received:

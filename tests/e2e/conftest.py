@@ -14,11 +14,11 @@ import yaml
 from ray import serve
 
 from cluster.build_tiny_model import build_tiny_model
-from cluster.callback_receiver import CallbackReceiver
-from cluster.vllm_server import VLLMServer
-from serve_app.app import build_app
+from deployments.app import build_app
 from serve_app.core.settings import PROJECT_ROOT
 from tests.support.cluster import ServeCluster, running_cluster, wait_http_ok
+from tests.support.receiver import CallbackReceiver
+from tests.support.vllm_server import VLLMServer
 
 # 首次部署要加载 torch/vLLM 并初始化引擎，2 核机器上需要几分钟
 DEPLOY_TIMEOUT_S = 600

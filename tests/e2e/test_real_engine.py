@@ -10,9 +10,10 @@ from typing import Any
 
 import httpx
 
-from cluster.callback_receiver import ReceivedCallback
-from cluster.process_freeze import frozen_descendants
 from tests.e2e.conftest import E2EStack
+from tests.support.process_freeze import frozen_descendants
+from tests.support.receiver import ReceivedCallback
+from tests.support.waiting import wait_until
 
 WAIT_S = 300.0
 
@@ -42,10 +43,7 @@ def _submit_all(stack: E2EStack, base_url: str, types: list[dict[str, Any]]) -> 
 
 
 def _wait_until(condition: Callable[[], bool], message: str) -> None:
-    deadline = time.monotonic() + WAIT_S
-    while not condition():
-        assert time.monotonic() < deadline, message
-        time.sleep(0.05)
+    wait_until(condition, what=message, timeout_s=WAIT_S, interval_s=0.05)
 
 
 def _wait_callbacks(stack: E2EStack, trace_ids: set[str]) -> dict[str, ReceivedCallback]:

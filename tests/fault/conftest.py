@@ -17,11 +17,12 @@ import pytest
 import ray
 from ray import serve
 
-from cluster.callback_receiver import CallbackReceiver, ReceivedCallback
-from serve_app.app import compose_app
+from deployments.app import compose_app
 from serve_app.core.settings import PROJECT_ROOT, Settings
 from tests.support.cluster import ServeCluster, free_port, running_cluster, wait_http_ok
 from tests.support.fake_engine import fake_llm_deployment
+from tests.support.receiver import CallbackReceiver, ReceivedCallback
+from tests.support.waiting import wait_until
 
 APP_NAME = "reports-fault"
 ROUTE = "/fault"
@@ -142,18 +143,19 @@ class FaultApp:
 
     def status(self, trace_id: str) -> dict[str, Any]:
         """状态查询；入口副本重启期间重试。"""
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                response = httpx.get(f"{self.base_url}/v1/reports/{trace_id}", timeout=10)
-                if response.status_code == 200:
-                    body: dict[str, Any] = response.json()
-                    return body
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"60s 内查不到 {trace_id} 的状态")
-            time.sleep(0.2)
+
+        def fetch() -> dict[str, Any] | None:
+            response = httpx.get(f"{self.base_url}/v1/reports/{trace_id}", timeout=10)
+            body: dict[str, Any] | None = response.json() if response.status_code == 200 else None
+            return body
+
+        return wait_until(
+            fetch,
+            what=f" {trace_id} 的状态",
+            timeout_s=60,
+            interval_s=0.2,
+            ignore=(httpx.HTTPError,),
+        )
 
     def wait_status(
         self, trace_id: str, states: tuple[str, ...], timeout_s: float = 60
@@ -164,23 +166,23 @@ class FaultApp:
         self, trace_id: str, check: Any, what: str, timeout_s: float = 60
     ) -> dict[str, Any]:
         """轮询状态直到 check(状态) 为真。"""
-        deadline = time.monotonic() + timeout_s
-        body = self.status(trace_id)
-        while not check(body):
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"{trace_id} 等不到 {what}：{body}")
-            time.sleep(0.1)
+
+        def matching() -> dict[str, Any] | None:
             body = self.status(trace_id)
-        return body
+            return body if check(body) else None
+
+        return wait_until(matching, what=f" {trace_id} 的{what}", timeout_s=timeout_s)
 
     def wait_delivered(self, trace_ids: list[str], timeout_s: float = 120) -> None:
         """等每个作业都有被 2xx 收下的终态回调，且账本里回调已送达。"""
         deadline = time.monotonic() + timeout_s
         for trace_id in trace_ids:
-            while not self.backend.accepted_for(trace_id):
-                if time.monotonic() > deadline:
-                    raise TimeoutError(f"{timeout_s}s 内 {trace_id} 没有送达的回调")
-                time.sleep(0.1)
+            left = max(1.0, deadline - time.monotonic())
+            wait_until(
+                lambda: self.backend.accepted_for(trace_id),  # noqa: B023 - 当场调用，不留到循环之后
+                what=f" {trace_id} 送达的回调",
+                timeout_s=left,
+            )
             body = self.wait_status(trace_id, TERMINAL, max(1.0, deadline - time.monotonic()))
             assert body["callback"]["state"] == "delivered", body
 

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import time
-
 import httpx
 
 from tests.fault.conftest import FaultApp
 from tests.support.sample import SUCCEEDED_HISTORY
+from tests.support.waiting import wait_until
 
 
 def test_idempotent_replay_and_conflict(fault_app: FaultApp) -> None:
@@ -43,10 +42,12 @@ def test_cancel_before_and_during_generation(fault_app: FaultApp) -> None:
         assert callback.body["status"] == "cancelled"
         assert callback.body["error"]["code"] == "cancelled"
     # 生成中的 8 个在引擎副本里被中止（不是等它睡完 60 秒）；取消异步传到副本，稍等片刻
-    deadline = time.monotonic() + 15
-    while app.engine_cancelled() - cancelled_before < len(generating):
-        assert time.monotonic() < deadline, "取消没有传到引擎副本"
-        time.sleep(0.2)
+    wait_until(
+        lambda: app.engine_cancelled() - cancelled_before >= len(generating),
+        what="取消传到引擎副本",
+        timeout_s=15,
+        interval_s=0.2,
+    )
     assert app.engine_cancelled() - cancelled_before == len(generating)
     states = [h["state"] for h in app.status(waiting)["history"]]
     assert "generating" not in states and states[-1] == "cancelled"

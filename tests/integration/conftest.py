@@ -9,11 +9,11 @@ from pathlib import Path
 import pytest
 from ray import serve
 
-from cluster.callback_receiver import CallbackReceiver
-from serve_app.app import compose_app
+from deployments.app import compose_app
 from serve_app.core.settings import Settings
 from tests.support.cluster import ServeCluster, running_cluster, wait_http_ok
 from tests.support.fake_engine import fake_llm_deployment
+from tests.support.receiver import CallbackReceiver
 
 APP_NAME = "reports-it"
 ROUTE = "/it"

@@ -9,10 +9,11 @@ from typing import Any
 import httpx
 import pytest
 
-from cluster.callback_receiver import ReceivedCallback
 from tests.integration.conftest import CALLBACK_ATTEMPTS, LLM_ATTEMPTS, ItApp
 from tests.support.cluster import free_port, read_json_logs
+from tests.support.receiver import ReceivedCallback
 from tests.support.sample import sales_request
+from tests.support.waiting import wait_until
 
 WAIT_S = 60.0
 
@@ -26,13 +27,11 @@ def _submit(app: ItApp, body: dict[str, Any]) -> str:
 
 
 def _callback_for(app: ItApp, trace_id: str, timeout_s: float = WAIT_S) -> ReceivedCallback:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        for record in app.receiver.received:
-            if record.body.get("trace_id") == trace_id:
-                return record
-        time.sleep(0.1)
-    raise TimeoutError(f"{timeout_s}s 内没有收到 {trace_id} 的回调")
+    return wait_until(
+        lambda: next(iter(_callbacks_for(app, trace_id)), None),
+        what=f" {trace_id} 的回调",
+        timeout_s=timeout_s,
+    )
 
 
 def _callbacks_for(app: ItApp, trace_id: str) -> list[ReceivedCallback]:
@@ -134,13 +133,14 @@ def test_every_log_line_of_a_job_carries_its_trace_id(it_app: ItApp) -> None:
 def test_unreachable_callback_waits_in_the_ledger_for_redelivery(it_app: ItApp) -> None:
     url = f"http://127.0.0.1:{free_port()}/hooks"
     trace_id = _submit(it_app, sales_request(url))
-    deadline = time.monotonic() + WAIT_S
-    status: dict[str, Any] = {}
-    while time.monotonic() < deadline:
-        status = httpx.get(f"{it_app.base_url}/v1/reports/{trace_id}", timeout=10).json()
-        if status["callback"]["attempts"] >= CALLBACK_ATTEMPTS:
-            break
-        time.sleep(0.2)
+
+    def attempted() -> dict[str, Any] | None:
+        body: dict[str, Any] = httpx.get(
+            f"{it_app.base_url}/v1/reports/{trace_id}", timeout=10
+        ).json()
+        return body if body["callback"]["attempts"] >= CALLBACK_ATTEMPTS else None
+
+    status = wait_until(attempted, what="回调内联重试用尽", timeout_s=WAIT_S, interval_s=0.2)
     # 结果已记入账本，回调等待下一次重投（不会丢）
     assert status["status"] == "delivering" and status["report"] is not None
     callback = status["callback"]

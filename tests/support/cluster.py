@@ -12,8 +12,8 @@ from typing import Any
 import ray
 from ray import serve
 
-from cluster.local_http import free_port, wait_http_ok
 from serve_app.core.settings import PROJECT_ROOT
+from tests.support.local_http import free_port, wait_http_ok
 
 __all__ = [
     "ServeCluster",

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -10,17 +9,13 @@ from typing import Any
 
 import httpx
 
-from serve_app.api import create_app
-from serve_app.core.services import IngressServices
 from serve_app.core.settings import Settings
-from serve_app.delivery.url_guard import callback_target_policy
+from serve_app.http.app import create_app
+from serve_app.http.deps import IngressServices
 from serve_app.ledger.sqlite_store import SqliteJobStore
-from serve_app.services.jobs import JobService
-from serve_app.services.pipeline import ReportPipeline
-from serve_app.services.runner import JobRunner
-from serve_app.services.submission import ReportSubmissions
 from tests.support.fakes import FakeLLM, LocalRenderStage, RecordingDelivery
 from tests.support.sample import load_catalog, make_settings
+from tests.support.waiting import wait_until_async
 
 PUBLIC_IP = "93.184.216.34"  # 只作为桩解析的结果，测试从不连接它
 
@@ -36,29 +31,30 @@ class Harness:
 
     def __init__(self, settings: Settings | None = None, **overrides: Any) -> None:
         self.settings = settings or make_settings(**overrides)
-        catalog = load_catalog()
         self.llm = FakeLLM()
         self.delivery = RecordingDelivery()
         # 内存账本（每个 Harness 一个）；执行器在第一次受理时于当前事件循环里启动
         self.store = SqliteJobStore(Path(":memory:"), self.settings.jobs)
-        pipeline = ReportPipeline(LocalRenderStage(catalog), self.llm, self.delivery)
-        self.runner = JobRunner(self.store, pipeline, self.settings.jobs, owner="unit")
-        self.services = IngressServices(
-            settings=self.settings,
-            catalog=catalog,
-            submissions=ReportSubmissions(
-                catalog, self.settings, callback_target_policy(self.settings, resolver=public_dns)
-            ),
-            jobs=JobService(self.store, self.runner),
+        # 与 Serve 副本同一个工厂（IngressServices.build），只是阶段换成进程内的假实现
+        self.services = IngressServices.build(
+            self.settings,
+            render=LocalRenderStage(load_catalog()),
             llm=self.llm,
+            delivery=self.delivery,
+            store=self.store,
+            owner="unit",
+            resolver=public_dns,
         )
+        self.runner = self.services.runner
         self.app = create_app(self.services)
 
     async def settle(self, timeout_s: float = 5.0) -> None:
         """等本副本的后台作业全部结束。"""
-        async with asyncio.timeout(timeout_s):
-            while self.runner.running:
-                await asyncio.sleep(0.01)
+
+        async def idle() -> bool:
+            return self.runner.running == 0
+
+        await wait_until_async(idle, what="后台作业全部结束", timeout_s=timeout_s, interval_s=0.01)
 
     async def aclose(self) -> None:
         """排空执行器并关闭账本。"""

@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import time
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +13,7 @@ import psutil
 
 from serve_app.core.settings import PROJECT_ROOT
 from tests.support.cluster import free_port
+from tests.support.waiting import wait_until
 
 SCRIPTS = PROJECT_ROOT / "cluster"
 
@@ -128,12 +128,10 @@ class ClusterApi:
 
     def wait_for(self, predicate: Any, timeout_s: float, what: str) -> None:
         """轮询直到 predicate() 为真。"""
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            try:
-                if predicate():
-                    return
-            except (httpx.HTTPError, KeyError, ValueError):
-                pass
-            time.sleep(1)
-        raise TimeoutError(f"{timeout_s}s 内未等到：{what}")
+        wait_until(
+            predicate,
+            what=what,
+            timeout_s=timeout_s,
+            interval_s=1,
+            ignore=(httpx.HTTPError, KeyError, ValueError),
+        )

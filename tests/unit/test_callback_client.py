@@ -9,12 +9,12 @@ from collections.abc import AsyncIterator, Iterator
 
 import pytest
 
-from cluster.callback_receiver import CallbackReceiver
 from serve_app.core.settings import CallbackPolicy
 from serve_app.delivery.client import CallbackClient
 from serve_app.delivery.retry_policy import parse_retry_after
 from serve_app.delivery.url_guard import CallbackTargetPolicy
 from tests.support.logs import captured_logs
+from tests.support.receiver import CallbackReceiver
 from tests.support.sample import failed_payload
 
 FAST = CallbackPolicy(

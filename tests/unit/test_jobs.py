@@ -11,13 +11,14 @@ from typing import Any, cast
 import httpx
 import pytest
 
+from deployments.handles.ledger_client import LedgerClient
 from serve_app.core.errors import LedgerUnavailable
 from serve_app.core.settings import JobPolicy
-from serve_app.ledger.client import LedgerClient
 from serve_app.ledger.records import JobState
 from serve_app.models.reports import DeliveryOutcome, ReportJob
 from tests.support.harness import Harness
 from tests.support.sample import SUCCEEDED_HISTORY, sales_request
+from tests.support.waiting import wait_until_async
 
 CALLBACK = "http://127.0.0.1:9/hooks/reports"
 FAST_JOBS = {
@@ -58,12 +59,12 @@ async def _status(client: httpx.AsyncClient, trace_id: str) -> dict[str, Any]:
 
 
 async def _wait_state(client: httpx.AsyncClient, trace_id: str, state: str) -> dict[str, Any]:
-    async with asyncio.timeout(5):
-        while True:
-            body = await _status(client, trace_id)
-            if body["status"] == state:
-                return body
-            await asyncio.sleep(0.02)
+
+    async def in_state() -> dict[str, Any] | None:
+        body = await _status(client, trace_id)
+        return body if body["status"] == state else None
+
+    return await wait_until_async(in_state, what=f"状态 {state}", timeout_s=5)
 
 
 async def _submit_stuck_in_generation(client: httpx.AsyncClient, harness: Harness) -> str:
@@ -76,9 +77,11 @@ async def _submit_stuck_in_generation(client: httpx.AsyncClient, harness: Harnes
 
 async def _wait_sent(harness: Harness, count: int) -> None:
     """等假投递收到 count 次回调。"""
-    async with asyncio.timeout(5):
-        while len(harness.delivery.sent) < count:
-            await asyncio.sleep(0.02)
+
+    async def sent() -> bool:
+        return len(harness.delivery.sent) >= count
+
+    await wait_until_async(sent, what=f"{count} 次回调", timeout_s=5)
 
 
 async def test_status_reports_every_stage_and_the_result(

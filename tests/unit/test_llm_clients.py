@@ -22,6 +22,7 @@ from serve_app.llm.openai_compat import OpenAICompatClient
 from serve_app.llm.port import TransientLLMError, call_with_policy
 from serve_app.models.reports import Completion, Usage
 from serve_app.models.templates import RenderedPrompt
+from tests.support.waiting import wait_until
 
 POLICY = LLMCallPolicy(timeout_s=2.0, max_attempts=3, initial_backoff_s=0.01, max_backoff_s=0.02)
 PROMPT = RenderedPrompt(system="系统", user="用户", max_tokens=16, temperature=0.1, top_p=1.0)
@@ -120,8 +121,9 @@ class FakeOpenAIServer:
 
     def __enter__(self) -> FakeOpenAIServer:
         self._thread.start()
-        while not self._server.started:
-            time.sleep(0.02)
+        wait_until(
+            lambda: self._server.started, what="假 OpenAI 服务启动", timeout_s=10, interval_s=0.02
+        )
         return self
 
     def __exit__(self, *exc: object) -> None:

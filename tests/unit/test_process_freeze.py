@@ -1,4 +1,4 @@
-"""cluster.process_freeze：冻住子孙进程后它们不动、父进程照常，退出时（含出错）恢复。"""
+"""tests.support.process_freeze：冻住子孙进程后它们不动、父进程照常，退出时（含出错）恢复。"""
 
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ from pathlib import Path
 import psutil
 import pytest
 
-from cluster.process_freeze import frozen_descendants
+from tests.support.process_freeze import frozen_descendants
+from tests.support.waiting import wait_until
 
 # 父进程起一个子进程，子进程不停地往文件里追加计数
 _COUNTING_PARENT = """
@@ -39,10 +40,12 @@ def counting_tree(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[bytes], Pat
         [sys.executable, "-c", _COUNTING_PARENT, _COUNTING_CHILD, str(counter)]
     )
     try:
-        deadline = time.monotonic() + 30
-        while not (counter.exists() and counter.read_text()):
-            assert time.monotonic() < deadline, "子进程没有开始计数"
-            time.sleep(0.05)
+        wait_until(
+            lambda: counter.exists() and counter.read_text(),
+            what="子进程开始计数",
+            timeout_s=30,
+            interval_s=0.05,
+        )
         yield parent, counter
     finally:
         for child in psutil.Process(parent.pid).children(recursive=True):
@@ -67,10 +70,12 @@ def test_frozen_descendants_stop_until_resumed(
         time.sleep(0.5)
         assert _count(counter) == stopped_at
         assert psutil.Process(parent.pid).status() != psutil.STATUS_STOPPED
-    deadline = time.monotonic() + 30
-    while _count(counter) <= stopped_at:
-        assert time.monotonic() < deadline, "恢复后子进程没有继续"
-        time.sleep(0.05)
+    wait_until(
+        lambda: _count(counter) > stopped_at,
+        what="恢复后子进程继续计数",
+        timeout_s=30,
+        interval_s=0.05,
+    )
 
 
 def test_frozen_descendants_resume_even_when_the_body_fails(

@@ -11,13 +11,13 @@ import httpx
 import pytest
 from standardwebhooks.webhooks import Webhook
 
-from cluster.callback_receiver import CallbackReceiver
-from serve_app.core.auth import key_matches
 from serve_app.core.errors import ErrorCode, UnsafeCallbackUrl
 from serve_app.core.settings import CallbackPolicy
 from serve_app.delivery.client import CallbackClient
 from serve_app.delivery.url_guard import CallbackTargetPolicy, HostPattern
+from serve_app.http.auth import key_matches
 from tests.support.harness import PUBLIC_IP, Harness, public_dns
+from tests.support.receiver import CallbackReceiver
 from tests.support.sample import failed_payload, sales_request
 
 SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"

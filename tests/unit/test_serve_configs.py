@@ -25,7 +25,7 @@ def _load(path: Path) -> dict[str, Any]:
 def test_config_is_a_valid_serve_deploy_schema(path: Path) -> None:
     schema = ServeDeploySchema.model_validate(_load(path))
     [app] = schema.applications
-    assert app.import_path == "serve_app.app:build_app"
+    assert app.import_path == "deployments.app:build_app"
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)

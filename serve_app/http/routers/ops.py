@@ -7,7 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, Query
 from pydantic import BaseModel, ConfigDict, Field
 
-from serve_app.core.services import ServicesDep
+from serve_app.http.deps import ServicesDep
 from serve_app.ledger.records import UndeliveredList
 
 router = APIRouter(prefix="/v1/ops", tags=["ops"])

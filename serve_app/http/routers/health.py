@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 
-from serve_app.core.services import ServicesDep
+from serve_app.http.deps import ServicesDep
 
 router = APIRouter(tags=["health"])
 

@@ -9,7 +9,6 @@ import asyncio
 import json
 import socket
 import threading
-import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -19,6 +18,8 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
+
+from tests.support.waiting import wait_until
 
 
 @dataclass(frozen=True)
@@ -68,11 +69,9 @@ class CallbackReceiver:
     def start(self) -> CallbackReceiver:
         """启动并等到开始监听。"""
         self._thread.start()
-        deadline = time.monotonic() + 10
-        while not self._server.started:
-            if time.monotonic() > deadline:
-                raise RuntimeError("回调接收方未能启动")
-            time.sleep(0.02)
+        wait_until(
+            lambda: self._server.started, what="回调接收方启动", timeout_s=10, interval_s=0.02
+        )
         return self
 
     def stop(self) -> None:

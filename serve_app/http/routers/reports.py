@@ -9,8 +9,8 @@ from fastapi import APIRouter, Header, Path, Request
 from fastapi.responses import JSONResponse
 from loguru import logger
 
-from serve_app.core.auth import caller_principal
-from serve_app.core.services import ServicesDep
+from serve_app.http.auth import caller_principal
+from serve_app.http.deps import ServicesDep
 from serve_app.ledger.records import ReportStatus
 from serve_app.models.reports import ReportAccepted, ReportRequest
 from serve_app.services.jobs import MAX_IDEMPOTENCY_KEY_CHARS, idempotency_key

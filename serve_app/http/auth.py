@@ -10,7 +10,7 @@ from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from serve_app.core.errors import AuthError
-from serve_app.core.services import ServicesDep
+from serve_app.http.deps import ServicesDep
 
 # auto_error=False：缺少头时由我们给出统一的 401 错误体
 _bearer = HTTPBearer(auto_error=False, description="REPORTS_API_KEYS 中的任意一个 key")

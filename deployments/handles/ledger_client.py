@@ -7,8 +7,8 @@ from typing import Any, cast
 
 from ray.serve.handle import DeploymentHandle
 
+from deployments.handles.ray_errors import TRANSIENT_HANDLE_ERRORS, handle_retrying
 from serve_app.core.errors import LedgerUnavailable
-from serve_app.core.ray_errors import TRANSIENT_HANDLE_ERRORS, handle_retrying
 from serve_app.core.settings import JobPolicy
 from serve_app.ledger.records import Admission, CancelResult, JobRecord, JobState, WorkItem
 from serve_app.ledger.store import AdvanceResult, HeartbeatReply, IdempotencyKey
@@ -19,22 +19,24 @@ _UNAVAILABLE: tuple[type[Exception], ...] = (*TRANSIENT_HANDLE_ERRORS, TimeoutEr
 
 
 class LedgerClient:
-    """JobStore 的句柄实现（Ledger 部署即 SqliteJobStore，方法一一对应）。"""
+    """JobStore 的句柄实现（与 Ledger 部署公开的方法一一对应）。"""
 
     def __init__(self, handle: DeploymentHandle[Any], policy: JobPolicy) -> None:
         self._handle = handle
         self._timeout_s = policy.ledger_call_timeout_s
 
     async def _call(self, method: str, *args: Any) -> Any:
+        endpoint = getattr(self._handle, method)
+
+        async def attempt() -> Any:
+            async with asyncio.timeout(self._timeout_s):
+                return await endpoint.remote(*args)
+
         retrying = handle_retrying(also=_UNAVAILABLE, initial_backoff_s=0.2, max_backoff_s=5)
         try:
-            async for attempt in retrying:
-                with attempt:
-                    async with asyncio.timeout(self._timeout_s):
-                        return await getattr(self._handle, method).remote(*args)
+            return await retrying(attempt)
         except _UNAVAILABLE as exc:
             raise LedgerUnavailable(f"作业账本暂不可用（{method}）") from exc
-        raise AssertionError("unreachable")  # pragma: no cover
 
     async def admit(
         self, job: ReportJob, owner: str, idempotency: IdempotencyKey | None

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from serve_app.core.services import ServicesDep
+from serve_app.http.deps import ServicesDep
 from serve_app.models.templates import ReportTypeInfo
 
 router = APIRouter(prefix="/v1", tags=["reports"])

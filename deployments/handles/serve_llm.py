@@ -8,8 +8,8 @@ from typing import Any
 from loguru import logger
 from ray.serve.handle import DeploymentHandle, DeploymentResponseGenerator
 
+from deployments.handles.ray_errors import TRANSIENT_HANDLE_ERRORS
 from serve_app.core.errors import LLMError
-from serve_app.core.ray_errors import TRANSIENT_HANDLE_ERRORS
 from serve_app.core.settings import LLMCallPolicy
 from serve_app.llm.port import (
     TransientLLMError,

@@ -1,6 +1,6 @@
 """基准：SQLite 账本单独能承受的作业吞吐（每个作业走完整生命周期的 5 次事务）。
 
-    python -m cluster.bench_ledger [--jobs 2000] [--concurrency 64]
+    python -m benchmarks.ledger [--jobs 2000] [--concurrency 64]
 
 每个作业：admit → advance(rendering) → advance(generating) → finish → record_delivery，
 与真实流水线对账本的写入相同（续租与扫描另计）。打印 jobs/s 与 admit 的 p50/p99 延迟，

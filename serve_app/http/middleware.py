@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import json
-
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from serve_app.core.errors import ErrorCode
+from serve_app.core.errors import PayloadTooLarge
+from serve_app.http.errors import report_error_response
 
 
 class BodySizeLimitMiddleware:
@@ -22,7 +21,7 @@ class BodySizeLimitMiddleware:
             return
         declared = dict(scope["headers"]).get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > self._limit:
-            await self._reject(send)
+            await self._reject(scope, receive, send)
             return
         # 先完整读取（有上限），再回放给应用
         chunks: list[bytes] = []
@@ -34,7 +33,7 @@ class BodySizeLimitMiddleware:
             chunk = message.get("body", b"")
             size += len(chunk)
             if size > self._limit:
-                await self._reject(send)
+                await self._reject(scope, receive, send)
                 return
             chunks.append(chunk)
             if not message.get("more_body", False):
@@ -51,24 +50,6 @@ class BodySizeLimitMiddleware:
 
         await self._app(scope, replay, send)
 
-    async def _reject(self, send: Send) -> None:
-        body = json.dumps(
-            {
-                "error": {
-                    "code": ErrorCode.PAYLOAD_TOO_LARGE,
-                    "message": f"请求体超过上限 {self._limit} 字节，请精简 inputs 或 metadata",
-                }
-            },
-            ensure_ascii=False,
-        ).encode()
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 413,
-                "headers": [
-                    (b"content-type", b"application/json"),
-                    (b"content-length", str(len(body)).encode()),
-                ],
-            }
-        )
-        await send({"type": "http.response.body", "body": body})
+    async def _reject(self, scope: Scope, receive: Receive, send: Send) -> None:
+        error = PayloadTooLarge(f"请求体超过上限 {self._limit} 字节，请精简 inputs 或 metadata")
+        await report_error_response(error)(scope, receive, send)

@@ -7,12 +7,12 @@ from typing import Any
 from ray.serve.deployment import Application
 
 from deployments.callback import callback_sender_deployment
+from deployments.ingress import report_ingress_deployment
 from deployments.ledger import ledger_deployment
 from deployments.llm import build_llm_server
 from deployments.render import template_renderer_deployment
 from serve_app.core.logging import configure_logging
 from serve_app.core.settings import LLMMode, Settings
-from serve_app.ingress import report_ingress_deployment
 
 
 def compose_app(settings: Settings, llm: Application | None) -> Application:

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import socket
-import time
 
 import httpx
+
+from tests.support.waiting import wait_until
 
 
 def free_port() -> int:
@@ -18,15 +19,10 @@ def free_port() -> int:
 
 def wait_http_ok(url: str, timeout_s: float) -> None:
     """轮询直到 url 返回 200；超时抛 TimeoutError。"""
-    deadline = time.monotonic() + timeout_s
-    last = "无响应"
-    while time.monotonic() < deadline:
-        try:
-            response = httpx.get(url, timeout=10)
-            if response.status_code == 200:
-                return
-            last = f"HTTP {response.status_code}"
-        except httpx.HTTPError as exc:
-            last = repr(exc)
-        time.sleep(1)
-    raise TimeoutError(f"{url} 在 {timeout_s}s 内未就绪：{last}")
+    wait_until(
+        lambda: httpx.get(url, timeout=10).status_code == 200,
+        what=f" {url} 就绪",
+        timeout_s=timeout_s,
+        interval_s=1,
+        ignore=(httpx.HTTPError,),
+    )

@@ -11,28 +11,7 @@ from loguru import logger
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
-from serve_app.core.errors import (
-    AuthError,
-    ErrorCode,
-    JobConflict,
-    JobNotFound,
-    LedgerUnavailable,
-    Overloaded,
-    ReportError,
-    RequestError,
-    error_info,
-)
-
-# 业务错误 → HTTP 状态码：唯一的映射处（按顺序匹配，子类在前）
-_HTTP_STATUS: tuple[tuple[type[ReportError], int], ...] = (
-    (RequestError, 422),
-    (AuthError, 401),
-    (JobNotFound, 404),
-    (JobConflict, 409),
-    (Overloaded, 429),
-    (LedgerUnavailable, 503),
-)
-_LEDGER_RETRY_AFTER_S = 5
+from serve_app.core.errors import ErrorCode, ReportError, error_info
 
 
 def error_response(
@@ -57,24 +36,19 @@ async def _validation_error(_: Request, exc: Exception) -> JSONResponse:
     return error_response(422, ErrorCode.INVALID_REQUEST, "请求不合法：" + "；".join(problems))
 
 
-def _headers_for(exc: ReportError) -> dict[str, str]:
-    if isinstance(exc, AuthError):
-        return {"WWW-Authenticate": 'Bearer realm="reports"'}
-    if isinstance(exc, Overloaded):
-        return {"Retry-After": str(exc.retry_after_s)}
-    if isinstance(exc, LedgerUnavailable):
-        return {"Retry-After": str(_LEDGER_RETRY_AFTER_S)}
-    return {}
+def report_error_response(exc: ReportError) -> JSONResponse:
+    """业务错误 → HTTP 响应：状态码与响应头都由错误类自己给出（唯一的映射处）。"""
+    if exc.http_status == 500:
+        logger.opt(exception=exc).error("请求处理出现未预期的错误")
+        return error_response(500, *error_info(exc))
+    if exc.http_status > 500:
+        logger.opt(exception=exc).error("请求失败：{}", exc.message)
+    return error_response(exc.http_status, exc.code, exc.message, headers=exc.headers())
 
 
 async def _report_error(_: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, ReportError)
-    status = next((code for cls, code in _HTTP_STATUS if isinstance(exc, cls)), None)
-    if status is None:
-        return await _unexpected_error(_, exc)
-    if status >= 500:
-        logger.opt(exception=exc).error("请求失败：{}", exc.message)
-    return error_response(status, *error_info(exc), headers=_headers_for(exc))
+    return report_error_response(exc)
 
 
 async def _http_error(request: Request, exc: Exception) -> JSONResponse:

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from fastapi import Depends, FastAPI
 
-from serve_app.core.auth import require_api_key
-from serve_app.core.http_errors import install_error_handlers
-from serve_app.core.middleware import BodySizeLimitMiddleware
-from serve_app.core.services import IngressServices
-from serve_app.routers import health, ops, report_types, reports
+from serve_app.http.auth import require_api_key
+from serve_app.http.deps import IngressServices
+from serve_app.http.errors import install_error_handlers
+from serve_app.http.middleware import BodySizeLimitMiddleware
+from serve_app.http.routers import health, ops, report_types, reports
 
 
 def create_app(services: IngressServices) -> FastAPI:

@@ -1,4 +1,4 @@
-"""演示：向运行中的服务提交一份示例报告，打印收到的回调。
+"""演示：向运行中的服务提交一份示例报告，用 examples/backend_b.py 的接收方收回调并打印。
 
 用法：make demo（服务需已由 make run 启动）。
 """
@@ -7,11 +7,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import queue
 import sys
+from typing import Any
 
 import httpx
 
-from cluster.callback_receiver import CallbackReceiver
+from examples.backend_b import ReceiverThread, create_receiver
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -22,7 +25,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timeout", type=float, default=300.0)
     args = parser.parse_args(argv)
     out = sys.stdout
-    with CallbackReceiver() as receiver, httpx.Client(base_url=args.base_url) as client:
+    received: queue.Queue[tuple[dict[str, Any], bool]] = queue.Queue()
+    app = create_receiver(
+        os.environ.get("CALLBACK_SIGNING_SECRET") or None,
+        lambda payload, verified: received.put((payload, verified)),
+    )
+    with ReceiverThread(app) as receiver, httpx.Client(base_url=args.base_url) as client:
         types = {t["name"]: t for t in client.get("/v1/report-types").raise_for_status().json()}
         if args.report_type not in types:
             out.write(f"未知类型 {args.report_type}，可选：{sorted(types)}\n")
@@ -40,8 +48,13 @@ def main(argv: list[str] | None = None) -> int:
         if response.status_code != 202:
             return 1
         out.write(f"等待回调（最多 {args.timeout:g}s）……\n")
-        callback = receiver.wait_for(1, args.timeout)[0]
-        out.write("收到回调：\n" + json.dumps(callback.body, ensure_ascii=False, indent=2) + "\n")
+        try:
+            payload, verified = received.get(timeout=args.timeout)
+        except queue.Empty:
+            out.write("超时：没有收到回调\n")
+            return 1
+        out.write(f"收到回调（签名{'已校验' if verified else '未配置，未校验'}）：\n")
+        out.write(json.dumps(payload, ensure_ascii=False, indent=2) + "\n")
     return 0
 
 

@@ -1,6 +1,6 @@
 """基准：整条流水线（提交 → 回调收到）对比 vLLM 自身的 OpenAI 服务，同样的提示词、并发与生成长度。
 
-    python -m cluster.bench_pipeline [--requests 64] [--concurrency 16]
+    python -m benchmarks.pipeline [--requests 64] [--concurrency 16]
 
 1. 起一个 `vllm` OpenAI 服务（CPU，127.0.0.1，与 serve_config.cpu.yaml 相同的引擎参数），
    以固定并发发 N 个 chat 请求，记 requests/s 与 tokens/s，然后关掉它；
@@ -25,12 +25,12 @@ from datetime import UTC, datetime
 import httpx
 
 from cluster.build_tiny_model import build_tiny_model
-from cluster.callback_receiver import CallbackReceiver
-from cluster.vllm_server import VLLMServer
 from serve_app.core.settings import PROJECT_ROOT
 from serve_app.models.reports import ReportLength
 from serve_app.prompting.catalog import TemplateCatalog
 from serve_app.prompting.renderer import PromptRenderer
+from tests.support.receiver import CallbackReceiver
+from tests.support.vllm_server import VLLMServer
 
 REPORT_TYPE = "sales_weekly"
 LENGTH: ReportLength = "short"

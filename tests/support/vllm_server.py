@@ -11,7 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from cluster.local_http import free_port, wait_http_ok
+from tests.support.local_http import free_port, wait_http_ok
 
 
 class VLLMServer:

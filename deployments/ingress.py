@@ -13,21 +13,15 @@ from ray import serve
 from ray.serve.deployment import Deployment
 from ray.serve.handle import DeploymentHandle
 
-from serve_app.api import create_app
+from deployments.handles.ledger_client import LedgerClient
+from deployments.handles.serve_llm import ServeLLMClient
+from deployments.handles.stages import HandleDeliveryStage, HandleRenderStage
 from serve_app.core.logging import configure_logging
-from serve_app.core.services import IngressServices
 from serve_app.core.settings import LLMMode, Settings
-from serve_app.delivery.url_guard import callback_target_policy
-from serve_app.ledger.client import LedgerClient
+from serve_app.http.app import create_app
+from serve_app.http.deps import IngressServices
 from serve_app.llm.openai_compat import OpenAICompatClient
 from serve_app.llm.port import LLMClient
-from serve_app.llm.serve_llm import ServeLLMClient
-from serve_app.prompting.catalog import TemplateCatalog
-from serve_app.services.jobs import JobService
-from serve_app.services.pipeline import ReportPipeline
-from serve_app.services.runner import JobRunner
-from serve_app.services.stages import HandleDeliveryStage, HandleRenderStage
-from serve_app.services.submission import ReportSubmissions
 
 
 def make_llm_client(settings: Settings, llm_handle: DeploymentHandle[Any] | None) -> LLMClient:
@@ -56,22 +50,18 @@ class ReportIngress:
         llm: DeploymentHandle[Any] | None = None,
     ) -> None:
         configure_logging(settings.log_level, settings.log_json_path)
-        catalog = TemplateCatalog.from_file(settings.resolved_templates_path)
         self._llm = make_llm_client(settings, llm)
-        pipeline = ReportPipeline(
-            HandleRenderStage(renderer), self._llm, HandleDeliveryStage(callbacks)
-        )
-        store = LedgerClient(ledger, settings.jobs)
         # 本副本在账本里的身份：进程级唯一，副本重启后是新身份（旧租约到期即被接手）
         owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
-        self._runner = JobRunner(store, pipeline, settings.jobs, owner)
-        self._services = IngressServices(
-            settings=settings,
-            catalog=catalog,
-            submissions=ReportSubmissions(catalog, settings, callback_target_policy(settings)),
-            jobs=JobService(store, self._runner),
+        self._services = IngressServices.build(
+            settings,
+            render=HandleRenderStage(renderer),
             llm=self._llm,
+            delivery=HandleDeliveryStage(callbacks),
+            store=LedgerClient(ledger, settings.jobs),
+            owner=owner,
         )
+        self._runner = self._services.runner
         # Serve 在事件循环里调用构造函数：此刻启动续租与扫描（接手崩溃前留下的作业）
         self._runner.start()
         logger.info("入口已启动：llm_mode={} owner={}", settings.llm_mode, owner)

@@ -1,0 +1,76 @@
+"""入口副本持有的单例集合与它的唯一工厂；路由经依赖注入取用。
+
+`IngressServices.build()` 是入口对象图的唯一装配处：Serve 副本（deployments/ingress.py）
+与测试的进程内应用（tests/support/harness.py）都调它，只是传入的阶段实现不同。
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Annotated
+
+from fastapi import Depends, Request
+
+from serve_app.core.settings import Settings
+from serve_app.delivery.url_guard import Resolver, callback_target_policy, system_resolver
+from serve_app.ledger.store import JobStore
+from serve_app.llm.port import LLMClient
+from serve_app.prompting.catalog import TemplateCatalog
+from serve_app.services.jobs import JobService
+from serve_app.services.pipeline import ReportPipeline
+from serve_app.services.runner import JobRunner
+from serve_app.services.stages import DeliveryStage, RenderStage
+from serve_app.services.submission import ReportSubmissions
+
+
+@dataclass(frozen=True)
+class IngressServices:
+    """入口副本的全部依赖：在副本 __init__ 中创建一次。"""
+
+    settings: Settings
+    catalog: TemplateCatalog
+    submissions: ReportSubmissions
+    jobs: JobService
+    llm: LLMClient
+    runner: JobRunner
+
+    @classmethod
+    def build(
+        cls,
+        settings: Settings,
+        *,
+        render: RenderStage,
+        llm: LLMClient,
+        delivery: DeliveryStage,
+        store: JobStore,
+        owner: str,
+        resolver: Resolver = system_resolver,
+    ) -> IngressServices:
+        """装配入口对象图：目录、受理、流水线、执行器、作业服务。"""
+        catalog = TemplateCatalog.from_file(settings.resolved_templates_path)
+        runner = JobRunner(store, ReportPipeline(render, llm, delivery), settings.jobs, owner)
+        return cls(
+            settings=settings,
+            catalog=catalog,
+            submissions=ReportSubmissions(
+                catalog, settings, callback_target_policy(settings, resolver=resolver)
+            ),
+            jobs=JobService(store, runner),
+            llm=llm,
+            runner=runner,
+        )
+
+    @property
+    def api_keys(self) -> tuple[str, ...]:
+        """/v1/* 接受的 key（明文只在内存里用于比较）。"""
+        return tuple(key.get_secret_value() for key in self.settings.api_keys)
+
+
+def get_services(request: Request) -> IngressServices:
+    """FastAPI 依赖：取当前应用的单例集合。"""
+    services: IngressServices = request.app.state.services
+    return services
+
+
+# 路由参数里的依赖写法：`services: ServicesDep`
+ServicesDep = Annotated[IngressServices, Depends(get_services)]

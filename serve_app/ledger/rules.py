@@ -1,0 +1,119 @@
+"""账本的规则（纯函数，不碰存储）：状态推进、取消覆盖、失联放弃、重投表、Retry-After 估算。
+
+每个存储实现（SQLite，以后的服务器数据库）只负责持久化与事务，判定一律调这里，
+这样换存储不必复制业务规则。
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Literal
+
+from serve_app.core.errors import ErrorCode
+from serve_app.core.settings import JobPolicy
+from serve_app.ledger.records import PRODUCING_STATES, CallbackState, JobState
+from serve_app.models.reports import CallbackPayload, ReportJob
+
+AdvanceResult = Literal["ok", "cancelled", "lost"]
+
+# 估算 Retry-After 用的吞吐窗口（秒）
+RATE_WINDOW_S = 60.0
+DEFAULT_RETRY_AFTER_S = 5
+MAX_RETRY_AFTER_S = 60
+
+
+def is_producing(state: JobState | str) -> bool:
+    """结果尚未产生（可取消；副本失联后需重新执行）。"""
+    return state in PRODUCING_STATES
+
+
+def lease_until(now: float, policy: JobPolicy) -> float:
+    """从 now 起的租约到期时间。"""
+    return now + policy.lease_s
+
+
+def holds_production(state: JobState | str, holder: str | None, owner: str) -> bool:
+    """owner 仍持有一个尚在生产的作业（可推进阶段、可记录结果）。"""
+    return holder == owner and is_producing(state)
+
+
+def advance_verdict(
+    state: JobState | str, holder: str | None, owner: str, cancel_requested: bool
+) -> AdvanceResult:
+    """进入下一个生成阶段之前的判定。"""
+    if not holds_production(state, holder, owner):
+        return "lost"
+    return "cancelled" if cancel_requested else "ok"
+
+
+def final_outcome(
+    job: ReportJob, outcome: CallbackPayload, cancel_requested: bool
+) -> CallbackPayload:
+    """取消覆盖：已登记取消的作业，无论结果如何都以 cancelled 结束。"""
+    if cancel_requested and outcome.status != "cancelled":
+        return CallbackPayload.cancelled(job)
+    return outcome
+
+
+def recovery_outcome(
+    job: ReportJob, runs: int, cancel_requested: bool, policy: JobPolicy
+) -> CallbackPayload | None:
+    """领取一个租约过期、尚在生产的作业时：该直接结束就给出结果，否则 None（重新执行）。"""
+    if cancel_requested:
+        return CallbackPayload.cancelled(job)
+    if runs >= policy.max_runs:
+        return CallbackPayload.failed(
+            job, ErrorCode.WORKER_LOST, f"执行作业的副本失联 {runs} 次，已放弃"
+        )
+    return None
+
+
+def state_after_delivery(outcome: CallbackPayload) -> JobState:
+    """结果回调对应的终态。"""
+    return JobState(outcome.status)
+
+
+@dataclass(frozen=True)
+class RedeliveryPlan:
+    """一轮投递失败后的安排：`undelivered` 为真即放弃自动重投。"""
+
+    callback_state: CallbackState
+    next_attempt_at: float | None
+    first_failed_at: float
+    rounds: int
+
+    @property
+    def undelivered(self) -> bool:
+        """已放弃自动重投。"""
+        return self.callback_state is CallbackState.UNDELIVERED
+
+
+def plan_redelivery(
+    *,
+    now: float,
+    first_failed_at: float | None,
+    rounds: int,
+    permanent: bool,
+    policy: JobPolicy,
+) -> RedeliveryPlan:
+    """按重投表安排下一次（最后一项重复使用，不超过期限）；不可重试或已过期限即 undelivered。"""
+    first = now if first_failed_at is None else first_failed_at
+    round_no = rounds + 1
+    schedule = policy.redelivery_schedule_s
+    deadline = first + policy.redelivery_horizon_s
+    if permanent or now >= deadline:
+        return RedeliveryPlan(CallbackState.UNDELIVERED, None, first, round_no)
+    next_at = min(now + schedule[min(round_no, len(schedule)) - 1], deadline)
+    return RedeliveryPlan(CallbackState.PENDING, next_at, first, round_no)
+
+
+def retry_after_s(active: int, produced_recently: int, policy: JobPolicy) -> int | None:
+    """未完成作业达到上限时给出 Retry-After：按最近吞吐估算腾出 10% 名额的时间；未满返回 None。"""
+    if active < policy.max_active_jobs:
+        return None
+    if produced_recently == 0:
+        return DEFAULT_RETRY_AFTER_S
+    rate = produced_recently / RATE_WINDOW_S
+    seconds = math.ceil(0.1 * policy.max_active_jobs / rate)
+    return max(1, min(MAX_RETRY_AFTER_S, seconds))
