@@ -10,10 +10,10 @@ RUN_DIR := .run
 TINY_MODEL := .cache/tiny-model
 export PYTHONPATH := $(CURDIR)
 
-.PHONY: help install run stop demo bench bench-ledger test test-unit test-integration test-fault test-e2e test-cluster lint fmt clean
+.PHONY: help install run stop demo bench bench-ledger test test-unit test-integration test-fault test-e2e test-cluster test-quickstart lint fmt clean
 
 help:
-	@echo "make run | stop | demo | test | test-unit | test-integration | test-fault | test-e2e | test-cluster | lint"
+	@echo "make run | stop | demo | test | test-unit | test-integration | test-fault | test-e2e | test-cluster | test-quickstart | lint"
 
 $(UV):
 	python3 -m venv $(TOOLS)
@@ -72,6 +72,9 @@ test-e2e: install
 
 test-cluster: install
 	$(VENV)/bin/pytest -m cluster
+
+test-quickstart: install
+	$(VENV)/bin/pytest -m quickstart
 
 clean:
 	rm -rf $(RUN_DIR) .pytest_cache .mypy_cache .ruff_cache

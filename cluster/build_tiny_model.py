@@ -2,13 +2,17 @@
 
 生成的文本没有意义，只用来让 vLLM 真正跑起来；要写真报告请配置真实模型。
 用法：python cluster/build_tiny_model.py <输出目录>
+标准输出只有一行：模型目录的绝对路径（脚本用 `$(…)` 取它）；训练进度等其余输出一律进标准错误。
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -104,12 +108,28 @@ def _suppress_blank_tokens(model: Any, tokenizer: Any) -> None:
         model.lm_head.weight[blank] = 0.0
 
 
+@contextmanager
+def _stdout_to_stderr() -> Iterator[None]:
+    """在文件描述符层面把标准输出改到标准错误：tokenizers（Rust）的进度直接写 fd 1，
+    只改 sys.stdout 挡不住它。"""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    os.dup2(2, 1)
+    try:
+        yield
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)
+
+
 def main(argv: list[str] | None = None) -> int:
-    """命令行入口。"""
+    """命令行入口：标准输出只写模型目录的绝对路径。"""
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("output_dir", type=Path)
     args = parser.parse_args(argv)
-    path = build_tiny_model(args.output_dir)
+    with _stdout_to_stderr():
+        path = build_tiny_model(args.output_dir).resolve()
     sys.stdout.write(f"{path}\n")
     return 0
 

@@ -9,6 +9,7 @@ cd "$(dirname "$0")/.."
 RUN_DIR=.run
 PID_FILE=$RUN_DIR/head.pid
 TOKEN_FILE=$RUN_DIR/ray_auth_token
+SECRET_FILE=$RUN_DIR/callback_signing_secret
 LOG_FILE=$RUN_DIR/ray-head.log
 VENV=.venv
 HOST=127.0.0.1
@@ -34,18 +35,38 @@ load_token() {
   export RAY_AUTH_TOKEN
 }
 
+# 回调签名密钥（Standard Webhooks，whsec_ 开头）：没有就生成一个，make demo 与 backend B 的接收方用同一个
+load_signing_secret() {
+  if [[ -n ${CALLBACK_SIGNING_SECRET:-} ]]; then
+    export CALLBACK_SIGNING_SECRET; return 0
+  fi
+  if [[ ! -s $SECRET_FILE ]]; then
+    mkdir -p "$RUN_DIR"
+    (umask 077 && "$VENV/bin/python" -c \
+      'import base64, secrets; print("whsec_" + base64.b64encode(secrets.token_bytes(24)).decode())' \
+      >"$SECRET_FILE")
+  fi
+  CALLBACK_SIGNING_SECRET=$(cat "$SECRET_FILE")
+  export CALLBACK_SIGNING_SECRET
+}
+
 start() {
   if head_alive; then
-    echo "服务已在运行（head PID $(cat "$PID_FILE")）；先 make stop"; return 0
+    echo "服务已在运行（head PID $(cat "$PID_FILE")），无需再启动；要重启先 make stop"; return 0
   fi
   for port in "$PORT" "$RAY_GCS_PORT" "$RAY_DASHBOARD_PORT"; do
-    if port_busy "$port"; then echo "端口 $HOST:$port 已被占用，无法启动"; return 1; fi
+    if port_busy "$port"; then
+      echo "端口 $HOST:$port 已被占用，无法启动：先停掉占用它的程序（ss -ltnp 'sport = :$port' 可查是谁）" >&2
+      return 1
+    fi
   done
   mkdir -p "$RUN_DIR"
   load_token
+  load_signing_secret
   if [[ -z "${REPORTS_ENGINE__MODEL_SOURCE:-}" ]]; then
     echo "未配置模型（REPORTS_ENGINE__MODEL_SOURCE），现场生成随机权重的小模型：它的输出没有意义，只用于跑通流程"
-    REPORTS_ENGINE__MODEL_SOURCE=$("$VENV/bin/python" cluster/build_tiny_model.py .cache/tiny-model 2>/dev/null)
+    # 标准输出只有模型目录；生成进度走标准错误，照常显示
+    REPORTS_ENGINE__MODEL_SOURCE=$("$VENV/bin/python" cluster/build_tiny_model.py .cache/tiny-model)
   fi
   # 模型等配置经 head 进程的环境传给 Ray 的各个进程（应用构建器在集群里解析 Settings）
   export REPORTS_ENGINE__MODEL_SOURCE
@@ -57,6 +78,7 @@ start() {
   fi
   echo "服务已就绪：http://$HOST:$PORT （API 文档 /docs，Ray dashboard $RAY_DASHBOARD_ADDRESS）"
   echo "本地 Ray 的 token 在 $TOKEN_FILE（ray / serve 命令行需要 RAY_AUTH_MODE=token 与 RAY_AUTH_TOKEN）"
+  echo "回调签名密钥在 $SECRET_FILE（backend B 的接收方用它验签，见 README“接入 backend B”）"
 }
 
 wait_gone() {

@@ -10,11 +10,20 @@ import json
 import os
 import queue
 import sys
+from pathlib import Path
 from typing import Any
 
 import httpx
 
 from examples.backend_b import ReceiverThread, create_receiver
+
+
+def _signing_secret(secret_file: Path) -> str | None:
+    """与引擎相同的签名密钥：环境变量优先，其次 make run 写下的文件；都没有则不验签。"""
+    secret = os.environ.get("CALLBACK_SIGNING_SECRET")
+    if not secret and secret_file.is_file():
+        secret = secret_file.read_text(encoding="utf-8").strip()
+    return secret or None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -23,11 +32,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--base-url", default="http://127.0.0.1:8000")
     parser.add_argument("--report-type", default="sales_weekly")
     parser.add_argument("--timeout", type=float, default=300.0)
+    parser.add_argument(
+        "--secret-file",
+        type=Path,
+        default=Path(".run/callback_signing_secret"),
+        help="回调签名密钥文件（make run 生成）；环境变量 CALLBACK_SIGNING_SECRET 优先",
+    )
     args = parser.parse_args(argv)
     out = sys.stdout
     received: queue.Queue[tuple[dict[str, Any], bool]] = queue.Queue()
     app = create_receiver(
-        os.environ.get("CALLBACK_SIGNING_SECRET") or None,
+        _signing_secret(args.secret_file),
         lambda payload, verified: received.put((payload, verified)),
     )
     with ReceiverThread(app) as receiver, httpx.Client(base_url=args.base_url) as client:
@@ -53,7 +68,8 @@ def main(argv: list[str] | None = None) -> int:
         except queue.Empty:
             out.write("超时：没有收到回调\n")
             return 1
-        out.write(f"收到回调（签名{'已校验' if verified else '未配置，未校验'}）：\n")
+        note = "签名已校验" if verified else "未配置签名密钥，未校验"
+        out.write(f"收到回调（{note}，webhook-id 去重）：\n")
         out.write(json.dumps(payload, ensure_ascii=False, indent=2) + "\n")
     return 0
 

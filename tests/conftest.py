@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-_TIERS = ("unit", "integration", "fault", "e2e", "cluster")
+_TIERS = ("unit", "integration", "fault", "e2e", "cluster", "quickstart")
 _TESTS_DIR = Path(__file__).resolve().parent
 
 

@@ -40,6 +40,7 @@ class ErrorCode(StrEnum):
     IDEMPOTENCY_CONFLICT = "idempotency_conflict"
     OVERLOADED = "overloaded"
     LEDGER_UNAVAILABLE = "ledger_unavailable"
+    NOT_READY = "not_ready"
     CANCELLED = "cancelled"
     WORKER_LOST = "worker_lost"
     INTERNAL_ERROR = "internal_error"

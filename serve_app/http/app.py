@@ -8,6 +8,7 @@ from serve_app.http.auth import require_api_key
 from serve_app.http.deps import IngressServices
 from serve_app.http.errors import install_error_handlers
 from serve_app.http.middleware import BodySizeLimitMiddleware
+from serve_app.http.openapi import error_responses, install_openapi
 from serve_app.http.routers import health, ops, report_types, reports
 
 
@@ -21,13 +22,13 @@ def create_app(services: IngressServices) -> FastAPI:
     app.state.services = services
     # 配置了 key 时 /v1/* 需要 Bearer key（OpenAPI 里也声明）；/healthz、/readyz 始终开放
     protected = [Depends(require_api_key)] if services.api_keys else []
-    unauthorized: dict[int | str, dict[str, str]] = (
-        {401: {"description": "缺少或错误的 API key"}} if protected else {}
-    )
-    app.include_router(reports.router, dependencies=protected, responses=unauthorized)
-    app.include_router(report_types.router, dependencies=protected, responses=unauthorized)
-    app.include_router(ops.router, dependencies=protected, responses=unauthorized)
+    # /v1/* 都可能 500（细节不外露）；配置了 key 时还可能 401
+    v1_errors = error_responses(500, *([401] if protected else []))
+    app.include_router(reports.router, dependencies=protected, responses=v1_errors)
+    app.include_router(report_types.router, dependencies=protected, responses=v1_errors)
+    app.include_router(ops.router, dependencies=protected, responses=v1_errors)
     app.include_router(health.router)
+    install_openapi(app, services.catalog)
     install_error_handlers(app)
     app.add_middleware(BodySizeLimitMiddleware, max_body_bytes=services.settings.max_body_bytes)
     return app

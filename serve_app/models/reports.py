@@ -94,6 +94,18 @@ class ErrorBody(BaseModel):
     message: str
 
 
+class ErrorResponse(BaseModel):
+    """所有 4xx/5xx 响应的统一错误体 `{"error": {"code", "message"}}`。"""
+
+    error: ErrorBody
+
+
+class NotReady(ErrorResponse):
+    """`GET /readyz` 的 503：LLM 阶段尚不能接活。"""
+
+    status: Literal["not_ready"] = "not_ready"
+
+
 class CallbackPayload(BaseModel):
     """回调给 backend B 的请求体。"""
 

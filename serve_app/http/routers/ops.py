@@ -8,6 +8,7 @@ from fastapi import APIRouter, Query
 from pydantic import BaseModel, ConfigDict, Field
 
 from serve_app.http.deps import ServicesDep
+from serve_app.http.openapi import error_responses
 from serve_app.ledger.records import UndeliveredList
 
 router = APIRouter(prefix="/v1/ops", tags=["ops"])
@@ -21,7 +22,7 @@ class UndeliveredQuery(BaseModel):
     limit: int = Field(100, ge=1, le=1000, description="最多返回几条")
 
 
-@router.get("/undelivered", response_model=UndeliveredList)
+@router.get("/undelivered", response_model=UndeliveredList, responses=error_responses(422, 503))
 async def list_undelivered(
     services: ServicesDep,
     query: Annotated[UndeliveredQuery, Query()],

@@ -11,6 +11,7 @@ from loguru import logger
 
 from serve_app.http.auth import caller_principal
 from serve_app.http.deps import ServicesDep
+from serve_app.http.openapi import error_responses
 from serve_app.ledger.records import ReportStatus
 from serve_app.models.reports import ReportAccepted, ReportRequest
 from serve_app.services.jobs import MAX_IDEMPOTENCY_KEY_CHARS, idempotency_key
@@ -19,14 +20,15 @@ router = APIRouter(prefix="/v1", tags=["reports"])
 
 TraceId = Annotated[str, Path(min_length=1, max_length=64, description="受理时返回的 trace_id")]
 
-_NOT_FOUND: dict[int | str, dict[str, str]] = {404: {"description": "没有这个 trace_id 的作业"}}
-_SUBMIT_ERRORS: dict[int | str, dict[str, str]] = {
-    409: {"description": "Idempotency-Key 已用于另一个不同的请求体"},
-    413: {"description": "请求体过大"},
-    422: {"description": "请求不合法（类型未知、输入缺失或多余、URL 错误或不安全）"},
-    429: {"description": "排队的作业已满：按 Retry-After 稍后重试"},
-    503: {"description": "作业账本暂不可用：按 Retry-After 稍后重试"},
-}
+_SUBMIT_ERRORS = error_responses(
+    413,
+    429,
+    s409="Idempotency-Key 已用于另一个不同的请求体",
+    s422="请求不合法（类型未知、输入缺失或多余、URL 错误或不安全）：message 说明哪里要改",
+    s503="作业账本暂不可用：作业没有被受理，按 Retry-After 稍后重试",
+)
+# 按 trace_id 操作的接口都可能：404 未知、422 参数不合法、503 账本暂不可用
+_BY_ID_ERRORS = error_responses(404, 422, 503)
 
 
 @router.post("/reports", status_code=202, response_model=ReportAccepted, responses=_SUBMIT_ERRORS)
@@ -63,7 +65,7 @@ async def submit_report(
     )
 
 
-@router.get("/reports/{trace_id}", response_model=ReportStatus, responses=_NOT_FOUND)
+@router.get("/reports/{trace_id}", response_model=ReportStatus, responses=_BY_ID_ERRORS)
 async def get_report(trace_id: TraceId, services: ServicesDep) -> ReportStatus:
     """作业的当前状态、结果与回调投递情况。"""
     return await services.jobs.status(trace_id)
@@ -73,7 +75,7 @@ async def get_report(trace_id: TraceId, services: ServicesDep) -> ReportStatus:
     "/reports/{trace_id}",
     status_code=202,
     response_model=ReportStatus,
-    responses={**_NOT_FOUND, 409: {"description": "作业已产生结果，不能再取消"}},
+    responses={**_BY_ID_ERRORS, **error_responses(s409="作业已产生结果，不能再取消")},
 )
 async def cancel_report(trace_id: TraceId, services: ServicesDep) -> ReportStatus:
     """取消尚未完成的作业：生成在引擎里中止，随后送出一个 cancelled 回调。"""
@@ -84,7 +86,7 @@ async def cancel_report(trace_id: TraceId, services: ServicesDep) -> ReportStatu
     "/reports/{trace_id}/redeliver",
     status_code=202,
     response_model=ReportStatus,
-    responses={**_NOT_FOUND, 409: {"description": "作业尚无结果可投递"}},
+    responses={**_BY_ID_ERRORS, **error_responses(s409="作业尚无结果可投递")},
 )
 async def redeliver_report(trace_id: TraceId, services: ServicesDep) -> ReportStatus:
     """立即重新投递结果回调（webhook-id 不变，接收方可去重）。"""
