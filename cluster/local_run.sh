@@ -19,7 +19,7 @@ export RAY_DASHBOARD_PORT=${RAY_DASHBOARD_PORT:-8265}
 export RAY_DASHBOARD_ADDRESS=http://$HOST:$RAY_DASHBOARD_PORT
 export RAY_NODE_IP=$HOST
 export RAY_HEAD_RESOURCES='{"reports_cpu": 100, "reports_ledger": 1, "reports_llm": 100}'
-export SERVE_CONFIG=serve_config.cpu.yaml
+export SERVE_CONFIG=${SERVE_CONFIG:-serve_config.cpu.yaml}
 export READY_URL=http://$HOST:$PORT/readyz
 export DEPLOY_TIMEOUT_S=${READY_TIMEOUT_S:-900}
 
