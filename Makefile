@@ -10,7 +10,7 @@ RUN_DIR := .run
 TINY_MODEL := .cache/tiny-model
 export PYTHONPATH := $(CURDIR)
 
-.PHONY: help install run stop demo bench bench-ledger test test-unit test-integration test-fault test-e2e test-cluster test-quickstart lint fmt clean
+.PHONY: help install run stop demo bench bench-ledger bench-overhead test test-unit test-integration test-fault test-e2e test-cluster test-quickstart lint fmt clean
 
 help:
 	@echo "make run | stop | demo | test | test-unit | test-integration | test-fault | test-e2e | test-cluster | test-quickstart | lint"
@@ -42,6 +42,9 @@ bench: install
 
 bench-ledger: install
 	$(PY) -m benchmarks.ledger
+
+bench-overhead: install
+	$(PY) -m benchmarks.overhead
 
 lint: install
 	$(VENV)/bin/ruff check .

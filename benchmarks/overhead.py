@@ -325,7 +325,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--reports", type=int, default=600)
     parser.add_argument("--concurrency", default="1,8,32,64")
+    parser.add_argument("--systems", default="seed,pipeline", help="只测其中一部分：seed、pipeline")
     args = parser.parse_args(argv)
+    systems = set(args.systems.split(","))
     levels = [int(c) for c in args.concurrency.split(",")]
     RUN_DIR.mkdir(parents=True, exist_ok=True)
     RESULTS.mkdir(parents=True, exist_ok=True)
@@ -336,18 +338,23 @@ def main(argv: list[str] | None = None) -> int:
     with _companion("benchmarks.zero_engine", "--port", str(engine_port)) as engine:
         wait_http_ok(f"{engine_url}/models", timeout_s=60)
         seed_args = ("--port", str(seed_port), "--engine-url", engine_url)
-        with _companion("benchmarks.seed_baseline", *seed_args) as seed:
-            seed_url = f"http://127.0.0.1:{seed_port}"
-            wait_http_ok(f"{seed_url}/docs", timeout_s=60)
-            procs = {"seed-app": [psutil.Process(seed.pid)], "engine": [psutil.Process(engine.pid)]}
-            for level in levels:
-                count = args.reports if level > 1 else min(args.reports, 200)
-                measurements.append(_measure("seed-baseline", seed_url, count, level, procs))
-        with _pipeline(engine_url) as replicas:
-            replicas["engine"] = [psutil.Process(engine.pid)]
-            for level in levels:
-                count = args.reports if level > 1 else min(args.reports, 200)
-                measurements.append(_measure("pipeline", APP_URL, count, level, replicas))
+        if "seed" in systems:
+            with _companion("benchmarks.seed_baseline", *seed_args) as seed:
+                seed_url = f"http://127.0.0.1:{seed_port}"
+                wait_http_ok(f"{seed_url}/docs", timeout_s=60)
+                procs = {
+                    "seed-app": [psutil.Process(seed.pid)],
+                    "engine": [psutil.Process(engine.pid)],
+                }
+                for level in levels:
+                    count = args.reports if level > 1 else min(args.reports, 200)
+                    measurements.append(_measure("seed-baseline", seed_url, count, level, procs))
+        if "pipeline" in systems:
+            with _pipeline(engine_url) as replicas:
+                replicas["engine"] = [psutil.Process(engine.pid)]
+                for level in levels:
+                    count = args.reports if level > 1 else min(args.reports, 200)
+                    measurements.append(_measure("pipeline", APP_URL, count, level, replicas))
     path = _write_results(measurements, args.reports)
     sys.stdout.write(f"结果：{path}（及同名 .md / .png，overhead-latest.*）\n")
     return 0
