@@ -105,7 +105,7 @@ def test_external_profile_is_the_two_container_layout() -> None:
     vllm, app = services["vllm-service"], services["reports-external"]
     assert vllm["profiles"] == ["external"] and app["profiles"] == ["external"]
     assert "devices" in vllm["deploy"]["resources"]["reservations"]
-    assert app["environment"]["VLLM_API_URL"] == "http://vllm-service:8000/v1"
+    assert app["environment"]["VLLM_API_URL"] == "${VLLM_API_URL:-http://vllm-service:8000/v1}"
     assert app["environment"]["SERVE_CONFIG"] == "serve_config.external.yaml"
     assert app["depends_on"]["vllm-service"]["condition"] == "service_healthy"
     assert "--port" in vllm["command"] and "8000" in vllm["command"]
@@ -128,3 +128,18 @@ def test_ledger_lives_on_the_data_volume_of_the_head(service: str) -> None:
     assert "reports-data:/data" in spec["volumes"]
     assert spec["environment"]["REPORTS_JOBS__LEDGER_PATH"].startswith("/data/")
     assert "reports_ledger" in spec["environment"]["RAY_HEAD_RESOURCES"]
+
+
+def test_gpu_worker_has_a_c_compiler_for_triton() -> None:
+    # Triton 在 GPU 上第一次编译内核时要 gcc/clang：gpu-worker 镜像必须带 C 编译器
+    text = DOCKERFILE.read_text(encoding="utf-8")
+    gpu_stage = text[text.index("AS gpu-worker") :]
+    installs = [line for line in gpu_stage.splitlines() if "apt-get install" in line]
+    assert installs and "gcc" in installs[0] and "libc6-dev" in installs[0]
+    assert gpu_stage.rstrip().splitlines()[-1].startswith("CMD")
+    assert "USER 1000:1000" in gpu_stage  # 装完切回非 root
+
+
+def test_external_profile_takes_vllm_api_url_from_env() -> None:
+    env = _compose()["services"]["reports-external"]["environment"]
+    assert env["VLLM_API_URL"].startswith("${VLLM_API_URL:-")
