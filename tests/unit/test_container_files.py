@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 import sys
@@ -15,6 +16,7 @@ from serve_app.core.settings import PROJECT_ROOT
 
 COMPOSE = PROJECT_ROOT / "docker-compose.yml"
 DOCKERFILE = PROJECT_ROOT / "cluster" / "Dockerfile"
+ENV_EXAMPLE = PROJECT_ROOT / ".env.example"
 BIN = Path(sys.executable).parent
 
 
@@ -143,3 +145,11 @@ def test_gpu_worker_has_a_c_compiler_for_triton() -> None:
 def test_external_profile_takes_vllm_api_url_from_env() -> None:
     env = _compose()["services"]["reports-external"]["environment"]
     assert env["VLLM_API_URL"].startswith("${VLLM_API_URL:-")
+
+
+def test_env_example_lists_every_required_compose_variable_and_hf_token() -> None:
+    compose_text = COMPOSE.read_text(encoding="utf-8")
+    required = set(re.findall(r"\$\{([A-Z0-9_]+):\?", compose_text))
+    listed = set(re.findall(r"^([A-Z0-9_]+)=", ENV_EXAMPLE.read_text(encoding="utf-8"), flags=re.M))
+    assert required and required <= listed, required - listed
+    assert "HF_TOKEN" in listed  # 受限模型的下载凭据
