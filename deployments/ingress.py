@@ -61,9 +61,8 @@ class ReportIngress:
             store=LedgerClient(ledger, settings.jobs),
             owner=owner,
         )
-        self._runner = self._services.runner
         # Serve 在事件循环里调用构造函数：此刻启动续租与扫描（接手崩溃前留下的作业）
-        self._runner.start()
+        self._services.runner.start()
         logger.info("入口已启动：llm_mode={} owner={}", settings.llm_mode, owner)
         if not settings.api_keys:
             logger.warning("未配置 API key（REPORTS_API_KEYS）：/v1/* 不鉴权，只适合本机或受信网络")
@@ -74,7 +73,7 @@ class ReportIngress:
 
     async def __del__(self) -> None:
         # 优雅关闭：等在途作业（drain_timeout_s），余下的交还租约
-        await self._runner.drain()
+        await self._services.runner.drain()
         await self._llm.aclose()
 
 

@@ -123,9 +123,6 @@ class Overloaded(ReportError):
         super().__init__(message)
         self.retry_after_s = retry_after_s
 
-    def __reduce__(self) -> tuple[type[Overloaded], tuple[str, int]]:
-        return (type(self), (self.message, self.retry_after_s))
-
     def headers(self) -> dict[str, str]:
         """按估算的时间稍后重试。"""
         return {"Retry-After": str(self.retry_after_s)}

@@ -58,11 +58,12 @@ class CallbackClient:
     async def deliver(self, url: str, payload: CallbackPayload) -> DeliveryOutcome:
         """投递一次回调（含重试）；不抛异常，结果在 DeliveryOutcome 里。"""
         body = payload.model_dump_json()
+        content = body.encode()
         retrying = self._retrying.retrying()
 
         async def attempt() -> int:
             headers = self._headers(payload.trace_id, body)
-            return await self._post_once(url, body.encode(), headers)
+            return await self._post_once(url, content, headers)
 
         try:
             status: int = await retrying(attempt)

@@ -31,17 +31,19 @@ _RETRY_AFTER = {
 }
 
 
-def error_responses(*codes: int, **described: str) -> dict[int | str, dict[str, Any]]:
-    """给 FastAPI 的 `responses=`：这些状态码的响应体都是 ErrorResponse。
+def error_responses(
+    *codes: int, described: dict[int, str] | None = None
+) -> dict[int | str, dict[str, Any]]:
+    """给 FastAPI 的 `responses=`：这些状态码（及 `described` 的键）的响应体都是 ErrorResponse。
 
-    `described` 用 `s404="…"` 的形式覆盖默认说明。
+    `described` 给出比默认更具体的说明。
     """
-    wanted = {*codes, *(int(key.removeprefix("s")) for key in described)}
+    described = described or {}
     responses: dict[int | str, dict[str, Any]] = {}
-    for code in sorted(wanted):
+    for code in sorted({*codes, *described}):
         entry: dict[str, Any] = {
             "model": ErrorResponse,
-            "description": described.get(f"s{code}", _DEFAULT_DESCRIPTIONS.get(code, "错误")),
+            "description": described.get(code, _DEFAULT_DESCRIPTIONS.get(code, "错误")),
         }
         if code in (429, 503):
             entry["headers"] = _RETRY_AFTER

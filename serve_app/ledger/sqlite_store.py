@@ -27,6 +27,7 @@ from serve_app.ledger.store import HeartbeatReply, IdempotencyKey
 from serve_app.models.reports import CallbackPayload, DeliveryOutcome, ReportJob
 
 _PRODUCING = tuple(str(s) for s in PRODUCING_STATES)
+_ROW_BY_ID = "SELECT * FROM jobs WHERE trace_id = ?"
 _IN_PRODUCING = f"state IN ({','.join('?' * len(_PRODUCING))})"
 
 
@@ -47,7 +48,7 @@ class SqliteJobStore:
     # ---- 读写辅助 ----
 
     async def _row(self, db: aiosqlite.Connection, trace_id: str) -> aiosqlite.Row | None:
-        async with db.execute("SELECT * FROM jobs WHERE trace_id = ?", (trace_id,)) as cur:
+        async with db.execute(_ROW_BY_ID, (trace_id,)) as cur:
             return await cur.fetchone()
 
     async def _update(
@@ -152,7 +153,7 @@ class SqliteJobStore:
 
     async def get(self, trace_id: str) -> JobRecord | None:
         """按 trace_id 取作业。"""
-        rows = await self._db.fetch_all("SELECT * FROM jobs WHERE trace_id = ?", (trace_id,))
+        rows = await self._db.fetch_all(_ROW_BY_ID, (trace_id,))
         return record_from_row(rows[0]) if rows else None
 
     async def advance(self, trace_id: str, owner: str, state: JobState) -> AdvanceResult:

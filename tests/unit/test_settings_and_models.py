@@ -13,6 +13,7 @@ from serve_app.core.errors import (
     INTERNAL_ERROR_MESSAGE,
     ErrorCode,
     LLMTimeout,
+    Overloaded,
     RenderError,
     error_info,
 )
@@ -205,3 +206,11 @@ def test_errors_survive_pickling_across_processes() -> None:
 
     restored = pickle.loads(pickle.dumps(LLMTimeout("慢")))
     assert isinstance(restored, LLMTimeout) and restored.message == "慢"
+
+
+def test_overloaded_keeps_its_retry_after_through_pickling() -> None:
+    import pickle
+
+    restored = pickle.loads(pickle.dumps(Overloaded("满了", retry_after_s=17)))
+    assert isinstance(restored, Overloaded) and restored.retry_after_s == 17
+    assert restored.headers() == {"Retry-After": "17"}

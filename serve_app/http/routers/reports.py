@@ -23,9 +23,11 @@ TraceId = Annotated[str, Path(min_length=1, max_length=64, description="受理�
 _SUBMIT_ERRORS = error_responses(
     413,
     429,
-    s409="Idempotency-Key 已用于另一个不同的请求体",
-    s422="请求不合法（类型未知、输入缺失或多余、URL 错误或不安全）：message 说明哪里要改",
-    s503="作业账本暂不可用：作业没有被受理，按 Retry-After 稍后重试",
+    described={
+        409: "Idempotency-Key 已用于另一个不同的请求体",
+        422: "请求不合法（类型未知、输入缺失或多余、URL 错误或不安全）：message 说明哪里要改",
+        503: "作业账本暂不可用：作业没有被受理，按 Retry-After 稍后重试",
+    },
 )
 # 按 trace_id 操作的接口都可能：404 未知、422 参数不合法、503 账本暂不可用
 _BY_ID_ERRORS = error_responses(404, 422, 503)
@@ -75,7 +77,7 @@ async def get_report(trace_id: TraceId, services: ServicesDep) -> ReportStatus:
     "/reports/{trace_id}",
     status_code=202,
     response_model=ReportStatus,
-    responses={**_BY_ID_ERRORS, **error_responses(s409="作业已产生结果，不能再取消")},
+    responses={**_BY_ID_ERRORS, **error_responses(described={409: "作业已产生结果，不能再取消"})},
 )
 async def cancel_report(trace_id: TraceId, services: ServicesDep) -> ReportStatus:
     """取消尚未完成的作业：生成在引擎里中止，随后送出一个 cancelled 回调。"""
@@ -86,7 +88,7 @@ async def cancel_report(trace_id: TraceId, services: ServicesDep) -> ReportStatu
     "/reports/{trace_id}/redeliver",
     status_code=202,
     response_model=ReportStatus,
-    responses={**_BY_ID_ERRORS, **error_responses(s409="作业尚无结果可投递")},
+    responses={**_BY_ID_ERRORS, **error_responses(described={409: "作业尚无结果可投递"})},
 )
 async def redeliver_report(trace_id: TraceId, services: ServicesDep) -> ReportStatus:
     """立即重新投递结果回调（webhook-id 不变，接收方可去重）。"""
