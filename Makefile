@@ -38,13 +38,13 @@ demo: install
 	$(PY) -m examples.demo
 
 bench: install
-	$(PY) -m benchmarks.pipeline
+	$(PY) -m benchmarks.pipeline $(ARGS)
 
 bench-ledger: install
-	$(PY) -m benchmarks.ledger
+	$(PY) -m benchmarks.ledger $(ARGS)
 
 bench-overhead: install
-	$(PY) -m benchmarks.overhead
+	$(PY) -m benchmarks.overhead $(ARGS)
 
 lint: install
 	$(VENV)/bin/ruff check .

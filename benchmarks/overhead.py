@@ -19,6 +19,7 @@ import asyncio
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -271,6 +272,26 @@ def _pipeline(engine_url: str) -> Iterator[dict[str, list[psutil.Process]]]:
         subprocess.run(["bash", script, "stop"], env=env, check=False)
 
 
+@contextmanager
+def _flame_graph(ingress: list[psutil.Process], *, enabled: bool) -> Iterator[None]:
+    """py-spy 采样入口副本（测量期间），结束时写出火焰图；经自己的 PID 停止 py-spy。"""
+    if not enabled:
+        yield
+        return
+    py_spy = Path(sys.executable).with_name("py-spy")
+    out = RESULTS / "ingress-flame.svg"
+    [replica] = ingress
+    command = [str(py_spy), "record", "-p", str(replica.pid), "-r", "100", "--nonblocking"]
+    spy = subprocess.Popen([*command, "-o", str(out)], stdout=subprocess.DEVNULL)
+    try:
+        yield
+    finally:
+        # SIGINT：py-spy 停止采样并写出文件
+        spy.send_signal(signal.SIGINT)
+        spy.wait(timeout=60)
+        sys.stdout.write(f"入口副本火焰图：{out}\n")
+
+
 def _write_results(measurements: list[Measurement], reports: int) -> Path:
     stamp = f"{datetime.now(UTC):%Y%m%dT%H%M%S}"
     rows = [asdict(m) | {"per_second": round(m.per_second, 1)} for m in measurements]
@@ -331,6 +352,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--reports", type=int, default=600)
     parser.add_argument("--concurrency", default="1,8,32,64")
     parser.add_argument("--systems", default="seed,pipeline", help="只测其中一部分：seed、pipeline")
+    parser.add_argument(
+        "--flame",
+        type=int,
+        default=0,
+        help="在流水线的这一档并发下用 py-spy 采样入口副本，火焰图存 results/ingress-flame.svg",
+    )
     args = parser.parse_args(argv)
     systems = set(args.systems.split(","))
     levels = [int(c) for c in args.concurrency.split(",")]
@@ -359,7 +386,8 @@ def main(argv: list[str] | None = None) -> int:
                 replicas["engine"] = [psutil.Process(engine.pid)]
                 for level in levels:
                     count = _reports_at(level, args.reports)
-                    measurements.append(_measure("pipeline", APP_URL, count, level, replicas))
+                    with _flame_graph(replicas["ReportIngress"], enabled=level == args.flame):
+                        measurements.append(_measure("pipeline", APP_URL, count, level, replicas))
     path = _write_results(measurements, args.reports)
     sys.stdout.write(f"结果：{path}（及同名 .md / .png，overhead-latest.*）\n")
     return 0

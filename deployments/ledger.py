@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+from typing import Any
+
 from loguru import logger
 from ray import serve
 from ray.serve.deployment import Deployment
@@ -13,6 +16,9 @@ from serve_app.ledger.sqlite_store import SqliteJobStore
 from serve_app.ledger.store import AdvanceResult, HeartbeatReply, IdempotencyKey
 from serve_app.models.reports import CallbackPayload, DeliveryOutcome, ReportJob
 
+# 可经 apply 合并的方法：每个作业路径上的调用，都可安全重放（按 trace_id 与租约判定）
+BATCHABLE = frozenset({"admit", "get", "advance", "finish", "record_delivery"})
+
 
 class Ledger:
     """JobStore 的远程端点：持有一个存储，只公开下面列出的方法（见 serve_app/ledger/store.py）。"""
@@ -22,6 +28,20 @@ class Ledger:
         # 连接在第一次调用时打开（Serve 同步调用构造函数）；结构版本不对时健康检查即失败
         self._store = SqliteJobStore(settings.resolved_ledger_path, settings.jobs)
         logger.info("作业账本：{}", settings.resolved_ledger_path)
+
+    async def apply(self, calls: list[tuple[str, tuple[Any, ...]]]) -> list[tuple[bool, Any]]:
+        """一批作业路径上的调用（LedgerClient 合并而来）：并发执行，存储把它们组提交成一个事务。
+
+        按顺序返回 (成功, 返回值) 或 (失败, 异常)；只接受 BATCHABLE 里的方法。
+        """
+        for method, _ in calls:
+            if method not in BATCHABLE:
+                raise ValueError(f"Ledger.apply 不接受 {method!r}：只接受 {sorted(BATCHABLE)}")
+        results = await asyncio.gather(
+            *(getattr(self._store, method)(*args) for method, args in calls),
+            return_exceptions=True,
+        )
+        return [(False, r) if isinstance(r, BaseException) else (True, r) for r in results]
 
     async def admit(
         self, job: ReportJob, owner: str, idempotency: IdempotencyKey | None

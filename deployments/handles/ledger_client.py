@@ -1,4 +1,8 @@
-"""经 DeploymentHandle 调用 Ledger 部署的 JobStore 实现：每次调用有超时，瞬时错误重试。"""
+"""经 DeploymentHandle 调用 Ledger 部署的 JobStore 实现：每次调用有超时，瞬时错误重试。
+
+每个作业路径上的调用（受理、推进、结果、投递、查询）经 CallBatcher 合并：并发的作业共用
+一次句柄调用（Ledger.apply），账本在一个事务里执行整批；续租、扫描等周期性调用直接发出。
+"""
 
 from __future__ import annotations
 
@@ -7,6 +11,7 @@ from typing import Any, cast
 
 from ray.serve.handle import DeploymentHandle
 
+from deployments.handles.call_batcher import Call, CallBatcher, Outcome
 from deployments.handles.ray_errors import TRANSIENT_HANDLE_ERRORS, handle_retrying
 from serve_app.core.errors import LedgerUnavailable
 from serve_app.core.settings import JobPolicy
@@ -24,8 +29,10 @@ class LedgerClient:
     def __init__(self, handle: DeploymentHandle[Any], policy: JobPolicy) -> None:
         self._handle = handle
         self._timeout_s = policy.ledger_call_timeout_s
+        self.batcher = CallBatcher(self._apply)
 
     async def _call(self, method: str, *args: Any) -> Any:
+        """直接调用 Ledger 的一个方法（超时、重试；用尽即 LedgerUnavailable）。"""
         endpoint = getattr(self._handle, method)
 
         async def attempt() -> Any:
@@ -38,31 +45,43 @@ class LedgerClient:
         except _UNAVAILABLE as exc:
             raise LedgerUnavailable(f"作业账本暂不可用（{method}）") from exc
 
+    async def _apply(self, calls: list[Call]) -> list[Outcome]:
+        """一批调用 → 一次 Ledger.apply（整批重试：每个调用都可安全重放，见 JobStore）。"""
+        try:
+            return cast(list[Outcome], await self._call("apply", calls))
+        except LedgerUnavailable as exc:
+            names = sorted({method for method, _ in calls})
+            raise LedgerUnavailable(f"作业账本暂不可用（{'、'.join(names)}）") from exc
+
     async def admit(
         self, job: ReportJob, owner: str, idempotency: IdempotencyKey | None
     ) -> Admission:
         """见 JobStore.admit（按 trace_id 幂等，超时重试不会重复写入）。"""
-        return cast(Admission, await self._call("admit", job, owner, idempotency))
+        return cast(Admission, await self.batcher.call("admit", job, owner, idempotency))
 
     async def get(self, trace_id: str) -> JobRecord | None:
         """见 JobStore.get。"""
-        return cast(JobRecord | None, await self._call("get", trace_id))
+        return cast(JobRecord | None, await self.batcher.call("get", trace_id))
 
     async def advance(self, trace_id: str, owner: str, state: JobState) -> AdvanceResult:
         """见 JobStore.advance。"""
-        return cast(AdvanceResult, await self._call("advance", trace_id, owner, state))
+        return cast(AdvanceResult, await self.batcher.call("advance", trace_id, owner, state))
 
     async def finish(
         self, trace_id: str, owner: str, outcome: CallbackPayload
     ) -> CallbackPayload | None:
         """见 JobStore.finish。"""
-        return cast(CallbackPayload | None, await self._call("finish", trace_id, owner, outcome))
+        return cast(
+            CallbackPayload | None, await self.batcher.call("finish", trace_id, owner, outcome)
+        )
 
     async def record_delivery(
         self, trace_id: str, owner: str, result: DeliveryOutcome
     ) -> JobRecord | None:
         """见 JobStore.record_delivery。"""
-        return cast(JobRecord | None, await self._call("record_delivery", trace_id, owner, result))
+        return cast(
+            JobRecord | None, await self.batcher.call("record_delivery", trace_id, owner, result)
+        )
 
     async def heartbeat(self, owner: str, trace_ids: list[str]) -> HeartbeatReply:
         """见 JobStore.heartbeat。"""

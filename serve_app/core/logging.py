@@ -64,6 +64,9 @@ def configure_logging(level: str = "INFO", json_path: Path | None = None) -> Non
         std = logging.getLogger(name)
         std.handlers = [InterceptHandler()]
         std.propagate = False
+    # httpx 每个请求一行 INFO（“HTTP Request: POST …”）：与我们自己的阶段日志重复，
+    # 高负载时是入口副本可观的 CPU；失败与重试照样由调用方以 WARNING/ERROR 记下
+    logging.getLogger("httpx").setLevel(logging.WARNING)
     _route_serve_stderr()
     _configured = key
 

@@ -38,6 +38,11 @@ def holds_production(state: JobState | str, holder: str | None, owner: str) -> b
     return holder == owner and is_producing(state)
 
 
+def finish_replayed(state: JobState | str, holder: str | None, owner: str) -> bool:
+    """owner 已为这个作业记录过结果（finish 的超时重试）：应返回已记录的结果而不是当作租约已丢。"""
+    return holder == owner and state == JobState.DELIVERING
+
+
 def advance_verdict(
     state: JobState | str, holder: str | None, owner: str, cancel_requested: bool
 ) -> AdvanceResult:

@@ -1,15 +1,12 @@
-"""SQLite 账本的文件与连接：版本化迁移、单连接串行访问、行 → 记录。存储逻辑见 sqlite_store.py。"""
+"""SQLite 账本的文件：版本化迁移、打开连接、行 → 记录。存储逻辑见 sqlite_store.py，
+组提交见 group_commit.py。"""
 
 from __future__ import annotations
 
-import asyncio
 import json
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+import sqlite3
 from datetime import UTC, datetime
 from pathlib import Path
-
-import aiosqlite
 
 from serve_app.ledger.records import CallbackState, CallbackStatus, JobRecord, JobState, StateChange
 from serve_app.models.reports import CallbackPayload, ReportJob, webhook_id
@@ -71,10 +68,9 @@ def maybe_at(epoch: float | None) -> datetime | None:
     return None if epoch is None else at(epoch)
 
 
-async def migrate(db: aiosqlite.Connection, path: Path) -> None:
+def migrate(db: sqlite3.Connection, path: Path) -> None:
     """把文件升级到 SCHEMA_VERSION；文件版本更新则报错并说明该怎么办。"""
-    async with db.execute("PRAGMA user_version") as cur:
-        current = int((await cur.fetchone() or (0,))[0])
+    current = int(db.execute("PRAGMA user_version").fetchone()[0])
     if current > SCHEMA_VERSION:
         raise LedgerSchemaError(
             f"账本 {path} 的结构版本是 {current}，本程序只支持到 {SCHEMA_VERSION}："
@@ -83,76 +79,30 @@ async def migrate(db: aiosqlite.Connection, path: Path) -> None:
     for version, script in MIGRATIONS:
         if version > current:
             # 脚本与版本号在同一个事务里：迁移到一半崩溃不会留下错的版本号
-            await db.executescript(
+            db.executescript(
                 f"BEGIN IMMEDIATE;\n{script}\nPRAGMA user_version = {version};\nCOMMIT;"
             )
 
 
-async def open_ledger_db(path: Path) -> aiosqlite.Connection:
+def open_ledger_db(path: Path) -> sqlite3.Connection:
     """打开（必要时创建并迁移）账本文件：WAL + 每次提交落盘。"""
     path.parent.mkdir(parents=True, exist_ok=True)
-    connection = aiosqlite.connect(path, isolation_level=None)
-    # aiosqlite 的工作线程默认非守护：忘了 close 时会卡住进程退出。
-    # 设为守护线程：已提交的事务在 WAL 里，进程退出不会丢
-    connection.daemon = True
-    db = await connection
+    # 连接只在账本线程里使用；isolation_level=None：事务由组提交显式开关
+    db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
     try:
-        db.row_factory = aiosqlite.Row
-        await db.execute("PRAGMA journal_mode=WAL")
-        # FULL：每次提交都 fsync，202 发出前作业已落盘
-        await db.execute("PRAGMA synchronous=FULL")
-        await db.execute("PRAGMA busy_timeout=5000")
-        await migrate(db, path)
+        db.row_factory = sqlite3.Row
+        db.execute("PRAGMA journal_mode=WAL")
+        # FULL：每次提交都 fsync，202 发出前作业已落盘（组提交让一次 fsync 覆盖一批作业）
+        db.execute("PRAGMA synchronous=FULL")
+        db.execute("PRAGMA busy_timeout=5000")
+        migrate(db, path)
     except BaseException:
-        await db.close()
+        db.close()
         raise
     return db
 
 
-class LedgerDatabase:
-    """一个账本文件的单连接：第一次使用时打开（副本 __init__ 是同步的），事务与读取都串行。"""
-
-    def __init__(self, path: Path) -> None:
-        self._path = path
-        self._db: aiosqlite.Connection | None = None
-        self._open_lock = asyncio.Lock()
-        # 单连接：事务不能交错，所有访问串行
-        self._lock = asyncio.Lock()
-
-    async def _connection(self) -> aiosqlite.Connection:
-        async with self._open_lock:
-            if self._db is None:
-                self._db = await open_ledger_db(self._path)
-            return self._db
-
-    @asynccontextmanager
-    async def transaction(self) -> AsyncIterator[aiosqlite.Connection]:
-        """写事务（BEGIN IMMEDIATE）：正常退出提交，异常回滚。"""
-        db = await self._connection()
-        async with self._lock:
-            await db.execute("BEGIN IMMEDIATE")
-            try:
-                yield db
-            except BaseException:
-                await db.execute("ROLLBACK")
-                raise
-            await db.execute("COMMIT")
-
-    async def fetch_all(self, query: str, params: tuple[object, ...]) -> list[aiosqlite.Row]:
-        """只读查询的全部行。"""
-        db = await self._connection()
-        async with self._lock, db.execute(query, params) as cur:
-            return list(await cur.fetchall())
-
-    async def close(self) -> None:
-        """关闭连接（之后再用会重新打开）。"""
-        async with self._open_lock:
-            if self._db is not None:
-                await self._db.close()
-                self._db = None
-
-
-def record_from_row(row: aiosqlite.Row) -> JobRecord:
+def record_from_row(row: sqlite3.Row) -> JobRecord:
     """jobs 表的一行 → JobRecord。"""
     outcome = row["outcome_json"]
     return JobRecord(

@@ -1,17 +1,18 @@
-"""SQLite（WAL）账本：单个 Ledger 副本独占一个文件，所有写入串行、每次提交落盘。"""
+"""SQLite（WAL）账本：单个 Ledger 副本独占一个文件；每个操作是账本线程里的一个同步单元，
+并发的操作组提交（见 sqlite_schema.LedgerDatabase）。"""
 
 from __future__ import annotations
 
 import json
+import sqlite3
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-import aiosqlite
-
 from serve_app.core.settings import JobPolicy
 from serve_app.ledger import rules
+from serve_app.ledger.group_commit import LedgerDatabase
 from serve_app.ledger.records import (
     PRODUCING_STATES,
     Admission,
@@ -22,7 +23,7 @@ from serve_app.ledger.records import (
     WorkItem,
 )
 from serve_app.ledger.rules import AdvanceResult
-from serve_app.ledger.sqlite_schema import LedgerDatabase, at, record_from_row
+from serve_app.ledger.sqlite_schema import at, open_ledger_db, record_from_row
 from serve_app.ledger.store import HeartbeatReply, IdempotencyKey
 from serve_app.models.reports import CallbackPayload, DeliveryOutcome, ReportJob
 
@@ -36,25 +37,34 @@ def _placeholders(items: Sequence[object]) -> str:
 
 
 class SqliteJobStore:
-    """JobStore 的 SQLite 实现。连接在第一次使用时打开（副本 __init__ 是同步的）。"""
+    """JobStore 的 SQLite 实现。连接在第一次使用时打开（副本 __init__ 是同步的）。
+
+    每个公开方法取一次时钟，把同步的 `_xxx(db, ...)` 交给组提交；它们只在账本线程里运行。
+    """
 
     def __init__(
         self, path: Path, policy: JobPolicy, clock: Callable[[], float] = time.time
     ) -> None:
-        self._db = LedgerDatabase(path)
+        self._db = LedgerDatabase(lambda: open_ledger_db(path))
         self._policy = policy
         self._clock = clock
 
-    # ---- 读写辅助 ----
+    @property
+    def database(self) -> LedgerDatabase:
+        """底层连接与组提交（基准读它的批次统计）。"""
+        return self._db
 
-    async def _row(self, db: aiosqlite.Connection, trace_id: str) -> aiosqlite.Row | None:
-        async with db.execute(_ROW_BY_ID, (trace_id,)) as cur:
-            return await cur.fetchone()
+    # ---- 读写辅助（账本线程） ----
 
-    async def _update(
-        self,
-        db: aiosqlite.Connection,
-        row: aiosqlite.Row,
+    @staticmethod
+    def _row(db: sqlite3.Connection, trace_id: str) -> sqlite3.Row | None:
+        row: sqlite3.Row | None = db.execute(_ROW_BY_ID, (trace_id,)).fetchone()
+        return row
+
+    @staticmethod
+    def _update(
+        db: sqlite3.Connection,
+        row: sqlite3.Row,
         now: float,
         state: JobState | None = None,
         **columns: Any,
@@ -68,13 +78,13 @@ class SqliteJobStore:
             columns["history_json"] = json.dumps(history)
         # 列名只来自本模块的代码，值一律走参数绑定
         assignments = ", ".join(f"{name} = ?" for name in columns)
-        await db.execute(
+        db.execute(
             f"UPDATE jobs SET {assignments} WHERE trace_id = ?",
             (*columns.values(), row["trace_id"]),
         )
 
-    async def _fetch(self, db: aiosqlite.Connection, trace_id: str) -> JobRecord:
-        row = await self._row(db, trace_id)
+    def _fetch(self, db: sqlite3.Connection, trace_id: str) -> JobRecord:
+        row = self._row(db, trace_id)
         assert row is not None
         return record_from_row(row)
 
@@ -88,112 +98,146 @@ class SqliteJobStore:
     ) -> Admission:
         """受理（见 JobStore.admit）。"""
         now = self._clock()
-        async with self._db.transaction() as db:
-            existing = await self._row(db, job.trace_id)
-            if existing is not None:
-                # 调用方超时重试：第一次其实已写入
-                return Admission(record=record_from_row(existing))
-            if idempotency is not None:
-                replay = await self._idempotent_replay(db, idempotency, now)
-                if replay is not None:
-                    return replay
-            retry_after = await self._overload_retry_after(db, now)
-            if retry_after is not None:
-                return Admission(record=None, retry_after_s=retry_after)
-            history = [{"state": str(JobState.ACCEPTED), "at": at(now).isoformat()}]
-            await db.execute(
-                "INSERT INTO jobs (trace_id, state, job_json, history_json, created_at,"
-                " updated_at, owner, lease_until, runs, cb_state)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, 1, ?)",
-                (
-                    job.trace_id,
-                    str(JobState.ACCEPTED),
-                    job.model_dump_json(),
-                    json.dumps(history),
-                    now,
-                    now,
-                    owner,
-                    self._lease(now),
-                    str(CallbackState.WAITING),
-                ),
-            )
-            if idempotency is not None:
-                await db.execute(
-                    "INSERT OR REPLACE INTO idempotency VALUES (?, ?, ?, ?)",
-                    (idempotency.scope_key, idempotency.body_hash, job.trace_id, now),
-                )
-            return Admission(record=await self._fetch(db, job.trace_id))
+        admission: Admission = await self._db.run(
+            lambda db: self._admit(db, now, job, owner, idempotency)
+        )
+        return admission
 
-    async def _idempotent_replay(
-        self, db: aiosqlite.Connection, key: IdempotencyKey, now: float
+    def _admit(
+        self,
+        db: sqlite3.Connection,
+        now: float,
+        job: ReportJob,
+        owner: str,
+        idempotency: IdempotencyKey | None,
+    ) -> Admission:
+        existing = self._row(db, job.trace_id)
+        if existing is not None:
+            # 调用方超时重试：第一次其实已写入
+            return Admission(record=record_from_row(existing))
+        if idempotency is not None:
+            replay = self._idempotent_replay(db, idempotency, now)
+            if replay is not None:
+                return replay
+        retry_after = self._overload_retry_after(db, now)
+        if retry_after is not None:
+            return Admission(record=None, retry_after_s=retry_after)
+        history = [{"state": str(JobState.ACCEPTED), "at": at(now).isoformat()}]
+        db.execute(
+            "INSERT INTO jobs (trace_id, state, job_json, history_json, created_at,"
+            " updated_at, owner, lease_until, runs, cb_state)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, 1, ?)",
+            (
+                job.trace_id,
+                str(JobState.ACCEPTED),
+                job.model_dump_json(),
+                json.dumps(history),
+                now,
+                now,
+                owner,
+                self._lease(now),
+                str(CallbackState.WAITING),
+            ),
+        )
+        if idempotency is not None:
+            db.execute(
+                "INSERT OR REPLACE INTO idempotency VALUES (?, ?, ?, ?)",
+                (idempotency.scope_key, idempotency.body_hash, job.trace_id, now),
+            )
+        return Admission(record=self._fetch(db, job.trace_id))
+
+    def _idempotent_replay(
+        self, db: sqlite3.Connection, key: IdempotencyKey, now: float
     ) -> Admission | None:
-        async with db.execute(
+        hit = db.execute(
             "SELECT body_hash, trace_id FROM idempotency WHERE scope_key = ? AND created_at > ?",
             (key.scope_key, now - self._policy.idempotency_ttl_s),
-        ) as cur:
-            hit = await cur.fetchone()
+        ).fetchone()
         if hit is None:
             return None
         if hit["body_hash"] != key.body_hash:
             return Admission(record=None, conflict_trace_id=hit["trace_id"])
-        return Admission(record=await self._fetch(db, hit["trace_id"]), replayed=True)
+        return Admission(record=self._fetch(db, hit["trace_id"]), replayed=True)
 
-    async def _overload_retry_after(self, db: aiosqlite.Connection, now: float) -> int | None:
+    def _overload_retry_after(self, db: sqlite3.Connection, now: float) -> int | None:
         """未完成作业达到上限时返回建议的 Retry-After（估算见 rules.retry_after_s）。"""
         query = f"SELECT COUNT(*) FROM jobs WHERE {_IN_PRODUCING}"
-        async with db.execute(query, _PRODUCING) as cur:
-            active = (await cur.fetchone() or (0,))[0]
+        active = int(db.execute(query, _PRODUCING).fetchone()[0])
         if active < self._policy.max_active_jobs:
             return None
-        async with db.execute(
-            "SELECT COUNT(*) FROM jobs WHERE produced_at > ?", (now - rules.RATE_WINDOW_S,)
-        ) as cur:
-            recent = (await cur.fetchone() or (0,))[0]
+        recent = int(
+            db.execute(
+                "SELECT COUNT(*) FROM jobs WHERE produced_at > ?", (now - rules.RATE_WINDOW_S,)
+            ).fetchone()[0]
+        )
         return rules.retry_after_s(active, recent, self._policy)
 
     async def get(self, trace_id: str) -> JobRecord | None:
         """按 trace_id 取作业。"""
-        rows = await self._db.fetch_all(_ROW_BY_ID, (trace_id,))
-        return record_from_row(rows[0]) if rows else None
+        row: sqlite3.Row | None = await self._db.run(lambda db: self._row(db, trace_id))
+        return record_from_row(row) if row is not None else None
 
     async def advance(self, trace_id: str, owner: str, state: JobState) -> AdvanceResult:
         """进入 rendering / generating。"""
         now = self._clock()
-        async with self._db.transaction() as db:
-            row = await self._row(db, trace_id)
-            if row is None:
-                return "lost"
-            verdict = rules.advance_verdict(
-                row["state"], row["owner"], owner, bool(row["cancel_requested"])
-            )
-            if verdict != "ok":
-                return verdict
-            await self._update(db, row, now, state, lease_until=self._lease(now))
-            return "ok"
+        result: AdvanceResult = await self._db.run(
+            lambda db: self._advance(db, now, trace_id, owner, state)
+        )
+        return result
+
+    def _advance(
+        self, db: sqlite3.Connection, now: float, trace_id: str, owner: str, state: JobState
+    ) -> AdvanceResult:
+        row = self._row(db, trace_id)
+        if row is None:
+            return "lost"
+        verdict = rules.advance_verdict(
+            row["state"], row["owner"], owner, bool(row["cancel_requested"])
+        )
+        if verdict != "ok":
+            return verdict
+        self._update(db, row, now, state, lease_until=self._lease(now))
+        return "ok"
 
     async def finish(
         self, trace_id: str, owner: str, outcome: CallbackPayload
     ) -> CallbackPayload | None:
         """记录结果（见 JobStore.finish）。"""
         now = self._clock()
-        async with self._db.transaction() as db:
-            row = await self._row(db, trace_id)
-            if row is None or not rules.holds_production(row["state"], row["owner"], owner):
-                return None
-            job = ReportJob.model_validate_json(row["job_json"])
-            outcome = rules.final_outcome(job, outcome, bool(row["cancel_requested"]))
-            await self._set_outcome(db, row, now, outcome, lease_until=self._lease(now))
-            return outcome
+        final: CallbackPayload | None = await self._db.run(
+            lambda db: self._finish(db, now, trace_id, owner, outcome)
+        )
+        return final
 
-    async def _set_outcome(
+    def _finish(
         self,
-        db: aiosqlite.Connection,
-        row: aiosqlite.Row,
+        db: sqlite3.Connection,
+        now: float,
+        trace_id: str,
+        owner: str,
+        outcome: CallbackPayload,
+    ) -> CallbackPayload | None:
+        row = self._row(db, trace_id)
+        if row is None:
+            return None
+        if rules.finish_replayed(row["state"], row["owner"], owner) and row["outcome_json"]:
+            return CallbackPayload.model_validate_json(row["outcome_json"])
+        if not rules.holds_production(row["state"], row["owner"], owner):
+            return None
+        job = ReportJob.model_validate_json(row["job_json"])
+        outcome = rules.final_outcome(job, outcome, bool(row["cancel_requested"]))
+        self._set_outcome(db, row, now, outcome, lease_until=self._lease(now))
+        return outcome
+
+    def _set_outcome(
+        self,
+        db: sqlite3.Connection,
+        row: sqlite3.Row,
         now: float,
         outcome: CallbackPayload,
         **columns: Any,
     ) -> None:
-        await self._update(
+        self._update(
             db,
             row,
             now,
@@ -210,39 +254,49 @@ class SqliteJobStore:
     ) -> JobRecord | None:
         """记录一轮投递（见 JobStore.record_delivery）。"""
         now = self._clock()
-        async with self._db.transaction() as db:
-            row = await self._row(db, trace_id)
-            if row is None or row["outcome_json"] is None:
-                return None
-            final = rules.state_after_delivery(
-                CallbackPayload.model_validate_json(row["outcome_json"])
-            )
-            common: dict[str, Any] = {
-                "cb_attempts": row["cb_attempts"] + result.attempts,
-                "cb_last_status": result.status_code,
-                "cb_last_error": result.error,
-            }
-            if row["owner"] == owner:
-                common |= {"owner": None, "lease_until": None}
-            if result.delivered:
-                await self._update(
-                    db,
-                    row,
-                    now,
-                    final,
-                    cb_state=str(CallbackState.DELIVERED),
-                    cb_delivered_at=now,
-                    cb_next_attempt_at=None,
-                    **common,
-                )
-            else:
-                await self._schedule_redelivery(db, row, now, final, result, common)
-            return await self._fetch(db, trace_id)
+        record: JobRecord | None = await self._db.run(
+            lambda db: self._record_delivery(db, now, trace_id, owner, result)
+        )
+        return record
 
-    async def _schedule_redelivery(
+    def _record_delivery(
         self,
-        db: aiosqlite.Connection,
-        row: aiosqlite.Row,
+        db: sqlite3.Connection,
+        now: float,
+        trace_id: str,
+        owner: str,
+        result: DeliveryOutcome,
+    ) -> JobRecord | None:
+        row = self._row(db, trace_id)
+        if row is None or row["outcome_json"] is None:
+            return None
+        final = rules.state_after_delivery(CallbackPayload.model_validate_json(row["outcome_json"]))
+        common: dict[str, Any] = {
+            "cb_attempts": row["cb_attempts"] + result.attempts,
+            "cb_last_status": result.status_code,
+            "cb_last_error": result.error,
+        }
+        if row["owner"] == owner:
+            common |= {"owner": None, "lease_until": None}
+        if result.delivered:
+            self._update(
+                db,
+                row,
+                now,
+                final,
+                cb_state=str(CallbackState.DELIVERED),
+                cb_delivered_at=now,
+                cb_next_attempt_at=None,
+                **common,
+            )
+        else:
+            self._schedule_redelivery(db, row, now, final, result, common)
+        return self._fetch(db, trace_id)
+
+    def _schedule_redelivery(
+        self,
+        db: sqlite3.Connection,
+        row: sqlite3.Row,
         now: float,
         final: JobState,
         result: DeliveryOutcome,
@@ -263,25 +317,31 @@ class SqliteJobStore:
             "cb_next_attempt_at": plan.next_attempt_at,
         }
         # 仍在重投时状态保持不变（delivering；对已终态作业的手动重投保持终态）
-        await self._update(db, row, now, final if plan.undelivered else None, **common)
+        self._update(db, row, now, final if plan.undelivered else None, **common)
 
     async def heartbeat(self, owner: str, trace_ids: list[str]) -> HeartbeatReply:
         """续租（见 JobStore.heartbeat）。"""
         if not trace_ids:
             return HeartbeatReply()
         now = self._clock()
+        reply: HeartbeatReply = await self._db.run(
+            lambda db: self._heartbeat(db, now, owner, trace_ids)
+        )
+        return reply
+
+    def _heartbeat(
+        self, db: sqlite3.Connection, now: float, owner: str, trace_ids: list[str]
+    ) -> HeartbeatReply:
         marks = _placeholders(trace_ids)
-        async with self._db.transaction() as db:
-            await db.execute(
-                f"UPDATE jobs SET lease_until = ? WHERE owner = ? AND trace_id IN ({marks})",
-                (self._lease(now), owner, *trace_ids),
-            )
-            async with db.execute(
-                f"SELECT trace_id, owner, cancel_requested, state FROM jobs"
-                f" WHERE trace_id IN ({marks})",
-                trace_ids,
-            ) as cur:
-                rows = list(await cur.fetchall())
+        db.execute(
+            f"UPDATE jobs SET lease_until = ? WHERE owner = ? AND trace_id IN ({marks})",
+            (self._lease(now), owner, *trace_ids),
+        )
+        rows = db.execute(
+            f"SELECT trace_id, owner, cancel_requested, state FROM jobs"
+            f" WHERE trace_id IN ({marks})",
+            trace_ids,
+        ).fetchall()
         owned = {r["trace_id"]: r for r in rows if r["owner"] == owner}
         return HeartbeatReply(
             cancel=[
@@ -297,35 +357,40 @@ class SqliteJobStore:
         if limit <= 0:
             return []
         now = self._clock()
+        items: list[WorkItem] = await self._db.run(
+            lambda db: self._claim_due(db, now, owner, limit)
+        )
+        return items
+
+    def _claim_due(
+        self, db: sqlite3.Connection, now: float, owner: str, limit: int
+    ) -> list[WorkItem]:
+        rows = db.execute(
+            f"SELECT * FROM jobs WHERE (lease_until IS NULL OR lease_until < ?)"
+            f" AND ({_IN_PRODUCING} OR (cb_state = ? AND cb_next_attempt_at <= ?))"
+            " ORDER BY updated_at LIMIT ?",
+            (now, *_PRODUCING, str(CallbackState.PENDING), now, limit),
+        ).fetchall()
         items: list[WorkItem] = []
-        async with self._db.transaction() as db:
-            async with db.execute(
-                f"SELECT * FROM jobs WHERE (lease_until IS NULL OR lease_until < ?)"
-                f" AND ({_IN_PRODUCING} OR (cb_state = ? AND cb_next_attempt_at <= ?))"
-                " ORDER BY updated_at LIMIT ?",
-                (now, *_PRODUCING, str(CallbackState.PENDING), now, limit),
-            ) as cur:
-                rows = list(await cur.fetchall())
-            for row in rows:
-                lease: dict[str, Any] = {"owner": owner, "lease_until": self._lease(now)}
-                produce = rules.is_producing(row["state"])
-                ended = None
-                if produce:
-                    ended = rules.recovery_outcome(
-                        ReportJob.model_validate_json(row["job_json"]),
-                        row["runs"],
-                        bool(row["cancel_requested"]),
-                        self._policy,
-                    )
-                if ended is not None:
-                    await self._set_outcome(db, row, now, ended, **lease)
-                    produce = False
-                elif produce:
-                    await self._update(db, row, now, runs=row["runs"] + 1, **lease)
-                else:
-                    await self._update(db, row, now, **lease)
-                record = await self._fetch(db, row["trace_id"])
-                items.append(WorkItem(record=record, produce=produce))
+        for row in rows:
+            lease: dict[str, Any] = {"owner": owner, "lease_until": self._lease(now)}
+            produce = rules.is_producing(row["state"])
+            ended = None
+            if produce:
+                ended = rules.recovery_outcome(
+                    ReportJob.model_validate_json(row["job_json"]),
+                    row["runs"],
+                    bool(row["cancel_requested"]),
+                    self._policy,
+                )
+            if ended is not None:
+                self._set_outcome(db, row, now, ended, **lease)
+                produce = False
+            elif produce:
+                self._update(db, row, now, runs=row["runs"] + 1, **lease)
+            else:
+                self._update(db, row, now, **lease)
+            items.append(WorkItem(record=self._fetch(db, row["trace_id"]), produce=produce))
         return items
 
     async def release(self, owner: str, trace_ids: list[str]) -> None:
@@ -333,61 +398,74 @@ class SqliteJobStore:
         if not trace_ids:
             return
         now = self._clock()
+        await self._db.run(lambda db: self._release(db, now, owner, trace_ids))
+
+    @staticmethod
+    def _release(db: sqlite3.Connection, now: float, owner: str, trace_ids: list[str]) -> None:
         marks = _placeholders(trace_ids)
-        async with self._db.transaction() as db:
-            await db.execute(
-                f"UPDATE jobs SET runs = MAX(runs - 1, 0) WHERE owner = ?"
-                f" AND trace_id IN ({marks}) AND {_IN_PRODUCING}",
-                (owner, *trace_ids, *_PRODUCING),
-            )
-            await db.execute(
-                f"UPDATE jobs SET owner = NULL, lease_until = NULL, updated_at = ?"
-                f" WHERE owner = ? AND trace_id IN ({marks})",
-                (now, owner, *trace_ids),
-            )
+        db.execute(
+            f"UPDATE jobs SET runs = MAX(runs - 1, 0) WHERE owner = ?"
+            f" AND trace_id IN ({marks}) AND {_IN_PRODUCING}",
+            (owner, *trace_ids, *_PRODUCING),
+        )
+        db.execute(
+            f"UPDATE jobs SET owner = NULL, lease_until = NULL, updated_at = ?"
+            f" WHERE owner = ? AND trace_id IN ({marks})",
+            (now, owner, *trace_ids),
+        )
 
     async def request_cancel(self, trace_id: str) -> CancelResult:
         """登记取消（见 JobStore.request_cancel）。"""
         now = self._clock()
-        async with self._db.transaction() as db:
-            row = await self._row(db, trace_id)
-            if row is None:
-                return CancelResult(record=None, accepted=False)
-            if not rules.is_producing(row["state"]):
-                return CancelResult(record=record_from_row(row), accepted=False)
-            await self._update(db, row, now, cancel_requested=1)
-            return CancelResult(record=await self._fetch(db, trace_id), accepted=True)
+        result: CancelResult = await self._db.run(
+            lambda db: self._request_cancel(db, now, trace_id)
+        )
+        return result
+
+    def _request_cancel(self, db: sqlite3.Connection, now: float, trace_id: str) -> CancelResult:
+        row = self._row(db, trace_id)
+        if row is None:
+            return CancelResult(record=None, accepted=False)
+        if not rules.is_producing(row["state"]):
+            return CancelResult(record=record_from_row(row), accepted=False)
+        self._update(db, row, now, cancel_requested=1)
+        return CancelResult(record=self._fetch(db, trace_id), accepted=True)
 
     async def redeliver(self, trace_id: str) -> JobRecord | None:
         """重新安排投递（见 JobStore.redeliver）。"""
         now = self._clock()
-        async with self._db.transaction() as db:
-            row = await self._row(db, trace_id)
-            if row is None:
-                return None
-            if row["outcome_json"] is not None:
-                await self._update(
-                    db,
-                    row,
-                    now,
-                    cb_state=str(CallbackState.PENDING),
-                    cb_next_attempt_at=now,
-                    cb_first_failed_at=None,
-                    cb_rounds=0,
-                )
-            return await self._fetch(db, trace_id)
+        record: JobRecord | None = await self._db.run(lambda db: self._redeliver(db, now, trace_id))
+        return record
+
+    def _redeliver(self, db: sqlite3.Connection, now: float, trace_id: str) -> JobRecord | None:
+        row = self._row(db, trace_id)
+        if row is None:
+            return None
+        if row["outcome_json"] is not None:
+            self._update(
+                db,
+                row,
+                now,
+                cb_state=str(CallbackState.PENDING),
+                cb_next_attempt_at=now,
+                cb_first_failed_at=None,
+                cb_rounds=0,
+            )
+        return self._fetch(db, trace_id)
 
     async def list_undelivered(self, limit: int) -> list[JobRecord]:
         """已放弃自动重投的作业。"""
-        rows = await self._db.fetch_all(
-            "SELECT * FROM jobs WHERE cb_state = ? ORDER BY updated_at DESC LIMIT ?",
-            (str(CallbackState.UNDELIVERED), limit),
+        rows: list[sqlite3.Row] = await self._db.run(
+            lambda db: db.execute(
+                "SELECT * FROM jobs WHERE cb_state = ? ORDER BY updated_at DESC LIMIT ?",
+                (str(CallbackState.UNDELIVERED), limit),
+            ).fetchall()
         )
         return [record_from_row(r) for r in rows]
 
     async def ping(self) -> None:
         """能打开数据库并执行一条查询（健康检查用）。"""
-        await self._db.fetch_all("SELECT 1", ())
+        await self._db.run(lambda db: db.execute("SELECT 1").fetchone())
 
     async def close(self) -> None:
         """关闭连接。"""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
 
 from loguru import logger
@@ -12,7 +13,7 @@ from serve_app.llm.port import LLMClient
 from serve_app.models.reports import CallbackPayload, DeliveryOutcome, ReportJob
 from serve_app.services.stages import DeliveryStage, RenderStage
 
-# 进入某个阶段前的回调（账本记录状态；作业被取消或租约丢失时抛 StageInterrupted）
+# 记录进入某个阶段（与该阶段的工作并行；作业被取消或租约丢失时抛 StageInterrupted）
 StageHook = Callable[[JobState], Awaitable[None]]
 
 
@@ -28,6 +29,22 @@ async def _no_hook(_: JobState) -> None:
     return None
 
 
+async def _alongside[T](stage: Awaitable[None], work: Awaitable[T]) -> T:
+    """记录阶段（一次账本往返）与这一步的工作并行，不让往返挡在每个作业的路上。
+
+    阶段判定为打断（已取消、租约已丢）时取消工作并抛 StageInterrupted：生成刚开始就被中止，
+    vLLM 随之中止请求。
+    """
+    task = asyncio.ensure_future(work)
+    try:
+        await stage
+    except BaseException:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        raise
+    return await task
+
+
 class ReportPipeline:
     """一个作业的两步：产生结果（成功或失败的回调载荷），投递回调。"""
 
@@ -40,10 +57,10 @@ class ReportPipeline:
         """渲染并生成；任何失败都变成 failed 载荷（被打断时抛 StageInterrupted）。"""
         logger.info("作业开始：report_type={} length={}", job.report_type, job.length)
         try:
-            await on_stage(JobState.RENDERING)
-            prompt = await self._renderer.render(job)
-            await on_stage(JobState.GENERATING)
-            completion = await self._llm.generate(prompt, trace_id=job.trace_id)
+            prompt = await _alongside(on_stage(JobState.RENDERING), self._renderer.render(job))
+            completion = await _alongside(
+                on_stage(JobState.GENERATING), self._llm.generate(prompt, trace_id=job.trace_id)
+            )
             if not completion.content.strip():
                 raise LLMError("模型返回了空内容")
         except StageInterrupted:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 import sys
@@ -106,6 +107,33 @@ async def test_full_lifecycle_is_recorded(store: SqliteJobStore) -> None:
     assert record.callback.webhook_id == "msg_t-1"
     assert record.outcome is not None and record.outcome.report is not None
     assert await store.get("missing") is None
+
+
+async def test_finish_replayed_by_its_owner_returns_the_recorded_outcome(
+    store: SqliteJobStore,
+) -> None:
+    # 第一次 finish 已提交但回复丢了（超时），客户端重放：返回已记录的结果，不当作租约已丢
+    await _produced(store)
+    job = _job()
+    replayed = await store.finish("t-1", "a", _succeeded(job))
+    assert replayed is not None and replayed.status == "succeeded"
+    # 别的副本不能借重放拿到结果
+    assert await store.finish("t-1", "b", _succeeded(job)) is None
+
+
+async def test_concurrent_lifecycles_share_commits(tmp_path: Path, clock: Clock) -> None:
+    store = SqliteJobStore(
+        tmp_path / "ledger.sqlite3", POLICY.model_copy(update={"max_active_jobs": 100}), clock
+    )
+    try:
+        await asyncio.gather(*(_produced(store, f"t-{i}") for i in range(40)))
+        records = await asyncio.gather(*(store.get(f"t-{i}") for i in range(40)))
+        assert all(r is not None and r.state is JobState.DELIVERING for r in records)
+        # 40 个作业的 200 次访问经组提交合成的事务少得多
+        assert store.database.units == 200
+        assert store.database.batches < store.database.units / 4
+    finally:
+        await store.close()
 
 
 async def test_admit_is_idempotent_on_trace_id(store: SqliteJobStore) -> None:
@@ -278,7 +306,7 @@ async def test_jobs_survive_a_restart(tmp_path: Path, clock: Clock) -> None:
 
 
 def test_an_unclosed_ledger_does_not_block_process_exit(tmp_path: Path) -> None:
-    # aiosqlite 的工作线程默认非守护：忘了 close 时解释器退出会一直等它
+    # 忘了 close 时，账本线程不能让解释器退出一直等着
     code = (
         "import asyncio\n"
         "from pathlib import Path\n"
