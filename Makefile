@@ -10,10 +10,10 @@ RUN_DIR := .run
 TINY_MODEL := .cache/tiny-model
 export PYTHONPATH := $(CURDIR)
 
-.PHONY: help install run stop demo bench bench-ledger bench-overhead test test-unit test-integration test-fault test-e2e test-cluster test-quickstart lint fmt clean
+.PHONY: help install run deploy stop demo bench bench-ledger bench-overhead test test-unit test-integration test-fault test-e2e test-cluster test-quickstart lint fmt clean
 
 help:
-	@echo "make run | stop | demo | test | test-unit | test-integration | test-fault | test-e2e | test-cluster | test-quickstart | lint"
+	@echo "make run | deploy | stop | demo | test | test-unit | test-integration | test-fault | test-e2e | test-cluster | test-quickstart | lint"
 
 $(UV):
 	python3 -m venv $(TOOLS)
@@ -30,6 +30,10 @@ $(TINY_MODEL)/tiny-model.json: | install
 
 run: install
 	@bash cluster/local_run.sh start
+
+# 把改过的 serve_config 应用到运行中的集群（副本数、扩缩等选项就地生效，不重启副本）
+deploy: install
+	@bash cluster/local_run.sh deploy
 
 stop:
 	@bash cluster/local_run.sh stop

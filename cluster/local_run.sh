@@ -2,6 +2,8 @@
 # 本地运行（make run / make stop）：用容器同款脚本在本机起一个单节点 Ray 集群并部署 CPU 配置。
 #   start：cluster/start_head.sh --block（独立进程组，head 同时广播 reports_cpu 与 reports_llm）
 #          → cluster/deploy.sh serve_config.cpu.yaml → 等 /readyz
+#   deploy：把（改过的）SERVE_CONFIG 再 serve deploy 到运行中的集群：只改副本数、扩缩、
+#          max_ongoing_requests 等选项时 Serve 就地更新，不重启副本、不丢在途作业
 #   stop ：serve shutdown（优雅：等在途请求）→ 向自己记录的 head 进程发 SIGTERM（Ray 自行排空关闭）
 #          → 超时再对该进程组 SIGKILL。只动自己记录的 PID，不按进程名批量杀。
 set -euo pipefail
@@ -81,6 +83,15 @@ start() {
   echo "回调签名密钥在 $SECRET_FILE（backend B 的接收方用它验签，见 README“接入 backend B”）"
 }
 
+deploy() {
+  if ! head_alive; then
+    echo "服务未在运行：先 make run" >&2; return 1
+  fi
+  load_token
+  echo "把 $SERVE_CONFIG 应用到运行中的集群"
+  cluster/deploy.sh
+}
+
 wait_gone() {
   local pid=$1 seconds=$2
   for _ in $(seq 1 "$seconds"); do
@@ -108,6 +119,7 @@ stop() {
 
 case "${1:-}" in
   start) start ;;
+  deploy) deploy ;;
   stop) stop ;;
-  *) echo "用法：$0 start|stop"; exit 2 ;;
+  *) echo "用法：$0 start|deploy|stop"; exit 2 ;;
 esac

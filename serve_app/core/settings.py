@@ -18,6 +18,8 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from serve_app.core.config_conflicts import environment, find_conflicts
+
 # 仓库根目录：相对路径（模板文件等）据此解析，与进程当前目录无关
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
@@ -249,7 +251,7 @@ class Settings(BaseSettings):
 
     @classmethod
     def from_args(cls, args: dict[str, Any]) -> Settings:
-        """由 serve_config.yaml 的 args 构造；未知的顶层键直接报错（部署失败，而非请求时出错）。"""
+        """由 serve_config.yaml 的 args 构造；未知的键、与环境变量冲突的值直接报错（部署失败）。"""
         known = set(cls.model_fields)
         for field in cls.model_fields.values():
             if isinstance(field.validation_alias, AliasChoices):
@@ -257,6 +259,11 @@ class Settings(BaseSettings):
         unknown = sorted(set(args) - known)
         if unknown:
             raise ValueError(f"serve_config 的 args 有未知字段 {unknown}，可用：{sorted(known)}")
+        conflicts = find_conflicts(cls, args, environment(PROJECT_ROOT / ".env"))
+        if conflicts:
+            raise ValueError(
+                "同一设置在两处给了不同的值（只在一处设置：删掉其中一处）：" + "；".join(conflicts)
+            )
         return cls(**args)
 
     @property

@@ -44,7 +44,24 @@ class MultiNode:
     workers: list[RayNode]
     node_env: dict[str, str]
     workdir: Path
+    dashboard: str
+    config_path: Path
     node_ids: dict[str, str] = field(default_factory=dict)
+
+    def deploy(self, config_path: Path) -> None:
+        """用 cluster/deploy.sh 把一份配置 serve deploy 到运行中的集群，等 /readyz 变绿。"""
+        subprocess.run(
+            [str(SCRIPTS / "deploy.sh")],
+            env=self.node_env
+            | {
+                "SERVE_CONFIG": str(config_path),
+                "RAY_DASHBOARD_ADDRESS": self.dashboard,
+                "READY_URL": f"{self.base_url}/readyz",
+                "DEPLOY_TIMEOUT_S": str(DEPLOY_TIMEOUT_S),
+            },
+            check=True,
+            timeout=DEPLOY_TIMEOUT_S + 60,
+        )
 
     def start_worker(self) -> RayNode:
         """再起一个 LLM worker 节点并加入集群。"""
@@ -102,23 +119,14 @@ def multinode(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MultiNode]:
         workers=[],
         node_env=node_env,
         workdir=workdir,
+        dashboard=dashboard,
+        config_path=config_path,
     )
     try:
         head.start("--block")
         cluster.start_worker()
         cluster.receiver.start()
-        subprocess.run(
-            [str(SCRIPTS / "deploy.sh")],
-            env=node_env
-            | {
-                "SERVE_CONFIG": str(config_path),
-                "RAY_DASHBOARD_ADDRESS": dashboard,
-                "READY_URL": f"{cluster.base_url}/readyz",
-                "DEPLOY_TIMEOUT_S": str(DEPLOY_TIMEOUT_S),
-            },
-            check=True,
-            timeout=DEPLOY_TIMEOUT_S + 60,
-        )
+        cluster.deploy(config_path)
         yield cluster
     finally:
         cluster.receiver.stop()

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import time
+from pathlib import Path
 from typing import Any
 
 import httpx
+import yaml
 from loguru import logger
 
 from tests.cluster.conftest import APP, AUTOSCALING, LLM_DEPLOYMENT, MultiNode
@@ -95,9 +97,9 @@ def _delivered(cluster: MultiNode, trace_ids: list[str]) -> int:
     return len({r.body.get("trace_id") for r in cluster.receiver.received} & wanted)
 
 
-def _describe_unexpected(callbacks: dict[str, list[ReceivedCallback]]) -> list[str]:
-    """不是“恰好一次 succeeded”的作业：trace_id、回调次数与各次的状态/错误码。"""
-    return [
+def _assert_each_succeeded_once(callbacks: dict[str, list[ReceivedCallback]]) -> None:
+    """每个作业恰好一次 succeeded 回调；否则列出 trace_id、回调次数与各次的状态/错误码。"""
+    unexpected = [
         f"{trace_id}: "
         + ", ".join(
             f"{c.body['status']}({(c.body.get('error') or {}).get('code', '')})" for c in calls
@@ -105,6 +107,7 @@ def _describe_unexpected(callbacks: dict[str, list[ReceivedCallback]]) -> list[s
         for trace_id, calls in callbacks.items()
         if not (len(calls) == 1 and calls[0].body["status"] == "succeeded")
     ]
+    assert not unexpected, f"{len(unexpected)}/{len(callbacks)} 个不是恰好一次成功：{unexpected}"
 
 
 def test_llm_autoscales_on_queue_depth_and_back(multinode: MultiNode) -> None:
@@ -131,8 +134,7 @@ def test_llm_autoscales_on_queue_depth_and_back(multinode: MultiNode) -> None:
     api.wait_for(scaled_up, 180, "LLM 副本扩容")
     logger.info("扩容已触发：target_num_replicas={}", target())
     callbacks = _wait_terminal(multinode, trace_ids, 900)
-    unexpected = _describe_unexpected(callbacks)
-    assert not unexpected, f"{len(unexpected)}/{len(callbacks)} 个不是恰好一次成功：{unexpected}"
+    _assert_each_succeeded_once(callbacks)
     api.wait_for(
         lambda: (
             target() == AUTOSCALING["min_replicas"]
@@ -141,6 +143,59 @@ def test_llm_autoscales_on_queue_depth_and_back(multinode: MultiNode) -> None:
         240,
         "突发结束后缩回 min_replicas",
     )
+
+
+def _running_replicas(cluster: MultiNode, deployment: str) -> set[str]:
+    details = cluster.api.deployment(APP, deployment)
+    return {r["actor_id"] for r in details["replicas"] if r["state"] == "RUNNING"}
+
+
+def _edited_config(cluster: MultiNode) -> Path:
+    """运维改 serve_config：LLM 的扩缩上限与目标排队深度、渲染的副本数。"""
+    config: dict[str, Any] = yaml.safe_load(cluster.config_path.read_text(encoding="utf-8"))
+    [app] = config["applications"]
+    for deployment in app["deployments"]:
+        if deployment["name"] == LLM_DEPLOYMENT:
+            deployment["autoscaling_config"] = AUTOSCALING | {
+                "max_replicas": 3,
+                "target_ongoing_requests": 3,
+            }
+        if deployment["name"] == "TemplateRenderer":
+            deployment["num_replicas"] = 2
+    path = cluster.workdir / "serve_config.edited.yaml"
+    path.write_text(yaml.safe_dump(config, allow_unicode=True), encoding="utf-8")
+    return path
+
+
+def test_edited_config_applies_in_place_while_jobs_run(multinode: MultiNode) -> None:
+    api = multinode.api
+    llm_before = _running_replicas(multinode, LLM_DEPLOYMENT)
+    assert len(llm_before) == 1
+    trace_ids = _submit_many(multinode, 6, "medium")
+    try:
+        multinode.deploy(_edited_config(multinode))
+
+        def applied() -> bool:
+            llm = api.deployment(APP, LLM_DEPLOYMENT)["deployment_config"]["autoscaling_config"]
+            renderer = _running_replicas(multinode, "TemplateRenderer")
+            return (llm["max_replicas"] == 3 and llm["target_ongoing_requests"] == 3) and len(
+                renderer
+            ) == 2
+
+        api.wait_for(applied, 180, "新配置生效（LLM 扩缩参数、渲染 2 个副本）")
+        # 只改了部署选项：LLM 副本就地更新，还是同一个 actor（没有重启、没有重新加载模型）
+        assert _running_replicas(multinode, LLM_DEPLOYMENT) == llm_before
+        callbacks = _wait_terminal(multinode, trace_ids, 600)
+        _assert_each_succeeded_once(callbacks)
+    finally:
+        # 还原，后面的测试用原来的配置
+        multinode.deploy(multinode.config_path)
+    api.wait_for(
+        lambda: len(_running_replicas(multinode, "TemplateRenderer")) == 1,
+        180,
+        "还原后渲染回到 1 个副本",
+    )
+    assert _running_replicas(multinode, LLM_DEPLOYMENT) == llm_before
 
 
 def test_worker_loss_leaves_no_report_silent(multinode: MultiNode) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
@@ -12,7 +13,7 @@ from typing import Any
 import pytest
 import yaml
 
-from serve_app.core.settings import PROJECT_ROOT
+from serve_app.core.settings import PROJECT_ROOT, Settings
 
 COMPOSE = PROJECT_ROOT / "docker-compose.yml"
 DOCKERFILE = PROJECT_ROOT / "cluster" / "Dockerfile"
@@ -64,6 +65,8 @@ def test_gpu_worker_reserves_a_gpu_and_waits_for_the_head() -> None:
     worker = _compose()["services"]["ray-gpu-worker"]
     [device] = worker["deploy"]["resources"]["reservations"]["devices"]
     assert device["driver"] == "nvidia" and "gpu" in device["capabilities"]
+    # 一台主机一个 worker，带上全部 GPU：count: 1 加 --scale 会让每个容器都拿到同一张卡
+    assert device["count"] == "all" and "device_ids" not in device
     assert worker["depends_on"]["ray-head"]["condition"] in {"service_started", "service_healthy"}
     assert worker["command"] == ["cluster/start_worker.sh"]
     assert worker["environment"]["RAY_HEAD_ADDRESS"] == "ray-head:6379"
@@ -76,7 +79,11 @@ def test_head_publishes_ports_and_deploys_serve_config() -> None:
     published = {str(port).rsplit(":", 1)[-1] for port in head["ports"]}
     assert {"8000", "8265"} <= published
     assert head["command"] == ["cluster/head_entrypoint.sh"]
-    assert head["environment"]["SERVE_CONFIG"] == "serve_config.yaml"
+    assert head["environment"]["SERVE_CONFIG"] == "${SERVE_CONFIG:-serve_config.yaml}"
+    # 配置从宿主机挂进来：改了文件后 deploy.sh 就地生效，不用重建镜像
+    assert "./serve_config.yaml:/app/serve_config.yaml:ro" in head["volumes"]
+    assert "./presets:/app/presets:ro" in head["volumes"]
+    assert "COPY presets ./presets" in DOCKERFILE.read_text(encoding="utf-8")
     assert "/readyz" in " ".join(head["healthcheck"]["test"])
     entrypoint = (PROJECT_ROOT / "cluster" / "head_entrypoint.sh").read_text(encoding="utf-8")
     assert "start_head.sh" in entrypoint and "deploy.sh" in entrypoint
@@ -153,3 +160,90 @@ def test_env_example_lists_every_required_compose_variable_and_hf_token() -> Non
     listed = set(re.findall(r"^([A-Z0-9_]+)=", ENV_EXAMPLE.read_text(encoding="utf-8"), flags=re.M))
     assert required and required <= listed, required - listed
     assert "HF_TOKEN" in listed  # 受限模型的下载凭据
+
+
+def _env_example_groups() -> dict[str, set[str]]:
+    """.env.example 的分组（`# ==== 名字 ====`）→ 组里的变量名。"""
+    groups: dict[str, set[str]] = {}
+    current = ""
+    for line in ENV_EXAMPLE.read_text(encoding="utf-8").splitlines():
+        header = re.match(r"^# ==== (.+?) ?====$", line)
+        if header:
+            current = header.group(1)
+            groups[current] = set()
+        elif match := re.match(r"^([A-Z0-9_]+)=", line):
+            assert current, f"{match.group(1)} 不在任何分组里"
+            groups[current].add(match.group(1))
+    return groups
+
+
+def _marked_required() -> set[str]:
+    """注释里标了【必填】的变量（标记在变量前的注释行里）。"""
+    marked: set[str] = set()
+    pending = False
+    for line in ENV_EXAMPLE.read_text(encoding="utf-8").splitlines():
+        if line.startswith("#"):
+            pending = pending or "【必填】" in line
+        elif match := re.match(r"^([A-Z0-9_]+)=", line):
+            if pending:
+                marked.add(match.group(1))
+            pending = False
+    return marked
+
+
+_APP_VARIABLES = re.compile(r"\b(REPORTS_[A-Z0-9_]+|VLLM_API_URL|CALLBACK_[A-Z_]+)\b")
+
+
+@pytest.mark.parametrize(
+    ("config", "profile", "expected"),
+    [
+        ("serve_config.yaml", "cluster", {"REPORTS_API_KEYS", "REPORTS_ENGINE__MODEL_SOURCE"}),
+        ("serve_config.external.yaml", "external", {"REPORTS_API_KEYS"}),
+    ],
+)
+def test_every_setting_a_profile_requires_at_startup_is_in_its_env_example_group(
+    config: str, profile: str, expected: set[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # 从空环境起：启动失败时错误说出缺哪个变量，补上它再试，直到能启动
+    for name in list(os.environ):
+        if _APP_VARIABLES.fullmatch(name):
+            monkeypatch.delenv(name)
+    groups = _env_example_groups()
+    [common] = [g for g in groups if g.startswith("所有 compose 剖面")]
+    [own] = [g for g in groups if g.startswith(f"{profile} 剖面")]
+    allowed = groups[common] | groups[own]
+    [app] = yaml.safe_load((PROJECT_ROOT / config).read_text(encoding="utf-8"))["applications"]
+    required: set[str] = set()
+    for _ in range(10):
+        try:
+            Settings.from_args(app["args"])
+            break
+        except ValueError as exc:
+            named = [n for n in _APP_VARIABLES.findall(str(exc)) if n not in required]
+            assert named, f"启动失败却没说该设置哪个变量：{exc}"
+            required.add(named[0])
+            monkeypatch.setenv(named[0], "k-1" if named[0].endswith("KEYS") else "/models/m")
+    else:
+        pytest.fail(f"补了 {required} 仍无法启动")
+    assert required == expected
+    assert required <= allowed, f"{required - allowed} 不在 .env.example 的 {common} / {own} 组"
+    assert required <= _marked_required(), "必填的变量在 .env.example 里要标【必填】"
+
+
+def test_readme_per_gpu_services_get_distinct_devices() -> None:
+    # README“加 GPU”里一卡一容器的写法：每个服务一张不同的卡，且都用 gpu-worker 的启动方式
+    readme = (PROJECT_ROOT / "README.md").read_text(encoding="utf-8")
+    section = readme[readme.index("### 加 GPU") :]
+    block = re.search(r"```yaml\n(.*?)```", section, flags=re.DOTALL)
+    assert block, "README“加 GPU”缺少一卡一容器的 compose 片段"
+    services: dict[str, Any] = yaml.safe_load(block.group(1))["services"]
+    # 原来带全部卡的 worker 不再启动，否则它与每卡一个的服务抢同样的卡
+    assert services.pop("ray-gpu-worker")["profiles"] == ["disabled"]
+    assert len(services) >= 2
+    seen: list[str] = []
+    for spec in services.values():
+        [device] = spec["deploy"]["resources"]["reservations"]["devices"]
+        assert device["driver"] == "nvidia" and "count" not in device
+        seen += device["device_ids"]
+        assert spec["extends"]["service"] == "ray-gpu-worker"
+    assert len(seen) == len(set(seen)), f"两个服务拿到了同一张卡：{seen}"

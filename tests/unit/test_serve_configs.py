@@ -9,10 +9,12 @@ import pytest
 import yaml
 from ray.serve.schema import ServeDeploySchema
 
-from deployments.llm import llm_deployment_name
+from deployments.llm import build_llm_config, llm_deployment_name
 from serve_app.core.settings import PROJECT_ROOT, Settings
 
 CONFIGS = [PROJECT_ROOT / "serve_config.yaml", PROJECT_ROOT / "serve_config.cpu.yaml"]
+# GPU 预设：完整的 serve_config，由 .env 的 SERVE_CONFIG 选用
+PRESETS = sorted((PROJECT_ROOT / "presets").glob("serve_config.*.yaml"))
 LIGHT = {"ReportIngress", "TemplateRenderer", "CallbackSender", "Ledger"}
 
 
@@ -73,7 +75,7 @@ def test_gpu_profile_puts_engine_on_gpu_and_cpu_profile_on_cpu() -> None:
 
 
 @pytest.mark.parametrize(
-    "path", [*CONFIGS, PROJECT_ROOT / "serve_config.external.yaml"], ids=lambda p: p.name
+    "path", [*CONFIGS, PROJECT_ROOT / "serve_config.external.yaml", *PRESETS], ids=lambda p: p.name
 )
 def test_ledger_is_a_single_replica_on_the_node_with_the_volume(path: Path) -> None:
     [app] = _load(path)["applications"]
@@ -84,3 +86,43 @@ def test_ledger_is_a_single_replica_on_the_node_with_the_volume(path: Path) -> N
     settings = Settings(_env_file=None, llm_mode="external", auth_required=False)
     # 关闭窗口容得下作业的排空时间
     assert ingress["graceful_shutdown_timeout_s"] > settings.jobs.drain_timeout_s
+
+
+ENGINE_KNOBS = {"max_model_len", "gpu_memory_utilization", "max_num_seqs", "enable_prefix_caching"}
+
+
+def test_there_are_presets_for_one_gpu_tensor_parallel_and_quantized() -> None:
+    engines = [_load(p)["applications"][0]["args"]["engine"] for p in PRESETS]
+    kwargs = [e["engine_kwargs"] for e in engines]
+    assert any(k["tensor_parallel_size"] == 1 and "quantization" not in k for k in kwargs)
+    assert any(k["tensor_parallel_size"] == 2 for k in kwargs)
+    assert any(str(k.get("quantization", "")).startswith("awq") for k in kwargs)
+
+
+@pytest.mark.parametrize("path", PRESETS, ids=lambda p: p.name)
+def test_preset_is_complete_and_valid_for_serve_and_the_builder(
+    path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data = _load(path)
+    ServeDeploySchema.model_validate(data)
+    [app] = data["applications"]
+    # 与 compose 剖面相同的启动条件：只给 API key，模型来自预设本身
+    monkeypatch.delenv("REPORTS_ENGINE__MODEL_SOURCE", raising=False)
+    monkeypatch.setenv("REPORTS_API_KEYS", "ops-key")
+    settings = Settings.from_args(app["args"])
+    engine = settings.engine
+    assert engine.accelerator == "gpu" and "/" in engine.model_source
+    assert ENGINE_KNOBS <= set(engine.engine_kwargs)
+    # 构建器的 schema：Ray Serve LLM 的 LLMConfig 接受这些参数
+    config = build_llm_config(engine)
+    assert (
+        config.engine_kwargs["tensor_parallel_size"] == engine.engine_kwargs["tensor_parallel_size"]
+    )
+    names = {d["name"] for d in app["deployments"]}
+    assert names == LIGHT | {llm_deployment_name(engine)}
+    [llm] = [d for d in app["deployments"] if d["name"].startswith("LLMServer:")]
+    scaling = llm["autoscaling_config"]
+    assert scaling["target_ongoing_requests"] <= engine.engine_kwargs["max_num_seqs"]
+    assert llm["max_ongoing_requests"] >= engine.engine_kwargs["max_num_seqs"]
+    # 文件头写明容量估算（运维据此选卡与调参）
+    assert "容量估算" in path.read_text(encoding="utf-8")

@@ -7,8 +7,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+import yaml
+from dotenv import dotenv_values
 from pydantic import ValidationError
 
+from serve_app.core.config_conflicts import find_conflicts
 from serve_app.core.errors import (
     INTERNAL_ERROR_MESSAGE,
     ErrorCode,
@@ -214,3 +217,48 @@ def test_overloaded_keeps_its_retry_after_through_pickling() -> None:
     restored = pickle.loads(pickle.dumps(Overloaded("满了", retry_after_s=17)))
     assert isinstance(restored, Overloaded) and restored.retry_after_s == 17
     assert restored.headers() == {"Retry-After": "17"}
+
+
+def test_a_setting_given_twice_with_different_values_fails_naming_both(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("REPORTS_ENGINE__MODEL_ID", "qwen-7b")
+    args = {"engine": {"model_id": "report-llm", "model_source": "x"}}
+    with pytest.raises(ValueError, match="两处") as info:
+        Settings.from_args(args)
+    message = str(info.value)
+    assert "engine.model_id" in message and "'report-llm'" in message
+    assert "REPORTS_ENGINE__MODEL_ID='qwen-7b'" in message
+    # 别名形式的环境变量同样算第二处
+    monkeypatch.delenv("REPORTS_ENGINE__MODEL_ID")
+    monkeypatch.setenv("VLLM_API_URL", "http://127.0.0.1:9/v1")
+    with pytest.raises(ValueError, match="VLLM_API_URL"):
+        Settings.from_args({"llm_mode": "external", "vllm_api_url": "http://127.0.0.1:8/v1"})
+
+
+def test_the_same_value_in_both_places_is_not_a_conflict(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("REPORTS_ENGINE__MODEL_ID", "report-llm")
+    monkeypatch.setenv("REPORTS_LLM__TIMEOUT_S", "300")
+    monkeypatch.setenv("REPORTS_AUTH_REQUIRED", "false")
+    monkeypatch.setenv("REPORTS_ENGINE__ENGINE_KWARGS", '{"max_model_len": 4096}')
+    settings = Settings.from_args(
+        {
+            "auth_required": False,
+            "llm": {"timeout_s": 300},
+            "engine": {
+                "model_id": "report-llm",
+                "model_source": "x",
+                "engine_kwargs": {"max_model_len": 4096},
+            },
+        }
+    )
+    assert settings.llm.timeout_s == 300 and settings.engine.model_id == "report-llm"
+
+
+@pytest.mark.parametrize(
+    "config", ["serve_config.yaml", "serve_config.cpu.yaml", "serve_config.external.yaml"]
+)
+def test_env_example_does_not_contradict_any_serve_config(config: str) -> None:
+    env = {k.upper(): v for k, v in dotenv_values(PROJECT_ROOT / ".env.example").items() if v}
+    [app] = yaml.safe_load((PROJECT_ROOT / config).read_text(encoding="utf-8"))["applications"]
+    assert find_conflicts(Settings, app["args"], env) == []
