@@ -25,10 +25,10 @@ def environment(dotenv_path: Path) -> dict[str, str]:
 
 
 def _env_names(name: str, alias: object, prefix: str) -> list[str]:
-    names = [f"{prefix}{name}".upper()]
+    """读这个字段的环境变量名：有别名时只读别名（不加前缀），否则前缀加字段名。"""
     if isinstance(alias, AliasChoices):
-        names += [c.upper() for c in alias.choices if isinstance(c, str) and c.upper() != c.lower()]
-    return names
+        return sorted({c.upper() for c in alias.choices if isinstance(c, str)})
+    return [f"{prefix}{name}".upper()]
 
 
 def _parse(adapter: TypeAdapter[Any], raw: str) -> Any:
