@@ -88,6 +88,12 @@ class SqliteJobStore:
         assert row is not None
         return record_from_row(row)
 
+    async def _now[T](self, work: Callable[..., T], *args: Any) -> T:
+        """取一次时钟，在组提交里执行 work(db, now, *args)。"""
+        now = self._clock()
+        result: T = await self._db.run(lambda db: work(db, now, *args))
+        return result
+
     def _lease(self, now: float) -> float:
         return rules.lease_until(now, self._policy)
 
@@ -97,11 +103,7 @@ class SqliteJobStore:
         self, job: ReportJob, owner: str, idempotency: IdempotencyKey | None
     ) -> Admission:
         """受理（见 JobStore.admit）。"""
-        now = self._clock()
-        admission: Admission = await self._db.run(
-            lambda db: self._admit(db, now, job, owner, idempotency)
-        )
-        return admission
+        return await self._now(self._admit, job, owner, idempotency)
 
     def _admit(
         self,
@@ -179,11 +181,7 @@ class SqliteJobStore:
 
     async def advance(self, trace_id: str, owner: str, state: JobState) -> AdvanceResult:
         """进入 rendering / generating。"""
-        now = self._clock()
-        result: AdvanceResult = await self._db.run(
-            lambda db: self._advance(db, now, trace_id, owner, state)
-        )
-        return result
+        return await self._now(self._advance, trace_id, owner, state)
 
     def _advance(
         self, db: sqlite3.Connection, now: float, trace_id: str, owner: str, state: JobState
@@ -203,11 +201,7 @@ class SqliteJobStore:
         self, trace_id: str, owner: str, outcome: CallbackPayload
     ) -> CallbackPayload | None:
         """记录结果（见 JobStore.finish）。"""
-        now = self._clock()
-        final: CallbackPayload | None = await self._db.run(
-            lambda db: self._finish(db, now, trace_id, owner, outcome)
-        )
-        return final
+        return await self._now(self._finish, trace_id, owner, outcome)
 
     def _finish(
         self,
@@ -253,11 +247,7 @@ class SqliteJobStore:
         self, trace_id: str, owner: str, result: DeliveryOutcome
     ) -> JobRecord | None:
         """记录一轮投递（见 JobStore.record_delivery）。"""
-        now = self._clock()
-        record: JobRecord | None = await self._db.run(
-            lambda db: self._record_delivery(db, now, trace_id, owner, result)
-        )
-        return record
+        return await self._now(self._record_delivery, trace_id, owner, result)
 
     def _record_delivery(
         self,
@@ -323,11 +313,7 @@ class SqliteJobStore:
         """续租（见 JobStore.heartbeat）。"""
         if not trace_ids:
             return HeartbeatReply()
-        now = self._clock()
-        reply: HeartbeatReply = await self._db.run(
-            lambda db: self._heartbeat(db, now, owner, trace_ids)
-        )
-        return reply
+        return await self._now(self._heartbeat, owner, trace_ids)
 
     def _heartbeat(
         self, db: sqlite3.Connection, now: float, owner: str, trace_ids: list[str]
@@ -356,11 +342,7 @@ class SqliteJobStore:
         """领取（见 JobStore.claim_due）：超过执行次数上限的作业改为 failed（worker_lost）。"""
         if limit <= 0:
             return []
-        now = self._clock()
-        items: list[WorkItem] = await self._db.run(
-            lambda db: self._claim_due(db, now, owner, limit)
-        )
-        return items
+        return await self._now(self._claim_due, owner, limit)
 
     def _claim_due(
         self, db: sqlite3.Connection, now: float, owner: str, limit: int
@@ -397,8 +379,7 @@ class SqliteJobStore:
         """交还租约；未完成的执行不计入次数。"""
         if not trace_ids:
             return
-        now = self._clock()
-        await self._db.run(lambda db: self._release(db, now, owner, trace_ids))
+        await self._now(self._release, owner, trace_ids)
 
     @staticmethod
     def _release(db: sqlite3.Connection, now: float, owner: str, trace_ids: list[str]) -> None:
@@ -416,11 +397,7 @@ class SqliteJobStore:
 
     async def request_cancel(self, trace_id: str) -> CancelResult:
         """登记取消（见 JobStore.request_cancel）。"""
-        now = self._clock()
-        result: CancelResult = await self._db.run(
-            lambda db: self._request_cancel(db, now, trace_id)
-        )
-        return result
+        return await self._now(self._request_cancel, trace_id)
 
     def _request_cancel(self, db: sqlite3.Connection, now: float, trace_id: str) -> CancelResult:
         row = self._row(db, trace_id)
@@ -433,9 +410,7 @@ class SqliteJobStore:
 
     async def redeliver(self, trace_id: str) -> JobRecord | None:
         """重新安排投递（见 JobStore.redeliver）。"""
-        now = self._clock()
-        record: JobRecord | None = await self._db.run(lambda db: self._redeliver(db, now, trace_id))
-        return record
+        return await self._now(self._redeliver, trace_id)
 
     def _redeliver(self, db: sqlite3.Connection, now: float, trace_id: str) -> JobRecord | None:
         row = self._row(db, trace_id)
