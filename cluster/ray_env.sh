@@ -16,3 +16,27 @@ if [[ $RAY_AUTH_MODE == token && -z ${RAY_AUTH_TOKEN:-} ]]; then
   echo "缺少 RAY_AUTH_TOKEN：集群开启了 token 鉴权，请在 .env 里设置（如 openssl rand -hex 32）" >&2
   exit 2
 fi
+
+# 固定端口（跨主机的节点之间要互相连上，防火墙只放行已知端口）：设了 RAY_PORT_BASE 时本节点的端口
+#   +0 raylet（node manager）  +1 对象管理器  +2 runtime env agent  +3 dashboard agent gRPC
+#   +4 dashboard agent HTTP    +5 指标导出    +6 Ray Client（仅 head）  +100…+999 worker 进程
+# 另有 GCS（RAY_GCS_PORT，默认 6379）、dashboard（8265）、Serve HTTP（8000）。同一台主机上的两个节点
+# （如 head 与本机的 GPU worker，都用主机网络时）要用不同的 RAY_PORT_BASE。不设则由 Ray 随机挑。
+ray_port_args() {
+  local base=${RAY_PORT_BASE:-}
+  [[ -z $base ]] && return 0
+  if ! [[ $base =~ ^[0-9]+$ ]] || ((base < 1024 || base + 999 > 65535)); then
+    echo "RAY_PORT_BASE=$base 不是 1024–64536 之间的整数" >&2
+    return 2
+  fi
+  port_args=(
+    --node-manager-port=$((base))
+    --object-manager-port=$((base + 1))
+    --runtime-env-agent-port=$((base + 2))
+    --dashboard-agent-grpc-port=$((base + 3))
+    --dashboard-agent-listen-port=$((base + 4))
+    --metrics-export-port=$((base + 5))
+    --min-worker-port=$((base + 100))
+    --max-worker-port=$((base + 999))
+  )
+}

@@ -14,6 +14,12 @@ args=(
   --resources="$resources"
   --disable-usage-stats
 )
+port_args=()
+ray_port_args
+if ((${#port_args[@]})); then
+  port_args+=(--ray-client-server-port=$((RAY_PORT_BASE + 6)))
+fi
+args+=("${port_args[@]}")
 [[ -n ${RAY_NODE_IP:-} ]] && args+=(--node-ip-address="$RAY_NODE_IP")
 [[ -n ${RAY_NUM_CPUS:-} ]] && args+=(--num-cpus="$RAY_NUM_CPUS")
 exec ray start "${args[@]}" "$@"

@@ -11,6 +11,9 @@ args=(
   --disable-usage-stats
   --block
 )
+port_args=()
+ray_port_args
+args+=("${port_args[@]}")
 [[ -n ${RAY_NODE_IP:-} ]] && args+=(--node-ip-address="$RAY_NODE_IP")
 [[ -n ${RAY_NUM_CPUS:-} ]] && args+=(--num-cpus="$RAY_NUM_CPUS")
 exec ray start "${args[@]}" "$@"

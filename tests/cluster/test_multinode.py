@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import psutil
 import yaml
 from loguru import logger
 
@@ -75,6 +76,33 @@ def test_replicas_are_placed_by_node_role(multinode: MultiNode) -> None:
     assert _replica_nodes(multinode, LLM_DEPLOYMENT) == {worker_id}
     for name in LIGHT:
         assert _replica_nodes(multinode, name) == {head_id}, name
+
+
+def _listening_ports(root_pid: int) -> set[int]:
+    """一个节点（ray start 进程及其全部后代：raylet、agent、各 worker）在监听的 TCP 端口。"""
+    root = psutil.Process(root_pid)
+    ports: set[int] = set()
+    for process in [root, *root.children(recursive=True)]:
+        try:
+            connections = process.net_connections(kind="tcp")
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+        ports |= {c.laddr.port for c in connections if c.status == psutil.CONN_LISTEN}
+    return ports
+
+
+def test_nodes_listen_on_the_fixed_port_block(multinode: MultiNode) -> None:
+    """跨主机部署靠 RAY_PORT_BASE 固定端口放行防火墙：raylet、对象管理器、指标导出与
+    跑着副本的 worker 进程都落在本节点的段里（测试里每个节点经同一个变量拿到一段）。"""
+    for node in [multinode.head, *multinode.workers]:
+        base = node.port_base
+        listening = _listening_ports(node.pid)
+        assert {base, base + 1} <= listening, (base, sorted(listening))
+        metrics = httpx.get(f"http://127.0.0.1:{base + 5}/metrics", timeout=10)
+        assert metrics.status_code == 200
+        assert "ray_" in metrics.text
+        workers = {p for p in listening if base + 100 <= p <= base + 999}
+        assert workers, f"节点 {base} 的 worker 进程没有在 +100…+999 段里监听：{sorted(listening)}"
 
 
 def test_report_flows_end_to_end(multinode: MultiNode) -> None:

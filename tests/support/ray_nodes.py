@@ -11,23 +11,11 @@ from typing import Any
 import httpx
 import psutil
 
+from cluster.ports import free_port_block
 from serve_app.core.settings import PROJECT_ROOT
-from tests.support.cluster import free_port
 from tests.support.waiting import wait_until
 
 SCRIPTS = PROJECT_ROOT / "cluster"
-
-
-def _agent_port_args() -> list[str]:
-    """同一台机器上的多个节点各用一组空闲端口，避免 dashboard agent 等默认端口冲突。"""
-    return [
-        f"--dashboard-agent-listen-port={free_port()}",
-        f"--dashboard-agent-grpc-port={free_port()}",
-        f"--metrics-export-port={free_port()}",
-        f"--runtime-env-agent-port={free_port()}",
-        f"--node-manager-port={free_port()}",
-        f"--object-manager-port={free_port()}",
-    ]
 
 
 class RayNode:
@@ -38,14 +26,16 @@ class RayNode:
         self._env = env
         self._log_path = log_path
         self._process: subprocess.Popen[bytes] | None = None
+        self.port_base = 0
 
     def start(self, *extra: str) -> RayNode:
         """启动节点进程（不等待加入集群）。"""
-        args = [str(SCRIPTS / self._script), *extra, *_agent_port_args()]
+        self.port_base = free_port_block()
+        args = [str(SCRIPTS / self._script), *extra]
         with self._log_path.open("ab") as log:
             self._process = subprocess.Popen(
                 args,
-                env=self._env,
+                env=self._env | {"RAY_PORT_BASE": str(self.port_base)},
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,

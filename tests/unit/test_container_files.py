@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -155,7 +156,9 @@ def test_external_profile_takes_vllm_api_url_from_env() -> None:
 
 
 def test_env_example_lists_every_required_compose_variable_and_hf_token() -> None:
-    compose_text = COMPOSE.read_text(encoding="utf-8")
+    compose_text = "".join(
+        path.read_text(encoding="utf-8") for path in (COMPOSE, MULTIHOST, REMOTE_WORKER)
+    )
     required = set(re.findall(r"\$\{([A-Z0-9_]+):\?", compose_text))
     listed = set(re.findall(r"^([A-Z0-9_]+)=", ENV_EXAMPLE.read_text(encoding="utf-8"), flags=re.M))
     assert required and required <= listed, required - listed
@@ -247,3 +250,150 @@ def test_readme_per_gpu_services_get_distinct_devices() -> None:
         seen += device["device_ids"]
         assert spec["extends"]["service"] == "ray-gpu-worker"
     assert len(seen) == len(set(seen)), f"两个服务拿到了同一张卡：{seen}"
+
+
+class _ComposeLoader(yaml.SafeLoader):
+    """认得 compose 的 `!reset`（覆盖文件里“去掉基础文件的这一项”）的 YAML 读取器。"""
+
+
+class _Reset:
+    """`!reset` 标记：合并时删掉这个键。"""
+
+
+def _construct_reset(_loader: yaml.SafeLoader, _node: yaml.Node) -> _Reset:
+    return _Reset()
+
+
+_ComposeLoader.add_constructor("!reset", _construct_reset)
+
+
+def _load_compose(path: Path) -> dict[str, Any]:
+    data: dict[str, Any] = yaml.load(path.read_text(encoding="utf-8"), Loader=_ComposeLoader)
+    return data
+
+
+def _merge(base: Any, override: Any) -> Any:
+    """compose 的合并规则（这里用到的部分）：映射逐键合并，`!reset` 删键，其余以覆盖为准。"""
+    if isinstance(base, dict) and isinstance(override, dict):
+        merged = dict(base)
+        for key, value in override.items():
+            if isinstance(value, _Reset):
+                merged.pop(key, None)
+            else:
+                merged[key] = _merge(base.get(key), value)
+        return merged
+    return override
+
+
+def _strip_resets(data: Any) -> Any:
+    if isinstance(data, dict):
+        return {k: _strip_resets(v) for k, v in data.items() if not isinstance(v, _Reset)}
+    return data
+
+
+def _default(expression: str) -> str:
+    """`${NAME:-默认}` 的默认值。"""
+    match = re.fullmatch(r"\$\{[A-Z0-9_]+:-(.+)\}", expression)
+    assert match, expression
+    return match.group(1)
+
+
+MULTIHOST = PROJECT_ROOT / "compose.multihost.yml"
+REMOTE_WORKER = PROJECT_ROOT / "compose.remote-worker.yml"
+
+
+@pytest.mark.parametrize("path", [MULTIHOST, REMOTE_WORKER], ids=lambda p: p.name)
+def test_cross_host_compose_files_match_the_compose_spec(path: Path, tmp_path: Path) -> None:
+    # check-jsonschema 不认识 !reset：去掉这些标记后按 compose 规范校验
+    plain = tmp_path / f"{path.stem}.json"
+    plain.write_text(json.dumps(_strip_resets(_load_compose(path))), encoding="utf-8")
+    result = subprocess.run(
+        [_tool("check-jsonschema"), "--builtin-schema", "vendor.compose-spec", str(plain)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_multihost_override_puts_both_ray_nodes_on_the_host_network_with_fixed_ports() -> None:
+    merged = _merge(_compose(), _load_compose(MULTIHOST))["services"]
+    head, worker = merged["ray-head"], merged["ray-gpu-worker"]
+    for spec in (head, worker):
+        assert spec["network_mode"] == "host"
+        assert "networks" not in spec and "ports" not in spec  # 主机网络下两者都不能有
+        assert spec["environment"]["RAY_NODE_IP"].startswith("${RAY_NODE_IP:?")
+    # 同一台主机上的两个节点：端口段不重叠（每段 1000 个端口）
+    head_base = int(_default(head["environment"]["RAY_PORT_BASE"]))
+    worker_base = int(_default(worker["environment"]["RAY_PORT_BASE"]))
+    assert abs(head_base - worker_base) >= 1000
+    # 本机 worker 经内网地址连 head（不再有 ray-head 这个 bridge 网络里的名字）
+    assert worker["environment"]["RAY_HEAD_ADDRESS"] == "${RAY_NODE_IP}:6379"
+    # dashboard 默认仍只绑本机回环
+    assert _default(head["environment"]["RAY_DASHBOARD_HOST"]) == "127.0.0.1"
+    # 其余（GPU、镜像、卷、健康检查）照旧来自 docker-compose.yml
+    assert worker["deploy"]["resources"]["reservations"]["devices"][0]["count"] == "all"
+    assert "healthcheck" in head and "healthcheck" in worker
+
+
+def test_remote_worker_file_is_a_whole_gpu_worker_on_the_host_network() -> None:
+    remote = _load_compose(REMOTE_WORKER)["services"]["ray-gpu-worker"]
+    local = _compose()["services"]["ray-gpu-worker"]
+    assert remote["network_mode"] == "host" and "networks" not in remote
+    assert remote["image"] == local["image"] and remote["build"] == local["build"]
+    assert remote["command"] == local["command"]
+    assert remote["deploy"]["resources"]["reservations"]["devices"][0]["count"] == "all"
+    env = remote["environment"]
+    assert env["RAY_HEAD_ADDRESS"].startswith("${RAY_HEAD_ADDRESS:?")
+    assert env["RAY_NODE_IP"].startswith("${RAY_NODE_IP:?")
+    assert env["RAY_WORKER_RESOURCES"] == local["environment"]["RAY_WORKER_RESOURCES"]
+    assert int(_default(env["RAY_PORT_BASE"])) >= 1024
+    assert remote["healthcheck"]["test"] == local["healthcheck"]["test"]
+
+
+_PORT_ARGS = "source cluster/ray_env.sh; port_args=(); ray_port_args"
+
+
+@pytest.mark.parametrize(
+    ("base", "expected"),
+    [
+        ("", []),
+        (
+            "20000",
+            [
+                "--node-manager-port=20000",
+                "--object-manager-port=20001",
+                "--runtime-env-agent-port=20002",
+                "--dashboard-agent-grpc-port=20003",
+                "--dashboard-agent-listen-port=20004",
+                "--metrics-export-port=20005",
+                "--min-worker-port=20100",
+                "--max-worker-port=20999",
+            ],
+        ),
+    ],
+)
+def test_ray_port_base_fixes_every_node_port(base: str, expected: list[str]) -> None:
+    result = subprocess.run(
+        ["bash", "-c", f"{_PORT_ARGS}; printf '%s\\n' \"${{port_args[@]}}\""],
+        cwd=PROJECT_ROOT,
+        env={"PATH": os.environ["PATH"], "RAY_AUTH_TOKEN": "t", "RAY_PORT_BASE": base},
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert [line for line in result.stdout.splitlines() if line] == expected
+
+
+@pytest.mark.parametrize("base", ["abc", "80", "65000"])
+def test_ray_port_base_out_of_range_stops_the_node_with_a_message(base: str) -> None:
+    result = subprocess.run(
+        ["bash", "-c", f"set -e; {_PORT_ARGS}; echo started"],
+        cwd=PROJECT_ROOT,
+        env={"PATH": os.environ["PATH"], "RAY_AUTH_TOKEN": "t", "RAY_PORT_BASE": base},
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 2 and "started" not in result.stdout
+    assert "RAY_PORT_BASE" in result.stderr

@@ -1,0 +1,36 @@
+"""本机空闲端口：单个端口，或给一个 Ray 节点用的一段（RAY_PORT_BASE … +999，见 ray_env.sh）。"""
+
+from __future__ import annotations
+
+import random
+import socket
+
+# 一个节点的固定端口段大小：与 cluster/ray_env.sh 的 RAY_PORT_BASE 布局一致（+0…+999）
+PORT_BLOCK = 1000
+
+
+def free_port() -> int:
+    """127.0.0.1 上一个空闲端口（内核从临时端口范围里挑）。"""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+    return port
+
+
+def free_port_block(size: int = PORT_BLOCK) -> int:
+    """一段连续空闲端口的起点，落在 20000–31999：在内核的临时端口范围（32768 起）之下，
+    不会被随机端口占走。同一台机器上的每个 Ray 节点各用一段。"""
+    for _ in range(100):
+        base = random.randrange(20000, 32000 - size, size)
+        if all(_is_free(port) for port in range(base, base + size)):
+            return base
+    raise RuntimeError("20000–31999 里找不到一段空闲端口")
+
+
+def _is_free(port: int) -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
