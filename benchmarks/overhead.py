@@ -232,13 +232,20 @@ def _companion(module: str, *args: str) -> Iterator[subprocess.Popen[bytes]]:
         log.close()
 
 
-def _pipeline_config() -> Path:
-    """make run 的 CPU 配置改成外部引擎模式（去掉 LLMServer），写到 .run/bench/。"""
+def _pipeline_config(ingress_replicas: int | None = None) -> Path:
+    """make run 的 CPU 配置改成外部引擎模式（去掉 LLMServer），写到 .run/bench/；
+    给了 ingress_replicas 时入口固定为这么多个副本（min = max）。"""
     config = yaml.safe_load((PROJECT_ROOT / "serve_config.cpu.yaml").read_text(encoding="utf-8"))
     app = config["applications"][0]
     app["args"]["llm_mode"] = "external"
     app["args"].pop("engine", None)
     app["deployments"] = [d for d in app["deployments"] if not d["name"].startswith("LLMServer")]
+    for deployment in app["deployments"]:
+        if deployment["name"] == "ReportIngress" and ingress_replicas is not None:
+            deployment["autoscaling_config"] |= {
+                "min_replicas": ingress_replicas,
+                "max_replicas": ingress_replicas,
+            }
     path = RUN_DIR / "serve_config.overhead.yaml"
     path.write_text(yaml.safe_dump(config, allow_unicode=True, sort_keys=False), encoding="utf-8")
     return path
@@ -255,14 +262,19 @@ def _replica_processes() -> dict[str, list[psutil.Process]]:
 
 
 @contextmanager
-def _pipeline(engine_url: str) -> Iterator[dict[str, list[psutil.Process]]]:
+def _pipeline(
+    engine_url: str, ledger_url: str | None = None, ingress_replicas: int | None = None
+) -> Iterator[dict[str, list[psutil.Process]]]:
+    """make run 的方式起流水线（外部引擎模式）；ledger_url 给出时账本用 Postgres。"""
     env = {
         **os.environ,
-        "SERVE_CONFIG": str(_pipeline_config().relative_to(PROJECT_ROOT)),
+        "SERVE_CONFIG": str(_pipeline_config(ingress_replicas).relative_to(PROJECT_ROOT)),
         "VLLM_API_URL": engine_url,
         "REPORTS_ENGINE__MODEL_SOURCE": "unused-in-external-mode",
         "REPORTS_JOBS__LEDGER_PATH": str(RUN_DIR / "ledger-overhead.sqlite3"),
     }
+    if ledger_url is not None:
+        env["REPORTS_JOBS__LEDGER_URL"] = ledger_url
     script = str(PROJECT_ROOT / "cluster" / "local_run.sh")
     # Ray 自己把 worker 设成 nice 15；head 的进程不再额外加
     subprocess.run(["bash", script, "start"], env=env, check=True)
@@ -346,12 +358,39 @@ def _reports_at(level: int, reports: int) -> int:
     return reports if level > 1 else min(reports, 200)
 
 
+def _postgres_pipeline(
+    engine_url: str, engine_pid: int, ingress: int, levels: list[int], args: argparse.Namespace
+) -> list[Measurement]:
+    """Postgres 账本上的流水线（本机临时起一个 Postgres；入口固定 ingress 个副本）。"""
+    from tests.support.postgres import PostgresServer  # 只在测 Postgres 账本时需要
+
+    server = PostgresServer().start()
+    measured: list[Measurement] = []
+    try:
+        with _pipeline(engine_url, server.create_database(), ingress) as replicas:
+            replicas["engine"] = [psutil.Process(engine_pid)]
+            postgres = psutil.Process(server.pid)
+            for level in levels:
+                # 服务器进程与它此刻的全部后端（连接池的连接在第一档之后就都在了）
+                replicas["postgres"] = [postgres, *postgres.children()]
+                count = _reports_at(level, args.reports)
+                measured.append(_measure(f"pipeline-pg-{ingress}", APP_URL, count, level, replicas))
+    finally:
+        server.cleanup()
+    return measured
+
+
 def main(argv: list[str] | None = None) -> int:
     """对照组与流水线并排测量，打印并保存结果。"""
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--reports", type=int, default=600)
     parser.add_argument("--concurrency", default="1,8,32,64")
-    parser.add_argument("--systems", default="seed,pipeline", help="只测其中一部分：seed、pipeline")
+    parser.add_argument(
+        "--systems",
+        default="seed,pipeline",
+        help="只测其中一部分：seed、pipeline（SQLite 账本）、pg（Postgres 账本，见 --pg-ingress）",
+    )
+    parser.add_argument("--pg-ingress", default="1,2", help="pg 这一组的入口副本数，逗号分隔")
     parser.add_argument(
         "--flame",
         type=int,
@@ -388,6 +427,9 @@ def main(argv: list[str] | None = None) -> int:
                     count = _reports_at(level, args.reports)
                     with _flame_graph(replicas["ReportIngress"], enabled=level == args.flame):
                         measurements.append(_measure("pipeline", APP_URL, count, level, replicas))
+        if "pg" in systems:
+            for replicas_n in (int(n) for n in args.pg_ingress.split(",")):
+                measurements += _postgres_pipeline(engine_url, engine.pid, replicas_n, levels, args)
     path = _write_results(measurements, args.reports)
     sys.stdout.write(f"结果：{path}（及同名 .md / .png，overhead-latest.*）\n")
     return 0

@@ -252,6 +252,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timeout", type=float, default=1200, help="部署与等回调各自的上限（秒）")
     parser.add_argument("--workdir", type=Path, help="模型、账本与节点日志放这里（默认临时目录）")
     args = parser.parse_args(argv)
+    # 被 SIGTERM 停下时也经 ExitStack 关掉自己起的节点与接收方
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     with ExitStack() as stack:
         workdir = args.workdir or Path(stack.enter_context(tempfile.TemporaryDirectory()))
         workdir.mkdir(parents=True, exist_ok=True)

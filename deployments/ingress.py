@@ -20,6 +20,8 @@ from serve_app.core.logging import configure_logging
 from serve_app.core.settings import LLMMode, Settings
 from serve_app.http.app import create_app
 from serve_app.http.deps import IngressServices
+from serve_app.ledger.postgres_store import PostgresJobStore
+from serve_app.ledger.store import JobStore
 from serve_app.llm.openai_compat import OpenAICompatClient
 from serve_app.llm.port import LLMClient
 
@@ -38,6 +40,19 @@ def make_llm_client(settings: Settings, llm_handle: DeploymentHandle[Any] | None
     )
 
 
+def make_job_store(settings: Settings, ledger_handle: DeploymentHandle[Any] | None) -> JobStore:
+    """按配置选择账本：设了 jobs.ledger_url 就直连 Postgres，否则经 Ledger 部署（SQLite）。"""
+    if settings.jobs.ledger_url is not None:
+        return PostgresJobStore(
+            settings.jobs.ledger_url.get_secret_value(),
+            settings.jobs,
+            pool_size=settings.jobs.ledger_pool_size,
+        )
+    if ledger_handle is None:
+        raise ValueError("没有设 jobs.ledger_url 时需要 Ledger 部署的句柄")
+    return LedgerClient(ledger_handle, settings.jobs)
+
+
 class ReportIngress:
     """入口副本：资源在 __init__ 创建，在关闭时释放。"""
 
@@ -46,11 +61,12 @@ class ReportIngress:
         settings: Settings,
         renderer: DeploymentHandle[Any],
         callbacks: DeploymentHandle[Any],
-        ledger: DeploymentHandle[Any],
+        ledger: DeploymentHandle[Any] | None,
         llm: DeploymentHandle[Any] | None = None,
     ) -> None:
         configure_logging(settings.log_level, settings.log_json_path)
         self._llm = make_llm_client(settings, llm)
+        self._store = make_job_store(settings, ledger)
         # 本副本在账本里的身份：进程级唯一，副本重启后是新身份（旧租约到期即被接手）
         owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._services = IngressServices.build(
@@ -58,12 +74,15 @@ class ReportIngress:
             render=HandleRenderStage(renderer),
             llm=self._llm,
             delivery=HandleDeliveryStage(callbacks),
-            store=LedgerClient(ledger, settings.jobs),
+            store=self._store,
             owner=owner,
         )
         # Serve 在事件循环里调用构造函数：此刻启动续租与扫描（接手崩溃前留下的作业）
         self._services.runner.start()
-        logger.info("入口已启动：llm_mode={} owner={}", settings.llm_mode, owner)
+        ledger_kind = "postgres" if settings.jobs.ledger_url else "sqlite（Ledger 部署）"
+        logger.info(
+            "入口已启动：llm_mode={} 账本={} owner={}", settings.llm_mode, ledger_kind, owner
+        )
         if not settings.api_keys:
             logger.warning("未配置 API key（REPORTS_API_KEYS）：/v1/* 不鉴权，只适合本机或受信网络")
 
@@ -75,6 +94,7 @@ class ReportIngress:
         # 优雅关闭：等在途作业（drain_timeout_s），余下的交还租约
         await self._services.runner.drain()
         await self._llm.aclose()
+        await self._store.close()
 
 
 # 部署对象与类分开命名：类按引用序列化（见 deployments/callback.py）

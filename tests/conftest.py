@@ -1,10 +1,13 @@
-"""全局测试夹具：按目录给测试打层级标记。"""
+"""全局测试夹具：按目录给测试打层级标记；会话共用的真实 Postgres。"""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from tests.support.postgres import PostgresServer
 
 _TIERS = ("unit", "integration", "fault", "e2e", "cluster", "quickstart")
 _TESTS_DIR = Path(__file__).resolve().parent
@@ -18,3 +21,13 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         tier = relative.parts[0] if len(relative.parts) > 1 else None
         if tier in _TIERS:
             item.add_marker(getattr(pytest.mark, tier))
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    """整个测试会话共用一个真实的 Postgres（用到时才启动；每个测试另建一个库）。"""
+    server = PostgresServer().start()
+    try:
+        yield server
+    finally:
+        server.cleanup()

@@ -119,6 +119,14 @@ class JobPolicy(_Strict):
         Path(".run/ledger.sqlite3"),
         description="SQLite 账本文件（相对路径按仓库根解析）；compose 里放在 /data 卷上",
     )
+    ledger_url: SecretStr | None = Field(
+        None,
+        description="Postgres 账本（postgresql://用户:密码@主机:5432/库）；设了就不用 SQLite 文件，"
+        "每个入口副本经自己的连接池直连数据库",
+    )
+    ledger_pool_size: int = Field(
+        10, ge=1, le=200, description="每个入口副本到 Postgres 账本的最大连接数"
+    )
     lease_s: float = Field(30.0, gt=0, description="作业租约：持有者失联这么久后由别的副本接手")
     heartbeat_s: float = Field(10.0, gt=0, description="续租间隔（须小于 lease_s 的一半）")
     sweep_interval_s: float = Field(5.0, gt=0, description="扫描到期租约与待重投回调的间隔")
@@ -142,6 +150,18 @@ class JobPolicy(_Strict):
         24 * 3600.0, gt=0, description="从首次投递失败起，超过这么久仍未送达即标记 undelivered"
     )
     ledger_call_timeout_s: float = Field(10.0, gt=0, description="单次账本调用的超时")
+
+    @field_validator("ledger_url")
+    @classmethod
+    def _check_ledger_url(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and not value.get_secret_value().startswith(
+            ("postgresql://", "postgres://")
+        ):
+            raise ValueError(
+                "jobs.ledger_url 须是 postgresql://用户:密码@主机:端口/库"
+                "（SQLite 账本用 jobs.ledger_path）"
+            )
+        return value
 
     @model_validator(mode="after")
     def _check_lease(self) -> JobPolicy:

@@ -38,6 +38,12 @@ def holds_production(state: JobState | str, holder: str | None, owner: str) -> b
     return holder == owner and is_producing(state)
 
 
+def holds_delivery(holder: str | None, owner: str) -> bool:
+    """owner 仍持有这个作业的投递。租约已归别人的副本不能记录投递（新主人会再投一次，
+    webhook-id 不变）。"""
+    return holder == owner
+
+
 def finish_replayed(state: JobState | str, holder: str | None, owner: str) -> bool:
     """owner 已为这个作业记录过结果（finish 的超时重试）：应返回已记录的结果而不是当作租约已丢。"""
     return holder == owner and state == JobState.DELIVERING

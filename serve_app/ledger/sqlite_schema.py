@@ -1,15 +1,12 @@
-"""SQLite 账本的文件：版本化迁移、打开连接、行 → 记录。存储逻辑见 sqlite_store.py，
-组提交见 group_commit.py。"""
+"""SQLite 账本的文件：版本化迁移、打开连接。存储逻辑见 sqlite_store.py，组提交见 group_commit.py，
+行 → 记录见 rows.py。"""
 
 from __future__ import annotations
 
-import json
 import sqlite3
-from datetime import UTC, datetime
 from pathlib import Path
 
-from serve_app.ledger.records import CallbackState, CallbackStatus, JobRecord, JobState, StateChange
-from serve_app.models.reports import CallbackPayload, ReportJob, webhook_id
+from serve_app.ledger.store import LedgerSchemaError
 
 # 结构迁移：(版本, 脚本)，按版本顺序执行，版本号记在 PRAGMA user_version。
 # 版本 1 之前的文件没有版本号（user_version = 0），结构与版本 1 相同：IF NOT EXISTS 使它原样通过。
@@ -54,20 +51,6 @@ CREATE TABLE IF NOT EXISTS idempotency (
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 
 
-class LedgerSchemaError(RuntimeError):
-    """账本文件的结构版本比本程序新：拒绝打开（旧程序不能改写新结构）。"""
-
-
-def at(epoch: float) -> datetime:
-    """epoch 秒 → UTC 时间。"""
-    return datetime.fromtimestamp(epoch, UTC)
-
-
-def maybe_at(epoch: float | None) -> datetime | None:
-    """可空的 epoch 秒 → UTC 时间。"""
-    return None if epoch is None else at(epoch)
-
-
 def migrate(db: sqlite3.Connection, path: Path) -> None:
     """把文件升级到 SCHEMA_VERSION；文件版本更新则报错并说明该怎么办。"""
     current = int(db.execute("PRAGMA user_version").fetchone()[0])
@@ -100,26 +83,3 @@ def open_ledger_db(path: Path) -> sqlite3.Connection:
         db.close()
         raise
     return db
-
-
-def record_from_row(row: sqlite3.Row) -> JobRecord:
-    """jobs 表的一行 → JobRecord。"""
-    outcome = row["outcome_json"]
-    return JobRecord(
-        job=ReportJob.model_validate_json(row["job_json"]),
-        state=JobState(row["state"]),
-        updated_at=at(row["updated_at"]),
-        outcome=CallbackPayload.model_validate_json(outcome) if outcome else None,
-        cancel_requested=bool(row["cancel_requested"]),
-        runs=row["runs"],
-        callback=CallbackStatus(
-            state=CallbackState(row["cb_state"]),
-            attempts=row["cb_attempts"],
-            delivered_at=maybe_at(row["cb_delivered_at"]),
-            last_status_code=row["cb_last_status"],
-            last_error=row["cb_last_error"],
-            next_attempt_at=maybe_at(row["cb_next_attempt_at"]),
-            webhook_id=webhook_id(row["trace_id"]),
-        ),
-        history=[StateChange.model_validate(h) for h in json.loads(row["history_json"])],
-    )

@@ -22,8 +22,9 @@ from serve_app.ledger.records import (
     JobState,
     WorkItem,
 )
+from serve_app.ledger.rows import at, record_from_row, state_columns
 from serve_app.ledger.rules import AdvanceResult
-from serve_app.ledger.sqlite_schema import at, open_ledger_db, record_from_row
+from serve_app.ledger.sqlite_schema import open_ledger_db
 from serve_app.ledger.store import HeartbeatReply, IdempotencyKey
 from serve_app.models.reports import CallbackPayload, DeliveryOutcome, ReportJob
 
@@ -71,11 +72,7 @@ class SqliteJobStore:
     ) -> None:
         """更新一行；状态变化时追加到历史。"""
         columns["updated_at"] = now
-        if state is not None and state != row["state"]:
-            history = json.loads(row["history_json"])
-            history.append({"state": str(state), "at": at(now).isoformat()})
-            columns["state"] = str(state)
-            columns["history_json"] = json.dumps(history)
+        columns |= state_columns(row, state, now)
         # 列名只来自本模块的代码，值一律走参数绑定
         assignments = ", ".join(f"{name} = ?" for name in columns)
         db.execute(
@@ -260,14 +257,16 @@ class SqliteJobStore:
         row = self._row(db, trace_id)
         if row is None or row["outcome_json"] is None:
             return None
+        if not rules.holds_delivery(row["owner"], owner):
+            return None
         final = rules.state_after_delivery(CallbackPayload.model_validate_json(row["outcome_json"]))
         common: dict[str, Any] = {
             "cb_attempts": row["cb_attempts"] + result.attempts,
             "cb_last_status": result.status_code,
             "cb_last_error": result.error,
+            "owner": None,
+            "lease_until": None,
         }
-        if row["owner"] == owner:
-            common |= {"owner": None, "lease_until": None}
         if result.delivered:
             self._update(
                 db,

@@ -16,7 +16,11 @@ from serve_app.ledger.records import Admission, CancelResult, JobRecord, JobStat
 from serve_app.ledger.rules import AdvanceResult
 from serve_app.models.reports import CallbackPayload, DeliveryOutcome, ReportJob
 
-__all__ = ["AdvanceResult", "HeartbeatReply", "IdempotencyKey", "JobStore"]
+__all__ = ["AdvanceResult", "HeartbeatReply", "IdempotencyKey", "JobStore", "LedgerSchemaError"]
+
+
+class LedgerSchemaError(RuntimeError):
+    """账本（文件或数据库）的结构版本比本程序新：拒绝使用（旧程序不能改写新结构）。"""
 
 
 class IdempotencyKey(BaseModel):
@@ -59,7 +63,10 @@ class JobStore(Protocol):
     async def record_delivery(
         self, trace_id: str, owner: str, result: DeliveryOutcome
     ) -> JobRecord | None:
-        """记录一轮投递：送达即终态；否则安排下一次重投或标记 undelivered，并释放租约。"""
+        """记录一轮投递：送达即终态；否则安排下一次重投或标记 undelivered，并释放租约。
+
+        只有仍持有租约的 owner 能记录（租约已归别人时返回 None，新主人会再投一次）。
+        """
         ...
 
     async def heartbeat(self, owner: str, trace_ids: list[str]) -> HeartbeatReply:

@@ -179,7 +179,7 @@ def _running_replicas(cluster: MultiNode, deployment: str) -> set[str]:
 
 
 def _edited_config(cluster: MultiNode) -> Path:
-    """运维改 serve_config：LLM 的扩缩上限与目标排队深度、渲染的副本数。"""
+    """运维改 serve_config：LLM 的扩缩上限与目标排队深度、渲染的最少副本数（2）。"""
     config: dict[str, Any] = yaml.safe_load(cluster.config_path.read_text(encoding="utf-8"))
     [app] = config["applications"]
     for deployment in app["deployments"]:
@@ -189,7 +189,7 @@ def _edited_config(cluster: MultiNode) -> Path:
                 "target_ongoing_requests": 3,
             }
         if deployment["name"] == "TemplateRenderer":
-            deployment["num_replicas"] = 2
+            deployment["autoscaling_config"] |= {"min_replicas": 2}
     path = cluster.workdir / "serve_config.edited.yaml"
     path.write_text(yaml.safe_dump(config, allow_unicode=True), encoding="utf-8")
     return path

@@ -21,6 +21,7 @@ from deployments.app import compose_app
 from serve_app.core.settings import PROJECT_ROOT, Settings
 from tests.support.cluster import ServeCluster, free_port, running_cluster, wait_http_ok
 from tests.support.fake_engine import fake_llm_deployment
+from tests.support.postgres import PostgresServer
 from tests.support.receiver import CallbackReceiver, ReceivedCallback
 from tests.support.waiting import wait_until
 
@@ -98,6 +99,8 @@ class FaultApp:
     cluster: ServeCluster
     settings: Settings
     backend: BackendB
+    # 账本用 Postgres 时的服务器（可停、可重启）；SQLite 账本时为 None
+    postgres: PostgresServer | None = None
     accepted: list[str] = field(default_factory=list)
 
     @property
@@ -216,10 +219,21 @@ class FaultApp:
         return count
 
 
-@pytest.fixture(scope="package")
-def fault_app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FaultApp]:
-    """本层一个 Ray + 一个应用；kill 与重启的测试之后应用仍可用。"""
-    work = tmp_path_factory.mktemp("fault")
+@pytest.fixture(scope="package", params=["sqlite", "postgres"])
+def fault_app(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[FaultApp]:
+    """本层按账本各跑一遍（SQLite 经 Ledger 部署；Postgres 由入口副本直连本层自己的服务器）。
+
+    每种账本一个 Ray + 一个应用；kill 与重启的测试之后应用仍可用。
+    """
+    work = tmp_path_factory.mktemp(f"fault-{request.param}")
+    postgres = PostgresServer().start() if request.param == "postgres" else None
+    ledger: dict[str, Any] = (
+        {"ledger_url": postgres.create_database(), "ledger_call_timeout_s": 2}
+        if postgres is not None
+        else {"ledger_path": work / "ledger.sqlite3"}
+    )
     settings = Settings(
         _env_file=None,
         engine={"model_id": "report-llm", "model_source": "fake"},
@@ -234,7 +248,7 @@ def fault_app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FaultApp]:
             "jitter_s": 0.05,
         },
         jobs={
-            "ledger_path": work / "ledger.sqlite3",
+            **ledger,
             "lease_s": LEASE_S,
             "heartbeat_s": 0.5,
             "sweep_interval_s": 0.5,
@@ -250,17 +264,21 @@ def fault_app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FaultApp]:
         callback_allowed_hosts=("127.0.0.1",),
     )
     backend = BackendB()
-    with running_cluster() as cluster:
-        app = FaultApp(cluster, settings, backend)
-        app.deploy()
-        try:
-            yield app
-        finally:
-            _tally(app)
+    try:
+        with running_cluster() as cluster:
+            app = FaultApp(cluster, settings, backend, postgres)
+            app.deploy()
             try:
-                app.shutdown()
+                yield app
             finally:
-                backend.stop()
+                _tally(app)
+                try:
+                    app.shutdown()
+                finally:
+                    backend.stop()
+    finally:
+        if postgres is not None:
+            postgres.cleanup()
 
 
 def _tally(app: FaultApp) -> None:

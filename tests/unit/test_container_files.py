@@ -132,7 +132,26 @@ def test_env_example_documents_cluster_variables() -> None:
         assert name in text
 
 
-@pytest.mark.parametrize("service", ["ray-head", "reports-external"])
+def test_cluster_profile_keeps_jobs_in_the_postgres_service() -> None:
+    services = _compose()["services"]
+    head, postgres = services["ray-head"], services["postgres"]
+    url = head["environment"]["REPORTS_JOBS__LEDGER_URL"]
+    # .env 里的托管库优先；默认是 compose 里的 postgres 服务，密码必须给出
+    assert url.startswith("${REPORTS_JOBS__LEDGER_URL:-postgresql://reports:${POSTGRES_PASSWORD:?")
+    assert url.endswith("@postgres:5432/reports}")
+    assert head["depends_on"]["postgres"]["condition"] == "service_healthy"
+    assert postgres["profiles"] == ["cluster"]
+    assert re.fullmatch(r"postgres:\d+\.\d+", postgres["image"])  # 官方镜像，钉住版本
+    assert "postgres-data:/var/lib/postgresql/data" in postgres["volumes"]
+    assert "pg_isready" in " ".join(postgres["healthcheck"]["test"])
+    # 端口默认只发布到本机回环
+    assert postgres["ports"] == ["${POSTGRES_PUBLISH:-127.0.0.1:5432}:5432"]
+    # 跨主机（head 用主机网络）时经本机回环连它
+    multihost = _load_compose(MULTIHOST)["services"]["ray-head"]["environment"]
+    assert multihost["REPORTS_JOBS__LEDGER_URL"].endswith("@127.0.0.1:5432/reports}")
+
+
+@pytest.mark.parametrize("service", ["reports-external"])
 def test_ledger_lives_on_the_data_volume_of_the_head(service: str) -> None:
     spec = _compose()["services"][service]
     assert "reports-data:/data" in spec["volumes"]

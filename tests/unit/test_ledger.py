@@ -1,4 +1,5 @@
-"""SQLite 账本：状态机、幂等、限流、租约与恢复、重投表、持久化（时钟可控）。"""
+"""账本的契约（SQLite 与 Postgres 各跑一遍）：状态机、幂等、限流、租约与恢复、重投表、
+持久化（时钟可控）；以及各自的特有行为（组提交、SKIP LOCKED 领取、结构版本）。"""
 
 from __future__ import annotations
 
@@ -10,13 +11,16 @@ from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
 
+import psycopg
 import pytest
 
-from serve_app.core.errors import ErrorCode
+from cluster.ports import free_port
+from serve_app.core.errors import ErrorCode, LedgerUnavailable
 from serve_app.core.settings import PROJECT_ROOT, JobPolicy
+from serve_app.ledger.postgres_store import PostgresJobStore
 from serve_app.ledger.records import CallbackState, JobState
 from serve_app.ledger.sqlite_store import SqliteJobStore
-from serve_app.ledger.store import IdempotencyKey
+from serve_app.ledger.store import IdempotencyKey, JobStore, LedgerSchemaError
 from serve_app.models.reports import (
     CallbackPayload,
     Completion,
@@ -24,6 +28,7 @@ from serve_app.models.reports import (
     ReportJob,
     Usage,
 )
+from tests.support.postgres import PostgresServer
 
 POLICY = JobPolicy(
     lease_s=30,
@@ -53,9 +58,17 @@ def clock() -> Clock:
     return Clock()
 
 
-@pytest.fixture
-async def store(tmp_path: Path, clock: Clock) -> AsyncIterator[SqliteJobStore]:
-    db = SqliteJobStore(tmp_path / "ledger.sqlite3", POLICY, clock)
+@pytest.fixture(params=["sqlite", "postgres"])
+async def store(
+    request: pytest.FixtureRequest, tmp_path: Path, clock: Clock
+) -> AsyncIterator[JobStore]:
+    """同一套契约测试跑在两种存储上（Postgres 是真实服务器，每个测试一个新库）。"""
+    db: JobStore
+    if request.param == "sqlite":
+        db = SqliteJobStore(tmp_path / "ledger.sqlite3", POLICY, clock)
+    else:
+        server: PostgresServer = request.getfixturevalue("postgres_server")
+        db = PostgresJobStore(server.create_database(), POLICY, clock=clock)
     yield db
     await db.close()
 
@@ -82,7 +95,7 @@ def _succeeded(job: ReportJob) -> CallbackPayload:
     return CallbackPayload.succeeded(job, report)
 
 
-async def _produced(store: SqliteJobStore, trace_id: str = "t-1", owner: str = "a") -> None:
+async def _produced(store: JobStore, trace_id: str = "t-1", owner: str = "a") -> None:
     job = _job(trace_id)
     assert (await store.admit(job, owner, None)).record is not None
     assert await store.advance(trace_id, owner, JobState.RENDERING) == "ok"
@@ -90,7 +103,7 @@ async def _produced(store: SqliteJobStore, trace_id: str = "t-1", owner: str = "
     assert await store.finish(trace_id, owner, _succeeded(job)) is not None
 
 
-async def test_full_lifecycle_is_recorded(store: SqliteJobStore) -> None:
+async def test_full_lifecycle_is_recorded(store: JobStore) -> None:
     await _produced(store)
     record = await store.record_delivery("t-1", "a", DELIVERED)
     assert record is not None
@@ -110,7 +123,7 @@ async def test_full_lifecycle_is_recorded(store: SqliteJobStore) -> None:
 
 
 async def test_finish_replayed_by_its_owner_returns_the_recorded_outcome(
-    store: SqliteJobStore,
+    store: JobStore,
 ) -> None:
     # 第一次 finish 已提交但回复丢了（超时），客户端重放：返回已记录的结果，不当作租约已丢
     await _produced(store)
@@ -136,13 +149,13 @@ async def test_concurrent_lifecycles_share_commits(tmp_path: Path, clock: Clock)
         await store.close()
 
 
-async def test_admit_is_idempotent_on_trace_id(store: SqliteJobStore) -> None:
+async def test_admit_is_idempotent_on_trace_id(store: JobStore) -> None:
     first = await store.admit(_job(), "a", None)
     again = await store.admit(_job(), "a", None)
     assert first.record == again.record
 
 
-async def test_idempotency_key_replays_or_conflicts(store: SqliteJobStore, clock: Clock) -> None:
+async def test_idempotency_key_replays_or_conflicts(store: JobStore, clock: Clock) -> None:
     key = IdempotencyKey(scope_key="k", body_hash="h1")
     first = await store.admit(_job("t-1"), "a", key)
     replay = await store.admit(_job("t-2"), "a", key)
@@ -157,7 +170,7 @@ async def test_idempotency_key_replays_or_conflicts(store: SqliteJobStore, clock
     assert fresh.record is not None and fresh.record.trace_id == "t-4"
 
 
-async def test_admission_is_bounded_with_retry_after(store: SqliteJobStore, clock: Clock) -> None:
+async def test_admission_is_bounded_with_retry_after(store: JobStore, clock: Clock) -> None:
     for i in range(POLICY.max_active_jobs):
         assert (await store.admit(_job(f"t-{i}"), "a", None)).record is not None
     full = await store.admit(_job("t-x"), "a", None)
@@ -171,7 +184,7 @@ async def test_admission_is_bounded_with_retry_after(store: SqliteJobStore, cloc
     assert full.retry_after_s is not None and 1 <= full.retry_after_s <= 60
 
 
-async def test_cancel_before_and_after_result(store: SqliteJobStore) -> None:
+async def test_cancel_before_and_after_result(store: JobStore) -> None:
     job = _job()
     await store.admit(job, "a", None)
     cancel = await store.request_cancel("t-1")
@@ -188,7 +201,7 @@ async def test_cancel_before_and_after_result(store: SqliteJobStore) -> None:
 
 
 async def test_expired_lease_is_claimed_then_fails_as_worker_lost(
-    store: SqliteJobStore, clock: Clock
+    store: JobStore, clock: Clock
 ) -> None:
     await store.admit(_job(), "dead", None)
     assert await store.claim_due("b", 10) == []
@@ -206,9 +219,7 @@ async def test_expired_lease_is_claimed_then_fails_as_worker_lost(
     assert item.record.outcome.error.code is ErrorCode.WORKER_LOST
 
 
-async def test_heartbeat_keeps_lease_and_reports_cancel(
-    store: SqliteJobStore, clock: Clock
-) -> None:
+async def test_heartbeat_keeps_lease_and_reports_cancel(store: JobStore, clock: Clock) -> None:
     await store.admit(_job(), "a", None)
     clock.now += POLICY.lease_s - 1
     assert (await store.heartbeat("a", ["t-1"])).cancel == []
@@ -219,7 +230,7 @@ async def test_heartbeat_keeps_lease_and_reports_cancel(
 
 
 async def test_released_job_is_claimable_at_once_without_counting_a_run(
-    store: SqliteJobStore,
+    store: JobStore,
 ) -> None:
     await store.admit(_job(), "a", None)
     await store.release("a", ["t-1"])
@@ -228,7 +239,7 @@ async def test_released_job_is_claimable_at_once_without_counting_a_run(
 
 
 async def test_unowned_cancelled_job_is_claimed_for_cancelled_callback(
-    store: SqliteJobStore, clock: Clock
+    store: JobStore, clock: Clock
 ) -> None:
     await store.admit(_job(), "dead", None)
     await store.request_cancel("t-1")
@@ -238,9 +249,7 @@ async def test_unowned_cancelled_job_is_claimed_for_cancelled_callback(
     assert item.record.outcome.status == "cancelled"
 
 
-async def test_redelivery_follows_schedule_until_horizon(
-    store: SqliteJobStore, clock: Clock
-) -> None:
+async def test_redelivery_follows_schedule_until_horizon(store: JobStore, clock: Clock) -> None:
     await _produced(store)
     record = await store.record_delivery("t-1", "a", REFUSED)
     assert record is not None and record.state is JobState.DELIVERING
@@ -276,14 +285,14 @@ async def test_redelivery_follows_schedule_until_horizon(
     assert await store.list_undelivered(10) == []
 
 
-async def test_permanent_failure_is_undelivered_at_once(store: SqliteJobStore) -> None:
+async def test_permanent_failure_is_undelivered_at_once(store: JobStore) -> None:
     await _produced(store)
     gone = DeliveryOutcome(delivered=False, attempts=1, status_code=410, permanent=True)
     record = await store.record_delivery("t-1", "a", gone)
     assert record is not None and record.callback.state is CallbackState.UNDELIVERED
 
 
-async def test_redeliver_needs_a_result(store: SqliteJobStore) -> None:
+async def test_redeliver_needs_a_result(store: JobStore) -> None:
     await store.admit(_job(), "a", None)
     record = await store.redeliver("t-1")
     assert record is not None and record.outcome is None
@@ -317,3 +326,114 @@ def test_an_unclosed_ledger_does_not_block_process_exit(tmp_path: Path) -> None:
     )
     env = {**os.environ, "PYTHONPATH": str(PROJECT_ROOT)}
     subprocess.run([sys.executable, "-c", code], env=env, timeout=60, check=True)
+
+
+async def test_a_replica_that_lost_its_lease_records_no_result_and_no_delivery(
+    store: JobStore, clock: Clock
+) -> None:
+    job = _job()
+    await store.admit(job, "dead", None)
+    assert await store.advance("t-1", "dead", JobState.RENDERING) == "ok"
+    clock.now += POLICY.lease_s + 1
+    [item] = await store.claim_due("b", 10)
+    assert item.produce
+    # 旧持有者醒来：结果与投递都记不上
+    assert await store.finish("t-1", "dead", _succeeded(job)) is None
+    assert await store.finish("t-1", "b", _succeeded(job)) is not None
+    assert await store.record_delivery("t-1", "dead", DELIVERED) is None
+    record = await store.get("t-1")
+    assert record is not None and record.callback.state is CallbackState.PENDING
+    assert record.callback.attempts == 0
+    delivered = await store.record_delivery("t-1", "b", DELIVERED)
+    assert delivered is not None and delivered.callback.state is CallbackState.DELIVERED
+
+
+# ---- Postgres 特有：多个副本各自直连同一个库 ----
+
+
+async def test_two_replicas_racing_for_expired_leases_never_claim_the_same_job(
+    postgres_server: PostgresServer, clock: Clock
+) -> None:
+    url = postgres_server.create_database()
+    policy = POLICY.model_copy(update={"max_active_jobs": 100})
+    replicas = [PostgresJobStore(url, policy, clock=clock) for _ in range(2)]
+    try:
+        ids = {f"t-{i}" for i in range(30)}
+        for trace_id in sorted(ids):
+            await replicas[0].admit(_job(trace_id), "dead", None)
+        clock.now += POLICY.lease_s + 1
+        claimed = await asyncio.gather(
+            replicas[0].claim_due("a", 100), replicas[1].claim_due("b", 100)
+        )
+        by_a = {item.record.trace_id for item in claimed[0]}
+        by_b = {item.record.trace_id for item in claimed[1]}
+        assert by_a.isdisjoint(by_b) and by_a | by_b == ids
+        # 没领到的一方对这些作业的写入都落空
+        for trace_id in by_a:
+            assert await replicas[1].advance(trace_id, "b", JobState.RENDERING) == "lost"
+        for trace_id in by_b:
+            assert await replicas[0].advance(trace_id, "a", JobState.RENDERING) == "lost"
+    finally:
+        await asyncio.gather(*(r.close() for r in replicas))
+
+
+async def test_concurrent_writers_on_one_job_keep_every_change(
+    postgres_server: PostgresServer, clock: Clock
+) -> None:
+    # 持有者推进阶段的同时，别的副本登记取消：两次写入都在（乐观并发重读后再写）
+    store = PostgresJobStore(postgres_server.create_database(), POLICY, clock=clock)
+    try:
+        await store.admit(_job(), "a", None)
+        advanced, cancel = await asyncio.gather(
+            store.advance("t-1", "a", JobState.RENDERING), store.request_cancel("t-1")
+        )
+        assert cancel.accepted
+        record = await store.get("t-1")
+        assert record is not None and record.cancel_requested
+        assert advanced in {"ok", "cancelled"}
+        assert (advanced == "ok") == (record.state is JobState.RENDERING)
+    finally:
+        await store.close()
+
+
+async def test_newer_schema_is_refused(postgres_server: PostgresServer) -> None:
+    url = postgres_server.create_database()
+    first = PostgresJobStore(url, POLICY)
+    await first.ping()
+    await first.close()
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("INSERT INTO ledger_schema (version) VALUES (99)")
+    later = PostgresJobStore(url, POLICY)
+    try:
+        with pytest.raises(LedgerSchemaError, match="99"):
+            await later.get("t-1")
+    finally:
+        await later.close()
+
+
+async def test_unreachable_postgres_is_ledger_unavailable() -> None:
+    url = f"postgresql://postgres@127.0.0.1:{free_port()}/none"
+    store = PostgresJobStore(url, POLICY.model_copy(update={"ledger_call_timeout_s": 0.5}))
+    try:
+        with pytest.raises(LedgerUnavailable):
+            await store.get("t-1")
+    finally:
+        await store.close()
+
+
+async def test_postgres_restart_is_unavailable_then_recovers(clock: Clock) -> None:
+    server = PostgresServer().start()
+    policy = POLICY.model_copy(update={"ledger_call_timeout_s": 1})
+    store = PostgresJobStore(server.create_database(), policy, clock=clock)
+    try:
+        await store.admit(_job(), "a", None)
+        server.stop()
+        with pytest.raises(LedgerUnavailable):
+            await store.get("t-1")
+        server.start()
+        # 连接池自己重连；已提交的作业都在
+        record = await store.get("t-1")
+        assert record is not None and record.state is JobState.ACCEPTED
+    finally:
+        await store.close()
+        server.cleanup()

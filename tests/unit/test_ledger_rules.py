@@ -12,8 +12,9 @@ from serve_app.core.errors import ErrorCode
 from serve_app.core.settings import JobPolicy
 from serve_app.ledger import rules
 from serve_app.ledger.records import CallbackState, JobState
-from serve_app.ledger.sqlite_schema import SCHEMA_VERSION, LedgerSchemaError
+from serve_app.ledger.sqlite_schema import SCHEMA_VERSION
 from serve_app.ledger.sqlite_store import SqliteJobStore
+from serve_app.ledger.store import LedgerSchemaError
 from serve_app.models.reports import CallbackPayload, ReportJob
 
 POLICY = JobPolicy(

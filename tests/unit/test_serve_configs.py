@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -126,3 +127,33 @@ def test_preset_is_complete_and_valid_for_serve_and_the_builder(
     assert llm["max_ongoing_requests"] >= engine.engine_kwargs["max_num_seqs"]
     # 文件头写明容量估算（运维据此选卡与调参）
     assert "容量估算" in path.read_text(encoding="utf-8")
+
+
+AUTOSCALED_LIGHT = ("ReportIngress", "TemplateRenderer", "CallbackSender")
+AUTOSCALING_KNOBS = {
+    "min_replicas",
+    "max_replicas",
+    "target_ongoing_requests",
+    "upscale_delay_s",
+    "downscale_delay_s",
+}
+
+
+@pytest.mark.parametrize(
+    "path", [*CONFIGS, PROJECT_ROOT / "serve_config.external.yaml", *PRESETS], ids=lambda p: p.name
+)
+def test_light_deployments_autoscale_with_every_knob_explained(path: Path) -> None:
+    schema = ServeDeploySchema.model_validate(_load(path))
+    [app] = schema.applications
+    by_name = {d.name: d for d in app.deployments}
+    text = path.read_text(encoding="utf-8")
+    for name in AUTOSCALED_LIGHT:
+        deployment = by_name[name]
+        # 手写的 num_replicas 与 autoscaling_config 不能同时出现（Serve 拒绝）
+        assert "num_replicas" not in deployment.model_fields_set, name
+        config = deployment.autoscaling_config
+        assert isinstance(config, dict) and AUTOSCALING_KNOBS <= set(config), name
+        assert 1 <= config["min_replicas"] <= config["max_replicas"], name
+        # 块的开头有一行注释说明这个部署按什么扩缩
+        block = text[text.index(f"- name: {name}") :]
+        assert re.search(r"autoscaling_config:\s+#\s*\S", block.split("- name:", 2)[1]), name

@@ -1,0 +1,58 @@
+"""账本的一行（SQLite 与 Postgres 的 jobs 表列相同）→ JobRecord，以及状态历史的追加。"""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+from serve_app.ledger.records import CallbackState, CallbackStatus, JobRecord, JobState, StateChange
+from serve_app.models.reports import CallbackPayload, ReportJob, webhook_id
+
+
+class Row(Protocol):
+    """一行：sqlite3.Row 或 psycopg 的 dict_row，都按列名取值。"""
+
+    def __getitem__(self, key: str, /) -> Any: ...
+
+
+def at(epoch: float) -> datetime:
+    """epoch 秒 → UTC 时间。"""
+    return datetime.fromtimestamp(epoch, UTC)
+
+
+def maybe_at(epoch: float | None) -> datetime | None:
+    """可空的 epoch 秒 → UTC 时间。"""
+    return None if epoch is None else at(epoch)
+
+
+def record_from_row(row: Row) -> JobRecord:
+    """jobs 表的一行 → JobRecord。"""
+    outcome = row["outcome_json"]
+    return JobRecord(
+        job=ReportJob.model_validate_json(row["job_json"]),
+        state=JobState(row["state"]),
+        updated_at=at(row["updated_at"]),
+        outcome=CallbackPayload.model_validate_json(outcome) if outcome else None,
+        cancel_requested=bool(row["cancel_requested"]),
+        runs=row["runs"],
+        callback=CallbackStatus(
+            state=CallbackState(row["cb_state"]),
+            attempts=row["cb_attempts"],
+            delivered_at=maybe_at(row["cb_delivered_at"]),
+            last_status_code=row["cb_last_status"],
+            last_error=row["cb_last_error"],
+            next_attempt_at=maybe_at(row["cb_next_attempt_at"]),
+            webhook_id=webhook_id(row["trace_id"]),
+        ),
+        history=[StateChange.model_validate(h) for h in json.loads(row["history_json"])],
+    )
+
+
+def state_columns(row: Row, state: JobState | None, now: float) -> dict[str, Any]:
+    """状态变化要写的列（state 与追加了一条的 history_json）；状态不变时为空。"""
+    if state is None or state == row["state"]:
+        return {}
+    history = json.loads(row["history_json"])
+    history.append({"state": str(state), "at": at(now).isoformat()})
+    return {"state": str(state), "history_json": json.dumps(history)}
