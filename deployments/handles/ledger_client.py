@@ -11,10 +11,10 @@ from typing import Any, cast
 
 from ray.serve.handle import DeploymentHandle
 
-from deployments.handles.call_batcher import Call, CallBatcher, Outcome
 from deployments.handles.ray_errors import TRANSIENT_HANDLE_ERRORS, handle_retrying
 from serve_app.core.errors import LedgerUnavailable
 from serve_app.core.settings import JobPolicy
+from serve_app.ledger.call_batcher import Call, CallBatcher, Outcome
 from serve_app.ledger.records import Admission, CancelResult, JobRecord, JobState, WorkItem
 from serve_app.ledger.store import AdvanceResult, HeartbeatReply, IdempotencyKey
 from serve_app.models.reports import CallbackPayload, DeliveryOutcome, ReportJob

@@ -3,6 +3,8 @@
 - 判定一律调 rules.py（与 SQLite 账本相同）；这里只管持久化。
 - 读 → 判定 → 写：写入以读到的 `version` 未变为条件（乐观并发）。租约被别的副本接手、取消登记、
   交还租约都会让 version 加一，于是失去租约的副本的写入落空，重读后由规则判定为“租约已丢”。
+- 组提交：作业路径上的操作（受理、推进、结果、投递、取消、重投）经 CallBatcher 合批，一批只用
+  一条批量读与一条批量条件写（unnest），每条语句一次提交；落空的重读再判。
 - 领取过期租约与到期重投：`FOR UPDATE SKIP LOCKED`，多个副本同时扫描时各领各的。
 - 连接池（psycopg_pool）在第一次使用时打开并迁移结构；连接失败、池等待超时按 tenacity 重试，
   用尽即 LedgerUnavailable（503 + Retry-After）。
@@ -15,7 +17,8 @@ import functools
 import json
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, cast
 
 from loguru import logger
 from psycopg import AsyncConnection, OperationalError, sql
@@ -31,6 +34,7 @@ from tenacity import (
 from serve_app.core.errors import LedgerUnavailable
 from serve_app.core.settings import JobPolicy
 from serve_app.ledger import rules
+from serve_app.ledger.call_batcher import Call, CallBatcher, Outcome
 from serve_app.ledger.postgres_schema import migrate
 from serve_app.ledger.records import (
     PRODUCING_STATES,
@@ -49,7 +53,7 @@ from serve_app.models.reports import CallbackPayload, DeliveryOutcome, ReportJob
 Conn = AsyncConnection[DictRow]
 _PRODUCING = [str(s) for s in PRODUCING_STATES]
 _ROW_BY_ID = "SELECT * FROM jobs WHERE trace_id = %s"
-# 乐观并发的重读次数：只有同一作业上同时有别的写入才会重读（如续租回复带来的取消）
+# 乐观并发的重读轮数：只有同一作业上同时有别的写入（或同一批里排在后面）才会重读
 _CAS_ATTEMPTS = 8
 # 连接断开、池里拿不到连接：可重试；用尽即账本不可用
 _TRANSIENT = (OperationalError, PoolTimeout, TimeoutError)
@@ -62,13 +66,102 @@ def _update_query(names: tuple[str, ...]) -> sql.Composed:
         sql.SQL("{} = {}").format(sql.Identifier(name), sql.Placeholder()) for name in names
     )
     return sql.SQL(
-        "UPDATE jobs SET {}, version = version + 1"
-        " WHERE trace_id = %s AND version = %s RETURNING *"
+        "UPDATE jobs SET {}, version = version + 1 WHERE trace_id = %s AND version = %s RETURNING *"
     ).format(assignments)
 
 
-class _Contended(RuntimeError):
-    """同一作业的写入连续落空（别的写入一直抢先）：当作一次可重试的失败。"""
+# 除 trace_id / version / 建立时就定了的列以外，一次写入可能改动的列与它们的类型（批量写用 unnest）
+_MUTABLE: dict[str, str] = {
+    "state": "text",
+    "history_json": "text",
+    "outcome_json": "text",
+    "updated_at": "float8",
+    "produced_at": "float8",
+    "owner": "text",
+    "lease_until": "float8",
+    "runs": "int4",
+    "cancel_requested": "int4",
+    "cb_state": "text",
+    "cb_attempts": "int4",
+    "cb_rounds": "int4",
+    "cb_last_status": "int4",
+    "cb_last_error": "text",
+    "cb_delivered_at": "float8",
+    "cb_next_attempt_at": "float8",
+    "cb_first_failed_at": "float8",
+}
+# 批量条件写：每行以读到的 version 为条件；落空的行不在 RETURNING 里。
+# 数组参数用二进制格式（%b）：文本格式要逐个元素转义，批量时是主要的 CPU 开销
+_BATCH_UPDATE = (
+    "UPDATE jobs AS j SET "
+    + ", ".join(f"{column} = v.{column}" for column in _MUTABLE)
+    + ", version = j.version + 1 FROM unnest(%b::text[], %b::int8[], "
+    + ", ".join(f"%b::{kind}[]" for kind in _MUTABLE.values())
+    + ") AS v(trace_id, version, "
+    + ", ".join(_MUTABLE)
+    + ") WHERE j.trace_id = v.trace_id AND j.version = v.version RETURNING j.*"
+).encode()
+_BATCH_INSERT = (
+    b"INSERT INTO jobs (trace_id, state, job_json, history_json, created_at, updated_at, owner,"
+    b" lease_until, runs, cb_state)"
+    b" SELECT t, s, j, h, c, c, o, l, 1, cb FROM unnest(%b::text[], %b::text[], %b::text[],"
+    b" %b::text[], %b::float8[], %b::text[], %b::float8[], %b::text[])"
+    b" AS v(t, s, j, h, c, o, l, cb)"
+    b" ON CONFLICT (trace_id) DO NOTHING RETURNING *"
+)
+
+
+@dataclass(frozen=True)
+class _Step:
+    """规则对一行的判定：不写（reply 即答复），或写这些列（答复由写成后的行算出）。"""
+
+    reply: Any = None
+    columns: dict[str, Any] | None = None
+    state: JobState | None = None
+    written: Callable[[DictRow], Any] | None = None
+
+
+def _next_row(row: DictRow, now: float, step: _Step) -> dict[str, Any]:
+    """按判定算出写入后的整行（可变列）；trace_id 与 version 用于条件写。"""
+    assert step.columns is not None
+    new = {column: row[column] for column in _MUTABLE}
+    new |= step.columns
+    new["updated_at"] = now
+    new |= state_columns(row, step.state, now)
+    return new | {"trace_id": row["trace_id"], "version": row["version"]}
+
+
+async def _batch_update(conn: Conn, rows: list[dict[str, Any]]) -> dict[str, DictRow]:
+    """一条语句写一批行（各自以 version 为条件）；返回写成的行。"""
+    params = [
+        [r["trace_id"] for r in rows],
+        [r["version"] for r in rows],
+        *([r[column] for r in rows] for column in _MUTABLE),
+    ]
+    cursor = await conn.execute(_BATCH_UPDATE, params)
+    return {row["trace_id"]: row for row in await cursor.fetchall()}
+
+
+async def _batch_insert(
+    conn: Conn, now: float, admits: list[tuple[Any, ...]], lease_until: float
+) -> dict[str, DictRow]:
+    """一条语句插入一批新作业（已存在的跳过）；返回插进去的行。"""
+    if not admits:
+        return {}
+    history = json.dumps([{"state": str(JobState.ACCEPTED), "at": at(now).isoformat()}])
+    jobs: list[ReportJob] = [job for job, _, _ in admits]
+    params = [
+        [job.trace_id for job in jobs],
+        [str(JobState.ACCEPTED)] * len(jobs),
+        [job.model_dump_json() for job in jobs],
+        [history] * len(jobs),
+        [now] * len(jobs),
+        [owner for _, owner, _ in admits],
+        [lease_until] * len(jobs),
+        [str(CallbackState.WAITING)] * len(jobs),
+    ]
+    cursor = await conn.execute(_BATCH_INSERT, params)
+    return {row["trace_id"]: row for row in await cursor.fetchall()}
 
 
 class PostgresJobStore:
@@ -97,6 +190,19 @@ class PostgresJobStore:
         )
         self._ready = False
         self._ready_lock = asyncio.Lock()
+        self._batcher = CallBatcher(self._apply, max_in_flight=4, max_batch=256)
+        self._deciders: dict[str, Callable[..., _Step]] = {
+            "advance": self._decide_advance,
+            "finish": self._decide_finish,
+            "record_delivery": self._decide_record_delivery,
+            "request_cancel": self._decide_request_cancel,
+            "redeliver": self._decide_redeliver,
+        }
+
+    @property
+    def batcher(self) -> CallBatcher:
+        """合批统计（测试与基准读它）。"""
+        return self._batcher
 
     # ---- 连接与重试 ----
 
@@ -113,7 +219,7 @@ class PostgresJobStore:
     async def _run[T](self, name: str, work: Callable[[Conn, float], Awaitable[T]]) -> T:
         """取一个连接执行 work(conn, now)：有超时，连接类错误重试，用尽即 LedgerUnavailable。"""
         retrying = AsyncRetrying(
-            retry=retry_if_exception_type((*_TRANSIENT, _Contended)),
+            retry=retry_if_exception_type(_TRANSIENT),
             stop=stop_after_attempt(3),
             wait=wait_exponential(multiplier=0.1, max=2),
             reraise=True,
@@ -126,7 +232,7 @@ class PostgresJobStore:
                             await self._open()
                         async with self._pool.connection() as conn:
                             return await work(conn, self._clock())
-        except (*_TRANSIENT, _Contended) as exc:
+        except _TRANSIENT as exc:
             logger.opt(exception=exc).warning("Postgres 账本调用失败：{}", name)
             raise LedgerUnavailable(f"作业账本暂不可用（{name}）") from exc
         raise AssertionError("unreachable")  # pragma: no cover - reraise=True
@@ -151,23 +257,6 @@ class PostgresJobStore:
         return rules.lease_until(now, self._policy)
 
     # ---- JobStore ----
-
-    async def admit(
-        self, job: ReportJob, owner: str, idempotency: IdempotencyKey | None
-    ) -> Admission:
-        """受理（见 JobStore.admit）。带 Idempotency-Key 时同一个键的受理由咨询锁串行。"""
-
-        async def work(conn: Conn, now: float) -> Admission:
-            if idempotency is None:
-                return await self._admit(conn, now, job, owner, None)
-            async with conn.transaction():
-                await conn.execute(
-                    "SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))",
-                    (idempotency.scope_key,),
-                )
-                return await self._admit(conn, now, job, owner, idempotency)
-
-        return await self._run("admit", work)
 
     async def _admit(
         self,
@@ -264,48 +353,6 @@ class PostgresJobStore:
 
         return await self._run("get", work)
 
-    async def advance(self, trace_id: str, owner: str, state: JobState) -> AdvanceResult:
-        """进入 rendering / generating。"""
-
-        async def work(conn: Conn, now: float) -> AdvanceResult:
-            for _ in range(_CAS_ATTEMPTS):
-                row = await self._row(conn, trace_id)
-                if row is None:
-                    return "lost"
-                verdict = rules.advance_verdict(
-                    row["state"], row["owner"], owner, bool(row["cancel_requested"])
-                )
-                if verdict != "ok":
-                    return verdict
-                if await self._write(conn, row, now, state, lease_until=self._lease(now)):
-                    return "ok"
-            raise _Contended(trace_id)
-
-        return await self._run("advance", work)
-
-    async def finish(
-        self, trace_id: str, owner: str, outcome: CallbackPayload
-    ) -> CallbackPayload | None:
-        """记录结果（见 JobStore.finish）。"""
-
-        async def work(conn: Conn, now: float) -> CallbackPayload | None:
-            for _ in range(_CAS_ATTEMPTS):
-                row = await self._row(conn, trace_id)
-                if row is None:
-                    return None
-                if rules.finish_replayed(row["state"], row["owner"], owner) and row["outcome_json"]:
-                    return CallbackPayload.model_validate_json(row["outcome_json"])
-                if not rules.holds_production(row["state"], row["owner"], owner):
-                    return None
-                job = ReportJob.model_validate_json(row["job_json"])
-                final = rules.final_outcome(job, outcome, bool(row["cancel_requested"]))
-                columns = self._outcome_columns(now, final) | {"lease_until": self._lease(now)}
-                if await self._write(conn, row, now, JobState.DELIVERING, **columns):
-                    return final
-            raise _Contended(trace_id)
-
-        return await self._run("finish", work)
-
     @staticmethod
     def _outcome_columns(now: float, outcome: CallbackPayload) -> dict[str, Any]:
         return {
@@ -315,28 +362,200 @@ class PostgresJobStore:
             "cb_next_attempt_at": now,
         }
 
+    # ---- 作业路径上的操作：合批执行 ----
+
+    async def admit(
+        self, job: ReportJob, owner: str, idempotency: IdempotencyKey | None
+    ) -> Admission:
+        """受理（见 JobStore.admit）。带 Idempotency-Key 的在事务里由咨询锁串行同一个键。"""
+        return cast(Admission, await self._batcher.call("admit", job, owner, idempotency))
+
+    async def advance(self, trace_id: str, owner: str, state: JobState) -> AdvanceResult:
+        """进入 rendering / generating。"""
+        return cast(AdvanceResult, await self._batcher.call("advance", trace_id, owner, state))
+
+    async def finish(
+        self, trace_id: str, owner: str, outcome: CallbackPayload
+    ) -> CallbackPayload | None:
+        """记录结果（见 JobStore.finish）。"""
+        result = await self._batcher.call("finish", trace_id, owner, outcome)
+        return cast(CallbackPayload | None, result)
+
     async def record_delivery(
         self, trace_id: str, owner: str, result: DeliveryOutcome
     ) -> JobRecord | None:
         """记录一轮投递（见 JobStore.record_delivery）：只有仍持有租约的副本能记录。"""
+        record = await self._batcher.call("record_delivery", trace_id, owner, result)
+        return cast(JobRecord | None, record)
 
-        async def work(conn: Conn, now: float) -> JobRecord | None:
+    async def request_cancel(self, trace_id: str) -> CancelResult:
+        """登记取消（见 JobStore.request_cancel）。"""
+        return cast(CancelResult, await self._batcher.call("request_cancel", trace_id))
+
+    async def redeliver(self, trace_id: str) -> JobRecord | None:
+        """重新安排投递（见 JobStore.redeliver）。"""
+        return cast(JobRecord | None, await self._batcher.call("redeliver", trace_id))
+
+    async def _apply(self, calls: list[Call]) -> list[Outcome]:
+        """一批操作：受理一条批量插入，其余一轮一条批量读 + 一条批量条件写，落空的重读再判。"""
+
+        async def work(conn: Conn, now: float) -> list[Outcome]:
+            outcomes: dict[int, Outcome] = {}
+            admits = [i for i, (method, _) in enumerate(calls) if method == "admit"]
+            if admits:
+                await self._admit_batch(conn, now, calls, admits, outcomes)
+            pending = [i for i, (method, _) in enumerate(calls) if method != "admit"]
             for _ in range(_CAS_ATTEMPTS):
-                row = await self._row(conn, trace_id)
-                if row is None or row["outcome_json"] is None:
-                    return None
-                if not rules.holds_delivery(row["owner"], owner):
-                    return None
-                written = await self._write_delivery(conn, row, now, result)
-                if written is not None:
-                    return record_from_row(written)
-            raise _Contended(trace_id)
+                if not pending:
+                    break
+                pending = await self._mutate_round(conn, now, calls, pending, outcomes)
+            for i in pending:
+                outcomes[i] = (False, LedgerUnavailable(f"作业 {calls[i][1][0]} 的写入一再落空"))
+            return [outcomes[i] for i in range(len(calls))]
 
-        return await self._run("record_delivery", work)
+        return await self._run("batch", work)
 
-    async def _write_delivery(
-        self, conn: Conn, row: DictRow, now: float, result: DeliveryOutcome
-    ) -> DictRow | None:
+    async def _mutate_round(
+        self,
+        conn: Conn,
+        now: float,
+        calls: list[Call],
+        pending: list[int],
+        outcomes: dict[int, Outcome],
+    ) -> list[int]:
+        """一轮：批量读这些作业，逐个按规则判定，批量条件写；返回落空（或同一作业排在后面）的。"""
+        ids = list(dict.fromkeys(calls[i][1][0] for i in pending))
+        cursor = await conn.execute("SELECT * FROM jobs WHERE trace_id = ANY(%b)", (ids,))
+        rows = {row["trace_id"]: row for row in await cursor.fetchall()}
+        later: list[int] = []
+        seen: set[str] = set()
+        writes: list[tuple[int, _Step, dict[str, Any]]] = []
+        for i in pending:
+            method, args = calls[i]
+            trace_id = args[0]
+            if trace_id in seen:  # 同一作业的第二个操作：等前一个写完再判
+                later.append(i)
+                continue
+            seen.add(trace_id)
+            row = rows.get(trace_id)
+            step = self._deciders[method](row, now, *args[1:])
+            if step.columns is None or row is None:
+                outcomes[i] = (True, step.reply)
+            else:
+                writes.append((i, step, _next_row(row, now, step)))
+        if writes:
+            written = await _batch_update(conn, [new for _, _, new in writes])
+            for i, step, new in writes:
+                row = written.get(new["trace_id"])
+                if row is None:
+                    later.append(i)
+                else:
+                    assert step.written is not None
+                    outcomes[i] = (True, step.written(row))
+        return later
+
+    async def _admit_batch(
+        self,
+        conn: Conn,
+        now: float,
+        calls: list[Call],
+        indexes: list[int],
+        outcomes: dict[int, Outcome],
+    ) -> None:
+        """受理：带幂等键的逐个走事务；其余按一次计数判限流，一条批量插入。"""
+        plain: list[int] = []
+        for i in indexes:
+            job, owner, idempotency = calls[i][1]
+            if idempotency is None:
+                plain.append(i)
+                continue
+            async with conn.transaction():
+                await conn.execute(
+                    "SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))",
+                    (idempotency.scope_key,),
+                )
+                outcomes[i] = (True, await self._admit(conn, now, job, owner, idempotency))
+        if not plain:
+            return
+        active = await self._count_with(
+            conn, "SELECT count(*) AS n FROM jobs WHERE state = ANY(%s)", _PRODUCING
+        )
+        recent: int | None = None
+        inserts: list[int] = []
+        refused: dict[int, int] = {}
+        for i in plain:
+            # 限流按规则判：先当最近吞吐为 0 问一次，超限了再去数最近产出（少一条查询）
+            if rules.retry_after_s(active + len(inserts), 0, self._policy) is None:
+                inserts.append(i)
+                continue
+            if recent is None:
+                recent = await self._count_with(
+                    conn,
+                    "SELECT count(*) AS n FROM jobs WHERE produced_at > %s",
+                    now - rules.RATE_WINDOW_S,
+                )
+            retry_after = rules.retry_after_s(active + len(inserts), recent, self._policy)
+            assert retry_after is not None
+            refused[i] = retry_after
+        inserted = await _batch_insert(conn, now, [calls[i][1] for i in inserts], self._lease(now))
+        # 没插进去的（同一 trace_id 已在：调用方超时重试）与被限流的，看是否已存在
+        missing = [
+            calls[i][1][0].trace_id for i in plain if calls[i][1][0].trace_id not in inserted
+        ]
+        existing: dict[str, DictRow] = {}
+        if missing:
+            cursor = await conn.execute("SELECT * FROM jobs WHERE trace_id = ANY(%s)", (missing,))
+            existing = {row["trace_id"]: row for row in await cursor.fetchall()}
+        for i in plain:
+            trace_id = calls[i][1][0].trace_id
+            row = inserted.get(trace_id) or existing.get(trace_id)
+            if row is not None:
+                outcomes[i] = (True, Admission(record=record_from_row(row)))
+            else:
+                outcomes[i] = (True, Admission(record=None, retry_after_s=refused[i]))
+
+    async def _count_with(self, conn: Conn, query: str, value: object) -> int:
+        cursor = await conn.execute(query.encode(), (value,))
+        counted = await cursor.fetchone()
+        return int(counted["n"]) if counted is not None else 0
+
+    # ---- 规则判定（纯：一行 → 写什么、答什么） ----
+
+    def _decide_advance(
+        self, row: DictRow | None, now: float, owner: str, state: JobState
+    ) -> _Step:
+        if row is None:
+            return _Step(reply="lost")
+        verdict = rules.advance_verdict(
+            row["state"], row["owner"], owner, bool(row["cancel_requested"])
+        )
+        if verdict != "ok":
+            return _Step(reply=verdict)
+        return _Step(
+            columns={"lease_until": self._lease(now)}, state=state, written=lambda _row: "ok"
+        )
+
+    def _decide_finish(
+        self, row: DictRow | None, now: float, owner: str, outcome: CallbackPayload
+    ) -> _Step:
+        if row is None:
+            return _Step(reply=None)
+        if rules.finish_replayed(row["state"], row["owner"], owner) and row["outcome_json"]:
+            return _Step(reply=CallbackPayload.model_validate_json(row["outcome_json"]))
+        if not rules.holds_production(row["state"], row["owner"], owner):
+            return _Step(reply=None)
+        job = ReportJob.model_validate_json(row["job_json"])
+        final = rules.final_outcome(job, outcome, bool(row["cancel_requested"]))
+        columns = self._outcome_columns(now, final) | {"lease_until": self._lease(now)}
+        return _Step(columns=columns, state=JobState.DELIVERING, written=lambda _row: final)
+
+    def _decide_record_delivery(
+        self, row: DictRow | None, now: float, owner: str, result: DeliveryOutcome
+    ) -> _Step:
+        if row is None or row["outcome_json"] is None:
+            return _Step(reply=None)
+        if not rules.holds_delivery(row["owner"], owner):
+            return _Step(reply=None)
         final = rules.state_after_delivery(CallbackPayload.model_validate_json(row["outcome_json"]))
         columns: dict[str, Any] = {
             "cb_attempts": row["cb_attempts"] + result.attempts,
@@ -351,7 +570,7 @@ class PostgresJobStore:
                 "cb_delivered_at": now,
                 "cb_next_attempt_at": None,
             }
-            return await self._write(conn, row, now, final, **columns)
+            return _Step(columns=columns, state=final, written=record_from_row)
         plan = rules.plan_redelivery(
             now=now,
             first_failed_at=row["cb_first_failed_at"],
@@ -366,7 +585,33 @@ class PostgresJobStore:
             "cb_next_attempt_at": plan.next_attempt_at,
         }
         # 仍在重投时状态保持不变（delivering；对已终态作业的手动重投保持终态）
-        return await self._write(conn, row, now, final if plan.undelivered else None, **columns)
+        state = final if plan.undelivered else None
+        return _Step(columns=columns, state=state, written=record_from_row)
+
+    @staticmethod
+    def _decide_request_cancel(row: DictRow | None, _now: float) -> _Step:
+        if row is None:
+            return _Step(reply=CancelResult(record=None, accepted=False))
+        if not rules.is_producing(row["state"]):
+            return _Step(reply=CancelResult(record=record_from_row(row), accepted=False))
+        return _Step(
+            columns={"cancel_requested": 1},
+            written=lambda new: CancelResult(record=record_from_row(new), accepted=True),
+        )
+
+    @staticmethod
+    def _decide_redeliver(row: DictRow | None, now: float) -> _Step:
+        if row is None:
+            return _Step(reply=None)
+        if row["outcome_json"] is None:
+            return _Step(reply=record_from_row(row))
+        columns: dict[str, Any] = {
+            "cb_state": str(CallbackState.PENDING),
+            "cb_next_attempt_at": now,
+            "cb_first_failed_at": None,
+            "cb_rounds": 0,
+        }
+        return _Step(columns=columns, written=record_from_row)
 
     async def heartbeat(self, owner: str, trace_ids: list[str]) -> HeartbeatReply:
         """续租（见 JobStore.heartbeat）：只延长租约，不改 version（不打断持有者自己的写入）。"""
@@ -447,48 +692,6 @@ class PostgresJobStore:
             )
 
         await self._run("release", work)
-
-    async def request_cancel(self, trace_id: str) -> CancelResult:
-        """登记取消（见 JobStore.request_cancel）。"""
-
-        async def work(conn: Conn, now: float) -> CancelResult:
-            for _ in range(_CAS_ATTEMPTS):
-                row = await self._row(conn, trace_id)
-                if row is None:
-                    return CancelResult(record=None, accepted=False)
-                if not rules.is_producing(row["state"]):
-                    return CancelResult(record=record_from_row(row), accepted=False)
-                written = await self._write(conn, row, now, cancel_requested=1)
-                if written is not None:
-                    return CancelResult(record=record_from_row(written), accepted=True)
-            raise _Contended(trace_id)
-
-        return await self._run("request_cancel", work)
-
-    async def redeliver(self, trace_id: str) -> JobRecord | None:
-        """重新安排投递（见 JobStore.redeliver）。"""
-
-        async def work(conn: Conn, now: float) -> JobRecord | None:
-            for _ in range(_CAS_ATTEMPTS):
-                row = await self._row(conn, trace_id)
-                if row is None:
-                    return None
-                if row["outcome_json"] is None:
-                    return record_from_row(row)
-                written = await self._write(
-                    conn,
-                    row,
-                    now,
-                    cb_state=str(CallbackState.PENDING),
-                    cb_next_attempt_at=now,
-                    cb_first_failed_at=None,
-                    cb_rounds=0,
-                )
-                if written is not None:
-                    return record_from_row(written)
-            raise _Contended(trace_id)
-
-        return await self._run("redeliver", work)
 
     async def list_undelivered(self, limit: int) -> list[JobRecord]:
         """已放弃自动重投的作业。"""

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from deployments.handles.call_batcher import Call, CallBatcher, Outcome
+from serve_app.ledger.call_batcher import Call, CallBatcher, Outcome
 
 
 class _Remote:

@@ -396,6 +396,49 @@ async def test_concurrent_writers_on_one_job_keep_every_change(
         await store.close()
 
 
+async def test_postgres_groups_concurrent_lifecycles_into_batched_statements(
+    postgres_server: PostgresServer, clock: Clock
+) -> None:
+    policy = POLICY.model_copy(update={"max_active_jobs": 100})
+    store = PostgresJobStore(postgres_server.create_database(), policy, clock=clock)
+    try:
+        await asyncio.gather(*(_produced(store, f"t-{i}") for i in range(40)))
+        records = await asyncio.gather(*(store.get(f"t-{i}") for i in range(40)))
+        assert all(r is not None and r.state is JobState.DELIVERING for r in records)
+        # 40 个作业的 160 次写入合成的批次少得多（每批一条批量读 + 一条批量条件写）
+        assert store.batcher.calls == 160
+        assert store.batcher.batches < store.batcher.calls / 4
+    finally:
+        await store.close()
+
+
+async def test_postgres_batch_orders_operations_on_one_job(
+    postgres_server: PostgresServer, clock: Clock
+) -> None:
+    # 同一批里同一作业的几个操作按提交顺序生效（后一个看到前一个写下的状态）
+    store = PostgresJobStore(postgres_server.create_database(), POLICY, clock=clock)
+    try:
+        job = _job()
+        await store.admit(job, "a", None)
+        rendering, generating, final = await asyncio.gather(
+            store.advance("t-1", "a", JobState.RENDERING),
+            store.advance("t-1", "a", JobState.GENERATING),
+            store.finish("t-1", "a", _succeeded(job)),
+        )
+        assert (rendering, generating) == ("ok", "ok")
+        assert final is not None and final.status == "succeeded"
+        record = await store.get("t-1")
+        assert record is not None
+        assert [h.state for h in record.history] == [
+            JobState.ACCEPTED,
+            JobState.RENDERING,
+            JobState.GENERATING,
+            JobState.DELIVERING,
+        ]
+    finally:
+        await store.close()
+
+
 async def test_newer_schema_is_refused(postgres_server: PostgresServer) -> None:
     url = postgres_server.create_database()
     first = PostgresJobStore(url, POLICY)
