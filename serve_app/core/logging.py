@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -21,6 +22,18 @@ _FORMAT = (
 )
 
 _configured: tuple[str, str | None] | None = None
+# URL 的查询串常带令牌（回调地址里的 ?token=…）：写进任何日志前都隐去
+_URL_QUERY = re.compile(r"(\bhttps?://[^\s?#'\"]+)\?[^\s#'\"]*", re.IGNORECASE)
+REDACTED = "<已隐去>"
+
+
+def redact_urls(text: str) -> str:
+    """把文本里每个 http(s) URL 的查询串换成占位符（路径保留，便于排查）。"""
+    return _URL_QUERY.sub(lambda m: f"{m.group(1)}?{REDACTED}", text)
+
+
+def _redact_record(record: Record) -> None:
+    record["message"] = redact_urls(record["message"])
 
 
 class InterceptHandler(logging.Handler):
@@ -52,12 +65,20 @@ def configure_logging(level: str = "INFO", json_path: Path | None = None) -> Non
     if _configured == key:
         return
     logger.remove()
-    logger.configure(extra={"trace_id": NO_TRACE})
+    logger.configure(extra={"trace_id": NO_TRACE}, patcher=_redact_record)
+    # diagnose=False：异常堆栈里不写变量的值（可能含请求内容与密钥）；每个输出都一样
     logger.add(sys.stderr, level=level, format=_FORMAT, backtrace=False, diagnose=False)
     if json_path is not None:
         json_path.parent.mkdir(parents=True, exist_ok=True)
         # 多个副本进程追加同一文件：每行一条 JSON，单行写入是原子的
-        logger.add(str(json_path), level=level, serialize=True, enqueue=False)
+        logger.add(
+            str(json_path),
+            level=level,
+            serialize=True,
+            enqueue=False,
+            backtrace=False,
+            diagnose=False,
+        )
     # 其余会向上传播的标准库日志统一经根 logger 进入 loguru
     logging.basicConfig(handlers=[InterceptHandler()], level=logging.INFO, force=True)
     for name in ("uvicorn", "uvicorn.error", "fastapi", "httpx", "openai"):

@@ -98,6 +98,12 @@ class CallbackPolicy(_Strict):
 
     connect_timeout_s: float = Field(5.0, gt=0)
     read_timeout_s: float = Field(30.0, gt=0)
+    attempt_deadline_s: float = Field(
+        40.0,
+        gt=0,
+        description="一次投递尝试（连接、发送、收到响应头）的总时限；httpx 的超时按每次读算，"
+        "一点点吐响应头的接收方能拖过它们，这个时限拖不过",
+    )
     max_attempts: int = Field(6, ge=1, le=50)
     initial_backoff_s: float = Field(1.0, ge=0)
     max_backoff_s: float = Field(60.0, ge=0)

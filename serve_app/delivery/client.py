@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime
 
 import httpx
@@ -39,6 +40,7 @@ class CallbackClient:
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         self._retrying = CallbackRetrying(policy)
+        self._deadline_s = policy.attempt_deadline_s
         self._signer = Webhook(signing_secret) if signing_secret else None
         self._client = httpx.AsyncClient(
             timeout=httpx.Timeout(
@@ -101,10 +103,15 @@ class CallbackClient:
         return headers
 
     async def _post_once(self, url: str, body: bytes, headers: dict[str, str]) -> int:
-        async with self._client.stream("POST", url, content=body, headers=headers) as resp:
-            # 不读响应体：状态码就是全部信息；离开 with 即关闭响应、归还连接
-            status = resp.status_code
-            retry_after = parse_retry_after(resp.headers.get("Retry-After"))
+        try:
+            async with asyncio.timeout(self._deadline_s):
+                async with self._client.stream("POST", url, content=body, headers=headers) as resp:
+                    # 不读响应体：状态码就是全部信息；离开 with 即关闭响应、归还连接
+                    status = resp.status_code
+                    retry_after = parse_retry_after(resp.headers.get("Retry-After"))
+        except TimeoutError as exc:
+            # 当作一次超时（可重试）：接收方慢慢吐字节也占不住投递名额
+            raise httpx.ReadTimeout(f"一次尝试超过 {self._deadline_s:g} 秒的总时限") from exc
         if 200 <= status < 300:
             return status
         if is_retryable_status(status):

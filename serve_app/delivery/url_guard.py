@@ -1,14 +1,19 @@
 """回调地址的 SSRF 防护：受理时检查 URL，投递时检查实际连接的 IP。
 
-规则（由 CallbackTargetPolicy 执行）：
+规则（由 CallbackTargetPolicy 执行，按本模块自己的地址表判定，不依赖解释器的 is_private 表）：
 - 只允许 http / https，URL 里不能带用户名密码；
-- 链路本地与云元数据地址（169.254.0.0/16、fe80::/10、fd00:ec2::254、100.100.100.200 …）、
-  未指定 / 组播 / 保留地址：一律拒绝，白名单也放不开；
-- 配置了白名单（CALLBACK_ALLOWED_HOSTS）时，主机必须匹配其中一项（精确名或 *.后缀，可带端口）；
-- 回环与内网地址默认拒绝：本机剖面打开 callback_allow_loopback，或主机在白名单里才放行。
+- 云元数据地址（169.254.169.254、fd00:ec2::254、168.63.129.16、100.100.100.200）、链路本地、
+  未指定 / 组播 / 保留 / 基准测试等不可路由的地址：一律拒绝，什么设置都放不开；
+- 回环地址只在 callback_allow_loopback 打开时放行（白名单放不开回环）；
+- 内网地址（10/8、172.16/12、192.168/16、100.64/10、fc00::/7）默认拒绝，callback_allow_private
+  或主机在白名单（CALLBACK_ALLOWED_HOSTS）里时放行；
+- 嵌着 IPv4 的 IPv6（::ffff:0:0/96、64:ff9b::/96、64:ff9b:1::/48、2002::/16、::/96）
+  按嵌着的 IPv4 判定；
+- 配置了白名单时，主机必须匹配其中一项（精确名或 *.后缀，可带端口）。
+被拒时对调用方只说“不是允许的回调地址”（不说解析到了什么），详细原因写日志。
 
 投递时经 GuardedNetworkBackend 连接：先解析主机名、逐个检查 IP，再连接“检查过的那个 IP”，
-DNS 在受理之后变了（DNS rebinding）也连不到被禁的地址。
+DNS 在受理之后变了（DNS rebinding）也连不到被禁的地址。投递时解析失败当作网络错误重试。
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from urllib.parse import urlsplit
 
 import httpcore
 import httpx
+from loguru import logger
 
 from serve_app.core.errors import UnsafeCallbackUrl
 from serve_app.core.settings import Settings
@@ -29,22 +35,53 @@ from serve_app.core.settings import Settings
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 Resolver = Callable[[str, int], Awaitable[list[str]]]
 
-# 永远拒绝：链路本地（含 AWS/GCP/Azure 元数据 169.254.169.254）与各家云的元数据地址
-_ALWAYS_BLOCKED = tuple(
-    ipaddress.ip_network(net)
-    for net in (
-        "169.254.0.0/16",
-        "fe80::/10",
-        "fd00:ec2::254/128",  # AWS IMDS（IPv6）
-        "100.100.100.200/32",  # 阿里云元数据
-        "0.0.0.0/8",
+# 地址表：(网段, 类别)。类别：unusable / link_local（永远拒绝）、loopback（只有 allow_loopback
+# 放行）、private（allow_private 或白名单放行）。不在表里的是公网地址。
+_TABLE: tuple[tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, str], ...] = tuple(
+    (ipaddress.ip_network(net), category)
+    for net, category in (
+        ("0.0.0.0/8", "unusable"),
+        ("10.0.0.0/8", "private"),
+        ("100.64.0.0/10", "private"),
+        ("127.0.0.0/8", "loopback"),
+        ("169.254.0.0/16", "link_local"),
+        ("172.16.0.0/12", "private"),
+        ("192.0.0.0/24", "unusable"),
+        ("192.168.0.0/16", "private"),
+        ("198.18.0.0/15", "unusable"),
+        ("224.0.0.0/4", "unusable"),
+        ("240.0.0.0/4", "unusable"),
+        ("::/128", "unusable"),
+        ("::1/128", "loopback"),
+        ("fc00::/7", "private"),
+        ("fe80::/10", "link_local"),
+        ("fec0::/10", "unusable"),
+        ("ff00::/8", "unusable"),
     )
 )
-# 内网（默认拒绝，可放开）：RFC 1918、CGNAT、IPv6 ULA
-_PRIVATE = tuple(
-    ipaddress.ip_network(net)
-    for net in ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10", "fc00::/7")
+# 云元数据地址：在哪个网段都一律拒绝（allow_private、白名单都放不开）
+_METADATA = frozenset(
+    ipaddress.ip_address(a)
+    for a in ("169.254.169.254", "fd00:ec2::254", "168.63.129.16", "100.100.100.200")
 )
+# 嵌着 IPv4 的 IPv6 网段 → 取出 IPv4 的办法（右移位数）
+_EMBEDDED_V4 = tuple(
+    (ipaddress.IPv6Network(net), shift)
+    for net, shift in (
+        ("::ffff:0:0/96", 0),  # IPv4 映射
+        ("64:ff9b::/96", 0),  # NAT64 知名前缀
+        ("64:ff9b:1::/48", 0),  # NAT64 本地前缀
+        ("2002::/16", 80),  # 6to4：第 16–48 位
+        ("::/96", 0),  # IPv4 兼容（已废弃；:: 与 ::1 另有判定）
+    )
+)
+_REASONS = {
+    "metadata": "云元数据地址",
+    "link_local": "链路本地地址",
+    "unusable": "不可路由的地址（未指定 / 组播 / 保留 / 基准测试）",
+    "loopback": "回环地址",
+    "private": "内网地址",
+}
 RESOLVE_TIMEOUT_S = 5.0
 
 
@@ -63,11 +100,29 @@ def _literal_ip(host: str) -> IPAddress | None:
         return None
 
 
-def _normalise(ip: IPAddress) -> IPAddress:
-    """IPv4 映射 / 兼容的 IPv6 地址按其中的 IPv4 判断（::ffff:169.254.169.254 也是元数据）。"""
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        return ip.ipv4_mapped
+def embedded_ipv4(ip: IPAddress) -> IPAddress:
+    """嵌着 IPv4 的 IPv6 地址换成那个 IPv4（::ffff:169.254.169.254 也是元数据）；其余原样。"""
+    if isinstance(ip, ipaddress.IPv6Address) and int(ip) > 1:
+        for net, shift in _EMBEDDED_V4:
+            if ip in net:
+                return ipaddress.IPv4Address((int(ip) >> shift) & 0xFFFFFFFF)
     return ip
+
+
+def classify(ip: IPAddress) -> str | None:
+    """按本模块的地址表给出类别（metadata / link_local / unusable / loopback / private）；
+    公网为 None。"""
+    ip = embedded_ipv4(ip)
+    if ip in _METADATA:
+        return "metadata"
+    for net, category in _TABLE:
+        if net.version == ip.version and ip in net:
+            return category
+    return None
+
+
+class _Unresolvable(Exception):
+    """主机名解析失败（含超时）：受理时是 422，投递时当作网络错误重试。"""
 
 
 @dataclass(frozen=True)
@@ -126,40 +181,48 @@ class CallbackTargetPolicy:
             )
 
     def check_ip(self, host: str, port: int, address: str) -> None:
-        """某个要连接的 IP 是否允许。"""
-        ip = _normalise(ipaddress.ip_address(address))
-        reason = None
-        if any(ip in net for net in _ALWAYS_BLOCKED if net.version == ip.version):
-            reason = "链路本地 / 云元数据地址"
-        elif ip.is_loopback:
-            if not (self._allow_loopback or self._allowlisted(host, port)):
-                reason = "回环地址"
-        elif ip.is_unspecified or ip.is_multicast or ip.is_reserved:
-            reason = "未指定 / 组播 / 保留地址"
-        elif any(ip in net for net in _PRIVATE if net.version == ip.version) or ip.is_private:
-            if not (self._allow_private or self._allowlisted(host, port)):
-                reason = "内网地址"
-        if reason is not None:
-            raise UnsafeCallbackUrl(f"回调地址 {host} 解析到 {ip}（{reason}），不允许回调到这里")
+        """某个要连接的 IP 是否允许；被拒时对调用方不说解析结果，详细原因写日志。"""
+        ip = ipaddress.ip_address(address)
+        category = classify(ip)
+        allowed = (
+            category is None
+            or (category == "loopback" and self._allow_loopback)
+            or (category == "private" and (self._allow_private or self._allowlisted(host, port)))
+        )
+        if allowed:
+            return
+        assert category is not None
+        logger.warning("回调地址被拒：{}:{} 解析到 {}（{}）", host, port, ip, _REASONS[category])
+        raise UnsafeCallbackUrl(
+            f"回调主机 {host} 不是允许的回调地址：请用公网可达的 http(s) 地址，"
+            "或请运维把它加入 CALLBACK_ALLOWED_HOSTS"
+        )
 
     async def check_url(self, url: str) -> None:
         """受理时检查整条 URL：协议、主机白名单与解析出的每个地址。"""
         host, port = self._split(url)
         self.check_host(host, port)
-        for address in await self.addresses(host, port):
+        try:
+            addresses = await self.addresses(host, port)
+        except _Unresolvable as exc:
+            logger.warning("回调主机 {} 无法解析：{}", host, exc)
+            raise UnsafeCallbackUrl(
+                f"回调主机 {host} 无法解析：请检查 callback_url 的主机名"
+            ) from exc
+        for address in addresses:
             self.check_ip(host, port, address)
 
     async def addresses(self, host: str, port: int) -> list[str]:
-        """主机的全部 IP（IP 字面量原样返回）；解析失败给出明确原因。"""
+        """主机的全部 IP（IP 字面量原样返回）；解析失败或没有地址抛 _Unresolvable。"""
         literal = _literal_ip(host)
         if literal is not None:
             return [str(literal)]
         try:
             found = await self.resolver(host, port)
         except (OSError, TimeoutError) as exc:
-            raise UnsafeCallbackUrl(f"回调主机 {host} 无法解析：{exc}") from exc
+            raise _Unresolvable(f"{type(exc).__name__}: {exc}") from exc
         if not found:
-            raise UnsafeCallbackUrl(f"回调主机 {host} 没有可用地址")
+            raise _Unresolvable("没有可用地址")
         return found
 
     @staticmethod
@@ -192,7 +255,11 @@ class GuardedNetworkBackend(httpcore.AsyncNetworkBackend):
     ) -> httpcore.AsyncNetworkStream:
         """解析、逐个检查，再按顺序尝试连接通过检查的地址。"""
         self._policy.check_host(host, port)
-        addresses = await self._policy.addresses(host, port)
+        try:
+            addresses = await self._policy.addresses(host, port)
+        except _Unresolvable as exc:
+            # DNS 暂时解析不了不是攻击：当作连接失败，按网络错误重试
+            raise httpcore.ConnectError(f"回调主机 {host} 暂时无法解析（{exc}）") from exc
         for address in addresses:
             self._policy.check_ip(host, port, address)
         last_error: Exception | None = None

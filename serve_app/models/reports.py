@@ -17,6 +17,28 @@ MAX_INPUTS = 32
 MAX_METADATA_KEYS = 32
 MAX_KEY_CHARS = 64
 MAX_METADATA_BYTES = 8 * 1024
+# inputs / metadata 的嵌套层数上限（更深的在重读账本时会撞上 pydantic 的递归上限）
+MAX_NESTING = 32
+MAX_CALLBACK_URL_CHARS = 2048
+
+
+def nesting_depth(value: JsonValue) -> int:
+    """JSON 值的嵌套层数（标量 0，[] / {} 1）；用显式栈，不怕深度本身。"""
+    deepest = 0
+    stack: list[tuple[JsonValue, int]] = [(value, 0)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            children: list[JsonValue] = list(item.values())
+        elif isinstance(item, list):
+            children = item
+        else:
+            continue
+        deepest = max(deepest, depth + 1)
+        if deepest > MAX_NESTING:
+            break
+        stack.extend((child, depth + 1) for child in children)
+    return deepest
 
 
 class ReportRequest(BaseModel):
@@ -43,6 +65,11 @@ class ReportRequest(BaseModel):
         ]
         if long_keys:
             raise ValueError(f"键名不能超过 {MAX_KEY_CHARS} 个字符：{long_keys}")
+        for name, value in (("inputs", self.inputs), ("metadata", self.metadata)):
+            if value is not None and nesting_depth(value) > MAX_NESTING:
+                raise ValueError(f"{name} 嵌套超过 {MAX_NESTING} 层：请把数据拍平一些")
+        if self.callback_url is not None and len(str(self.callback_url)) > MAX_CALLBACK_URL_CHARS:
+            raise ValueError(f"callback_url 不能超过 {MAX_CALLBACK_URL_CHARS} 个字符")
         if self.metadata is not None:
             size = len(json.dumps(self.metadata, ensure_ascii=False).encode())
             if size > MAX_METADATA_BYTES:

@@ -157,3 +157,37 @@ def test_parse_retry_after() -> None:
     assert parse_retry_after(None) is None
     assert parse_retry_after("soon") is None
     assert parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT") == 0.0
+
+
+async def test_a_receiver_dripping_header_bytes_is_cut_off_at_the_attempt_deadline() -> None:
+    """每 0.1 秒吐一个字节的响应头：每次读都没超过 read_timeout，但一次尝试有总时限。"""
+
+    async def drip(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read(65536)
+        try:
+            for byte in b"HTTP/1.1 200 OK\r\nX-Slow: " + b"a" * 10_000:
+                writer.write(bytes([byte]))
+                await writer.drain()
+                await asyncio.sleep(0.1)
+        except (ConnectionError, asyncio.CancelledError):
+            pass
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(drip, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    policy = FAST.model_copy(
+        update={"read_timeout_s": 0.5, "attempt_deadline_s": 1.0, "max_attempts": 2}
+    )
+    client = CallbackClient(policy, LOOPBACK_OK)
+    try:
+        started = time.monotonic()
+        outcome = await client.deliver(f"http://127.0.0.1:{port}/hook", failed_payload("t-drip"))
+        elapsed = time.monotonic() - started
+    finally:
+        await client.aclose()
+        server.close()
+    assert not outcome.delivered and outcome.attempts == 2 and not outcome.permanent
+    assert outcome.error is not None and "总时限" in outcome.error
+    # 两次尝试各约 1 秒（外加很短的退避）；没有时限时一次就要拖上千秒
+    assert elapsed < 4, elapsed

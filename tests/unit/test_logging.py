@@ -82,3 +82,30 @@ def test_configure_is_idempotent() -> None:
         configure_logging("INFO")  # 同参数重复调用不会移除已有的输出
         logger.info("仍在")
     assert [r["message"] for r in logs] == ["仍在"]
+
+
+def test_url_query_strings_are_redacted_in_every_sink(tmp_path: Path) -> None:
+    json_path = tmp_path / "jobs.jsonl"
+    configure_logging("INFO", json_path)
+    with captured_logs() as logs:
+        logger.info("回调 http://hooks.example.com/h?token=s3cret&x=1 与 https://a.example/p?k=v#f")
+        logging.getLogger("httpx").warning("POST http://b.example/cb?sig=abc 失败")
+    text = json_path.read_text(encoding="utf-8")
+    for message in [r["message"] for r in logs] + [text]:
+        assert "s3cret" not in message and "k=v" not in message and "sig=abc" not in message
+    assert "http://hooks.example.com/h?<已隐去>" in logs[0]["message"]
+
+
+def test_tracebacks_carry_no_local_variable_values(tmp_path: Path) -> None:
+    json_path = tmp_path / "jobs.jsonl"
+    configure_logging("INFO", json_path)
+
+    def fail(secret_value: str) -> None:
+        raise RuntimeError(f"失败（{len(secret_value)}）")
+
+    secret = "hunter" + "2-secret"  # 源码里没有这个值：只有打印变量才会写出它
+    try:
+        fail(secret)
+    except RuntimeError:
+        logger.exception("出错了")
+    assert "hunter2-secret" not in json_path.read_text(encoding="utf-8")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ipaddress
+import socket
 from collections.abc import AsyncIterator, Iterator
 from contextlib import AbstractAsyncContextManager
 from typing import Any
@@ -9,12 +11,13 @@ from typing import Any
 import httpcore
 import httpx
 import pytest
+from loguru import logger
 from standardwebhooks.webhooks import Webhook
 
 from serve_app.core.errors import ErrorCode, UnsafeCallbackUrl
 from serve_app.core.settings import CallbackPolicy
 from serve_app.delivery.client import CallbackClient
-from serve_app.delivery.url_guard import CallbackTargetPolicy, HostPattern
+from serve_app.delivery.url_guard import CallbackTargetPolicy, HostPattern, classify
 from serve_app.http.auth import key_matches
 from tests.support.harness import PUBLIC_IP, Harness, public_dns
 from tests.support.receiver import CallbackReceiver
@@ -126,44 +129,163 @@ async def test_unsigned_callbacks_still_carry_webhook_id() -> None:
 # ---------------------------------------------------------------- SSRF
 
 
+@pytest.fixture
+def guard_log() -> Iterator[list[str]]:
+    """收集 SSRF 防护写的日志（被拒的详细原因只在这里）。"""
+    lines: list[str] = []
+    sink = logger.add(lines.append, level="WARNING", format="{message}")
+    yield lines
+    logger.remove(sink)
+
+
 @pytest.mark.parametrize(
     ("url", "reason"),
     [
         ("ftp://127.0.0.1/hook", "http 或 https"),
         ("http://user:pw@127.0.0.1/hook", "用户名或密码"),
-        ("http://169.254.169.254/latest/meta-data/", "云元数据"),
-        ("http://[fe80::1]/hook", "链路本地"),
-        ("http://[fd00:ec2::254]/hook", "云元数据"),
-        ("http://[::ffff:169.254.169.254]/hook", "云元数据"),
-        ("http://100.100.100.200/hook", "云元数据"),
-        ("http://0.0.0.0:8080/hook", "云元数据"),
-        ("http://10.1.2.3/hook", "内网"),
-        ("http://192.168.0.10/hook", "内网"),
-        ("http://[fd12::1]/hook", "内网"),
-        ("http://127.0.0.1:8080/hook", "回环"),
-        ("http://[::1]/hook", "回环"),
-        ("http://224.0.0.1/hook", "组播"),
     ],
 )
-async def test_refused_targets(url: str, reason: str, no_connect: list[tuple[str, int]]) -> None:
+async def test_refused_urls_say_what_to_fix(
+    url: str, reason: str, no_connect: list[tuple[str, int]]
+) -> None:
     policy = CallbackTargetPolicy(resolver=public_dns)
     with pytest.raises(UnsafeCallbackUrl, match=reason):
         await policy.check_url(url)
     assert no_connect == []
 
 
-async def test_loopback_and_private_can_be_allowed_but_metadata_never() -> None:
-    open_policy = CallbackTargetPolicy(allow_loopback=True, allow_private=True)
-    await open_policy.check_url("http://127.0.0.1:9/hook")
-    await open_policy.check_url("http://[::1]:9/hook")
-    await open_policy.check_url("http://10.0.0.5/hook")
-    # 白名单里的内网主机放行；白名单也放不开元数据地址；不在白名单的一律拒绝
-    listed = CallbackTargetPolicy(["10.0.0.5", "169.254.169.254"])
-    await listed.check_url("http://10.0.0.5/hook")
-    with pytest.raises(UnsafeCallbackUrl, match="云元数据"):
-        await listed.check_url("http://169.254.169.254/hook")
-    with pytest.raises(UnsafeCallbackUrl, match="不在白名单"):
-        await listed.check_url("http://10.0.0.6/hook")
+@pytest.mark.parametrize(
+    ("url", "logged"),
+    [
+        ("http://169.254.169.254/latest/meta-data/", "云元数据"),
+        ("http://[fe80::1]/hook", "链路本地"),
+        ("http://[fd00:ec2::254]/hook", "云元数据"),
+        ("http://[::ffff:169.254.169.254]/hook", "云元数据"),
+        ("http://[2002:a9fe:a9fe::]/hook", "云元数据"),
+        ("http://168.63.129.16/hook", "云元数据"),
+        ("http://100.100.100.200/hook", "云元数据"),
+        ("http://0.0.0.0:8080/hook", "不可路由"),
+        ("http://192.0.0.192/hook", "不可路由"),
+        ("http://[fec0::1]/hook", "不可路由"),
+        ("http://10.1.2.3/hook", "内网"),
+        ("http://192.168.0.10/hook", "内网"),
+        ("http://[fd12::1]/hook", "内网"),
+        ("http://127.0.0.1:8080/hook", "回环"),
+        ("http://[::1]/hook", "回环"),
+        ("http://224.0.0.1/hook", "不可路由"),
+    ],
+)
+async def test_refused_targets_say_not_allowed_and_log_why(
+    url: str, logged: str, no_connect: list[tuple[str, int]], guard_log: list[str]
+) -> None:
+    policy = CallbackTargetPolicy(resolver=public_dns)
+    with pytest.raises(UnsafeCallbackUrl, match="不是允许的回调地址") as refused:
+        await policy.check_url(url)
+    # 对调用方不说解析结果（地址、类别），详细原因只在日志里
+    assert logged not in refused.value.message
+    assert "解析到" not in refused.value.message
+    assert any(logged in line for line in guard_log), guard_log
+    assert no_connect == []
+
+
+ADDRESS_TABLE = [
+    ("0.1.2.3", "unusable"),
+    ("10.1.2.3", "private"),
+    ("100.64.0.1", "private"),
+    ("127.0.0.2", "loopback"),
+    ("169.254.1.1", "link_local"),
+    ("172.16.5.4", "private"),
+    ("172.31.255.255", "private"),
+    ("192.0.0.192", "unusable"),
+    ("192.168.1.1", "private"),
+    ("198.18.0.1", "unusable"),
+    ("198.19.255.255", "unusable"),
+    ("224.0.0.1", "unusable"),
+    ("240.0.0.1", "unusable"),
+    ("255.255.255.255", "unusable"),
+    ("::", "unusable"),
+    ("::1", "loopback"),
+    ("fc00::1", "private"),
+    ("fd12::1", "private"),
+    ("fe80::1", "link_local"),
+    ("fec0::1", "unusable"),
+    ("ff02::1", "unusable"),
+    # 嵌着 IPv4 的 IPv6：按那个 IPv4 判
+    ("::ffff:127.0.0.1", "loopback"),
+    ("::ffff:10.0.0.1", "private"),
+    ("64:ff9b::a9fe:a9fe", "metadata"),
+    ("64:ff9b:1::7f00:1", "loopback"),
+    ("2002:a9fe:a9fe::", "metadata"),
+    ("2002:a00:1::", "private"),
+    ("::7f00:1", "loopback"),
+    # 云元数据：无论落在哪个网段
+    ("169.254.169.254", "metadata"),
+    ("fd00:ec2::254", "metadata"),
+    ("168.63.129.16", "metadata"),
+    ("100.100.100.200", "metadata"),
+    # 公网
+    ("93.184.216.34", None),
+    ("2606:4700::1111", None),
+    ("2002:5db8:d822::", None),
+    ("::ffff:93.184.216.34", None),
+]
+
+
+@pytest.mark.parametrize(("address", "category"), ADDRESS_TABLE)
+def test_address_table(address: str, category: str | None) -> None:
+    # 本项目自己的表：每个解释器上结果相同（不用 ipaddress 的 is_private）
+    assert classify(ipaddress.ip_address(address)) == category
+
+
+@pytest.mark.parametrize(("address", "category"), ADDRESS_TABLE)
+def test_what_each_setting_can_open(address: str, category: str | None) -> None:
+    host = "hooks.example.com"
+    strict = CallbackTargetPolicy()
+    wide_open = CallbackTargetPolicy(allow_loopback=True, allow_private=True)
+    listed = CallbackTargetPolicy([host])
+
+    def allowed(policy: CallbackTargetPolicy) -> bool:
+        try:
+            policy.check_ip(host, 443, address)
+        except UnsafeCallbackUrl:
+            return False
+        return True
+
+    assert allowed(strict) == (category is None)
+    assert allowed(wide_open) == (category in {None, "loopback", "private"})
+    # 白名单放得开内网，放不开回环、链路本地、元数据
+    assert allowed(listed) == (category in {None, "private"})
+
+
+async def test_dns_hiccup_at_delivery_is_retried_not_refused(
+    no_connect: list[tuple[str, int]],
+) -> None:
+    calls = 0
+
+    async def flaky(host: str, port: int) -> list[str]:
+        nonlocal calls
+        del host, port
+        calls += 1
+        raise socket.gaierror(socket.EAI_AGAIN, "Temporary failure in name resolution")
+
+    client = CallbackClient(FAST, CallbackTargetPolicy(resolver=flaky))
+    try:
+        outcome = await client.deliver("http://hooks.example.com/x", failed_payload("t-dns"))
+    finally:
+        await client.aclose()
+    # 当作网络错误：重试到上限，不标成永久失败（之后还会按重投表再投）
+    assert not outcome.delivered and not outcome.permanent
+    assert outcome.attempts == FAST.max_attempts == calls
+    assert no_connect == []
+
+
+async def test_unresolvable_name_at_submission_is_a_clear_422() -> None:
+    async def nxdomain(host: str, port: int) -> list[str]:
+        del host, port
+        raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+
+    with pytest.raises(UnsafeCallbackUrl, match="无法解析"):
+        await CallbackTargetPolicy(resolver=nxdomain).check_url("https://no-such.example/x")
 
 
 async def test_allowlist_patterns() -> None:
@@ -184,14 +306,16 @@ async def test_allowlist_patterns() -> None:
     assert HostPattern.parse("[::1]:8080") == HostPattern("::1", 8080)
 
 
-async def test_allowlisted_name_resolving_to_metadata_is_refused() -> None:
+async def test_allowlisted_name_resolving_to_metadata_is_refused(guard_log: list[str]) -> None:
     async def to_metadata(host: str, port: int) -> list[str]:
         del host, port
         return [PUBLIC_IP, "169.254.169.254"]
 
     policy = CallbackTargetPolicy(["hooks.example.com"], resolver=to_metadata)
-    with pytest.raises(UnsafeCallbackUrl, match="169.254.169.254"):
+    with pytest.raises(UnsafeCallbackUrl, match="不是允许的回调地址") as refused:
         await policy.check_url("https://hooks.example.com/x")
+    assert "169.254" not in refused.value.message
+    assert any("169.254.169.254" in line for line in guard_log)
 
 
 async def test_submission_refuses_unsafe_callback_with_422() -> None:
@@ -202,7 +326,11 @@ async def test_submission_refuses_unsafe_callback_with_422() -> None:
         assert response.status_code == 422
         assert response.json()["error"]["code"] == ErrorCode.UNSAFE_CALLBACK_URL
         response = await client.post("/v1/reports", json=sales_request("http://127.0.0.1:9/h"))
-        assert response.status_code == 422 and "回环" in response.json()["error"]["message"]
+        assert response.status_code == 422
+        message = response.json()["error"]["message"]
+        # 说该怎么改，不说地址属于哪一类（回环、内网……）
+        assert "不是允许的回调地址" in message
+        assert "回环" not in message and "解析到" not in message
 
 
 async def test_delivery_rechecks_the_resolved_address_without_connecting(
@@ -245,6 +373,32 @@ async def test_delivery_connects_to_the_checked_address(
 # ---------------------------------------------------------------- 输入加固
 
 
+def _nested(depth: int) -> Any:
+    """depth 层嵌套的列表（最里面是一个数）。"""
+    value: Any = 1
+    for _ in range(depth - 1):
+        value = [value]
+    return value
+
+
+async def test_deep_nesting_within_the_limit_is_accepted_and_stored() -> None:
+    async with _app() as client:
+        body = {**sales_request("http://127.0.0.1:9/h"), "metadata": {"deep": _nested(31)}}
+        response = await client.post("/v1/reports", json=body)
+        assert response.status_code == 202, response.text
+        status = await client.get(f"/v1/reports/{response.json()['trace_id']}")
+        assert status.status_code == 200
+
+
+async def test_pathological_nesting_is_a_4xx_not_a_500() -> None:
+    async with _app() as client:
+        raw = '{"report_type": "sales_weekly", "inputs": {"x": ' + "[" * 5000 + "]" * 5000 + "}}"
+        response = await client.post(
+            "/v1/reports", content=raw, headers={"Content-Type": "application/json"}
+        )
+    assert 400 <= response.status_code < 500, response.text
+
+
 @pytest.mark.parametrize(
     ("overrides", "expected"),
     [
@@ -252,6 +406,9 @@ async def test_delivery_connects_to_the_checked_address(
         ({"metadata": {"k" * 80: 1}}, "键名不能超过"),
         ({"max_tokens": 99999}, "max_tokens"),
         ({"inputs": {f"i{n}": "v" for n in range(40)}}, "inputs"),
+        ({"inputs": {"deep": _nested(33)}}, "inputs 嵌套超过 32 层"),
+        ({"metadata": {"deep": _nested(200)}}, "metadata 嵌套超过 32 层"),
+        ({"callback_url": "http://127.0.0.1:9/" + "a" * 2100}, "callback_url 不能超过 2048"),
     ],
 )
 async def test_hardened_input_limits(overrides: dict[str, Any], expected: str) -> None:
