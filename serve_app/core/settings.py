@@ -104,6 +104,12 @@ class CallbackPolicy(_Strict):
         description="一次投递尝试（连接、发送、收到响应头）的总时限；httpx 的超时按每次读算，"
         "一点点吐响应头的接收方能拖过它们，这个时限拖不过",
     )
+    max_concurrent_per_host: int = Field(
+        64,
+        ge=1,
+        description="每个回调副本对同一主机同时在投的回调上限；满了的等一个尝试时限，"
+        "仍满就这一轮算未送达（按重投表再投），慢的 backend 占不满全部名额",
+    )
     max_attempts: int = Field(6, ge=1, le=50)
     initial_backoff_s: float = Field(1.0, ge=0)
     max_backoff_s: float = Field(60.0, ge=0)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 from datetime import UTC, datetime
+from urllib.parse import urlsplit
 
 import httpx
 from loguru import logger
@@ -41,6 +42,8 @@ class CallbackClient:
     ) -> None:
         self._retrying = CallbackRetrying(policy)
         self._deadline_s = policy.attempt_deadline_s
+        self._per_host = policy.max_concurrent_per_host
+        self._host_slots: dict[str, asyncio.Semaphore] = {}
         self._signer = Webhook(signing_secret) if signing_secret else None
         self._client = httpx.AsyncClient(
             timeout=httpx.Timeout(
@@ -58,7 +61,24 @@ class CallbackClient:
         )
 
     async def deliver(self, url: str, payload: CallbackPayload) -> DeliveryOutcome:
-        """投递一次回调（含重试）；不抛异常，结果在 DeliveryOutcome 里。"""
+        """投递一次回调（含重试）；不抛异常，结果在 DeliveryOutcome 里。
+
+        同一主机同时在投的不超过 max_concurrent_per_host：等一个尝试时限仍没有名额，这一轮算未送达
+        （可重试，按重投表再投），慢的 backend 占不满本副本的全部名额。
+        """
+        host = (urlsplit(url).hostname or "").lower()
+        slots = self._host_slots.setdefault(host, asyncio.Semaphore(self._per_host))
+        try:
+            async with asyncio.timeout(self._deadline_s):
+                await slots.acquire()
+        except TimeoutError:
+            return self._failed(0, None, f"对主机 {host} 同时在投的回调已满（{self._per_host}）")
+        try:
+            return await self._deliver(url, payload)
+        finally:
+            slots.release()
+
+    async def _deliver(self, url: str, payload: CallbackPayload) -> DeliveryOutcome:
         body = payload.model_dump_json()
         content = body.encode()
         retrying = self._retrying.retrying()

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 import time
 from collections.abc import AsyncIterator, Iterator
+from typing import Any
 
 import pytest
 
@@ -191,3 +193,43 @@ async def test_a_receiver_dripping_header_bytes_is_cut_off_at_the_attempt_deadli
     assert outcome.error is not None and "总时限" in outcome.error
     # 两次尝试各约 1 秒（外加很短的退避）；没有时限时一次就要拖上千秒
     assert elapsed < 4, elapsed
+
+
+async def test_a_slow_backend_cannot_take_every_delivery_slot(receiver: CallbackReceiver) -> None:
+    """同一主机同时在投的有上限：慢主机占满自己的名额，别的主机照常送达。"""
+
+    async def hang(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read(65536)
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.sleep(30)
+        writer.close()
+
+    slow = await asyncio.start_server(hang, "127.0.0.1", 0)
+    slow_url = f"http://127.0.0.1:{slow.sockets[0].getsockname()[1]}/hook"
+    fast_url = receiver.url.replace("127.0.0.1", "localhost")
+    policy = FAST.model_copy(
+        update={"max_concurrent_per_host": 2, "attempt_deadline_s": 1.0, "max_attempts": 2}
+    )
+    client = CallbackClient(policy, LOOPBACK_OK)
+    try:
+
+        async def timed(url: str, trace_id: str) -> tuple[float, Any]:
+            started = time.monotonic()
+            outcome = await client.deliver(url, failed_payload(trace_id))
+            return time.monotonic() - started, outcome
+
+        results = await asyncio.gather(
+            *(timed(slow_url, f"t-slow-{i}") for i in range(3)),
+            timed(fast_url, "t-fast"),
+        )
+    finally:
+        await client.aclose()
+        slow.close()
+    *slow_results, (fast_elapsed, fast_outcome) = results
+    assert fast_outcome.delivered and fast_elapsed < 0.9
+    outcomes = [outcome for _, outcome in slow_results]
+    assert not any(o.delivered for o in outcomes)
+    # 两个各占着名额约 2 秒（两次尝试都到时限）；第三个等了一个尝试时限仍没有名额：
+    # 这一轮未送达（可重试，没有发出请求）
+    full = [o for o in outcomes if o.error and "同时在投的回调已满" in o.error]
+    assert len(full) == 1 and full[0].attempts == 0 and not full[0].permanent
