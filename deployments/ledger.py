@@ -93,6 +93,10 @@ class Ledger:
         """见 JobStore.list_undelivered。"""
         return await self._store.list_undelivered(limit)
 
+    async def purge_finished(self, limit: int) -> int:
+        """见 JobStore.purge_finished。"""
+        return await self._store.purge_finished(limit)
+
     async def check_health(self) -> None:
         """能打开数据库并查询即健康。"""
         await self._store.ping()

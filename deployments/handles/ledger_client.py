@@ -107,5 +107,9 @@ class LedgerClient:
         """见 JobStore.list_undelivered。"""
         return cast(list[JobRecord], await self._call("list_undelivered", limit))
 
+    async def purge_finished(self, limit: int) -> int:
+        """见 JobStore.purge_finished。"""
+        return cast(int, await self._call("purge_finished", limit))
+
     async def close(self) -> None:
         """句柄由 Serve 管理，无需释放。"""

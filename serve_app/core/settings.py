@@ -162,6 +162,11 @@ class JobPolicy(_Strict):
         24 * 3600.0, gt=0, description="从首次投递失败起，超过这么久仍未送达即标记 undelivered"
     )
     ledger_call_timeout_s: float = Field(10.0, gt=0, description="单次账本调用的超时")
+    retention_days: float = Field(
+        7.0, gt=0, description="已结束的作业（终态且回调已送达或已放弃）保留的天数，之后清除"
+    )
+    purge_interval_s: float = Field(60.0, gt=0, description="清除过期作业的间隔（不在请求路径上）")
+    purge_batch: int = Field(500, ge=1, le=10_000, description="每次清除最多删几个作业（小批）")
 
     @field_validator("ledger_url")
     @classmethod
@@ -181,6 +186,10 @@ class JobPolicy(_Strict):
             raise ValueError("jobs.heartbeat_s 必须不大于 jobs.lease_s 的一半，否则租约会误过期")
         if any(step <= 0 for step in self.redelivery_schedule_s):
             raise ValueError("jobs.redelivery_schedule_s 的每一项都必须大于 0")
+        if self.retention_days * 86400 <= self.idempotency_ttl_s:
+            raise ValueError(
+                "jobs.retention_days 必须长于 jobs.idempotency_ttl_s：幂等重放要能读到原来的作业"
+            )
         return self
 
 

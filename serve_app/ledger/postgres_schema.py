@@ -50,6 +50,14 @@ CREATE TABLE idempotency (
 );
 """,
     ),
+    (
+        2,
+        """
+-- 保留期清除按“已结束、最后更新时间”找行：部分索引只含回调已送达 / 已放弃的行
+CREATE INDEX jobs_settled ON jobs (updated_at) WHERE cb_state IN ('delivered', 'undelivered');
+CREATE INDEX idempotency_created ON idempotency (created_at);
+""",
+    ),
 )
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 # 迁移用的咨询锁号（任意固定值）：同一数据库上同时启动的副本依次迁移

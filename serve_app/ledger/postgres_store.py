@@ -705,6 +705,28 @@ class PostgresJobStore:
 
         return await self._run("list_undelivered", work)
 
+    async def purge_finished(self, limit: int) -> int:
+        """删掉超过保留期的已结束作业（小批，SKIP LOCKED 不挡别的写入）与过期的幂等键。"""
+
+        async def work(conn: Conn, now: float) -> int:
+            jobs_before, keys_before = rules.purge_cutoffs(now, self._policy)
+            cursor = await conn.execute(
+                "DELETE FROM jobs WHERE trace_id IN (SELECT trace_id FROM jobs"
+                " WHERE cb_state = ANY(%s) AND updated_at < %s AND state = ANY(%s)"
+                " LIMIT %s FOR UPDATE SKIP LOCKED)",
+                (
+                    [str(s) for s in rules.SETTLED_CALLBACKS],
+                    jobs_before,
+                    [str(s) for s in rules.FINISHED_STATES],
+                    limit,
+                ),
+            )
+            deleted = cursor.rowcount
+            await conn.execute("DELETE FROM idempotency WHERE created_at < %s", (keys_before,))
+            return deleted
+
+        return await self._run("purge_finished", work)
+
     async def ping(self) -> None:
         """能取得连接并执行一条查询（健康检查用）。"""
 

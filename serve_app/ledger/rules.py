@@ -80,6 +80,16 @@ def recovery_outcome(
     return None
 
 
+# 已结束：终态，且回调不再待投（送达或已放弃）。只有这样的作业会被保留期清除
+FINISHED_STATES = (JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED)
+SETTLED_CALLBACKS = (CallbackState.DELIVERED, CallbackState.UNDELIVERED)
+
+
+def purge_cutoffs(now: float, policy: JobPolicy) -> tuple[float, float]:
+    """(作业清除线, 幂等键清除线)：最后更新早于前者的已结束作业、早于后者的幂等键可以删。"""
+    return now - policy.retention_days * 86400, now - policy.idempotency_ttl_s
+
+
 def state_after_delivery(outcome: CallbackPayload) -> JobState:
     """结果回调对应的终态。"""
     return JobState(outcome.status)

@@ -47,6 +47,15 @@ CREATE TABLE IF NOT EXISTS idempotency (
 );
 """,
     ),
+    (
+        2,
+        """
+-- 保留期清除按“已结束、最后更新时间”找行：部分索引只含回调已送达 / 已放弃的行
+CREATE INDEX IF NOT EXISTS jobs_settled ON jobs(updated_at)
+    WHERE cb_state IN ('delivered', 'undelivered');
+CREATE INDEX IF NOT EXISTS idempotency_created ON idempotency(created_at);
+""",
+    ),
 )
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 

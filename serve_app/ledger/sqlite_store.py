@@ -437,6 +437,23 @@ class SqliteJobStore:
         )
         return [record_from_row(r) for r in rows]
 
+    async def purge_finished(self, limit: int) -> int:
+        """删掉超过保留期的已结束作业（小批）与过期的幂等键；空出的页由之后的写入复用。"""
+        return await self._now(self._purge_finished, limit)
+
+    def _purge_finished(self, db: sqlite3.Connection, now: float, limit: int) -> int:
+        jobs_before, keys_before = rules.purge_cutoffs(now, self._policy)
+        finished = tuple(str(s) for s in rules.FINISHED_STATES)
+        settled = tuple(str(s) for s in rules.SETTLED_CALLBACKS)
+        deleted = db.execute(
+            "DELETE FROM jobs WHERE trace_id IN (SELECT trace_id FROM jobs"
+            f" WHERE cb_state IN ({_placeholders(settled)}) AND updated_at < ?"
+            f" AND state IN ({_placeholders(finished)}) LIMIT ?)",
+            (*settled, jobs_before, *finished, limit),
+        ).rowcount
+        db.execute("DELETE FROM idempotency WHERE created_at < ?", (keys_before,))
+        return int(deleted)
+
     async def ping(self) -> None:
         """能打开数据库并执行一条查询（健康检查用）。"""
         await self._db.run(lambda db: db.execute("SELECT 1").fetchone())

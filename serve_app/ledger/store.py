@@ -93,6 +93,10 @@ class JobStore(Protocol):
         """已放弃自动重投的作业（最近的在前）。"""
         ...
 
+    async def purge_finished(self, limit: int) -> int:
+        """删掉超过保留期的已结束作业（最多 limit 个）与过期的幂等键；返回删掉的作业数。"""
+        ...
+
     async def close(self) -> None:
         """关闭连接。"""
         ...

@@ -4,7 +4,8 @@
 - 每 sweep_interval_s 领取租约过期的作业（副本崩溃、缩容、节点丢失、整体重启）与到期的重投；
 - 取消：本副本的作业立即取消生成任务（Serve 把取消传到 LLM 副本，vLLM 中止请求），
   其他副本的作业经续租回复得知；
-- 关闭：在 drain_timeout_s 内等在途作业结束，余下的交还租约，别的副本（或重启后）接手。
+- 关闭：在 drain_timeout_s 内等在途作业结束，余下的交还租约，别的副本（或重启后）接手；
+- 保留期：每 purge_interval_s 清除一小批超过 retention_days 的已结束作业（不在请求路径上）。
 """
 
 from __future__ import annotations
@@ -199,6 +200,7 @@ class JobRunner:
                     task.cancel()
 
     async def _sweep_loop(self) -> None:
+        next_purge = asyncio.get_running_loop().time()
         while True:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(self._policy.sweep_interval_s):
@@ -208,6 +210,23 @@ class JobRunner:
                 await self.sweep_once()
             except Exception:  # noqa: BLE001 - 下一轮再试
                 logger.exception("扫描账本失败")
+            if asyncio.get_running_loop().time() >= next_purge:
+                # 删满一批说明还有：下一轮扫描接着删；否则等一个清除间隔
+                full = await self.purge_once() >= self._policy.purge_batch
+                next_purge = asyncio.get_running_loop().time() + (
+                    0 if full else self._policy.purge_interval_s
+                )
+
+    async def purge_once(self) -> int:
+        """清除一小批超过保留期的已结束作业；失败只记日志（下一次再试）。"""
+        try:
+            deleted = await self._store.purge_finished(self._policy.purge_batch)
+        except Exception:  # noqa: BLE001 - 清除不影响作业执行
+            logger.exception("清除过期作业失败")
+            return 0
+        if deleted:
+            logger.info("清除了 {} 个超过保留期的已结束作业", deleted)
+        return deleted
 
     async def sweep_once(self) -> int:
         """领取一批到期的工作并在后台执行；返回领取的个数。"""

@@ -278,3 +278,26 @@ async def test_ledger_client_turns_repeated_timeouts_into_ledger_unavailable() -
     client = LedgerClient(cast(Any, _SlowHandle()), JobPolicy(ledger_call_timeout_s=0.01))
     with pytest.raises(LedgerUnavailable, match="get"):
         await client.get("t-1")
+
+
+async def test_runner_purges_finished_jobs_after_retention_off_the_request_path() -> None:
+    # 保留期约 1.7 秒（测试用），扫描循环按 purge_interval_s 清除：送达的作业过期后查不到了
+    h = Harness(
+        jobs=FAST_JOBS
+        | {"retention_days": 2 / 86400, "idempotency_ttl_s": 1, "purge_interval_s": 0.1}
+    )
+    try:
+        async with h.client() as client:
+            done = await _submit(client)
+            await h.settle()
+            assert (await _status(client, done))["status"] == "succeeded"
+            h.llm.delay_s = 30
+            running = await _submit(client)  # 一直在生成：不是“已结束”，不会被清除
+
+            async def purged() -> bool:
+                return (await client.get(f"/v1/reports/{done}")).status_code == 404
+
+            await wait_until_async(purged, what="过期作业被清除", timeout_s=10)
+            assert (await _status(client, running))["status"] in {"rendering", "generating"}
+    finally:
+        await h.aclose()

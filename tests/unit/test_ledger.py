@@ -480,3 +480,75 @@ async def test_postgres_restart_is_unavailable_then_recovers(clock: Clock) -> No
     finally:
         await store.close()
         server.cleanup()
+
+
+# ---- 保留期 ----
+
+
+async def _finished(store: JobStore, trace_id: str, delivered: bool = True) -> None:
+    await _produced(store, trace_id)
+    outcome = DELIVERED if delivered else REFUSED.model_copy(update={"permanent": True})
+    assert await store.record_delivery(trace_id, "a", outcome) is not None
+
+
+async def test_purge_removes_only_finished_jobs_past_retention(
+    store: JobStore, clock: Clock
+) -> None:
+    key = IdempotencyKey(scope_key="k-old", body_hash="h")
+    await store.admit(_job("t-keyed"), "a", key)
+    await _finished(store, "t-old")
+    await _finished(store, "t-undelivered", delivered=False)
+    await _produced(store, "t-pending")  # 结果有了、回调待投：不删
+    # 快到保留期：都还在
+    clock.now += POLICY.retention_days * 86400 - 10
+    assert await store.purge_finished(100) == 0
+    # 过了保留期：已结束（送达或已放弃）的删掉；未结束的、还在生成的都留着
+    clock.now += 20
+    await _finished(store, "t-new")
+    assert await store.purge_finished(100) == 2
+    assert await store.get("t-old") is None and await store.get("t-undelivered") is None
+    for kept in ("t-pending", "t-new", "t-keyed"):
+        assert await store.get(kept) is not None, kept
+    # 过期的幂等键也删了：同一个键可以开始新作业
+    fresh = await store.admit(_job("t-fresh"), "a", key)
+    assert fresh.record is not None and fresh.record.trace_id == "t-fresh"
+
+
+async def test_purge_works_in_small_batches(store: JobStore, clock: Clock) -> None:
+    for i in range(5):
+        await _finished(store, f"t-{i}")
+    clock.now += POLICY.retention_days * 86400 + 1
+    assert [await store.purge_finished(2) for _ in range(4)] == [2, 2, 1, 0]
+
+
+async def test_sqlite_ledger_stays_bounded_over_a_long_run(tmp_path: Path, clock: Clock) -> None:
+    """30 天，每天 100 个作业（每个约 6 KB），每天清一次：文件不再随天数增长，保留期内的都能读。"""
+    policy = POLICY.model_copy(
+        update={"max_active_jobs": 1000, "retention_days": 5, "idempotency_ttl_s": 3600}
+    )
+    path = tmp_path / "ledger.sqlite3"
+    store = SqliteJobStore(path, policy, clock)
+    sizes: dict[int, int] = {}
+    try:
+        for day in range(30):
+            await asyncio.gather(*(_big_finished(store, f"d{day}-{i}") for i in range(100)))
+            while await store.purge_finished(500):
+                pass
+            sizes[day] = sum(f.stat().st_size for f in tmp_path.glob("ledger.sqlite3*"))
+            clock.now += 86400
+        for day in range(25, 30):  # 保留期（5 天）内的都在
+            assert await store.get(f"d{day}-0") is not None, day
+        assert await store.get("d23-0") is None
+    finally:
+        await store.close()
+    # 保留期填满之后文件大小不随天数增长（删掉的页被新写入复用）：第 30 天不比第 8 天大多少
+    assert max(sizes[d] for d in range(15, 30)) <= sizes[8] * 1.3, sizes
+
+
+async def _big_finished(store: SqliteJobStore, trace_id: str) -> None:
+    job = _job(trace_id).model_copy(update={"inputs": {"period": "本周", "data": "销" * 2000}})
+    await store.admit(job, "a", None)
+    await store.advance(trace_id, "a", JobState.RENDERING)
+    await store.advance(trace_id, "a", JobState.GENERATING)
+    await store.finish(trace_id, "a", _succeeded(job))
+    await store.record_delivery(trace_id, "a", DELIVERED)

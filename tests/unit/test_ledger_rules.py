@@ -128,7 +128,9 @@ async def test_newer_ledger_is_refused_with_a_clear_message(tmp_path: Path) -> N
     with sqlite3.connect(path) as db:
         db.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
     store = SqliteJobStore(path, POLICY)
-    with pytest.raises(LedgerSchemaError, match="结构版本是 2.*REPORTS_JOBS__LEDGER_PATH"):
+    with pytest.raises(
+        LedgerSchemaError, match=f"结构版本是 {SCHEMA_VERSION + 1}.*REPORTS_JOBS__LEDGER_PATH"
+    ):
         await store.get("any")
     await store.close()
     assert _user_version(path) == SCHEMA_VERSION + 1  # 原样不动
