@@ -226,6 +226,69 @@ def test_edited_config_applies_in_place_while_jobs_run(multinode: MultiNode) -> 
     assert _running_replicas(multinode, LLM_DEPLOYMENT) == llm_before
 
 
+def _ingress_autoscaling_config(cluster: MultiNode) -> Path:
+    """入口按在途 HTTP 请求扩缩，目标定得很低（2），缩容延迟短，便于在测试里看到一上一下。"""
+    config: dict[str, Any] = yaml.safe_load(cluster.config_path.read_text(encoding="utf-8"))
+    [app] = config["applications"]
+    for deployment in app["deployments"]:
+        if deployment["name"] == "ReportIngress":
+            deployment["autoscaling_config"] = {
+                "min_replicas": 1,
+                "max_replicas": 2,
+                "target_ongoing_requests": 2,
+                "upscale_delay_s": 2,
+                "downscale_delay_s": 10,
+            }
+    path = cluster.workdir / "serve_config.ingress-autoscale.yaml"
+    path.write_text(yaml.safe_dump(config, allow_unicode=True), encoding="utf-8")
+    return path
+
+
+def test_ingress_autoscales_up_under_a_burst_and_down_without_losing_jobs(
+    multinode: MultiNode,
+) -> None:
+    """入口副本在突发下扩到 2 个，突发过后缩回 1 个；缩掉的副本排空在途作业、交还租约，
+    每个作业恰好一次成功回调。"""
+    api = multinode.api
+    multinode.deploy(_ingress_autoscaling_config(multinode))
+    try:
+        trace_ids = _submit_many(multinode, 6, "medium")
+
+        async def hammer(seconds: float) -> None:
+            # 一直保持 16 个在途的状态查询：入口的在途请求远高于目标 2
+            async with httpx.AsyncClient(base_url=multinode.base_url, timeout=30) as client:
+                deadline = time.monotonic() + seconds
+
+                async def worker() -> None:
+                    while time.monotonic() < deadline:
+                        await client.get(f"/v1/reports/{trace_ids[0]}")
+
+                await asyncio.gather(*(worker() for _ in range(16)))
+
+        def ingress_target() -> int:
+            value: int = api.deployment(APP, "ReportIngress")["target_num_replicas"]
+            return value
+
+        def scaled_up() -> bool:
+            asyncio.run(hammer(3))
+            trace_ids.extend(_submit_many(multinode, 2, "medium"))
+            return ingress_target() == 2
+
+        api.wait_for(scaled_up, 180, "入口扩到 2 个副本")
+        api.wait_for(
+            lambda: len(_running_replicas(multinode, "ReportIngress")) == 2, 180, "第二个入口就绪"
+        )
+        # 突发过后：缩回 1 个（被缩掉的副本排空在途作业）
+        trace_ids.extend(_submit_many(multinode, 4, "medium"))
+        api.wait_for(
+            lambda: len(_running_replicas(multinode, "ReportIngress")) == 1, 300, "入口缩回 1 个"
+        )
+        callbacks = _wait_terminal(multinode, trace_ids, 600)
+        _assert_each_succeeded_once(callbacks)
+    finally:
+        multinode.deploy(multinode.config_path)
+
+
 def test_worker_loss_leaves_no_report_silent(multinode: MultiNode) -> None:
     """worker 节点在作业进行中突然消失（整组进程被杀）：每个作业恰好一次终态回调。
 
