@@ -83,7 +83,7 @@ class ReportIngress:
         logger.info(
             "入口已启动：llm_mode={} 账本={} owner={}", settings.llm_mode, ledger_kind, owner
         )
-        if not settings.api_keys:
+        if not settings.caller_keys():
             logger.warning("未配置 API key（REPORTS_API_KEYS）：/v1/* 不鉴权，只适合本机或受信网络")
 
     def __serve_build_asgi_app__(self) -> FastAPI:

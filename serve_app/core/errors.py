@@ -5,6 +5,7 @@
     │   ├── UnsafeCallbackUrl   回调地址不安全（SSRF 防护拒绝）
     │   └── PayloadTooLarge     请求体超过上限（HTTP 413）
     ├── AuthError               缺少或错误的 API key（HTTP 401）
+    ├── Forbidden               key 有效但无权访问（运维接口只给管理员 key，HTTP 403）
     ├── JobNotFound             trace_id 未知（HTTP 404）
     ├── JobConflict             作业状态不允许该操作（HTTP 409）
     │   └── IdempotencyConflict 同一 Idempotency-Key 配了不同的请求体
@@ -30,6 +31,7 @@ class ErrorCode(StrEnum):
     INVALID_REQUEST = "invalid_request"
     UNSAFE_CALLBACK_URL = "unsafe_callback_url"
     UNAUTHORIZED = "unauthorized"
+    FORBIDDEN = "forbidden"
     PAYLOAD_TOO_LARGE = "payload_too_large"
     RENDER_ERROR = "render_error"
     LLM_ERROR = "llm_error"
@@ -91,6 +93,13 @@ class AuthError(ReportError):
     def headers(self) -> dict[str, str]:
         """告诉客户端用 Bearer 方案。"""
         return {"WWW-Authenticate": 'Bearer realm="reports"'}
+
+
+class Forbidden(ReportError):
+    """key 有效，但这个调用方无权做这件事。"""
+
+    code = ErrorCode.FORBIDDEN
+    http_status = 403
 
 
 class JobNotFound(ReportError):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -149,6 +151,12 @@ class JobPolicy(_Strict):
     max_active_jobs: int = Field(
         1000, ge=1, description="全局未完成（待生成）的作业上限；超过时 POST 返回 429"
     )
+    max_active_per_caller: int | None = Field(
+        None,
+        ge=1,
+        description="每个调用方未完成作业的上限（一个调用方占不满全部名额）；"
+        "不设时按 max_active_jobs ÷ 配置的调用方个数",
+    )
     drain_timeout_s: float = Field(
         90.0, ge=0, description="副本关闭时等待在途作业的时长；之后交还租约给其他副本"
     )
@@ -193,6 +201,33 @@ class JobPolicy(_Strict):
         return self
 
 
+# 只写 key（不带调用方）的都属于这个调用方；不鉴权时所有请求也算它
+DEFAULT_CALLER = "default"
+_CALLER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+
+
+@dataclass(frozen=True)
+class CallerKey:
+    """一把 key：属于哪个调用方、是不是管理员 key。"""
+
+    caller: str
+    key: str
+    admin: bool = False
+
+
+def split_caller_key(entry: str) -> tuple[str, str]:
+    """`调用方:key` → (调用方, key)；只有 key 时调用方为 default。调用方名不合法抛 ValueError。"""
+    caller, sep, key = entry.partition(":")
+    if not sep:
+        return DEFAULT_CALLER, entry
+    if not _CALLER_NAME.fullmatch(caller) or not key:
+        raise ValueError(
+            "API key 写成 调用方:key 时，调用方名只能是字母、数字、_ . -（至多 64 个），"
+            "key 不能为空（key 本身不要含冒号）"
+        )
+    return caller, key
+
+
 class Settings(BaseSettings):
     """整个应用的配置。
 
@@ -232,7 +267,14 @@ class Settings(BaseSettings):
 
     # ---- 安全 ----
     api_keys: Annotated[tuple[SecretStr, ...], NoDecode] = Field(
-        (), description="/v1/* 接受的 Bearer key（环境变量 REPORTS_API_KEYS，逗号分隔）"
+        (),
+        description="/v1/* 接受的 Bearer key（环境变量 REPORTS_API_KEYS，逗号分隔）；"
+        "写成 调用方:key 时给 key 标上调用方（同名的几把 key 是同一调用方的轮换），"
+        "只写 key 的都属于调用方 default",
+    )
+    admin_api_keys: Annotated[tuple[SecretStr, ...], NoDecode] = Field(
+        (),
+        description="管理员 key（REPORTS_ADMIN_API_KEYS，格式同上）：可看全部作业与运维接口",
     )
     auth_disabled: bool = Field(
         False, description="显式关闭鉴权（REPORTS_AUTH_DISABLED=true）；auth_required 时才需要"
@@ -257,7 +299,7 @@ class Settings(BaseSettings):
         None, description="另外写一份 JSON 行日志（便于采集与测试检查）"
     )
 
-    @field_validator("api_keys", "callback_allowed_hosts", mode="before")
+    @field_validator("api_keys", "admin_api_keys", "callback_allowed_hosts", mode="before")
     @classmethod
     def _split_commas(cls, value: object) -> object:
         """环境变量里的逗号分隔列表 → 元组（去空白、去空项）。"""
@@ -272,9 +314,29 @@ class Settings(BaseSettings):
             raise ValueError("CALLBACK_SIGNING_SECRET 必须是 Standard Webhooks 密钥（whsec_ 开头）")
         return value
 
+    def caller_keys(self) -> tuple[CallerKey, ...]:
+        """全部 key 及其调用方、是否管理员（明文只在内存里用于比较）。"""
+        return tuple(
+            CallerKey(*split_caller_key(entry.get_secret_value()), admin=admin)
+            for keys, admin in ((self.api_keys, False), (self.admin_api_keys, True))
+            for entry in keys
+        )
+
     @model_validator(mode="after")
     def _check_auth(self) -> Settings:
-        if self.auth_required and not self.api_keys and not self.auth_disabled:
+        # 在模型层检查调用方名：字段层的错误会把原始输入（含 key）带进错误信息
+        callers = {entry.caller for entry in self.caller_keys() if not entry.admin}
+        if self.jobs.max_active_per_caller is None and len(callers) > 1:
+            # 每个调用方一份：这里解析一次，账本拿到的就是具体的数
+            share = max(1, self.jobs.max_active_jobs // len(callers))
+            resolved = self.jobs.model_copy(update={"max_active_per_caller": share})
+            object.__setattr__(self, "jobs", resolved)
+        if (
+            self.auth_required
+            and not self.api_keys
+            and not self.admin_api_keys
+            and not self.auth_disabled
+        ):
             raise ValueError(
                 "未配置 API key：设置 REPORTS_API_KEYS（逗号分隔），"
                 "或明确接受不鉴权：REPORTS_AUTH_DISABLED=true"

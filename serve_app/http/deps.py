@@ -11,7 +11,7 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
-from serve_app.core.settings import Settings
+from serve_app.core.settings import CallerKey, Settings
 from serve_app.delivery.url_guard import Resolver, callback_target_policy, system_resolver
 from serve_app.ledger.store import JobStore
 from serve_app.llm.port import LLMClient
@@ -61,9 +61,9 @@ class IngressServices:
         )
 
     @property
-    def api_keys(self) -> tuple[str, ...]:
-        """/v1/* 接受的 key（明文只在内存里用于比较）。"""
-        return tuple(key.get_secret_value() for key in self.settings.api_keys)
+    def caller_keys(self) -> tuple[CallerKey, ...]:
+        """/v1/* 接受的 key 及其调用方（明文只在内存里用于比较）。"""
+        return self.settings.caller_keys()
 
 
 def get_services(request: Request) -> IngressServices:

@@ -18,6 +18,7 @@ from serve_app.prompting.catalog import TemplateCatalog
 # 状态码的默认说明；路由可给更具体的说明
 _DEFAULT_DESCRIPTIONS: dict[int, str] = {
     401: "缺少或错误的 API key（Authorization: Bearer <key>）",
+    403: "key 有效但无权访问（运维接口只对 REPORTS_ADMIN_API_KEYS 开放）",
     404: "没有这个 trace_id 的作业",
     409: "作业当前状态不允许该操作",
     413: "请求体超过上限（REPORTS_MAX_BODY_BYTES）",

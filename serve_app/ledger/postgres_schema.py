@@ -58,6 +58,14 @@ CREATE INDEX jobs_settled ON jobs (updated_at) WHERE cb_state IN ('delivered', '
 CREATE INDEX idempotency_created ON idempotency (created_at);
 """,
     ),
+    (
+        3,
+        """
+-- 调用方（作业归属与每个调用方的名额）：旧作业算 default
+ALTER TABLE jobs ADD COLUMN caller text NOT NULL DEFAULT 'default';
+CREATE INDEX jobs_caller ON jobs (caller, state);
+""",
+    ),
 )
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 # 迁移用的咨询锁号（任意固定值）：同一数据库上同时启动的副本依次迁移

@@ -103,10 +103,10 @@ _BATCH_UPDATE = (
 ).encode()
 _BATCH_INSERT = (
     b"INSERT INTO jobs (trace_id, state, job_json, history_json, created_at, updated_at, owner,"
-    b" lease_until, runs, cb_state)"
-    b" SELECT t, s, j, h, c, c, o, l, 1, cb FROM unnest(%b::text[], %b::text[], %b::text[],"
-    b" %b::text[], %b::float8[], %b::text[], %b::float8[], %b::text[])"
-    b" AS v(t, s, j, h, c, o, l, cb)"
+    b" lease_until, runs, cb_state, caller)"
+    b" SELECT t, s, j, h, c, c, o, l, 1, cb, cl FROM unnest(%b::text[], %b::text[], %b::text[],"
+    b" %b::text[], %b::float8[], %b::text[], %b::float8[], %b::text[], %b::text[])"
+    b" AS v(t, s, j, h, c, o, l, cb, cl)"
     b" ON CONFLICT (trace_id) DO NOTHING RETURNING *"
 )
 
@@ -159,6 +159,7 @@ async def _batch_insert(
         [owner for _, owner, _ in admits],
         [lease_until] * len(jobs),
         [str(CallbackState.WAITING)] * len(jobs),
+        [job.caller for job in jobs],
     ]
     cursor = await conn.execute(_BATCH_INSERT, params)
     return {row["trace_id"]: row for row in await cursor.fetchall()}
@@ -274,7 +275,7 @@ class PostgresJobStore:
             replay = await self._idempotent_replay(conn, idempotency, now)
             if replay is not None:
                 return replay
-        retry_after = await self._overload_retry_after(conn, now)
+        retry_after = await self._overload_retry_after(conn, now, job.caller)
         if retry_after is not None:
             existing = await self._row(conn, job.trace_id)
             if existing is not None:
@@ -283,8 +284,8 @@ class PostgresJobStore:
         history = json.dumps([{"state": str(JobState.ACCEPTED), "at": at(now).isoformat()}])
         cursor = await conn.execute(
             "INSERT INTO jobs (trace_id, state, job_json, history_json, created_at,"
-            " updated_at, owner, lease_until, runs, cb_state)"
-            " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, 1, %s)"
+            " updated_at, owner, lease_until, runs, cb_state, caller)"
+            " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, 1, %s, %s)"
             " ON CONFLICT (trace_id) DO NOTHING RETURNING *",
             (
                 job.trace_id,
@@ -296,6 +297,7 @@ class PostgresJobStore:
                 owner,
                 self._lease(now),
                 str(CallbackState.WAITING),
+                job.caller,
             ),
         )
         inserted = await cursor.fetchone()
@@ -329,20 +331,26 @@ class PostgresJobStore:
         assert row is not None
         return Admission(record=record_from_row(row), replayed=True)
 
-    async def _overload_retry_after(self, conn: Conn, now: float) -> int | None:
-        """未完成作业达到上限时返回建议的 Retry-After（估算见 rules.retry_after_s）。"""
-        cursor = await conn.execute(
-            "SELECT count(*) AS n FROM jobs WHERE state = ANY(%s)", (_PRODUCING,)
-        )
-        counted = await cursor.fetchone()
-        active = int(counted["n"]) if counted is not None else 0
-        if active < self._policy.max_active_jobs:
+    async def _overload_retry_after(self, conn: Conn, now: float, caller: str) -> int | None:
+        """全局或这个调用方的未完成作业到了上限时返回建议的 Retry-After（rules.retry_after_s）。"""
+        active, per_caller = await self._active_counts(conn)
+        mine = per_caller.get(caller, 0)
+        if rules.retry_after_s(active, 0, self._policy, mine) is None:
             return None
-        cursor = await conn.execute(
-            "SELECT count(*) AS n FROM jobs WHERE produced_at > %s", (now - rules.RATE_WINDOW_S,)
+        recent = await self._count_with(
+            conn, "SELECT count(*) AS n FROM jobs WHERE produced_at > %s", now - rules.RATE_WINDOW_S
         )
-        recent = await cursor.fetchone()
-        return rules.retry_after_s(active, int(recent["n"]) if recent else 0, self._policy)
+        return rules.retry_after_s(active, recent, self._policy, mine)
+
+    @staticmethod
+    async def _active_counts(conn: Conn) -> tuple[int, dict[str, int]]:
+        """未完成的作业：总数与各调用方的个数（一条查询）。"""
+        cursor = await conn.execute(
+            "SELECT caller, count(*) AS n FROM jobs WHERE state = ANY(%s) GROUP BY caller",
+            (_PRODUCING,),
+        )
+        per_caller = {row["caller"]: int(row["n"]) for row in await cursor.fetchall()}
+        return sum(per_caller.values()), per_caller
 
     async def get(self, trace_id: str) -> JobRecord | None:
         """按 trace_id 取作业。"""
@@ -477,16 +485,18 @@ class PostgresJobStore:
                 outcomes[i] = (True, await self._admit(conn, now, job, owner, idempotency))
         if not plain:
             return
-        active = await self._count_with(
-            conn, "SELECT count(*) AS n FROM jobs WHERE state = ANY(%s)", _PRODUCING
-        )
+        active, per_caller = await self._active_counts(conn)
         recent: int | None = None
         inserts: list[int] = []
         refused: dict[int, int] = {}
         for i in plain:
+            caller = calls[i][1][0].caller
+            mine = per_caller.get(caller, 0)
             # 限流按规则判：先当最近吞吐为 0 问一次，超限了再去数最近产出（少一条查询）
-            if rules.retry_after_s(active + len(inserts), 0, self._policy) is None:
+            if rules.retry_after_s(active, 0, self._policy, mine) is None:
                 inserts.append(i)
+                active += 1
+                per_caller[caller] = mine + 1
                 continue
             if recent is None:
                 recent = await self._count_with(
@@ -494,7 +504,7 @@ class PostgresJobStore:
                     "SELECT count(*) AS n FROM jobs WHERE produced_at > %s",
                     now - rules.RATE_WINDOW_S,
                 )
-            retry_after = rules.retry_after_s(active + len(inserts), recent, self._policy)
+            retry_after = rules.retry_after_s(active, recent, self._policy, mine)
             assert retry_after is not None
             refused[i] = retry_after
         inserted = await _batch_insert(conn, now, [calls[i][1] for i in inserts], self._lease(now))

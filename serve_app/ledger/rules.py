@@ -129,9 +129,13 @@ def plan_redelivery(
     return RedeliveryPlan(CallbackState.PENDING, next_at, first, round_no)
 
 
-def retry_after_s(active: int, produced_recently: int, policy: JobPolicy) -> int | None:
-    """未完成作业达到上限时给出 Retry-After：按最近吞吐估算腾出 10% 名额的时间；未满返回 None。"""
-    if active < policy.max_active_jobs:
+def retry_after_s(
+    active: int, produced_recently: int, policy: JobPolicy, caller_active: int = 0
+) -> int | None:
+    """全局未完成作业，或这个调用方的（caller_active），到了上限时给出 Retry-After：
+    按最近吞吐估算腾出 10% 名额的时间；都没满返回 None。"""
+    caller_limit = policy.max_active_per_caller
+    if active < policy.max_active_jobs and (caller_limit is None or caller_active < caller_limit):
         return None
     if produced_recently == 0:
         return DEFAULT_RETRY_AFTER_S

@@ -56,6 +56,14 @@ CREATE INDEX IF NOT EXISTS jobs_settled ON jobs(updated_at)
 CREATE INDEX IF NOT EXISTS idempotency_created ON idempotency(created_at);
 """,
     ),
+    (
+        3,
+        """
+-- 调用方（作业归属与每个调用方的名额）：旧作业算 default
+ALTER TABLE jobs ADD COLUMN caller TEXT NOT NULL DEFAULT 'default';
+CREATE INDEX IF NOT EXISTS jobs_caller ON jobs(caller, state);
+""",
+    ),
 )
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 

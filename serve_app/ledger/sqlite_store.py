@@ -118,14 +118,14 @@ class SqliteJobStore:
             replay = self._idempotent_replay(db, idempotency, now)
             if replay is not None:
                 return replay
-        retry_after = self._overload_retry_after(db, now)
+        retry_after = self._overload_retry_after(db, now, job.caller)
         if retry_after is not None:
             return Admission(record=None, retry_after_s=retry_after)
         history = [{"state": str(JobState.ACCEPTED), "at": at(now).isoformat()}]
         db.execute(
             "INSERT INTO jobs (trace_id, state, job_json, history_json, created_at,"
-            " updated_at, owner, lease_until, runs, cb_state)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, 1, ?)",
+            " updated_at, owner, lease_until, runs, cb_state, caller)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, 1, ?, ?)",
             (
                 job.trace_id,
                 str(JobState.ACCEPTED),
@@ -136,6 +136,7 @@ class SqliteJobStore:
                 owner,
                 self._lease(now),
                 str(CallbackState.WAITING),
+                job.caller,
             ),
         )
         if idempotency is not None:
@@ -158,18 +159,19 @@ class SqliteJobStore:
             return Admission(record=None, conflict_trace_id=hit["trace_id"])
         return Admission(record=self._fetch(db, hit["trace_id"]), replayed=True)
 
-    def _overload_retry_after(self, db: sqlite3.Connection, now: float) -> int | None:
-        """未完成作业达到上限时返回建议的 Retry-After（估算见 rules.retry_after_s）。"""
+    def _overload_retry_after(self, db: sqlite3.Connection, now: float, caller: str) -> int | None:
+        """全局或这个调用方的未完成作业到了上限时返回建议的 Retry-After（rules.retry_after_s）。"""
         query = f"SELECT COUNT(*) FROM jobs WHERE {_IN_PRODUCING}"
         active = int(db.execute(query, _PRODUCING).fetchone()[0])
-        if active < self._policy.max_active_jobs:
+        mine = int(db.execute(f"{query} AND caller = ?", (*_PRODUCING, caller)).fetchone()[0])
+        if rules.retry_after_s(active, 0, self._policy, mine) is None:
             return None
         recent = int(
             db.execute(
                 "SELECT COUNT(*) FROM jobs WHERE produced_at > ?", (now - rules.RATE_WINDOW_S,)
             ).fetchone()[0]
         )
-        return rules.retry_after_s(active, recent, self._policy)
+        return rules.retry_after_s(active, recent, self._policy, mine)
 
     async def get(self, trace_id: str) -> JobRecord | None:
         """按 trace_id 取作业。"""

@@ -96,6 +96,8 @@ class ReportJob(BaseModel):
     callback_url: str
     metadata: dict[str, JsonValue] | None = None
     created_at: datetime
+    # 创建它的调用方（由 key 决定，不是 key 本身）；旧作业没有这个字段，算 default
+    caller: str = "default"
 
 
 class Usage(BaseModel):

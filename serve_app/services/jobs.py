@@ -23,7 +23,10 @@ MAX_IDEMPOTENCY_KEY_CHARS = 255
 
 
 def idempotency_key(raw: str | None, principal: str, body: ReportRequest) -> IdempotencyKey | None:
-    """Idempotency-Key 头 → 按调用方隔离的键与请求体摘要；头不合法抛 RequestError。"""
+    """Idempotency-Key 头 → 按调用方隔离的键与请求体摘要；头不合法抛 RequestError。
+
+    principal 是调用方名：同一调用方轮换 key 后，同一个 Idempotency-Key 仍是同一个作业。
+    """
     if raw is None:
         return None
     if not raw or len(raw) > MAX_IDEMPOTENCY_KEY_CHARS or not raw.isprintable():
@@ -60,15 +63,20 @@ class JobService:
             self._runner.submit(admission.record)
         return admission.record, admission.replayed
 
-    async def status(self, trace_id: str) -> ReportStatus:
-        """作业状态；未知 trace_id 抛 JobNotFound。"""
+    async def _owned(self, trace_id: str, caller: str | None) -> JobRecord:
+        """取作业；不存在或不属于 caller（None 表示管理员，看得到全部）都抛 JobNotFound。"""
         record = await self._store.get(trace_id)
-        if record is None:
+        if record is None or (caller is not None and record.job.caller != caller):
             raise JobNotFound(f"没有 trace_id 为 {trace_id} 的作业")
-        return ReportStatus.from_record(record)
+        return record
 
-    async def cancel(self, trace_id: str) -> ReportStatus:
+    async def status(self, trace_id: str, caller: str | None) -> ReportStatus:
+        """作业状态；未知或别的调用方的 trace_id 抛 JobNotFound。"""
+        return ReportStatus.from_record(await self._owned(trace_id, caller))
+
+    async def cancel(self, trace_id: str, caller: str | None) -> ReportStatus:
         """取消尚未产生结果的作业；已有结果抛 JobConflict。"""
+        await self._owned(trace_id, caller)
         result = await self._store.request_cancel(trace_id)
         if result.record is None:
             raise JobNotFound(f"没有 trace_id 为 {trace_id} 的作业")
@@ -86,8 +94,9 @@ class JobService:
                 self._runner.wake()
         return ReportStatus.from_record(result.record)
 
-    async def redeliver(self, trace_id: str) -> ReportStatus:
+    async def redeliver(self, trace_id: str, caller: str | None) -> ReportStatus:
         """重新投递已产生结果的作业的回调（webhook-id 不变）。"""
+        await self._owned(trace_id, caller)
         record = await self._store.redeliver(trace_id)
         if record is None:
             raise JobNotFound(f"没有 trace_id 为 {trace_id} 的作业")

@@ -21,8 +21,8 @@ class ReportSubmissions:
             str(settings.default_callback_url) if settings.default_callback_url else None
         )
 
-    async def accept(self, request: ReportRequest, trace_id: str) -> ReportJob:
-        """校验并生成作业（含回调地址的 SSRF 检查）。"""
+    async def accept(self, request: ReportRequest, trace_id: str, caller: str) -> ReportJob:
+        """校验并生成作业（含回调地址的 SSRF 检查）；作业记下创建它的调用方。"""
         _, length = self._catalog.validate_request(
             request.report_type, request.inputs, request.length
         )
@@ -39,4 +39,5 @@ class ReportSubmissions:
             callback_url=callback_url,
             metadata=request.metadata,
             created_at=utc_now(),
+            caller=caller,
         )

@@ -7,7 +7,7 @@ import asyncio
 import os
 import subprocess
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -59,16 +59,23 @@ def clock() -> Clock:
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
-async def store(
+def open_store(
     request: pytest.FixtureRequest, tmp_path: Path, clock: Clock
-) -> AsyncIterator[JobStore]:
-    """同一套契约测试跑在两种存储上（Postgres 是真实服务器，每个测试一个新库）。"""
-    db: JobStore
-    if request.param == "sqlite":
-        db = SqliteJobStore(tmp_path / "ledger.sqlite3", POLICY, clock)
-    else:
+) -> Callable[[JobPolicy], JobStore]:
+    """按参数开一个存储（可换策略）：同一套契约测试跑在两种存储上（Postgres 是真实服务器）。"""
+
+    def opener(policy: JobPolicy) -> JobStore:
+        if request.param == "sqlite":
+            return SqliteJobStore(tmp_path / f"ledger-{id(policy)}.sqlite3", policy, clock)
         server: PostgresServer = request.getfixturevalue("postgres_server")
-        db = PostgresJobStore(server.create_database(), POLICY, clock=clock)
+        return PostgresJobStore(server.create_database(), policy, clock=clock)
+
+    return opener
+
+
+@pytest.fixture
+async def store(open_store: Callable[[JobPolicy], JobStore]) -> AsyncIterator[JobStore]:
+    db = open_store(POLICY)
     yield db
     await db.close()
 
@@ -552,3 +559,24 @@ async def _big_finished(store: SqliteJobStore, trace_id: str) -> None:
     await store.advance(trace_id, "a", JobState.GENERATING)
     await store.finish(trace_id, "a", _succeeded(job))
     await store.record_delivery(trace_id, "a", DELIVERED)
+
+
+async def test_each_caller_gets_its_own_share_of_the_queue(
+    open_store: Callable[[JobPolicy], JobStore],
+) -> None:
+    # 全局 3 个、每个调用方 2 个：alice 占满自己的份额后 429，bob 照样能交
+    store = open_store(POLICY.model_copy(update={"max_active_per_caller": 2}))
+
+    def job(trace_id: str, caller: str) -> ReportJob:
+        return _job(trace_id).model_copy(update={"caller": caller})
+
+    for i in range(2):
+        assert (await store.admit(job(f"a-{i}", "alice"), "r", None)).record is not None
+    refused = await store.admit(job("a-2", "alice"), "r", None)
+    assert refused.record is None and refused.retry_after_s is not None
+    admitted = await store.admit(job("b-0", "bob"), "r", None)
+    assert admitted.record is not None and admitted.record.job.caller == "bob"
+    # 全局上限也还在
+    full = await store.admit(job("c-0", "carol"), "r", None)
+    assert full.record is None and full.retry_after_s is not None
+    await store.close()

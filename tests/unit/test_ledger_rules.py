@@ -12,7 +12,7 @@ from serve_app.core.errors import ErrorCode
 from serve_app.core.settings import JobPolicy
 from serve_app.ledger import rules
 from serve_app.ledger.records import CallbackState, JobState
-from serve_app.ledger.sqlite_schema import SCHEMA_VERSION
+from serve_app.ledger.sqlite_schema import MIGRATIONS, SCHEMA_VERSION
 from serve_app.ledger.sqlite_store import SqliteJobStore
 from serve_app.ledger.store import LedgerSchemaError
 from serve_app.models.reports import CallbackPayload, ReportJob
@@ -110,17 +110,26 @@ async def test_new_ledger_carries_the_schema_version(tmp_path: Path) -> None:
 
 
 async def test_unversioned_ledger_is_migrated_in_place_keeping_its_jobs(tmp_path: Path) -> None:
+    # 版本化之前写出的文件：版本 1 的结构、user_version = 0、作业 JSON 里没有 caller
     path = tmp_path / "ledger.sqlite3"
-    store = SqliteJobStore(path, POLICY)
-    await store.admit(JOB, "replica-a", None)
-    await store.close()
+    legacy_job = JOB.model_dump_json(exclude={"caller"})
     with sqlite3.connect(path) as db:
-        db.execute("PRAGMA user_version = 0")  # 版本化之前写出的文件
+        db.executescript(MIGRATIONS[0][1])
+        db.execute(
+            "INSERT INTO jobs (trace_id, state, job_json, history_json, created_at, updated_at,"
+            " owner, lease_until, runs, cb_state) VALUES (?, 'accepted', ?, '[]', 1, 1,"
+            " 'replica-a', 2, 1, 'waiting')",
+            (JOB.trace_id, legacy_job),
+        )
     reopened = SqliteJobStore(path, POLICY)
     record = await reopened.get(JOB.trace_id)
     await reopened.close()
     assert record is not None and record.state is JobState.ACCEPTED
+    assert record.job.caller == "default"  # 调用方之前的作业都归 default
     assert _user_version(path) == SCHEMA_VERSION
+    with sqlite3.connect(path) as db:
+        [caller] = db.execute("SELECT caller FROM jobs").fetchone()
+    assert caller == "default"
 
 
 async def test_newer_ledger_is_refused_with_a_clear_message(tmp_path: Path) -> None:

@@ -19,9 +19,10 @@ from serve_app.core.settings import CallbackPolicy
 from serve_app.delivery.client import CallbackClient
 from serve_app.delivery.url_guard import CallbackTargetPolicy, HostPattern, classify
 from serve_app.http.auth import key_matches
+from serve_app.models.reports import ReportJob
 from tests.support.harness import PUBLIC_IP, Harness, public_dns
 from tests.support.receiver import CallbackReceiver
-from tests.support.sample import failed_payload, sales_request
+from tests.support.sample import failed_payload, make_settings, sales_request
 
 SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 FAST = CallbackPolicy(max_attempts=3, initial_backoff_s=0.01, max_backoff_s=0.02, jitter_s=0.01)
@@ -429,3 +430,103 @@ async def test_openapi_declares_bearer_auth_only_when_keys_are_configured(
         open_schema = (await open_client.get("/openapi.json")).json()
     assert "securitySchemes" not in open_schema.get("components", {})
     assert "401" not in open_schema["paths"]["/v1/reports"]["post"]["responses"]
+
+
+# ---------------------------------------------------------------- 调用方隔离
+
+TENANT_KEYS = {
+    "api_keys": "alice:alice-key-1,alice:alice-key-2,bob:bob-key",
+    "admin_api_keys": "ops:ops-key",
+    "auth_required": True,
+}
+
+
+def _as(key: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}"}
+
+
+async def test_jobs_belong_to_the_caller_that_submitted_them() -> None:
+    async with _app(**TENANT_KEYS) as client:
+        submitted = await client.post(
+            "/v1/reports", json=sales_request("http://127.0.0.1:9/h"), headers=_as("alice-key-1")
+        )
+        assert submitted.status_code == 202
+        trace_id = submitted.json()["trace_id"]
+        path = f"/v1/reports/{trace_id}"
+        # 同一调用方轮换后的 key、管理员：看得到
+        assert (await client.get(path, headers=_as("alice-key-2"))).status_code == 200
+        assert (await client.get(path, headers=_as("ops-key"))).status_code == 200
+        # 别的调用方：查询、取消、重投一律 404（与不存在的作业没有区别）
+        for method, url in (("GET", path), ("DELETE", path), ("POST", f"{path}/redeliver")):
+            response = await client.request(method, url, headers=_as("bob-key"))
+            assert response.status_code == 404, (method, response.text)
+            assert response.json()["error"]["code"] == "not_found"
+        # bob 的取消没有生效
+        status = (await client.get(path, headers=_as("alice-key-1"))).json()
+        assert status["status"] != "cancelled"
+
+
+async def test_ops_list_is_for_admin_keys_only() -> None:
+    async with _app(**TENANT_KEYS) as client:
+        refused = await client.get("/v1/ops/undelivered", headers=_as("alice-key-1"))
+        assert refused.status_code == 403
+        assert refused.json()["error"]["code"] == "forbidden"
+        assert "REPORTS_ADMIN_API_KEYS" in refused.json()["error"]["message"]
+        allowed = await client.get("/v1/ops/undelivered", headers=_as("ops-key"))
+        assert allowed.status_code == 200
+
+
+async def test_idempotency_is_per_caller_and_survives_key_rotation() -> None:
+    async with _app(**TENANT_KEYS) as client:
+        body = sales_request("http://127.0.0.1:9/h")
+
+        async def submit(key: str) -> tuple[str, str | None]:
+            response = await client.post(
+                "/v1/reports", json=body, headers=_as(key) | {"Idempotency-Key": "order-7"}
+            )
+            assert response.status_code == 202, response.text
+            return response.json()["trace_id"], response.headers.get("Idempotent-Replayed")
+
+        first, _ = await submit("alice-key-1")
+        rotated, replayed = await submit("alice-key-2")
+        assert rotated == first and replayed == "true"
+        other, replayed = await submit("bob-key")
+        assert other != first and replayed is None
+
+
+async def test_bare_keys_keep_meaning_one_default_caller() -> None:
+    async with _app(api_keys="k-one,k-two", auth_required=True) as client:
+        submitted = await client.post(
+            "/v1/reports", json=sales_request("http://127.0.0.1:9/h"), headers=_as("k-one")
+        )
+        trace_id = submitted.json()["trace_id"]
+        seen = await client.get(f"/v1/reports/{trace_id}", headers=_as("k-two"))
+        assert seen.status_code == 200
+
+
+def test_a_bad_caller_name_fails_at_startup_without_echoing_the_key() -> None:
+    with pytest.raises(ValueError, match="调用方名只能是") as error:
+        make_settings(api_keys="bad name:s3cr3t-key", auth_required=True)
+    assert "s3cr3t-key" not in str(error.value)
+
+
+def test_jobs_stored_before_callers_existed_belong_to_default() -> None:
+    job = failed_payload("t-old")  # 借它的时间戳
+    legacy = {
+        "trace_id": "t-old",
+        "report_type": "sales_weekly",
+        "inputs": {},
+        "length": "short",
+        "callback_url": "http://127.0.0.1:9/h",
+        "created_at": job.created_at.isoformat(),
+    }
+    assert ReportJob.model_validate(legacy).caller == "default"
+
+
+def test_each_configured_caller_gets_an_equal_share_of_the_queue() -> None:
+    tenants = make_settings(**TENANT_KEYS, jobs={"max_active_jobs": 1000})
+    assert tenants.jobs.max_active_per_caller == 500  # alice、bob 各一半（管理员不算）
+    single = make_settings(api_keys="k-one,k-two", auth_required=True)
+    assert single.jobs.max_active_per_caller is None  # 只有 default：只有全局上限
+    explicit = make_settings(**TENANT_KEYS, jobs={"max_active_per_caller": 50})
+    assert explicit.jobs.max_active_per_caller == 50

@@ -4,14 +4,16 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Depends, Query
 from pydantic import BaseModel, ConfigDict, Field
 
+from serve_app.http.auth import require_admin
 from serve_app.http.deps import ServicesDep
 from serve_app.http.openapi import error_responses
 from serve_app.ledger.records import UndeliveredList
 
-router = APIRouter(prefix="/v1/ops", tags=["ops"])
+# 只有管理员 key 能用（列表里有所有调用方的作业）
+router = APIRouter(prefix="/v1/ops", tags=["ops"], dependencies=[Depends(require_admin)])
 
 
 class UndeliveredQuery(BaseModel):
@@ -22,7 +24,9 @@ class UndeliveredQuery(BaseModel):
     limit: int = Field(100, ge=1, le=1000, description="最多返回几条")
 
 
-@router.get("/undelivered", response_model=UndeliveredList, responses=error_responses(422, 503))
+@router.get(
+    "/undelivered", response_model=UndeliveredList, responses=error_responses(403, 422, 503)
+)
 async def list_undelivered(
     services: ServicesDep,
     query: Annotated[UndeliveredQuery, Query()],

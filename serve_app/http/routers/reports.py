@@ -5,11 +5,11 @@ from __future__ import annotations
 import uuid
 from typing import Annotated
 
-from fastapi import APIRouter, Header, Path, Request
+from fastapi import APIRouter, Header, Path
 from fastapi.responses import JSONResponse
 from loguru import logger
 
-from serve_app.http.auth import caller_principal
+from serve_app.http.auth import Caller, CallerDep
 from serve_app.http.deps import ServicesDep
 from serve_app.http.openapi import error_responses
 from serve_app.ledger.records import ReportStatus
@@ -36,7 +36,7 @@ _BY_ID_ERRORS = error_responses(404, 422, 503)
 @router.post("/reports", status_code=202, response_model=ReportAccepted, responses=_SUBMIT_ERRORS)
 async def submit_report(
     body: ReportRequest,
-    request: Request,
+    caller: CallerDep,
     services: ServicesDep,
     idempotency: Annotated[
         str | None,
@@ -48,17 +48,22 @@ async def submit_report(
     ] = None,
 ) -> JSONResponse:
     """受理请求：作业写入账本后返回 202 与 trace_id，报告稍后回调。"""
-    key = idempotency_key(idempotency, caller_principal(request), body)
+    key = idempotency_key(idempotency, caller.name, body)
     trace_id = str(uuid.uuid4())
     with logger.contextualize(trace_id=trace_id):
-        job = await services.submissions.accept(body, trace_id)
+        job = await services.submissions.accept(body, trace_id, caller.name)
         record, replayed = await services.jobs.admit(job, key)
     trace_id = record.trace_id
     with logger.contextualize(trace_id=trace_id):
         if replayed:
             logger.info("幂等重放：返回已受理的作业")
         else:
-            logger.info("已受理：report_type={} callback={}", job.report_type, job.callback_url)
+            logger.info(
+                "已受理：report_type={} caller={} callback={}",
+                job.report_type,
+                job.caller,
+                job.callback_url,
+            )
     headers = {"X-Trace-Id": trace_id}
     if replayed:
         headers["Idempotent-Replayed"] = "true"
@@ -68,9 +73,9 @@ async def submit_report(
 
 
 @router.get("/reports/{trace_id}", response_model=ReportStatus, responses=_BY_ID_ERRORS)
-async def get_report(trace_id: TraceId, services: ServicesDep) -> ReportStatus:
-    """作业的当前状态、结果与回调投递情况。"""
-    return await services.jobs.status(trace_id)
+async def get_report(trace_id: TraceId, caller: CallerDep, services: ServicesDep) -> ReportStatus:
+    """作业的当前状态、结果与回调投递情况（别的调用方的作业答 404）。"""
+    return await services.jobs.status(trace_id, _scope(caller))
 
 
 @router.delete(
@@ -79,9 +84,11 @@ async def get_report(trace_id: TraceId, services: ServicesDep) -> ReportStatus:
     response_model=ReportStatus,
     responses={**_BY_ID_ERRORS, **error_responses(described={409: "作业已产生结果，不能再取消"})},
 )
-async def cancel_report(trace_id: TraceId, services: ServicesDep) -> ReportStatus:
+async def cancel_report(
+    trace_id: TraceId, caller: CallerDep, services: ServicesDep
+) -> ReportStatus:
     """取消尚未完成的作业：生成在引擎里中止，随后送出一个 cancelled 回调。"""
-    return await services.jobs.cancel(trace_id)
+    return await services.jobs.cancel(trace_id, _scope(caller))
 
 
 @router.post(
@@ -90,6 +97,13 @@ async def cancel_report(trace_id: TraceId, services: ServicesDep) -> ReportStatu
     response_model=ReportStatus,
     responses={**_BY_ID_ERRORS, **error_responses(described={409: "作业尚无结果可投递"})},
 )
-async def redeliver_report(trace_id: TraceId, services: ServicesDep) -> ReportStatus:
+async def redeliver_report(
+    trace_id: TraceId, caller: CallerDep, services: ServicesDep
+) -> ReportStatus:
     """立即重新投递结果回调（webhook-id 不变，接收方可去重）。"""
-    return await services.jobs.redeliver(trace_id)
+    return await services.jobs.redeliver(trace_id, _scope(caller))
+
+
+def _scope(caller: Caller) -> str | None:
+    """按 trace_id 操作时能看到谁的作业：管理员看全部（None），其余只看自己的。"""
+    return None if caller.admin else caller.name
