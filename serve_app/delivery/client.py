@@ -28,6 +28,8 @@ from serve_app.delivery.url_guard import CallbackTargetPolicy, guarded_transport
 from serve_app.models.reports import CallbackPayload, DeliveryOutcome, webhook_id
 
 USER_AGENT = "report-engine/0.1"
+# 网络层失败时记进 callback.last_error 的统一说法
+NO_HTTP_RESPONSE = "没有得到 HTTP 响应（连接失败、超时或协议错误，详情见服务日志）"
 
 
 class CallbackClient:
@@ -94,7 +96,10 @@ class CallbackClient:
         except PermanentStatus as exc:
             return self._failed(self._attempts(retrying), exc.status_code, str(exc), permanent=True)
         except httpx.TransportError as exc:
-            return self._failed(self._attempts(retrying), None, f"{type(exc).__name__}: {exc}")
+            # 对外（callback.last_error）只说没有得到 HTTP 响应：不区分拒绝连接、超时与协议错误，
+            # 免得回调成为探测内网端口开没开的工具；具体原因写日志
+            logger.warning("回调没有得到 HTTP 响应：{}: {}", type(exc).__name__, exc)
+            return self._failed(self._attempts(retrying), None, NO_HTTP_RESPONSE)
         except UnsafeCallbackUrl as exc:
             # 投递时解析到了被禁的地址（如 DNS 变了）：不连接、不重试
             message = f"SSRF 防护拒绝：{exc.message}"
