@@ -109,7 +109,7 @@ def _suppress_blank_tokens(model: Any, tokenizer: Any) -> None:
 
 
 @contextmanager
-def _stdout_to_stderr() -> Iterator[None]:
+def stdout_to_stderr() -> Iterator[None]:
     """在文件描述符层面把标准输出改到标准错误：tokenizers（Rust）的进度直接写 fd 1，
     只改 sys.stdout 挡不住它。"""
     sys.stdout.flush()
@@ -128,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("output_dir", type=Path)
     args = parser.parse_args(argv)
-    with _stdout_to_stderr():
+    with stdout_to_stderr():
         path = build_tiny_model(args.output_dir).resolve()
     sys.stdout.write(f"{path}\n")
     return 0

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import secrets
@@ -31,7 +32,7 @@ import uvicorn
 import yaml
 from fastapi import FastAPI, Request
 
-from cluster.build_tiny_model import build_tiny_model
+from cluster.build_tiny_model import build_tiny_model, stdout_to_stderr
 from cluster.ports import free_port, free_port_block
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -136,6 +137,9 @@ def _ray_node(script: str, env: dict[str, str], log_path: Path) -> Iterator[None
             except subprocess.TimeoutExpired:
                 os.killpg(process.pid, signal.SIGKILL)
                 process.wait(timeout=30)
+        # ray start 退出后它的进程组里若还有残留（raylet、gcs 等），一并结束
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
 
 
 def _report_request(callback_url: str, index: int) -> dict[str, Any]:
@@ -258,7 +262,9 @@ def main(argv: list[str] | None = None) -> int:
         workdir = args.workdir or Path(stack.enter_context(tempfile.TemporaryDirectory()))
         workdir.mkdir(parents=True, exist_ok=True)
         try:
-            summary = run(args.device, args.reports, workdir, args.timeout)
+            # 标准输出只留最后那一行 JSON：tokenizers 等在文件描述符层面写 fd 1 的输出都改到标准错误
+            with stdout_to_stderr():
+                summary = run(args.device, args.reports, workdir, args.timeout)
         except (subprocess.CalledProcessError, subprocess.TimeoutExpired, RuntimeError) as exc:
             _log(f"失败：{exc}（节点日志在 {workdir}，--workdir 可保留）")
             return 1

@@ -202,6 +202,11 @@ class FaultApp:
             assert len(statuses) == 1 and statuses <= set(TERMINAL)
             assert self.status(trace_id)["status"] in statuses
 
+    def only_on_one_ledger(self) -> None:
+        """与账本无关的故障（backend B、LLM 副本）：只在 SQLite 一侧跑一遍，省下 CI 时间。"""
+        if self.postgres is not None:
+            pytest.skip("与账本无关的故障：在 SQLite 账本一侧已跑过")
+
     def kill_replica(self, deployment: str) -> None:
         """用 ray.kill 杀掉某个部署的一个副本（Serve 控制器会补一个新的）。"""
         prefix = f"SERVE_REPLICA::{APP_NAME}#{deployment}#"

@@ -11,6 +11,7 @@ JOBS = 5
 
 def test_backend_refusing_connections_then_back(fault_app: FaultApp) -> None:
     app = fault_app
+    app.only_on_one_ledger()
     app.backend.stop()
     ids = [app.submit() for _ in range(JOBS)]
     for trace_id in ids:
@@ -30,6 +31,7 @@ def test_backend_refusing_connections_then_back(fault_app: FaultApp) -> None:
 
 def test_backend_answering_500_then_200(fault_app: FaultApp) -> None:
     app = fault_app
+    app.only_on_one_ledger()
     app.backend.receiver.script(default_status=500)
     ids = [app.submit() for _ in range(JOBS)]
     for trace_id in ids:

@@ -7,6 +7,7 @@ from tests.fault.conftest import FaultApp
 
 def test_llm_replica_killed_mid_generation(fault_app: FaultApp) -> None:
     app = fault_app
+    app.only_on_one_ledger()
     ids = app.submit_generating("[[sleep:15]]", 4)
     app.kill_replica("FakeLLMServer")
     # 每个受影响的作业：在新副本上完成，或以 failed 结束——都有回调
