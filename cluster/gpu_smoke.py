@@ -116,7 +116,9 @@ class _Receiver:
 
 
 @contextmanager
-def _ray_node(script: str, env: dict[str, str], log_path: Path) -> Iterator[None]:
+def _ray_node(
+    script: str, env: dict[str, str], log_path: Path
+) -> Iterator[subprocess.Popen[bytes]]:
     """用 cluster/ 的脚本前台起一个节点（独立会话）；退出时 SIGTERM 它，超时再杀它的进程组。"""
     with log_path.open("ab") as log:
         process = subprocess.Popen(
@@ -128,7 +130,7 @@ def _ray_node(script: str, env: dict[str, str], log_path: Path) -> Iterator[None
             start_new_session=True,
         )
     try:
-        yield
+        yield process
     finally:
         if process.poll() is None:
             process.send_signal(signal.SIGTERM)
@@ -140,6 +142,25 @@ def _ray_node(script: str, env: dict[str, str], log_path: Path) -> Iterator[None
         # ray start 退出后它的进程组里若还有残留（raylet、gcs 等），一并结束
         with contextlib.suppress(ProcessLookupError):
             os.killpg(process.pid, signal.SIGKILL)
+
+
+def _deploy(env: dict[str, str], nodes: dict[str, subprocess.Popen[bytes]], workdir: Path) -> None:
+    """运行 deploy.sh；期间哪个节点进程退出了就立即失败（不空等到部署超时）。"""
+    deploy = subprocess.Popen([str(SCRIPTS / "deploy.sh")], env=env, stdout=sys.stderr)
+    try:
+        while deploy.poll() is None:
+            for name, node in nodes.items():
+                if node.poll() is not None:
+                    raise RuntimeError(
+                        f"{name} 节点退出了（退出码 {node.returncode}），见 {workdir / name}.log"
+                    )
+            time.sleep(1)
+    finally:
+        if deploy.poll() is None:
+            deploy.terminate()
+            deploy.wait(timeout=30)
+    if deploy.returncode != 0:
+        raise RuntimeError(f"deploy.sh 失败（退出码 {deploy.returncode}），原因见上面的输出")
 
 
 def _report_request(callback_url: str, index: int) -> dict[str, Any]:
@@ -196,23 +217,21 @@ def run(device: str, reports: int, workdir: Path, timeout_s: float) -> dict[str,
         stack.enter_context(receiver.running())
         # 两个节点在同一台机器上：各用一段固定端口（与跨主机部署同一条路径）
         head_env = env | {"RAY_PORT_BASE": str(free_port_block())}
-        stack.enter_context(_ray_node("start_head.sh", head_env, workdir / "head.log"))
+        nodes = {
+            "head": stack.enter_context(_ray_node("start_head.sh", head_env, workdir / "head.log"))
+        }
         worker_env = env | {"RAY_PORT_BASE": str(free_port_block())}
-        stack.enter_context(_ray_node("start_worker.sh", worker_env, workdir / "worker.log"))
-        _log(f"部署 {CONFIG_BY_DEVICE[device]}（微型模型 {model_dir}）……")
-        subprocess.run(
-            [str(SCRIPTS / "deploy.sh")],
-            env=env
-            | {
-                "SERVE_CONFIG": str(config_path),
-                "RAY_DASHBOARD_ADDRESS": f"http://127.0.0.1:{dashboard_port}",
-                "READY_URL": f"{base_url}/readyz",
-                "DEPLOY_TIMEOUT_S": str(int(timeout_s)),
-            },
-            stdout=sys.stderr,
-            check=True,
-            timeout=timeout_s + 60,
+        nodes["worker"] = stack.enter_context(
+            _ray_node("start_worker.sh", worker_env, workdir / "worker.log")
         )
+        _log(f"部署 {CONFIG_BY_DEVICE[device]}（微型模型 {model_dir}）……")
+        deploy_env = env | {
+            "SERVE_CONFIG": str(config_path),
+            "RAY_DASHBOARD_ADDRESS": f"http://127.0.0.1:{dashboard_port}",
+            "READY_URL": f"{base_url}/readyz",
+            "DEPLOY_TIMEOUT_S": str(int(timeout_s)),
+        }
+        _deploy(deploy_env, nodes, workdir)
         _log(f"交 {reports} 份报告……")
         started = time.monotonic()
         trace_ids = asyncio.run(_send_reports(base_url, api_key, receiver.url, reports))

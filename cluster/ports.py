@@ -17,12 +17,19 @@ def free_port() -> int:
     return port
 
 
+# 本进程已经发出去的段：节点刚起、还没绑上端口时，这段看起来仍是空的，不能再发给下一个节点
+_HANDED_OUT: set[int] = set()
+
+
 def free_port_block(size: int = PORT_BLOCK) -> int:
     """一段连续空闲端口的起点，落在 20000–31999：在内核的临时端口范围（32768 起）之下，
-    不会被随机端口占走。同一台机器上的每个 Ray 节点各用一段。"""
+    不会被随机端口占走。同一台机器上的每个 Ray 节点各用一段；同一进程里不会发出同一段两次。"""
     for _ in range(100):
         base = random.randrange(20000, 32000 - size, size)
+        if base in _HANDED_OUT:
+            continue
         if all(_is_free(port) for port in range(base, base + size)):
+            _HANDED_OUT.add(base)
             return base
     raise RuntimeError("20000–31999 里找不到一段空闲端口")
 

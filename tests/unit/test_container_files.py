@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 import yaml
 
+from cluster.ports import PORT_BLOCK, free_port_block
 from serve_app.core.settings import PROJECT_ROOT, Settings
 
 COMPOSE = PROJECT_ROOT / "docker-compose.yml"
@@ -416,3 +417,10 @@ def test_ray_port_base_out_of_range_stops_the_node_with_a_message(base: str) -> 
     )
     assert result.returncode == 2 and "started" not in result.stdout
     assert "RAY_PORT_BASE" in result.stderr
+
+
+def test_port_blocks_handed_out_in_one_process_never_repeat() -> None:
+    # 节点刚起、还没绑端口时那段看起来仍是空的：同一进程里接连要两段，不能拿到同一段
+    bases = [free_port_block() for _ in range(8)]
+    assert len(set(bases)) == len(bases)
+    assert all(20000 <= b and b + PORT_BLOCK <= 32000 for b in bases)
