@@ -45,7 +45,7 @@ from serve_app.ledger.records import (
     JobState,
     WorkItem,
 )
-from serve_app.ledger.rows import at, record_from_row, state_columns
+from serve_app.ledger.rows import at, delivery_columns, record_from_row, state_columns
 from serve_app.ledger.rules import AdvanceResult
 from serve_app.ledger.store import HeartbeatReply, IdempotencyKey
 from serve_app.models.reports import CallbackPayload, DeliveryOutcome, ReportJob
@@ -566,36 +566,7 @@ class PostgresJobStore:
             return _Step(reply=None)
         if not rules.holds_delivery(row["owner"], owner):
             return _Step(reply=None)
-        final = rules.state_after_delivery(CallbackPayload.model_validate_json(row["outcome_json"]))
-        columns: dict[str, Any] = {
-            "cb_attempts": row["cb_attempts"] + result.attempts,
-            "cb_last_status": result.status_code,
-            "cb_last_error": result.error,
-            "owner": None,
-            "lease_until": None,
-        }
-        if result.delivered:
-            columns |= {
-                "cb_state": str(CallbackState.DELIVERED),
-                "cb_delivered_at": now,
-                "cb_next_attempt_at": None,
-            }
-            return _Step(columns=columns, state=final, written=record_from_row)
-        plan = rules.plan_redelivery(
-            now=now,
-            first_failed_at=row["cb_first_failed_at"],
-            rounds=row["cb_rounds"],
-            permanent=result.permanent,
-            policy=self._policy,
-        )
-        columns |= {
-            "cb_first_failed_at": plan.first_failed_at,
-            "cb_rounds": plan.rounds,
-            "cb_state": str(plan.callback_state),
-            "cb_next_attempt_at": plan.next_attempt_at,
-        }
-        # 仍在重投时状态保持不变（delivering；对已终态作业的手动重投保持终态）
-        state = final if plan.undelivered else None
+        columns, state = delivery_columns(row, now, result, self._policy)
         return _Step(columns=columns, state=state, written=record_from_row)
 
     @staticmethod

@@ -6,8 +6,10 @@ import json
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
+from serve_app.core.settings import JobPolicy
+from serve_app.ledger import rules
 from serve_app.ledger.records import CallbackState, CallbackStatus, JobRecord, JobState, StateChange
-from serve_app.models.reports import CallbackPayload, ReportJob, webhook_id
+from serve_app.models.reports import CallbackPayload, DeliveryOutcome, ReportJob, webhook_id
 
 
 class Row(Protocol):
@@ -56,3 +58,40 @@ def state_columns(row: Row, state: JobState | None, now: float) -> dict[str, Any
     history = json.loads(row["history_json"])
     history.append({"state": str(state), "at": at(now).isoformat()})
     return {"state": str(state), "history_json": json.dumps(history)}
+
+
+def delivery_columns(
+    row: Row, now: float, result: DeliveryOutcome, policy: JobPolicy
+) -> tuple[dict[str, Any], JobState | None]:
+    """一轮投递要写的列与新状态（两种存储共用）：送达即终态；否则按重投表安排下一次，
+    超过期限或不可重试即 undelivered（见 rules.plan_redelivery）。租约一并释放。"""
+    final = rules.state_after_delivery(CallbackPayload.model_validate_json(row["outcome_json"]))
+    columns: dict[str, Any] = {
+        "cb_attempts": row["cb_attempts"] + result.attempts,
+        "cb_last_status": result.status_code,
+        "cb_last_error": result.error,
+        "owner": None,
+        "lease_until": None,
+    }
+    if result.delivered:
+        columns |= {
+            "cb_state": str(CallbackState.DELIVERED),
+            "cb_delivered_at": now,
+            "cb_next_attempt_at": None,
+        }
+        return columns, final
+    plan = rules.plan_redelivery(
+        now=now,
+        first_failed_at=row["cb_first_failed_at"],
+        rounds=row["cb_rounds"],
+        permanent=result.permanent,
+        policy=policy,
+    )
+    columns |= {
+        "cb_first_failed_at": plan.first_failed_at,
+        "cb_rounds": plan.rounds,
+        "cb_state": str(plan.callback_state),
+        "cb_next_attempt_at": plan.next_attempt_at,
+    }
+    # 仍在重投时状态保持不变（delivering；对已终态作业的手动重投保持终态）
+    return columns, final if plan.undelivered else None

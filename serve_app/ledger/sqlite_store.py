@@ -22,7 +22,7 @@ from serve_app.ledger.records import (
     JobState,
     WorkItem,
 )
-from serve_app.ledger.rows import at, record_from_row, state_columns
+from serve_app.ledger.rows import at, delivery_columns, record_from_row, state_columns
 from serve_app.ledger.rules import AdvanceResult
 from serve_app.ledger.sqlite_schema import open_ledger_db
 from serve_app.ledger.store import HeartbeatReply, IdempotencyKey
@@ -261,54 +261,9 @@ class SqliteJobStore:
             return None
         if not rules.holds_delivery(row["owner"], owner):
             return None
-        final = rules.state_after_delivery(CallbackPayload.model_validate_json(row["outcome_json"]))
-        common: dict[str, Any] = {
-            "cb_attempts": row["cb_attempts"] + result.attempts,
-            "cb_last_status": result.status_code,
-            "cb_last_error": result.error,
-            "owner": None,
-            "lease_until": None,
-        }
-        if result.delivered:
-            self._update(
-                db,
-                row,
-                now,
-                final,
-                cb_state=str(CallbackState.DELIVERED),
-                cb_delivered_at=now,
-                cb_next_attempt_at=None,
-                **common,
-            )
-        else:
-            self._schedule_redelivery(db, row, now, final, result, common)
+        columns, state = delivery_columns(row, now, result, self._policy)
+        self._update(db, row, now, state, **columns)
         return self._fetch(db, trace_id)
-
-    def _schedule_redelivery(
-        self,
-        db: sqlite3.Connection,
-        row: sqlite3.Row,
-        now: float,
-        final: JobState,
-        result: DeliveryOutcome,
-        common: dict[str, Any],
-    ) -> None:
-        """按重投表安排下一次；超过期限（或不可重试）即 undelivered（见 rules.plan_redelivery）。"""
-        plan = rules.plan_redelivery(
-            now=now,
-            first_failed_at=row["cb_first_failed_at"],
-            rounds=row["cb_rounds"],
-            permanent=result.permanent,
-            policy=self._policy,
-        )
-        common |= {
-            "cb_first_failed_at": plan.first_failed_at,
-            "cb_rounds": plan.rounds,
-            "cb_state": str(plan.callback_state),
-            "cb_next_attempt_at": plan.next_attempt_at,
-        }
-        # 仍在重投时状态保持不变（delivering；对已终态作业的手动重投保持终态）
-        self._update(db, row, now, final if plan.undelivered else None, **common)
 
     async def heartbeat(self, owner: str, trace_ids: list[str]) -> HeartbeatReply:
         """续租（见 JobStore.heartbeat）。"""
