@@ -19,8 +19,8 @@ def compose_app(settings: Settings, llm: Application | None) -> Application:
     """把各部署组装成一个应用；`llm` 为 LLMServer（或测试用的同接口部署）。"""
     renderer = template_renderer_deployment.bind(settings)
     callbacks = callback_sender_deployment.bind(settings)
-    # Postgres 账本由各入口副本直连；只有 SQLite 账本需要单副本的 Ledger 部署
-    ledger = None if settings.jobs.ledger_url is not None else ledger_deployment.bind(settings)
+    # 两种账本都有 Ledger 部署（serve_config 通用）；Postgres 账本时入口不经它、直连数据库
+    ledger = ledger_deployment.bind(settings)
     # 优雅关闭窗口要容下作业的排空时间（serve_config 里另写的值优先）
     ingress = report_ingress_deployment.options(
         graceful_shutdown_timeout_s=settings.jobs.drain_timeout_s + 30

@@ -6,6 +6,7 @@ from loguru import logger
 from ray import serve
 from ray.serve.deployment import Deployment
 
+from deployments.metrics import replica_metrics
 from serve_app.core.logging import configure_logging
 from serve_app.core.settings import Settings
 from serve_app.delivery.client import CallbackClient
@@ -23,6 +24,7 @@ class CallbackSender:
             settings.callback,
             callback_target_policy(settings),
             signing_secret=secret.get_secret_value() if secret else None,
+            metrics=replica_metrics(),
         )
 
     async def send(self, url: str, payload: CallbackPayload) -> DeliveryOutcome:

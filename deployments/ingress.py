@@ -14,8 +14,10 @@ from ray.serve.deployment import Deployment
 from ray.serve.handle import DeploymentHandle
 
 from deployments.handles.ledger_client import LedgerClient
+from deployments.handles.request_context import serve_request_trace_id
 from deployments.handles.serve_llm import ServeLLMClient
 from deployments.handles.stages import HandleDeliveryStage, HandleRenderStage
+from deployments.metrics import replica_metrics
 from serve_app.core.logging import configure_logging
 from serve_app.core.settings import LLMMode, Settings
 from serve_app.http.app import create_app
@@ -76,6 +78,9 @@ class ReportIngress:
             delivery=HandleDeliveryStage(callbacks),
             store=self._store,
             owner=owner,
+            metrics=replica_metrics(),
+            # trace_id 就是 Serve 的 request_id：代理与各副本的访问日志里都是同一个 id
+            trace_ids=serve_request_trace_id,
         )
         # Serve 在事件循环里调用构造函数：此刻启动续租与扫描（接手崩溃前留下的作业）
         self._services.runner.start()

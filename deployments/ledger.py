@@ -1,4 +1,8 @@
-"""Ledger 部署：单副本持有 SQLite 账本；各节点上的入口副本经句柄（LedgerClient）访问。"""
+"""Ledger 部署：单副本持有 SQLite 账本；各节点上的入口副本经句柄（LedgerClient）访问。
+
+设了 jobs.ledger_url（Postgres）时入口副本直连数据库，不经这里；部署仍然存在（serve_config 里的
+Ledger 一节两种账本通用），它只连同一个库、健康检查反映数据库是否可用。
+"""
 
 from __future__ import annotations
 
@@ -12,12 +16,21 @@ from ray.serve.deployment import Deployment
 from serve_app.core.logging import configure_logging
 from serve_app.core.settings import Settings
 from serve_app.ledger.records import Admission, CancelResult, JobRecord, JobState, WorkItem
+from serve_app.ledger.postgres_store import PostgresJobStore
 from serve_app.ledger.sqlite_store import SqliteJobStore
-from serve_app.ledger.store import AdvanceResult, HeartbeatReply, IdempotencyKey
+from serve_app.ledger.store import (
+    AdvanceResult,
+    HeartbeatReply,
+    IdempotencyKey,
+    JobStore,
+    LedgerCounts,
+)
 from serve_app.models.reports import CallbackPayload, DeliveryOutcome, ReportJob
 
 # 可经 apply 合并的方法：每个作业路径上的调用，都可安全重放（按 trace_id 与租约判定）
 BATCHABLE = frozenset({"admit", "get", "advance", "finish", "record_delivery"})
+# 每个作业在账本副本里留一行日志的操作
+_LOGGED = {"finish": "结果（进入投递）", "record_delivery": "一轮回调投递"}
 
 
 class Ledger:
@@ -26,8 +39,15 @@ class Ledger:
     def __init__(self, settings: Settings) -> None:
         configure_logging(settings.log_level, settings.log_json_path)
         # 连接在第一次调用时打开（Serve 同步调用构造函数）；结构版本不对时健康检查即失败
-        self._store = SqliteJobStore(settings.resolved_ledger_path, settings.jobs)
-        logger.info("作业账本：{}", settings.resolved_ledger_path)
+        self._store: JobStore
+        if settings.jobs.ledger_url is not None:
+            self._store = PostgresJobStore(
+                settings.jobs.ledger_url.get_secret_value(), settings.jobs, pool_size=1
+            )
+            logger.info("作业账本在 Postgres：入口副本直连，本部署只做健康检查")
+        else:
+            self._store = SqliteJobStore(settings.resolved_ledger_path, settings.jobs)
+            logger.info("作业账本：{}", settings.resolved_ledger_path)
 
     async def apply(self, calls: list[tuple[str, tuple[Any, ...]]]) -> list[tuple[bool, Any]]:
         """一批作业路径上的调用（LedgerClient 合并而来）：并发执行，存储把它们组提交成一个事务。
@@ -41,6 +61,11 @@ class Ledger:
             *(getattr(self._store, method)(*args) for method, args in calls),
             return_exceptions=True,
         )
+        for (method, args), result in zip(calls, results, strict=True):
+            if method in _LOGGED and result is not None and not isinstance(result, BaseException):
+                # 结果与投递各记一行（带 trace_id）：日志搜索里看得到账本这一站
+                with logger.contextualize(trace_id=args[0]):
+                    logger.info("账本已记录：{}", _LOGGED[method])
         return [(False, r) if isinstance(r, BaseException) else (True, r) for r in results]
 
     async def admit(
@@ -97,9 +122,13 @@ class Ledger:
         """见 JobStore.purge_finished。"""
         return await self._store.purge_finished(limit)
 
+    async def counts(self) -> LedgerCounts:
+        """见 JobStore.counts。"""
+        return await self._store.counts()
+
     async def check_health(self) -> None:
         """能打开数据库并查询即健康。"""
-        await self._store.ping()
+        await self._store.ping()  # type: ignore[attr-defined]  # 两种存储都有 ping
 
     async def __del__(self) -> None:
         await self._store.close()

@@ -16,7 +16,7 @@ from serve_app.core.errors import LedgerUnavailable
 from serve_app.core.settings import JobPolicy
 from serve_app.ledger.call_batcher import Call, CallBatcher, Outcome
 from serve_app.ledger.records import Admission, CancelResult, JobRecord, JobState, WorkItem
-from serve_app.ledger.store import AdvanceResult, HeartbeatReply, IdempotencyKey
+from serve_app.ledger.store import AdvanceResult, HeartbeatReply, IdempotencyKey, LedgerCounts
 from serve_app.models.reports import CallbackPayload, DeliveryOutcome, ReportJob
 
 # 重试用尽后仍是这些异常：账本不可用
@@ -110,6 +110,10 @@ class LedgerClient:
     async def purge_finished(self, limit: int) -> int:
         """见 JobStore.purge_finished。"""
         return cast(int, await self._call("purge_finished", limit))
+
+    async def counts(self) -> LedgerCounts:
+        """见 JobStore.counts。"""
+        return cast(LedgerCounts, await self._call("counts"))
 
     async def close(self) -> None:
         """句柄由 Serve 管理，无需释放。"""

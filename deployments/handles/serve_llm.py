@@ -9,6 +9,7 @@ from loguru import logger
 from ray.serve.handle import DeploymentHandle, DeploymentResponseGenerator
 
 from deployments.handles.ray_errors import TRANSIENT_HANDLE_ERRORS
+from deployments.handles.request_context import use_trace_id
 from serve_app.core.errors import LLMError
 from serve_app.core.settings import LLMCallPolicy
 from serve_app.llm.port import (
@@ -49,6 +50,7 @@ class ServeLLMClient:
 
     async def generate(self, prompt: RenderedPrompt, *, trace_id: str) -> Completion:
         """生成一份报告。"""
+        use_trace_id(trace_id)
         return await call_with_policy(self._policy, lambda: self._attempt(prompt, trace_id))
 
     async def _attempt(self, prompt: RenderedPrompt, trace_id: str) -> Completion:

@@ -7,6 +7,7 @@ from typing import Any
 from ray.serve.handle import DeploymentHandle
 
 from deployments.handles.ray_errors import handle_retrying
+from deployments.handles.request_context import use_trace_id
 from serve_app.models.reports import CallbackPayload, DeliveryOutcome, ReportJob
 from serve_app.models.templates import RenderedPrompt
 
@@ -19,6 +20,7 @@ class HandleRenderStage:
 
     async def render(self, job: ReportJob) -> RenderedPrompt:
         """渲染（副本暂时不可用时重试）。"""
+        use_trace_id(job.trace_id)
 
         async def attempt() -> RenderedPrompt:
             prompt: RenderedPrompt = await self._handle.render.remote(
@@ -37,6 +39,7 @@ class HandleDeliveryStage:
 
     async def send(self, job: ReportJob, payload: CallbackPayload) -> DeliveryOutcome:
         """投递（副本暂时不可用时重试）。"""
+        use_trace_id(job.trace_id)
 
         async def attempt() -> DeliveryOutcome:
             outcome: DeliveryOutcome = await self._handle.send.remote(job.callback_url, payload)

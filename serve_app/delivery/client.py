@@ -16,6 +16,7 @@ from standardwebhooks.webhooks import Webhook
 from tenacity import AsyncRetrying
 
 from serve_app.core.errors import UnsafeCallbackUrl
+from serve_app.core.metrics import ReportMetrics
 from serve_app.core.settings import CallbackPolicy
 from serve_app.delivery.retry_policy import (
     CallbackRetrying,
@@ -41,7 +42,9 @@ class CallbackClient:
         targets: CallbackTargetPolicy,
         signing_secret: str | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
+        metrics: ReportMetrics | None = None,
     ) -> None:
+        self._attempts_counter = (metrics or ReportMetrics()).callback_attempts
         self._retrying = CallbackRetrying(policy)
         self._deadline_s = policy.attempt_deadline_s
         self._per_host = policy.max_concurrent_per_host
@@ -87,7 +90,22 @@ class CallbackClient:
 
         async def attempt() -> int:
             headers = self._headers(payload.trace_id, body)
-            return await self._post_once(url, content, headers)
+            outcome = "no_response"
+            try:
+                status = await self._post_once(url, content, headers)
+                outcome = "delivered"
+                return status
+            except RetryableStatus:
+                outcome = "retryable_status"
+                raise
+            except PermanentStatus:
+                outcome = "permanent_status"
+                raise
+            except UnsafeCallbackUrl:
+                outcome = "refused"
+                raise
+            finally:
+                self._attempts_counter.inc(tags={"outcome": outcome})
 
         try:
             status: int = await retrying(attempt)

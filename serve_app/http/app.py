@@ -7,7 +7,7 @@ from fastapi import Depends, FastAPI
 from serve_app.http.auth import require_api_key
 from serve_app.http.deps import IngressServices
 from serve_app.http.errors import install_error_handlers
-from serve_app.http.middleware import BodySizeLimitMiddleware
+from serve_app.http.middleware import BodySizeLimitMiddleware, RejectionMetricsMiddleware
 from serve_app.http.openapi import error_responses, install_openapi
 from serve_app.http.routers import health, ops, report_types, reports
 
@@ -31,4 +31,6 @@ def create_app(services: IngressServices) -> FastAPI:
     install_openapi(app, services.catalog)
     install_error_handlers(app)
     app.add_middleware(BodySizeLimitMiddleware, max_body_bytes=services.settings.max_body_bytes)
+    # 最后加的在最外层：看得到所有被拒的提交（含 413）
+    app.add_middleware(RejectionMetricsMiddleware, rejected=services.metrics.rejected)
     return app

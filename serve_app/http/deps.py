@@ -6,13 +6,17 @@
 
 from __future__ import annotations
 
+import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Annotated
 
 from fastapi import Depends, Request
 
+from serve_app.core.metrics import ReportMetrics
 from serve_app.core.settings import CallerKey, Settings
 from serve_app.delivery.url_guard import Resolver, callback_target_policy, system_resolver
+from serve_app.ledger.metered_store import MeteredJobStore
 from serve_app.ledger.store import JobStore
 from serve_app.llm.port import LLMClient
 from serve_app.prompting.catalog import TemplateCatalog
@@ -21,6 +25,14 @@ from serve_app.services.pipeline import ReportPipeline
 from serve_app.services.runner import JobRunner
 from serve_app.services.stages import DeliveryStage, RenderStage
 from serve_app.services.submission import ReportSubmissions
+
+# 新作业的 trace_id 从哪里来：默认随机 UUID；Serve 副本里取 Serve 的 request_id（见 deployments/）
+TraceIdSource = Callable[[], str]
+
+
+def random_trace_id() -> str:
+    """随机 UUID 作 trace_id。"""
+    return str(uuid.uuid4())
 
 
 @dataclass(frozen=True)
@@ -33,6 +45,8 @@ class IngressServices:
     jobs: JobService
     llm: LLMClient
     runner: JobRunner
+    metrics: ReportMetrics
+    trace_ids: TraceIdSource
 
     @classmethod
     def build(
@@ -45,19 +59,26 @@ class IngressServices:
         store: JobStore,
         owner: str,
         resolver: Resolver = system_resolver,
+        metrics: ReportMetrics | None = None,
+        trace_ids: TraceIdSource = random_trace_id,
     ) -> IngressServices:
-        """装配入口对象图：目录、受理、流水线、执行器、作业服务。"""
+        """装配入口对象图：目录、受理、流水线、执行器、作业服务；账本操作一律计时。"""
+        metrics = metrics or ReportMetrics()
         catalog = TemplateCatalog.from_file(settings.resolved_templates_path)
-        runner = JobRunner(store, ReportPipeline(render, llm, delivery), settings.jobs, owner)
+        store = MeteredJobStore(store, metrics)
+        pipeline = ReportPipeline(render, llm, delivery, metrics)
+        runner = JobRunner(store, pipeline, settings.jobs, owner, metrics)
         return cls(
             settings=settings,
             catalog=catalog,
             submissions=ReportSubmissions(
                 catalog, settings, callback_target_policy(settings, resolver=resolver)
             ),
-            jobs=JobService(store, runner),
+            jobs=JobService(store, runner, metrics),
             llm=llm,
             runner=runner,
+            metrics=metrics,
+            trace_ids=trace_ids,
         )
 
     @property

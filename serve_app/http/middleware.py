@@ -1,10 +1,11 @@
-"""ASGI 中间件：请求体大小上限（超限 413，不把大包读进内存）。"""
+"""ASGI 中间件：请求体大小上限（超限 413，不把大包读进内存）；提交被拒的计数。"""
 
 from __future__ import annotations
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from serve_app.core.errors import PayloadTooLarge
+from serve_app.core.metrics import Counter
 from serve_app.http.errors import report_error_response
 
 
@@ -53,3 +54,33 @@ class BodySizeLimitMiddleware:
     async def _reject(self, scope: Scope, receive: Receive, send: Send) -> None:
         error = PayloadTooLarge(f"请求体超过上限 {self._limit} 字节，请精简 inputs 或 metadata")
         await report_error_response(error)(scope, receive, send)
+
+
+SUBMIT_PATH = "/v1/reports"
+
+
+class RejectionMetricsMiddleware:
+    """提交请求（POST /v1/reports）答了 4xx / 5xx 时按状态码计数（reports_rejected{reason}）。
+
+    放在最外层：413（请求体过大）、401、422、429、503 都经过这里。
+    """
+
+    def __init__(self, app: ASGIApp, rejected: Counter) -> None:
+        self._app = app
+        self._rejected = rejected
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] != "POST":
+            await self._app(scope, receive, send)
+            return
+        # Serve 的 route_prefix 可能仍留在 path 前面：按结尾判断
+        if not scope["path"].rstrip("/").endswith(SUBMIT_PATH):
+            await self._app(scope, receive, send)
+            return
+
+        async def counting_send(message: Message) -> None:
+            if message["type"] == "http.response.start" and message["status"] >= 400:
+                self._rejected.inc(tags={"reason": str(message["status"])})
+            await send(message)
+
+        await self._app(scope, receive, counting_send)

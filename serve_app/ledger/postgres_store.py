@@ -45,9 +45,15 @@ from serve_app.ledger.records import (
     JobState,
     WorkItem,
 )
-from serve_app.ledger.rows import at, delivery_columns, record_from_row, state_columns
+from serve_app.ledger.rows import (
+    COUNTS_SQL,
+    at,
+    delivery_columns,
+    record_from_row,
+    state_columns,
+)
 from serve_app.ledger.rules import AdvanceResult
-from serve_app.ledger.store import HeartbeatReply, IdempotencyKey
+from serve_app.ledger.store import HeartbeatReply, IdempotencyKey, LedgerCounts
 from serve_app.models.reports import CallbackPayload, DeliveryOutcome, ReportJob
 
 Conn = AsyncConnection[DictRow]
@@ -707,6 +713,17 @@ class PostgresJobStore:
             return deleted
 
         return await self._run("purge_finished", work)
+
+    async def counts(self) -> LedgerCounts:
+        """当前的作业总数（见 JobStore.counts）。"""
+
+        async def work(conn: Conn, _now: float) -> LedgerCounts:
+            cursor = await conn.execute(COUNTS_SQL)
+            row = await cursor.fetchone()
+            assert row is not None
+            return LedgerCounts.model_validate(dict(row))
+
+        return await self._run("counts", work)
 
     async def ping(self) -> None:
         """能取得连接并执行一条查询（健康检查用）。"""

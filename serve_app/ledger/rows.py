@@ -8,7 +8,14 @@ from typing import Any, Protocol
 
 from serve_app.core.settings import JobPolicy
 from serve_app.ledger import rules
-from serve_app.ledger.records import CallbackState, CallbackStatus, JobRecord, JobState, StateChange
+from serve_app.ledger.records import (
+    PRODUCING_STATES,
+    CallbackState,
+    CallbackStatus,
+    JobRecord,
+    JobState,
+    StateChange,
+)
 from serve_app.models.reports import CallbackPayload, DeliveryOutcome, ReportJob, webhook_id
 
 
@@ -95,3 +102,17 @@ def delivery_columns(
     }
     # 仍在重投时状态保持不变（delivering；对已终态作业的手动重投保持终态）
     return columns, final if plan.undelivered else None
+
+
+# 尚未结束的作业：结果未产生，或正在投递
+_ACTIVE_STATES = ", ".join(
+    f"'{s}'" for s in sorted(str(s) for s in (*PRODUCING_STATES, JobState.DELIVERING))
+)
+# 仪表用的三个总数（两种数据库同一条 SQL；各自走 state 与 cb_state 的索引）。
+# 常量都来自枚举，不含外部输入
+COUNTS_SQL = (
+    f"SELECT (SELECT count(*) FROM jobs WHERE state IN ({_ACTIVE_STATES})) AS active,"
+    f" (SELECT count(*) FROM jobs WHERE cb_state = '{CallbackState.PENDING}' AND cb_rounds > 0)"
+    " AS pending_redeliveries,"
+    f" (SELECT count(*) FROM jobs WHERE cb_state = '{CallbackState.UNDELIVERED}') AS undelivered"
+)

@@ -22,10 +22,16 @@ from serve_app.ledger.records import (
     JobState,
     WorkItem,
 )
-from serve_app.ledger.rows import at, delivery_columns, record_from_row, state_columns
+from serve_app.ledger.rows import (
+    COUNTS_SQL,
+    at,
+    delivery_columns,
+    record_from_row,
+    state_columns,
+)
 from serve_app.ledger.rules import AdvanceResult
 from serve_app.ledger.sqlite_schema import open_ledger_db
-from serve_app.ledger.store import HeartbeatReply, IdempotencyKey
+from serve_app.ledger.store import HeartbeatReply, IdempotencyKey, LedgerCounts
 from serve_app.models.reports import CallbackPayload, DeliveryOutcome, ReportJob
 
 _PRODUCING = tuple(str(s) for s in PRODUCING_STATES)
@@ -410,6 +416,20 @@ class SqliteJobStore:
         ).rowcount
         db.execute("DELETE FROM idempotency WHERE created_at < ?", (keys_before,))
         return int(deleted)
+
+    async def counts(self) -> LedgerCounts:
+        """当前的作业总数（见 JobStore.counts；只读，不写盘）。"""
+
+        def read(db: sqlite3.Connection) -> LedgerCounts:
+            row = db.execute(COUNTS_SQL).fetchone()
+            return LedgerCounts(
+                active=row["active"],
+                pending_redeliveries=row["pending_redeliveries"],
+                undelivered=row["undelivered"],
+            )
+
+        counts: LedgerCounts = await self._db.run(read)
+        return counts
 
     async def ping(self) -> None:
         """能打开数据库并执行一条查询（健康检查用）。"""

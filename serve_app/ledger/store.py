@@ -16,7 +16,14 @@ from serve_app.ledger.records import Admission, CancelResult, JobRecord, JobStat
 from serve_app.ledger.rules import AdvanceResult
 from serve_app.models.reports import CallbackPayload, DeliveryOutcome, ReportJob
 
-__all__ = ["AdvanceResult", "HeartbeatReply", "IdempotencyKey", "JobStore", "LedgerSchemaError"]
+__all__ = [
+    "AdvanceResult",
+    "HeartbeatReply",
+    "IdempotencyKey",
+    "JobStore",
+    "LedgerCounts",
+    "LedgerSchemaError",
+]
 
 
 class LedgerSchemaError(RuntimeError):
@@ -35,6 +42,14 @@ class HeartbeatReply(BaseModel):
 
     cancel: list[str] = Field(default_factory=list)
     lost: list[str] = Field(default_factory=list)
+
+
+class LedgerCounts(BaseModel):
+    """账本的几个总数（指标的仪表）。"""
+
+    active: int = Field(description="尚未结束的作业（受理、渲染、生成、投递中）")
+    pending_redeliveries: int = Field(description="投递失败、等待按重投表再投的作业")
+    undelivered: int = Field(description="已放弃自动重投的作业")
 
 
 class JobStore(Protocol):
@@ -95,6 +110,10 @@ class JobStore(Protocol):
 
     async def purge_finished(self, limit: int) -> int:
         """删掉超过保留期的已结束作业（最多 limit 个）与过期的幂等键；返回删掉的作业数。"""
+        ...
+
+    async def counts(self) -> LedgerCounts:
+        """当前的作业总数（走索引，周期性调用）。"""
         ...
 
     async def close(self) -> None:

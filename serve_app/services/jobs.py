@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import uuid
 
 from loguru import logger
 
@@ -14,6 +15,7 @@ from serve_app.core.errors import (
     Overloaded,
     RequestError,
 )
+from serve_app.core.metrics import ReportMetrics
 from serve_app.ledger.records import JobRecord, ReportStatus, UndeliveredList
 from serve_app.ledger.store import IdempotencyKey, JobStore
 from serve_app.models.reports import ReportJob, ReportRequest
@@ -41,13 +43,23 @@ def idempotency_key(raw: str | None, principal: str, body: ReportRequest) -> Ide
 class JobService:
     """入口副本里的作业操作；作业状态以账本为准。"""
 
-    def __init__(self, store: JobStore, runner: JobRunner) -> None:
+    def __init__(
+        self, store: JobStore, runner: JobRunner, metrics: ReportMetrics | None = None
+    ) -> None:
         self._store = store
         self._runner = runner
+        self._metrics = metrics or ReportMetrics()
 
     async def admit(self, job: ReportJob, key: IdempotencyKey | None) -> tuple[JobRecord, bool]:
         """写入账本（202 之前）并开始执行；返回 (记录, 是否幂等重放)。"""
         admission = await self._store.admit(job, self._runner.owner, key)
+        taken = admission.record
+        if taken is not None and not admission.replayed and taken.job != job:
+            # trace_id 已属于另一个作业（调用方重复使用了同一个 X-Request-ID）：另发一个
+            fresh = str(uuid.uuid4())
+            logger.warning("trace_id {} 已被另一个作业使用，改用 {}", job.trace_id, fresh)
+            job = job.model_copy(update={"trace_id": fresh})
+            admission = await self._store.admit(job, self._runner.owner, key)
         if admission.conflict_trace_id is not None:
             raise IdempotencyConflict(
                 "Idempotency-Key 已用于另一个不同的请求体"
@@ -60,6 +72,7 @@ class JobService:
             )
         assert admission.record is not None
         if not admission.replayed:
+            self._metrics.accepted.inc(tags={"report_type": job.report_type})
             self._runner.submit(admission.record)
         return admission.record, admission.replayed
 

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable, Callable
 
 from loguru import logger
 
 from serve_app.core.errors import LLMError, error_info
+from serve_app.core.metrics import ReportMetrics
 from serve_app.ledger.records import JobState
 from serve_app.llm.port import LLMClient
 from serve_app.models.reports import CallbackPayload, DeliveryOutcome, ReportJob
@@ -48,18 +50,36 @@ async def _alongside[T](stage: Awaitable[None], work: Awaitable[T]) -> T:
 class ReportPipeline:
     """一个作业的两步：产生结果（成功或失败的回调载荷），投递回调。"""
 
-    def __init__(self, renderer: RenderStage, llm: LLMClient, delivery: DeliveryStage) -> None:
+    def __init__(
+        self,
+        renderer: RenderStage,
+        llm: LLMClient,
+        delivery: DeliveryStage,
+        metrics: ReportMetrics | None = None,
+    ) -> None:
         self._renderer = renderer
         self._llm = llm
         self._delivery = delivery
+        self._metrics = metrics or ReportMetrics()
+
+    async def _timed[T](self, stage: str, work: Awaitable[T]) -> T:
+        """执行一步并把耗时记进 reports_stage_seconds（失败的也记）。"""
+        started = time.perf_counter()
+        try:
+            return await work
+        finally:
+            self._metrics.stage_seconds.observe(time.perf_counter() - started, {"stage": stage})
 
     async def produce(self, job: ReportJob, on_stage: StageHook = _no_hook) -> CallbackPayload:
         """渲染并生成；任何失败都变成 failed 载荷（被打断时抛 StageInterrupted）。"""
         logger.info("作业开始：report_type={} length={}", job.report_type, job.length)
         try:
-            prompt = await _alongside(on_stage(JobState.RENDERING), self._renderer.render(job))
+            prompt = await _alongside(
+                on_stage(JobState.RENDERING), self._timed("render", self._renderer.render(job))
+            )
             completion = await _alongside(
-                on_stage(JobState.GENERATING), self._llm.generate(prompt, trace_id=job.trace_id)
+                on_stage(JobState.GENERATING),
+                self._timed("generate", self._llm.generate(prompt, trace_id=job.trace_id)),
             )
             if not completion.content.strip():
                 raise LLMError("模型返回了空内容")
@@ -75,12 +95,20 @@ class ReportPipeline:
             completion.usage.prompt_tokens,
             completion.usage.completion_tokens,
         )
+        tokens = self._metrics.tokens
+        tokens.inc(
+            completion.usage.prompt_tokens, {"report_type": job.report_type, "kind": "prompt"}
+        )
+        tokens.inc(
+            completion.usage.completion_tokens,
+            {"report_type": job.report_type, "kind": "completion"},
+        )
         return CallbackPayload.succeeded(job, completion)
 
     async def deliver(self, job: ReportJob, payload: CallbackPayload) -> DeliveryOutcome:
         """投递终态回调（含内联重试）；不抛异常，未送达由账本安排重投。"""
         try:
-            outcome = await self._delivery.send(job, payload)
+            outcome = await self._timed("deliver", self._delivery.send(job, payload))
         except Exception as exc:  # noqa: BLE001 - 投递阶段不可用也只是“本轮未送达”
             logger.exception("回调部署不可用，本轮未送达")
             outcome = DeliveryOutcome(delivered=False, attempts=0, error=repr(exc))

@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from datetime import UTC, datetime
 
 from loguru import logger
 
+from serve_app.core.metrics import ReportMetrics
 from serve_app.core.settings import JobPolicy
 from serve_app.ledger.records import CallbackState, JobRecord, JobState
 from serve_app.ledger.store import JobStore
@@ -26,9 +28,15 @@ class JobRunner:
     """一个入口副本的作业执行器；owner 是本副本在账本里的身份。"""
 
     def __init__(
-        self, store: JobStore, pipeline: ReportPipeline, policy: JobPolicy, owner: str
+        self,
+        store: JobStore,
+        pipeline: ReportPipeline,
+        policy: JobPolicy,
+        owner: str,
+        metrics: ReportMetrics | None = None,
     ) -> None:
         self._store = store
+        self._metrics = metrics or ReportMetrics()
         self._pipeline = pipeline
         self._policy = policy
         self.owner = owner
@@ -120,6 +128,7 @@ class JobRunner:
                 outcome = await self._pipeline.deliver(job, payload)
                 after = await self._store.record_delivery(job.trace_id, self.owner, outcome)
                 self._log_delivery(after)
+                self._observe_delivery(after)
             except asyncio.CancelledError:
                 if job.trace_id in self._lost:
                     logger.warning("作业租约已归其他副本，本副本停止执行")
@@ -145,9 +154,32 @@ class JobRunner:
         elif callback.state is CallbackState.PENDING:
             logger.info("回调将于 {} 重投", callback.next_attempt_at)
 
+    def _observe_delivery(self, record: JobRecord | None) -> None:
+        """送达时记下受理 → 回调送达的时间。"""
+        if record is None or record.callback.delivered_at is None:
+            return
+        if record.callback.state is not CallbackState.DELIVERED:
+            return
+        elapsed = (record.callback.delivered_at - record.job.created_at).total_seconds()
+        self._metrics.accept_to_callback_seconds.observe(
+            max(elapsed, 0.0), {"status": str(record.state)}
+        )
+
+    def _observe_finished(self, job: ReportJob, payload: CallbackPayload) -> None:
+        error_code = str(payload.error.code) if payload.error is not None else ""
+        self._metrics.finished.inc(
+            tags={
+                "report_type": job.report_type,
+                "status": payload.status,
+                "error_code": error_code,
+            }
+        )
+
     async def _produce(self, job: ReportJob) -> CallbackPayload | None:
         """生成结果并记入账本；租约已丢返回 None。"""
         async with self._slots:
+            waited = (datetime.now(UTC) - job.created_at).total_seconds()
+            self._metrics.stage_seconds.observe(max(waited, 0.0), {"stage": "queue_wait"})
             task = asyncio.create_task(self._pipeline.produce(job, self._stage_hook(job)))
             self._production[job.trace_id] = task
             try:
@@ -168,6 +200,8 @@ class JobRunner:
         final = await self._store.finish(job.trace_id, self.owner, payload)
         if final is None:
             logger.warning("记录结果时租约已归其他副本，放弃本次结果")
+        else:
+            self._observe_finished(job, final)
         return final
 
     def _stage_hook(self, job: ReportJob) -> StageHook:
@@ -210,12 +244,24 @@ class JobRunner:
                 await self.sweep_once()
             except Exception:  # noqa: BLE001 - 下一轮再试
                 logger.exception("扫描账本失败")
+            await self.refresh_gauges()
             if asyncio.get_running_loop().time() >= next_purge:
                 # 删满一批说明还有：下一轮扫描接着删；否则等一个清除间隔
                 full = await self.purge_once() >= self._policy.purge_batch
                 next_purge = asyncio.get_running_loop().time() + (
                     0 if full else self._policy.purge_interval_s
                 )
+
+    async def refresh_gauges(self) -> None:
+        """从账本读总数，更新活跃 / 待重投 / 未送达三个仪表（失败只记日志）。"""
+        try:
+            counts = await self._store.counts()
+        except Exception:  # noqa: BLE001 - 仪表晚一轮更新无妨
+            logger.exception("读取账本总数失败")
+            return
+        self._metrics.jobs_active.set(counts.active)
+        self._metrics.redeliveries_pending.set(counts.pending_redeliveries)
+        self._metrics.jobs_undelivered.set(counts.undelivered)
 
     async def purge_once(self) -> int:
         """清除一小批超过保留期的已结束作业；失败只记日志（下一次再试）。"""
@@ -242,5 +288,6 @@ class JobRunner:
                     item.produce,
                     item.record.runs,
                 )
+            self._metrics.recovered.inc(tags={"kind": "produce" if item.produce else "deliver"})
             self.submit(item.record, produce=item.produce)
         return len(items)

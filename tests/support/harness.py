@@ -9,6 +9,7 @@ from typing import Any
 
 import httpx
 
+from serve_app.core.metrics import ReportMetrics
 from serve_app.core.settings import Settings
 from serve_app.http.app import create_app
 from serve_app.http.deps import IngressServices
@@ -29,7 +30,13 @@ async def public_dns(host: str, port: int) -> list[str]:
 class Harness:
     """一个入口应用与它的假依赖；回调地址的主机名经桩解析，测试不发 DNS。"""
 
-    def __init__(self, settings: Settings | None = None, **overrides: Any) -> None:
+    def __init__(
+        self,
+        settings: Settings | None = None,
+        *,
+        metrics: ReportMetrics | None = None,
+        **overrides: Any,
+    ) -> None:
         self.settings = settings or make_settings(**overrides)
         self.llm = FakeLLM()
         self.delivery = RecordingDelivery()
@@ -44,6 +51,7 @@ class Harness:
             store=self.store,
             owner="unit",
             resolver=public_dns,
+            metrics=metrics,
         )
         self.runner = self.services.runner
         self.app = create_app(self.services)

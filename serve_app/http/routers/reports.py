@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import uuid
 from typing import Annotated
 
 from fastapi import APIRouter, Header, Path
@@ -49,7 +48,7 @@ async def submit_report(
 ) -> JSONResponse:
     """受理请求：作业写入账本后返回 202 与 trace_id，报告稍后回调。"""
     key = idempotency_key(idempotency, caller.name, body)
-    trace_id = str(uuid.uuid4())
+    trace_id = services.trace_ids()
     with logger.contextualize(trace_id=trace_id):
         job = await services.submissions.accept(body, trace_id, caller.name)
         record, replayed = await services.jobs.admit(job, key)
