@@ -10,10 +10,10 @@ RUN_DIR := .run
 TINY_MODEL := .cache/tiny-model
 export PYTHONPATH := $(CURDIR)
 
-.PHONY: help install run deploy stop demo bench bench-ledger bench-overhead test test-unit test-integration test-fault test-e2e test-cluster test-quickstart lint fmt clean
+.PHONY: help install run deploy stop metrics demo bench bench-ledger bench-overhead test test-unit test-integration test-fault test-e2e test-metrics test-cluster test-quickstart lint fmt clean
 
 help:
-	@echo "make run | deploy | stop | demo | test | test-unit | test-integration | test-fault | test-e2e | test-cluster | test-quickstart | lint"
+	@echo "make run | deploy | stop | metrics | demo | test | test-unit | test-integration | test-fault | test-e2e | test-metrics | test-cluster | test-quickstart | lint"
 
 $(UV):
 	python3 -m venv $(TOOLS)
@@ -37,6 +37,12 @@ deploy: install
 
 stop:
 	@bash cluster/local_run.sh stop
+	@if [ -x $(PY) ]; then $(PY) -m cluster.local_prometheus stop; fi
+
+# 本机 Prometheus（Debian 的 prometheus 包，没有时以 root 安装）：抓 make run 的集群，加载告警规则；
+# 起在 127.0.0.1:9090，Ray dashboard 的 Metrics 页经它显示图表。make stop 一并停掉
+metrics: install
+	@$(PY) -m cluster.local_prometheus start
 
 demo: install
 	$(PY) -m examples.demo
@@ -76,6 +82,9 @@ test-fault: install
 
 test-e2e: install
 	$(VENV)/bin/pytest -m e2e
+
+test-metrics: install
+	$(VENV)/bin/pytest -m metrics
 
 test-cluster: install
 	$(VENV)/bin/pytest -m cluster

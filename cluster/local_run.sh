@@ -24,6 +24,8 @@ export RAY_HEAD_RESOURCES='{"reports_cpu": 100, "reports_ledger": 1, "reports_ll
 export SERVE_CONFIG=${SERVE_CONFIG:-serve_config.cpu.yaml}
 export READY_URL=http://$HOST:$PORT/readyz
 export DEPLOY_TIMEOUT_S=${READY_TIMEOUT_S:-900}
+# dashboard 的 Metrics 页与 Serve 图表从这个 Prometheus 取数（make metrics 起它）
+export RAY_PROMETHEUS_HOST=${RAY_PROMETHEUS_HOST:-http://$HOST:${METRICS_PORT:-9090}}
 
 head_alive() { [[ -f $PID_FILE ]] && kill -0 "$(cat "$PID_FILE")" 2>/dev/null; }
 port_busy() { (exec 3<>"/dev/tcp/$HOST/$1") 2>/dev/null; }

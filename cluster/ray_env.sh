@@ -24,7 +24,13 @@ fi
 # （如 head 与本机的 GPU worker，都用主机网络时）要用不同的 RAY_PORT_BASE。不设则由 Ray 随机挑。
 ray_port_args() {
   local base=${RAY_PORT_BASE:-}
-  [[ -z $base ]] && return 0
+  if [[ -z $base ]]; then
+    # 不固定整段时也可以只固定指标端口（compose 的 bridge 网络：prometheus 按服务发现文件里的这个端口抓）
+    if [[ -n ${RAY_METRICS_EXPORT_PORT:-} ]]; then
+      port_args=(--metrics-export-port="$RAY_METRICS_EXPORT_PORT")
+    fi
+    return 0
+  fi
   if ! [[ $base =~ ^[0-9]+$ ]] || ((base < 1024 || base + 999 > 65535)); then
     echo "RAY_PORT_BASE=$base 不是 1024–64536 之间的整数" >&2
     return 2

@@ -16,7 +16,7 @@ args=(
 )
 port_args=()
 ray_port_args
-if ((${#port_args[@]})); then
+if [[ -n ${RAY_PORT_BASE:-} ]]; then
   port_args+=(--ray-client-server-port=$((RAY_PORT_BASE + 6)))
 fi
 args+=("${port_args[@]}")

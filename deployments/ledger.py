@@ -15,8 +15,8 @@ from ray.serve.deployment import Deployment
 
 from serve_app.core.logging import configure_logging
 from serve_app.core.settings import Settings
-from serve_app.ledger.records import Admission, CancelResult, JobRecord, JobState, WorkItem
 from serve_app.ledger.postgres_store import PostgresJobStore
+from serve_app.ledger.records import Admission, CancelResult, JobRecord, JobState, WorkItem
 from serve_app.ledger.sqlite_store import SqliteJobStore
 from serve_app.ledger.store import (
     AdvanceResult,

@@ -9,7 +9,7 @@ import pytest
 
 from tests.support.postgres import PostgresServer
 
-_TIERS = ("unit", "integration", "fault", "e2e", "cluster", "quickstart")
+_TIERS = ("unit", "integration", "fault", "e2e", "metrics", "cluster", "quickstart")
 _TESTS_DIR = Path(__file__).resolve().parent
 
 

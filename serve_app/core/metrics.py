@@ -113,6 +113,8 @@ class NullMetricFactory:
 class ReportMetrics:
     """一个副本里的全部业务指标（每个进程创建一次，传给各组件）。
 
+    指标的说明（Prometheus 的 HELP）用英文：Ray 只接受 ASCII 的名字与说明。
+
     阶段（stage 标签）：queue_wait 受理 → 开始执行；render；generate；deliver 一轮投递。
     """
 
@@ -120,57 +122,64 @@ class ReportMetrics:
         f = factory or NullMetricFactory()
         self.accepted = f.counter(
             "reports_accepted",
-            "受理的报告请求（已写入账本、答 202；幂等重放不计）",
+            "Reports accepted (written to the ledger, answered 202; idempotent replays excluded)",
             ("report_type",),
         )
         self.rejected = f.counter(
             "reports_rejected",
-            "被拒绝的提交请求，按 HTTP 状态码（401/413/422/429/503 等）",
+            "Submissions refused, by HTTP status (401, 413, 422, 429, 503, ...)",
             ("reason",),
         )
         self.finished = f.counter(
             "reports_finished",
-            "产生了结果的作业，按终态与错误码（成功时 error_code 为空）",
+            "Jobs whose result was recorded, by final status and error code (empty on success)",
             ("report_type", "status", "error_code"),
         )
         self.stage_seconds = f.histogram(
             "reports_stage_seconds",
-            "各阶段耗时（秒）：queue_wait、render、generate、deliver",
+            "Seconds spent per stage: queue_wait, render, generate, deliver (one delivery round)",
             LATENCY_BUCKETS_S,
             ("stage",),
         )
         self.accept_to_callback_seconds = f.histogram(
             "reports_accept_to_callback_seconds",
-            "受理到回调送达的时间（秒），按终态",
+            "Seconds from acceptance to callback delivered, by final status",
             LATENCY_BUCKETS_S,
             ("status",),
         )
         self.callback_attempts = f.counter(
             "reports_callback_attempts",
-            "回调的每次 HTTP 尝试，按结果：delivered、retryable_status、permanent_status、"
-            "no_response、refused",
+            "Callback HTTP attempts by outcome: delivered, retryable_status, permanent_status, "
+            "no_response, refused",
             ("outcome",),
         )
-        self.jobs_active = f.gauge("reports_jobs_active", "账本里尚未结束的作业数", ())
+        self.jobs_active = f.gauge(
+            "reports_jobs_active", "Jobs in the ledger that have not ended yet", ()
+        )
         self.redeliveries_pending = f.gauge(
-            "reports_redeliveries_pending", "投递失败、等待按重投表再投的作业数", ()
+            "reports_redeliveries_pending",
+            "Jobs whose callback failed and waits for a scheduled redelivery",
+            (),
         )
         self.jobs_undelivered = f.gauge(
-            "reports_jobs_undelivered", "已放弃自动重投、等运维 redeliver 的作业数", ()
+            "reports_jobs_undelivered",
+            "Jobs whose callback was given up (undelivered), waiting for an operator redeliver",
+            (),
         )
         self.tokens = f.counter(
             "reports_tokens",
-            "生成报告用掉的 token，kind 为 prompt 或 completion",
+            "Tokens used by reports, kind is prompt or completion",
             ("report_type", "kind"),
         )
         self.ledger_op_seconds = f.histogram(
             "reports_ledger_op_seconds",
-            "入口副本看到的账本操作耗时（秒），按操作与结果（ok / error）",
+            "Seconds per ledger operation as seen by the ingress, by op and outcome (ok / error)",
             LATENCY_BUCKETS_S,
             ("op", "outcome"),
         )
         self.recovered = f.counter(
             "reports_jobs_recovered",
-            "从账本领取的作业：produce 为租约过期后重新执行，deliver 为只投递（接手或到期重投）",
+            "Jobs claimed from the ledger: produce = rerun after an expired lease, "
+            "deliver = delivery only",
             ("kind",),
         )

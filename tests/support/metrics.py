@@ -15,6 +15,13 @@ def _key(name: str, tags: Tags | None) -> Key:
     return name, tuple(sorted((tags or {}).items()))
 
 
+def _check_declaration(name: str, description: str, tag_keys: tuple[str, ...]) -> None:
+    """与 Ray 的要求一致：名字与说明只能是 ASCII（否则副本启动即失败），标签不与 Serve 的重名。"""
+    assert name.startswith("reports_") and name.isascii() and name.isidentifier(), name
+    assert description and description.isascii(), (name, description)
+    assert not {"deployment", "replica", "application", "route"} & set(tag_keys), (name, tag_keys)
+
+
 @dataclass
 class _Recorded:
     name: str
@@ -46,17 +53,18 @@ class RecordingMetricFactory:
     gauges: dict[Key, float] = field(default_factory=dict)
 
     def counter(self, name: str, description: str, tag_keys: tuple[str, ...]) -> Counter:
-        assert description
+        _check_declaration(name, description, tag_keys)
         return _Recorded(name, tag_keys, self)
 
     def histogram(
         self, name: str, description: str, boundaries: Sequence[float], tag_keys: tuple[str, ...]
     ) -> Histogram:
-        assert description and list(boundaries) == sorted(boundaries)
+        _check_declaration(name, description, tag_keys)
+        assert list(boundaries) == sorted(boundaries), name
         return _Recorded(name, tag_keys, self)
 
     def gauge(self, name: str, description: str, tag_keys: tuple[str, ...]) -> Gauge:
-        assert description
+        _check_declaration(name, description, tag_keys)
         return _Recorded(name, tag_keys, self)
 
     def metrics(self) -> ReportMetrics:

@@ -1,0 +1,267 @@
+"""在真实 Prometheus 上核对业务指标、引擎指标、仪表盘查询、告警规则与一个作业的整条日志。"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from cluster import local_prometheus
+from serve_app.core.settings import PROJECT_ROOT
+from tests.metrics.conftest import APP, MAX_ACTIVE, MetricsStack
+from tests.support.process_freeze import frozen_descendants
+
+WAIT_S = 120
+SCOPE = f'application="{APP}"'
+DASHBOARD = PROJECT_ROOT / "cluster" / "grafana" / "dashboards" / "reports.json"
+RULES_DIR = PROJECT_ROOT / "cluster" / "prometheus"
+
+
+def _wait[T](check: Callable[[], T], what: str, timeout_s: float = WAIT_S) -> T:
+    deadline = time.monotonic() + timeout_s
+    last: T = check()
+    while not last:
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{timeout_s:g}s 内{what}（最后一次：{last!r}）")
+        time.sleep(1)
+        last = check()
+    return last
+
+
+def _submit(stack: MetricsStack, report_type: str, inputs: dict[str, Any]) -> httpx.Response:
+    body = {"report_type": report_type, "inputs": inputs, "callback_url": stack.receiver.url}
+    return httpx.post(stack.app_url + "/v1/reports", json=body, timeout=30)
+
+
+SALES = {"period": "W47", "region": "华东", "sales_data": "320 万"}
+
+
+def _accepted(stack: MetricsStack, report_type: str, inputs: dict[str, Any]) -> str:
+    response = _submit(stack, report_type, inputs)
+    assert response.status_code == 202, response.text
+    trace_id: str = response.json()["trace_id"]
+    return trace_id
+
+
+def _status(stack: MetricsStack, trace_id: str) -> str:
+    response = httpx.get(f"{stack.app_url}/v1/reports/{trace_id}", timeout=30)
+    assert response.status_code == 200, response.text
+    status: str = response.json()["status"]
+    return status
+
+
+@pytest.fixture(scope="module")
+def driven(metrics_stack: MetricsStack) -> dict[str, str]:
+    """驱动 7 个作业（5 个成功、1 个渲染失败、1 个取消）与 1 个 429；返回 trace_id → 预期终态。"""
+    stack = metrics_stack
+    expected: dict[str, str] = {}
+    for _ in range(3):
+        expected[_accepted(stack, "sales_weekly", SALES)] = "succeeded"
+    expected[_accepted(stack, "fragile", {"topic": "boom"})] = "failed"
+    _wait(lambda: len(stack.receiver.delivered()) >= 4, "前 4 个回调没有收齐")
+    # 冻住引擎：3 个作业都停在 generating，占满名额；第 4 个 429；取消其中一个
+    with frozen_descendants(stack.llm_replica_pid()):
+        held = [_accepted(stack, "sales_weekly", SALES) for _ in range(MAX_ACTIVE)]
+        _wait(
+            lambda: all(_status(stack, t) == "generating" for t in held),
+            "冻住引擎后 3 个作业没有都进入 generating",
+        )
+        refused = _submit(stack, "sales_weekly", SALES)
+        assert refused.status_code == 429, refused.text
+        cancel = httpx.delete(f"{stack.app_url}/v1/reports/{held[0]}", timeout=30)
+        assert cancel.status_code == 202, cancel.text
+    expected[held[0]] = "cancelled"
+    expected |= dict.fromkeys(held[1:], "succeeded")
+    _wait(lambda: len(stack.receiver.delivered()) >= len(expected), "7 个回调没有收齐")
+    delivered = stack.receiver.delivered()
+    assert {t: delivered[t].body["status"] for t in expected} == expected
+    return expected
+
+
+def _sum(metric: str, selector: str = "") -> str:
+    labels = ", ".join(filter(None, [SCOPE, selector]))
+    return f"sum({metric}{{{labels}}})"
+
+
+def _eventually_equal(stack: MetricsStack, promql: str, expected: float) -> None:
+    _wait(lambda: stack.value(promql) == expected, f" {promql} 没有变成 {expected:g}")
+
+
+def test_job_counts_and_histograms_are_exact(
+    metrics_stack: MetricsStack,
+    driven: dict[str, str],  # noqa: ARG001 - 先驱动作业
+) -> None:
+    stack = metrics_stack
+    checks = {
+        _sum("ray_reports_accepted_total", 'report_type="sales_weekly"'): 6,
+        _sum("ray_reports_accepted_total", 'report_type="fragile"'): 1,
+        _sum("ray_reports_rejected_total", 'reason="429"'): 1,
+        _sum("ray_reports_rejected_total"): 1,
+        _sum("ray_reports_finished_total", 'status="succeeded"'): 5,
+        _sum("ray_reports_finished_total", 'status="failed", error_code="render_error"'): 1,
+        _sum("ray_reports_finished_total", 'status="cancelled"'): 1,
+        _sum("ray_reports_accept_to_callback_seconds_count"): 7,
+        _sum("ray_reports_stage_seconds_count", 'stage="queue_wait"'): 7,
+        _sum("ray_reports_stage_seconds_count", 'stage="render"'): 7,
+        # 渲染失败的那个没有生成；取消的那个生成到一半被中止（也计时）
+        _sum("ray_reports_stage_seconds_count", 'stage="generate"'): 6,
+        _sum("ray_reports_stage_seconds_count", 'stage="deliver"'): 7,
+        _sum("ray_reports_callback_attempts_total", 'outcome="delivered"'): 7,
+        _sum("ray_reports_callback_attempts_total"): 7,
+        _sum("ray_reports_ledger_op_seconds_count", 'op="admit", outcome="ok"'): 7,
+    }
+    for promql, expected in checks.items():
+        _eventually_equal(stack, promql, expected)
+    tokens = stack.value(_sum("ray_reports_tokens_total", 'kind="completion"'))
+    assert tokens is not None and tokens > 0
+    assert stack.value(_sum("ray_reports_ledger_op_seconds_count", 'outcome="error"')) in (None, 0)
+
+
+def test_gauges_return_to_zero(
+    metrics_stack: MetricsStack,
+    driven: dict[str, str],  # noqa: ARG001 - 先驱动作业
+) -> None:
+    for gauge in (
+        "ray_reports_jobs_active",
+        "ray_reports_redeliveries_pending",
+        "ray_reports_jobs_undelivered",
+    ):
+        _eventually_equal(metrics_stack, f"max({gauge}{{{SCOPE}}})", 0)
+
+
+def test_engine_metrics_are_scraped_beside_ours(
+    metrics_stack: MetricsStack,
+    driven: dict[str, str],  # noqa: ARG001 - 先驱动作业
+) -> None:
+    stack = metrics_stack
+    names = _wait(
+        lambda: [
+            n
+            for n in httpx.get(
+                f"{stack.prometheus_url}/api/v1/label/__name__/values", timeout=10
+            ).json()["data"]
+            if n.startswith("ray_vllm_")
+        ],
+        "Prometheus 里没有 ray_vllm_* 指标",
+    )
+    assert "ray_vllm_num_requests_running" in names, names
+    generated = stack.value("sum(ray_vllm_generation_tokens_total)")
+    assert generated is not None and generated > 0
+
+
+def _panel_queries() -> list[str]:
+    dashboard = json.loads(DASHBOARD.read_text(encoding="utf-8"))
+    queries = [t["expr"] for panel in dashboard["panels"] for t in panel["targets"]]
+    assert len(queries) >= 12
+    return queries
+
+
+def test_every_dashboard_panel_query_runs(
+    metrics_stack: MetricsStack,
+    driven: dict[str, str],  # noqa: ARG001 - 先驱动作业
+) -> None:
+    """Grafana 会代入的变量换成具体值后，每个面板查询在真实 Prometheus 上都能执行且有数据。"""
+    empty = []
+    for expr in _panel_queries():
+        concrete = expr.replace("$application", ".*").replace("$__rate_interval", "5m")
+        if not metrics_stack.query(concrete):
+            empty.append(concrete)
+    # LLM 排队面板在没有排队时可能为空；其余面板在驱动过作业之后都应有数据
+    assert all("LLMServer" in q or "recovered" in q for q in empty), empty
+
+
+def test_alert_rules_load_and_evaluate_on_the_real_prometheus(
+    metrics_stack: MetricsStack,
+    driven: dict[str, str],  # noqa: ARG001 - 先驱动作业
+) -> None:
+    stack = metrics_stack
+
+    def rules() -> list[dict[str, Any]]:
+        body = httpx.get(f"{stack.prometheus_url}/api/v1/rules", timeout=10).json()
+        found: list[dict[str, Any]] = [r for g in body["data"]["groups"] for r in g["rules"]]
+        return (
+            found
+            if found and all(r.get("lastEvaluation", "").startswith("2") for r in found)
+            else []
+        )
+
+    loaded = _wait(rules, "告警规则没有加载或还没有评估")
+    assert {r["name"] for r in loaded} >= {
+        "ReportsUndelivered",
+        "ReportsCallbackFailureRatioHigh",
+        "ReportsLLMQueueAboveTarget",
+        "ReportsAcceptToCallbackP99High",
+        "ReportsLedgerUnavailable",
+    }
+    assert all(r["health"] == "ok" for r in loaded), [
+        (r["name"], r.get("lastError")) for r in loaded
+    ]
+    # 一切正常：没有告警在响
+    assert all(r["state"] == "inactive" for r in loaded), [(r["name"], r["state"]) for r in loaded]
+
+
+def test_promtool_checks_and_unit_tests_the_alert_rules() -> None:
+    _, promtool = local_prometheus.binaries()
+    check = subprocess.run(
+        [str(promtool), "check", "rules", "alerts.yml"],
+        cwd=RULES_DIR,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert check.returncode == 0, check.stdout + check.stderr
+    unit = subprocess.run(
+        [str(promtool), "test", "rules", "alerts.test.yml"],
+        cwd=RULES_DIR,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert unit.returncode == 0 and "SUCCESS" in unit.stdout, unit.stdout + unit.stderr
+
+
+_ACTOR = re.compile(r"^:actor_name:(.+)$", re.M)
+
+
+def _stage_of(path: Path, text: str) -> str | None:
+    """日志文件属于哪一站：Serve 的副本 / 代理日志按文件名，worker 的输出按其中的 actor 名。"""
+    name = path.name
+    for stage in ("ReportIngress", "TemplateRenderer", "CallbackSender", "Ledger", "LLMServer"):
+        if name.startswith(f"replica_{APP}_{stage}"):
+            return stage
+    if name.startswith("proxy_"):
+        return "proxy"
+    if name.startswith("worker-"):
+        actors = _ACTOR.findall(text)
+        for stage in ("ReportIngress", "TemplateRenderer", "CallbackSender", "Ledger", "LLMServer"):
+            if any(f"#{stage}" in actor for actor in actors):
+                return stage
+    return None
+
+
+def test_one_trace_id_is_found_in_every_stage_of_rays_logs(
+    metrics_stack: MetricsStack, driven: dict[str, str]
+) -> None:
+    """Ray 的日志目录里按一个 trace_id 搜：代理与每个副本（入口、渲染、LLM、回调、账本）都有它。"""
+    trace_id = next(t for t, status in driven.items() if status == "succeeded")
+    logs = metrics_stack.session_dir / "logs"
+
+    def stages() -> set[str]:
+        found: set[str] = set()
+        for path in logs.rglob("*"):
+            if not path.is_file() or path.suffix not in {".log", ".out", ".err"}:
+                continue
+            text = path.read_text(encoding="utf-8", errors="replace")
+            if trace_id in text and (stage := _stage_of(path, text)) is not None:
+                found.add(stage)
+        return found
+
+    want = {"proxy", "ReportIngress", "TemplateRenderer", "LLMServer", "CallbackSender", "Ledger"}
+    _wait(lambda: want <= stages() or None, f"trace_id {trace_id} 没有出现在每一站的日志里")
