@@ -1,7 +1,8 @@
 """README 的快速开始与“接入 backend B”，在新克隆上照原样执行。
 
 新克隆在临时目录里：没有 .cache、.run、.venv（依赖从零装，uv 的下载缓存可以复用）。
-按 README 的顺序跑 `make run`、`make demo`、`make stop`，中间执行“接入 backend B”一节的全部代码块；
+按 README 的顺序跑 `make run`、`make demo`、`make stop`，中间执行“接入 backend B”一节的全部代码块
+与“指标与告警”的 `make metrics`；
 断言：就绪时间不超过 README 写的分钟数（用时存 .run/quickstart-timing.json）、演示收到验过签的回调、
 `make stop` 后 make run 启动的进程（按记下的 PID）一个不剩。
 测试按定义顺序依赖前一步。
@@ -20,6 +21,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import httpx
 import psutil
 import pytest
 
@@ -27,6 +29,7 @@ from serve_app.core.settings import PROJECT_ROOT
 
 README = (PROJECT_ROOT / "README.md").read_text(encoding="utf-8")
 PORT = 8000
+METRICS_PORT = 9090
 # 从外层 make / 开发者环境里继承会改变行为的变量：新用户没有它们
 _INHERITED = (
     "PYTHONPATH",
@@ -176,6 +179,35 @@ def test_backend_b_walkthrough_runs_as_written(clone: Clone) -> None:
     assert "NOT VERIFIED" not in out
 
 
+def metrics_commands() -> list[str]:
+    """“指标与告警”一节第一个代码块里的命令（去掉注释）。"""
+    lines = (line.split("#", 1)[0].strip() for line in _bash_blocks("指标与告警")[0].splitlines())
+    return [line for line in lines if line]
+
+
+@pytest.mark.timeout(600)
+def test_make_metrics_scrapes_the_running_cluster(clone: Clone) -> None:
+    """照 README 起 Prometheus：经 Ray 的服务发现文件找到 make run 的节点，抓到 demo 那份报告。"""
+    commands = metrics_commands()
+    assert commands == ["make metrics"]
+    result = clone.run(commands[0], timeout_s=400)
+    assert result.returncode == 0, result.stdout[-5000:]
+    assert "Prometheus 已就绪" in result.stdout, result.stdout[-5000:]
+    pid = int((clone.path / ".run" / "prometheus" / "prometheus.pid").read_text())
+    clone.started.append(psutil.Process(pid))
+    query = f"http://127.0.0.1:{METRICS_PORT}/api/v1/query"
+    deadline = time.monotonic() + 120
+    accepted = 0.0
+    while time.monotonic() < deadline:
+        body = httpx.get(query, params={"query": "sum(ray_reports_accepted_total)"}, timeout=10)
+        samples = body.json()["data"]["result"]
+        accepted = float(samples[0]["value"][1]) if samples else 0.0
+        if accepted >= 1:
+            break
+        time.sleep(2)
+    assert accepted >= 1, "Prometheus 没有抓到 make demo 那份报告的 ray_reports_accepted_total"
+
+
 @pytest.mark.timeout(300)
 def test_make_stop_leaves_no_process_it_started(clone: Clone) -> None:
     assert clone.started, "make run 的进程没有记下"
@@ -185,6 +217,7 @@ def test_make_stop_leaves_no_process_it_started(clone: Clone) -> None:
     _, alive = psutil.wait_procs(clone.started, timeout=30)
     assert not alive, [f"{p.pid} {p.name()}" for p in alive]
     assert clone.head_pid() is None
+    assert not (clone.path / ".run" / "prometheus" / "prometheus.pid").exists()
 
 
 def test_busy_port_gives_a_clear_message(clone: Clone) -> None:

@@ -424,3 +424,101 @@ def test_port_blocks_handed_out_in_one_process_never_repeat() -> None:
     bases = [free_port_block() for _ in range(8)]
     assert len(set(bases)) == len(bases)
     assert all(20000 <= b and b + PORT_BLOCK <= 32000 for b in bases)
+
+
+def test_only_the_metrics_port_is_fixed_when_no_port_base_is_set() -> None:
+    result = subprocess.run(
+        ["bash", "-c", f"{_PORT_ARGS}; printf '%s\\n' \"${{port_args[@]}}\""],
+        cwd=PROJECT_ROOT,
+        env={"PATH": os.environ["PATH"], "RAY_AUTH_TOKEN": "t", "RAY_METRICS_EXPORT_PORT": "8080"},
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert [line for line in result.stdout.splitlines() if line] == ["--metrics-export-port=8080"]
+    # head 只在设了 RAY_PORT_BASE 时才固定 Ray Client 端口（不会算出端口 6）
+    head = (PROJECT_ROOT / "cluster" / "start_head.sh").read_text(encoding="utf-8")
+    assert "if [[ -n ${RAY_PORT_BASE:-} ]]; then" in head
+
+
+PROMETHEUS_DIR = PROJECT_ROOT / "cluster" / "prometheus"
+GRAFANA_DIR = PROJECT_ROOT / "cluster" / "grafana"
+
+
+def _mounts(service: dict[str, Any]) -> dict[str, str]:
+    """容器内路径 → 宿主机路径或卷名（去掉 :ro）。"""
+    mounts: dict[str, str] = {}
+    for entry in service["volumes"]:
+        source, target, *_ = entry.split(":")
+        mounts[target] = source
+    return mounts
+
+
+@pytest.mark.parametrize("head", ["ray-head", "reports-external"])
+def test_every_head_exports_metrics_and_points_its_dashboard_at_prometheus_and_grafana(
+    head: str,
+) -> None:
+    services = _compose()["services"]
+    env = services[head]["environment"]
+    assert env["RAY_PROMETHEUS_HOST"] == "http://prometheus:9090"
+    assert env["RAY_GRAFANA_HOST"] == "http://grafana:3000"
+    assert env["RAY_GRAFANA_IFRAME_HOST"].startswith("${GRAFANA_PUBLIC_URL")
+    assert env["RAY_METRICS_EXPORT_PORT"] == "8080"
+    # 会话目录在共享卷上：prometheus 读服务发现文件、grafana 读 Ray 生成的仪表盘
+    assert _mounts(services[head])["/tmp/ray"] == "ray-tmp"
+    assert services["ray-gpu-worker"]["environment"]["RAY_METRICS_EXPORT_PORT"] == "8080"
+    for name in ("prometheus", "grafana"):
+        assert set(services[name]["profiles"]) == {"cluster", "external"}
+        assert _mounts(services[name])["/tmp/ray"] == "ray-tmp"
+
+
+def test_prometheus_service_discovers_ray_nodes_and_loads_the_alert_rules() -> None:
+    service = _compose()["services"]["prometheus"]
+    assert service["image"].startswith("prom/prometheus:v")
+    mounts = _mounts(service)
+    config_path = mounts["/etc/prometheus/prometheus.yml"]
+    assert (PROJECT_ROOT / config_path).resolve() == PROMETHEUS_DIR / "prometheus.yml"
+    config = yaml.safe_load((PROMETHEUS_DIR / "prometheus.yml").read_text(encoding="utf-8"))
+    # 规则文件与服务发现文件都在容器里挂着的位置上
+    for rule_file in config["rule_files"]:
+        assert (PROJECT_ROOT / mounts[rule_file]).resolve() == PROMETHEUS_DIR / "alerts.yml"
+    [job] = config["scrape_configs"]
+    [files] = [sd["files"] for sd in job["file_sd_configs"]]
+    assert files == ["/tmp/ray/prom_metrics_service_discovery.json"]
+    assert "/prometheus" in mounts  # 数据在卷上
+    # 只发布到本机回环（默认）
+    assert service["ports"] == ["${PROMETHEUS_PUBLISH:-127.0.0.1:9090}:9090"]
+
+
+def test_grafana_is_provisioned_with_prometheus_rays_and_our_dashboards() -> None:
+    service = _compose()["services"]["grafana"]
+    assert service["image"].startswith("grafana/grafana-oss:")
+    env = service["environment"]
+    assert env["GF_SECURITY_ADMIN_PASSWORD"].startswith("${GRAFANA_ADMIN_PASSWORD:?")
+    assert env["GF_SECURITY_ALLOW_EMBEDDING"] == "true"  # Ray dashboard 嵌入面板
+    mounts = _mounts(service)
+    assert (PROJECT_ROOT / mounts["/etc/grafana/provisioning"]).resolve() == (
+        GRAFANA_DIR / "provisioning"
+    )
+    datasources = yaml.safe_load(
+        (GRAFANA_DIR / "provisioning" / "datasources" / "prometheus.yml").read_text("utf-8")
+    )
+    [source] = datasources["datasources"]
+    assert source["url"] == "http://prometheus:9090" and source["name"] == "Prometheus"
+    providers = yaml.safe_load(
+        (GRAFANA_DIR / "provisioning" / "dashboards" / "dashboards.yml").read_text("utf-8")
+    )
+    paths = {p["name"]: p["options"]["path"] for p in providers["providers"]}
+    assert paths["ray"] == "/tmp/ray/session_latest/metrics/grafana/dashboards"
+    assert (PROJECT_ROOT / mounts[paths["reports"]]).resolve() == GRAFANA_DIR / "dashboards"
+    dashboard = json.loads((GRAFANA_DIR / "dashboards" / "reports.json").read_text("utf-8"))
+    [datasource_var] = [v for v in dashboard["templating"]["list"] if v["type"] == "datasource"]
+    assert datasource_var["current"]["value"] == source["uid"]
+    # 每个面板都有查询，面板不重叠
+    spots = set()
+    for panel in dashboard["panels"]:
+        assert panel["targets"] and all(t["expr"] for t in panel["targets"]), panel["title"]
+        grid = panel["gridPos"]
+        spot = (grid["x"], grid["y"])
+        assert spot not in spots, panel["title"]
+        spots.add(spot)
