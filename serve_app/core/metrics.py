@@ -180,6 +180,6 @@ class ReportMetrics:
         self.recovered = f.counter(
             "reports_jobs_recovered",
             "Jobs claimed from the ledger: produce = rerun after an expired lease, "
-            "deliver = delivery only",
+            "deliver = delivery taken over after an expired lease, redeliver = scheduled retry",
             ("kind",),
         )

@@ -18,10 +18,17 @@ from loguru import logger
 
 from serve_app.core.metrics import ReportMetrics
 from serve_app.core.settings import JobPolicy
-from serve_app.ledger.records import CallbackState, JobRecord, JobState
+from serve_app.ledger.records import CallbackState, JobRecord, JobState, WorkItem
 from serve_app.ledger.store import JobStore
 from serve_app.models.reports import CallbackPayload, ReportJob
 from serve_app.services.pipeline import ReportPipeline, StageHook, StageInterrupted
+
+
+def _claim_kind(item: WorkItem) -> str:
+    """领取的是什么：produce 租约过期后重新执行；redeliver 到期的重投；deliver 接手没投完的回调。"""
+    if item.produce:
+        return "produce"
+    return "redeliver" if item.record.callback.next_attempt_at is not None else "deliver"
 
 
 class JobRunner:
@@ -288,6 +295,6 @@ class JobRunner:
                     item.produce,
                     item.record.runs,
                 )
-            self._metrics.recovered.inc(tags={"kind": "produce" if item.produce else "deliver"})
+            self._metrics.recovered.inc(tags={"kind": _claim_kind(item)})
             self.submit(item.record, produce=item.produce)
         return len(items)

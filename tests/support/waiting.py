@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Awaitable, Callable
 
 from tenacity import (
@@ -65,6 +66,12 @@ async def wait_until_async[T](
         retry=_retry(ignore),
         retry_error_callback=_timed_out(what, timeout_s),
     )
-    result: T | None = await retrying(check)
+
+    async def call() -> T | None:
+        # 返回协程的 lambda 也要真的 await：tenacity 只按“是不是协程函数”判断
+        value = check()
+        return await value if inspect.isawaitable(value) else value
+
+    result: T | None = await retrying(call)
     assert result is not None  # 假值会继续等，走到这里一定是真值
     return result

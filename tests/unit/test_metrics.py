@@ -5,15 +5,17 @@
 
 from __future__ import annotations
 
+import functools
 import uuid
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 
 import httpx
 import pytest
 
 from serve_app.http.app import create_app
 from serve_app.http.deps import IngressServices
-from serve_app.models.reports import DeliveryOutcome
+from serve_app.models.reports import DeliveryOutcome, ReportJob
 from tests.support.fakes import llm_error
 from tests.support.harness import Harness
 from tests.support.metrics import RecordingMetricFactory
@@ -146,7 +148,7 @@ async def test_undelivered_and_pending_redeliveries_show_in_the_gauges(
         harness.delivery.outcome = DeliveryOutcome(delivered=False, attempts=1, error="x")
         await _submit(client)
         await wait_until_async(
-            lambda: _pending(harness), what="作业等待重投", timeout_s=5, interval_s=0.02
+            functools.partial(_pending, harness), what="作业等待重投", timeout_s=5, interval_s=0.02
         )
         await _gauges_become(harness, recorder, active=1, pending=1, undelivered=0)
         harness.delivery.outcome = DeliveryOutcome(
@@ -155,7 +157,10 @@ async def test_undelivered_and_pending_redeliveries_show_in_the_gauges(
         trace_id = harness.delivery.sent[0][1].trace_id
         assert (await client.post(f"/v1/reports/{trace_id}/redeliver")).status_code == 202
         await wait_until_async(
-            lambda: _undelivered(harness), what="作业放弃重投", timeout_s=5, interval_s=0.02
+            functools.partial(_undelivered, harness),
+            what="作业放弃重投",
+            timeout_s=5,
+            interval_s=0.02,
         )
         await _gauges_become(harness, recorder, active=0, pending=0, undelivered=1)
 
@@ -214,3 +219,40 @@ async def test_the_trace_id_comes_from_the_injected_source(harness: Harness) -> 
         record = await harness.store.get(other)
         assert record is not None and record.job.metadata == {"n": 2}
         await services.runner.drain(timeout_s=0.5)
+
+
+async def test_claims_are_counted_by_kind(recorder: RecordingMetricFactory) -> None:
+    """崩溃副本留下的作业（租约过期）记 produce；按重投表到期的回调记 redeliver。"""
+    harness = Harness(
+        jobs={**FAST_JOBS, "lease_s": 0.4, "heartbeat_s": 0.1, "redelivery_schedule_s": (0.1,)},
+        metrics=recorder.metrics(),
+    )
+    async with harness.serving():
+        job = ReportJob(
+            trace_id="orphan",
+            report_type="sales_weekly",
+            inputs=dict(sales_request(CALLBACK)["inputs"]),
+            length="short",
+            callback_url=CALLBACK,
+            created_at=datetime.now(UTC),
+        )
+        # 第一轮投递失败：按重投表 0.1 秒后再投一次（第二轮照常送达）
+        harness.delivery.outcome = DeliveryOutcome(delivered=False, attempts=1, error="x")
+        await harness.store.admit(job, "replica-that-crashed", None)
+        harness.runner.start()
+        await _wait_sent(harness, 1)
+        harness.delivery.outcome = DeliveryOutcome(delivered=True, attempts=1, status_code=200)
+        await _wait_sent(harness, 2)
+        await harness.settle()
+    assert recorder.count("reports_jobs_recovered", kind="produce") == 1
+    assert recorder.count("reports_jobs_recovered", kind="redeliver") == 1
+    assert recorder.count("reports_jobs_recovered", kind="deliver") == 0
+
+
+async def _wait_sent(harness: Harness, count: int) -> None:
+    """等投递阶段收到 count 次投递。"""
+
+    async def sent() -> bool:
+        return len(harness.delivery.sent) >= count
+
+    await wait_until_async(sent, what=f"第 {count} 次投递", timeout_s=5, interval_s=0.02)
