@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from ray.serve.deployment import Application
-from ray.serve.llm import LLMConfig, build_llm_deployment
+from ray.serve.llm import LLMConfig, LLMServer, build_llm_deployment
+from ray.serve.llm.openai_api_models import (
+    ChatCompletionRequest,
+    ChatCompletionResponse,
+    ErrorResponse,
+)
 
+from deployments.handles.serve_llm import EngineFailure, EngineReply, EngineRequest
 from serve_app.core.settings import EngineSettings
+from serve_app.llm.port import completion_from_chat
 
 # 排队深度自动扩缩的默认值；serve_config.yaml 里 `LLMServer:<model_id>` 可覆盖。
 # 不设置时 Ray Serve LLM 用 1e9，扩缩永远不会触发。
@@ -21,9 +29,53 @@ DEFAULT_LLM_DEPLOYMENT_CONFIG: dict[str, Any] = {
 }
 
 
+# 部署名前缀保持 Ray Serve LLM 的默认：serve_config*.yaml 与仪表盘按 `LLMServer:<model_id>` 找它
+DEPLOYMENT_NAME_PREFIX = "LLMServer:"
+
+
+def _engine_class(public: type) -> type:
+    """Ray Serve LLM 公开协议类对应的引擎类（其直接基类）。"""
+    base = public.__base__
+    return base if base is not None and base is not object else public
+
+
+# 公开类只是引擎协议类的空子类；LLMServer 产出的是引擎类的实例，按基类判断
+_RESPONSE_CLASS = _engine_class(ChatCompletionResponse)
+_ERROR_CLASS = _engine_class(ErrorResponse)
+
+ChatMethod = Callable[[ChatCompletionRequest], Awaitable[AsyncIterator[Any]]]
+
+
+def engine_reply(item: object) -> EngineReply:
+    """LLMServer.chat 产出的一项（vLLM 协议对象）→ 入口能直接读的 Completion / EngineFailure。"""
+    if isinstance(item, _ERROR_CLASS):
+        failure: Any = item  # 引擎协议类在运行时才确定，字段按鸭子类型读取
+        error = failure.error
+        return EngineFailure(code=int(error.code or 500), message=str(error.message))
+    if isinstance(item, _RESPONSE_CLASS):
+        return completion_from_chat(item)
+    return EngineFailure(code=500, message=f"LLMServer 产出了意外的类型 {type(item).__name__}")
+
+
+async def generate_via_chat(chat: ChatMethod, request: EngineRequest) -> EngineReply:
+    """在 LLM 副本里构造 vLLM 的请求、调 chat（非流式只产出一项）并转换结果。"""
+    chat_request = ChatCompletionRequest(**request.model_dump(), stream=False)
+    async for item in await chat(chat_request):
+        return engine_reply(item)
+    return EngineFailure(code=500, message="LLMServer 没有返回任何结果")
+
+
+class ReportLLMServer(LLMServer):
+    """Ray Serve LLM 的 LLMServer，加一个收发本项目轻量模型的 `generate_report`。"""
+
+    async def generate_report(self, request: EngineRequest) -> EngineReply:
+        """生成一份报告正文；调用方取消时 vLLM 随之中止这个请求。"""
+        return await generate_via_chat(self.chat, request)
+
+
 def llm_deployment_name(engine: EngineSettings) -> str:
     """LLMServer 部署名（serve_config.yaml 用它覆盖选项）。"""
-    return f"LLMServer:{engine.model_id}"
+    return f"{DEPLOYMENT_NAME_PREFIX}{engine.model_id}"
 
 
 def build_llm_config(engine: EngineSettings) -> LLMConfig:
@@ -55,4 +107,8 @@ def build_llm_config(engine: EngineSettings) -> LLMConfig:
 
 def build_llm_server(engine: EngineSettings) -> Application:
     """构造（未部署的）LLMServer 应用节点，供入口绑定其句柄。"""
-    return build_llm_deployment(build_llm_config(engine))
+    return build_llm_deployment(
+        build_llm_config(engine),
+        name_prefix=DEPLOYMENT_NAME_PREFIX,
+        deployment_cls=ReportLLMServer,
+    )

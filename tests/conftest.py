@@ -9,7 +9,8 @@ import pytest
 
 from tests.support.postgres import PostgresServer
 
-_TIERS = ("unit", "integration", "fault", "e2e", "metrics", "cluster", "quickstart")
+# metrics 测试在 tests/e2e/ 里（共用 e2e 的集群与引擎），由模块级 pytestmark 标记
+_TIERS = ("unit", "integration", "fault", "e2e", "cluster", "quickstart")
 _TESTS_DIR = Path(__file__).resolve().parent
 
 

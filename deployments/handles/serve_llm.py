@@ -6,45 +6,49 @@ import asyncio
 from typing import Any
 
 from loguru import logger
-from ray.serve.handle import DeploymentHandle, DeploymentResponseGenerator
+from pydantic import BaseModel
+from ray.serve.handle import DeploymentHandle, DeploymentResponse
 
 from deployments.handles.ray_errors import TRANSIENT_HANDLE_ERRORS
 from deployments.handles.request_context import use_trace_id
 from serve_app.core.errors import LLMError
 from serve_app.core.settings import LLMCallPolicy
-from serve_app.llm.port import (
-    TransientLLMError,
-    call_with_policy,
-    completion_from_chat,
-    probe_ready,
-)
+from serve_app.llm.port import TransientLLMError, call_with_policy, probe_ready
 from serve_app.models.reports import Completion
 from serve_app.models.templates import RenderedPrompt
 
 
-def _engine_class(public: type) -> type:
-    """Ray Serve LLM 公开协议类对应的引擎类（其直接基类）。"""
-    base = public.__base__
-    return base if base is not None and base is not object else public
+class EngineRequest(BaseModel):
+    """入口发给 LLM 副本的生成请求（普通 pydantic 模型：入口不必导入 vLLM 的协议类）。"""
+
+    model: str
+    messages: list[dict[str, str]]
+    max_tokens: int
+    temperature: float
+    top_p: float
+    request_id: str
+
+
+class EngineFailure(BaseModel):
+    """引擎答的错误（OpenAI 错误体的 code 与 message）。"""
+
+    code: int
+    message: str
+
+
+# LLM 副本 `generate_report` 的返回：成功是 Completion，引擎报错是 EngineFailure
+EngineReply = Completion | EngineFailure
 
 
 class ServeLLMClient:
-    """调用 LLMServer.chat；chat 是异步生成器，非流式请求只产出一个结果。"""
+    """调用 LLM 副本的 `generate_report`（deployments/llm.py 的 ReportLLMServer）。
+
+    请求与结果都是本项目的轻量模型：vLLM 协议类的构造与转换在 LLM 副本里做，
+    入口副本不导入 vLLM（否则每个入口副本启动要多花约 35 秒 CPU）。
+    """
 
     def __init__(self, handle: DeploymentHandle[Any], model_id: str, policy: LLMCallPolicy) -> None:
-        # vLLM 的协议模型较重，只在集群内模式导入
-        from ray.serve.llm.openai_api_models import (
-            ChatCompletionRequest,
-            ChatCompletionResponse,
-            ErrorResponse,
-        )
-
-        self._request_cls = ChatCompletionRequest
-        # 公开类只是引擎（vLLM）协议类的空子类；LLMServer 产出的是引擎类的实例，按基类判断
-        self._response_cls = _engine_class(ChatCompletionResponse)
-        self._error_cls = _engine_class(ErrorResponse)
         self._handle = handle
-        self._stream_handle = handle.options(stream=True)
         self._model_id = model_id
         self._policy = policy
 
@@ -54,40 +58,26 @@ class ServeLLMClient:
         return await call_with_policy(self._policy, lambda: self._attempt(prompt, trace_id))
 
     async def _attempt(self, prompt: RenderedPrompt, trace_id: str) -> Completion:
-        request = self._request_cls(
+        request = EngineRequest(
             model=self._model_id,
             messages=prompt.chat_messages(),
             max_tokens=prompt.max_tokens,
             temperature=prompt.temperature,
             top_p=prompt.top_p,
-            stream=False,
             request_id=trace_id,
         )
         logger.info("提交 LLMServer 生成：max_tokens={}", prompt.max_tokens)
-        stream = self._stream_handle.chat.remote(request)
-        assert isinstance(stream, DeploymentResponseGenerator)
+        response = self._handle.generate_report.remote(request)
+        assert isinstance(response, DeploymentResponse)
         try:
-            async for item in stream:
-                return self._to_completion(item)
+            reply: object = await response
         except TRANSIENT_HANDLE_ERRORS as exc:
             raise TransientLLMError(f"LLM 副本暂不可用：{type(exc).__name__}") from exc
         except asyncio.CancelledError:
             # 超时或作业取消：让 Serve 把取消传到副本，vLLM 随之中止生成
-            stream.cancel()  # type: ignore[no-untyped-call]
+            response.cancel()  # type: ignore[no-untyped-call]
             raise
-        raise LLMError("LLMServer 没有返回任何结果")
-
-    def _to_completion(self, item: Any) -> Completion:
-        if isinstance(item, self._error_cls):
-            failure: Any = item  # 引擎协议类在运行时才确定，字段按鸭子类型读取
-            error = failure.error
-            message = f"引擎错误 {error.code}: {error.message}"
-            if int(error.code or 500) >= 500:
-                raise TransientLLMError(message)
-            raise LLMError(message)
-        if not isinstance(item, self._response_cls):
-            raise LLMError(f"LLMServer 返回了意外的类型 {type(item).__name__}")
-        return completion_from_chat(item)
+        return completion_from_reply(reply)
 
     async def ready(self) -> bool:
         """LLMServer 的健康检查在时限内通过即就绪。"""
@@ -97,3 +87,15 @@ class ServeLLMClient:
 
     async def aclose(self) -> None:
         """句柄由 Serve 管理，无需释放。"""
+
+
+def completion_from_reply(reply: object) -> Completion:
+    """LLM 副本的返回 → Completion；引擎错误按 code 分可重试（≥ 500）与不可重试。"""
+    if isinstance(reply, EngineFailure):
+        message = f"引擎错误 {reply.code}: {reply.message}"
+        if reply.code >= 500:
+            raise TransientLLMError(message)
+        raise LLMError(message)
+    if not isinstance(reply, Completion):
+        raise LLMError(f"LLMServer 返回了意外的类型 {type(reply).__name__}")
+    return reply

@@ -1,28 +1,42 @@
-"""e2e 层：真实 vLLM（CPU）+ 现场生成的小模型。整个层共用一次部署。"""
+"""e2e 层：真实 vLLM（CPU）+ 现场生成的小模型。整个层共用一次部署。
+
+同一个集群也承载 metrics 测试（test_prometheus.py，标记 metrics）：Ray 带 dashboard、每秒导出指标，
+Debian 的 Prometheus 经 Ray 的服务发现文件每秒抓一次；指标用的应用以外部模式接本层的外部 vLLM，
+引擎指标（ray_vllm_*）与整条日志来自集群内 LLMServer 的应用。两层共用引擎，省掉第三次 vLLM 启动。
+"""
 
 from __future__ import annotations
 
+import json
 import os
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import ray
 import yaml
 from ray import serve
 
+from cluster import local_prometheus
 from cluster.build_tiny_model import build_tiny_model
 from deployments.app import build_app
 from serve_app.core.settings import PROJECT_ROOT
 from tests.support.cluster import ServeCluster, running_cluster, wait_http_ok
+from tests.support.local_http import free_port
 from tests.support.receiver import CallbackReceiver
 from tests.support.vllm_server import VLLMServer
 
 # 首次部署要加载 torch/vLLM 并初始化引擎，2 核机器上需要几分钟
 DEPLOY_TIMEOUT_S = 600
 INTERNAL_APP = "reports-e2e"
+METRICS_APP = "reports-metrics"
+# metrics 应用每个作业最多同时 3 个：第 4 个答 429
+METRICS_MAX_ACTIVE = 3
+TEMPLATES = PROJECT_ROOT / "tests" / "integration" / "templates.yaml"
 # Ray 给 worker 进程（各 Serve 副本）设的 nice 值（raylet 配置 worker_niceness 的默认值）
 RAY_WORKER_NICENESS = 15
 
@@ -31,6 +45,8 @@ RAY_WORKER_NICENESS = 15
 class E2EStack:
     """集群内模式与外部模式两个应用，以及共用的回调接收方。"""
 
+    workdir: Path
+    external_base_url: str
     internal_url: str
     external_url: str
     external_model: str
@@ -71,8 +87,10 @@ def _cpu_profile_args() -> dict[str, Any]:
 
 @pytest.fixture(scope="package")
 def serve_cluster() -> Iterator[ServeCluster]:
-    """本层一个进程内 Ray + Serve；本层测试结束即关闭。"""
-    with running_cluster() as cluster:
+    """本层一个进程内 Ray + Serve（带 dashboard，每秒导出指标）；本层测试结束即关闭。"""
+    # 先确认 Prometheus 在（没有时以 root 安装）：装不上就不必起集群
+    local_prometheus.binaries()
+    with running_cluster(metrics_report_interval_ms=1000) as cluster:
         yield cluster
 
 
@@ -124,6 +142,8 @@ def e2e_stack(
                 route_prefix="/ext",
             )
             stack = E2EStack(
+                workdir=workdir,
+                external_base_url=external.base_url,
                 internal_url=serve_cluster.base_url + "/e2e",
                 external_url=serve_cluster.base_url + "/ext",
                 external_model=external.served_name,
@@ -141,3 +161,94 @@ def e2e_stack(
                 serve.delete(INTERNAL_APP)
     finally:
         external.stop()
+
+
+@dataclass(frozen=True)
+class MetricsStack:
+    """指标用的应用（外部模式）、它的回调接收方、抓整个集群的 Prometheus，以及 Ray 的会话目录。"""
+
+    app_url: str
+    prometheus_url: str
+    receiver: CallbackReceiver
+    session_dir: Path
+    engine_pid: int
+
+    def query(self, promql: str) -> list[dict[str, Any]]:
+        """即时查询；查询本身出错（语法、类型）即断言失败。"""
+        response = httpx.get(
+            f"{self.prometheus_url}/api/v1/query", params={"query": promql}, timeout=10
+        )
+        body: dict[str, Any] = response.json()
+        assert response.status_code == 200 and body["status"] == "success", (promql, body)
+        result: list[dict[str, Any]] = body["data"]["result"]
+        return result
+
+    def value(self, promql: str) -> float | None:
+        """单值查询的值；没有序列时 None。"""
+        result = self.query(promql)
+        if not result:
+            return None
+        assert len(result) == 1, (promql, result)
+        return float(result[0]["value"][1])
+
+
+def _wait_discovery(session_dir: Path, timeout_s: float = 60) -> Path:
+    """等 head 的 dashboard 写出服务发现文件（列出本节点的指标端口）。"""
+    path = session_dir / "prom_metrics_service_discovery.json"
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if path.exists():
+            try:
+                targets = json.loads(path.read_text(encoding="utf-8"))
+            except json.JSONDecodeError:
+                targets = []
+            if targets and targets[0].get("targets"):
+                return path
+        time.sleep(0.5)
+    raise TimeoutError(f"{timeout_s:g}s 内没有服务发现文件 {path}")
+
+
+@pytest.fixture(scope="package")
+def metrics_stack(serve_cluster: ServeCluster, e2e_stack: E2EStack) -> Iterator[MetricsStack]:
+    """起 Prometheus 抓本集群，部署指标用的应用（外部模式，接本层的外部 vLLM）。"""
+    workdir = e2e_stack.workdir
+    node = ray._private.worker.global_worker.node
+    assert node is not None, "Ray 未初始化"
+    session_dir = Path(node.get_session_dir_path())
+    config = local_prometheus.write_config(
+        workdir / "prometheus.yml", _wait_discovery(session_dir), scrape_interval_s=1
+    )
+    port = free_port()
+    prometheus = local_prometheus.launch(
+        config, workdir / "prometheus-data", port, workdir / "prometheus.log"
+    )
+    try:
+        with CallbackReceiver() as receiver:
+            args = {
+                "llm_mode": "external",
+                "vllm_api_url": e2e_stack.external_base_url,
+                "external": {"model": e2e_stack.external_model},
+                "auth_required": False,
+                "callback_allow_loopback": True,
+                "templates_path": str(TEMPLATES),
+                "jobs": {
+                    "ledger_path": str(workdir / "ledger-metrics.sqlite3"),
+                    "max_active_jobs": METRICS_MAX_ACTIVE,
+                    "sweep_interval_s": 1,
+                },
+            }
+            serve.run(build_app(args), name=METRICS_APP, route_prefix="/m")
+            app_url = serve_cluster.base_url + "/m"
+            try:
+                wait_http_ok(app_url + "/readyz", DEPLOY_TIMEOUT_S)
+                yield MetricsStack(
+                    app_url=app_url,
+                    prometheus_url=f"http://127.0.0.1:{port}",
+                    receiver=receiver,
+                    session_dir=session_dir,
+                    engine_pid=e2e_stack.external_pid,
+                )
+            finally:
+                serve.delete(METRICS_APP)
+    finally:
+        local_prometheus.stop_process(prometheus.pid)

@@ -1,4 +1,5 @@
-"""集成测试用的假 LLMServer 部署：与 Ray Serve LLM 的 `chat`/`check_health` 同接口。
+"""集成测试用的假 LLMServer 部署：与 Ray Serve LLM 的 `chat`/`check_health` 同接口，
+`generate_report` 与真实的 ReportLLMServer 走同一段转换（deployments/llm.generate_via_chat）。
 
 按用户消息里的指令注入故障（真实引擎由 e2e 层证明）：
 - `[[error:<code>]]`：产出 ErrorResponse（code ≥ 500 视为可重试）；
@@ -22,6 +23,9 @@ from ray.serve.llm.openai_api_models import (
     ErrorResponse,
 )
 
+from deployments.handles.serve_llm import EngineReply, EngineRequest
+from deployments.llm import generate_via_chat
+
 _ERROR = re.compile(r"\[\[error:(\d+)\]\]")
 _SLEEP = re.compile(r"\[\[sleep:([\d.]+)\]\]")
 
@@ -34,8 +38,15 @@ class FakeLLMServer:
         self.calls = 0
         self.cancelled = 0
 
+    async def generate_report(self, request: EngineRequest) -> EngineReply:
+        """与 ReportLLMServer 相同：经 chat 生成并转换。"""
+        return await generate_via_chat(self.chat, request)
+
     async def chat(self, request: ChatCompletionRequest) -> AsyncIterator[Any]:
-        """与 LLMServer.chat 一样是异步生成器，非流式请求只产出一个结果。"""
+        """与 LLMServer.chat 一样：协程返回异步生成器，非流式请求只产出一个结果。"""
+        return self._chat(request)
+
+    async def _chat(self, request: ChatCompletionRequest) -> AsyncIterator[Any]:
         self.calls += 1
         user = str(request.messages[-1]["content"])
         if match := _SLEEP.search(user):

@@ -1,6 +1,6 @@
 """业务指标（内存记录器）：受理、被拒、结局、各阶段耗时、token、账本操作、仪表、trace_id 来源。
 
-真实的 Ray 导出与 Prometheus 抓取在 metrics 层（tests/metrics/）验证。
+真实的 Ray 导出与 Prometheus 抓取由 metrics 测试（tests/e2e/test_prometheus.py）验证。
 """
 
 from __future__ import annotations

@@ -1,4 +1,7 @@
-"""在真实 Prometheus 上核对业务指标、引擎指标、仪表盘查询、告警规则与一个作业的整条日志。"""
+"""metrics 测试：在真实 Prometheus 上核对业务与引擎指标、仪表盘查询、告警规则与一个作业的整条日志。
+
+与 e2e 层共用集群与引擎（见 conftest）；文件名排在 test_real_engine 之前，先于其余 e2e 测试运行。
+"""
 
 from __future__ import annotations
 
@@ -15,11 +18,19 @@ import pytest
 
 from cluster import local_prometheus
 from serve_app.core.settings import PROJECT_ROOT
-from tests.metrics.conftest import APP, MAX_ACTIVE, MetricsStack
+from tests.e2e.conftest import (
+    INTERNAL_APP,
+    METRICS_APP,
+    METRICS_MAX_ACTIVE,
+    E2EStack,
+    MetricsStack,
+)
 from tests.support.process_freeze import frozen_descendants
 
+pytestmark = pytest.mark.metrics
+
 WAIT_S = 120
-SCOPE = f'application="{APP}"'
+SCOPE = f'application="{METRICS_APP}"'
 DASHBOARD = PROJECT_ROOT / "cluster" / "grafana" / "dashboards" / "reports.json"
 RULES_DIR = PROJECT_ROOT / "cluster" / "prometheus"
 
@@ -75,8 +86,8 @@ def driven(metrics_stack: MetricsStack) -> dict[str, str]:
     expected[_accepted(stack, "sales_weekly", SALES)] = "succeeded"
     _wait(lambda: _all_ended(stack, expected), "第 4 个作业没有结束")
     # 冻住引擎：3 个作业都停在 generating，占满名额；第 4 个 429；取消其中一个
-    with frozen_descendants(stack.llm_replica_pid()):
-        held = [_accepted(stack, "sales_weekly", SALES) for _ in range(MAX_ACTIVE)]
+    with frozen_descendants(stack.engine_pid):
+        held = [_accepted(stack, "sales_weekly", SALES) for _ in range(METRICS_MAX_ACTIVE)]
         _wait(
             lambda: all(_status(stack, t) == "generating" for t in held),
             "冻住引擎后 3 个作业没有都进入 generating",
@@ -145,9 +156,29 @@ def test_gauges_return_to_zero(
         _eventually_equal(metrics_stack, f"max({gauge}{{{SCOPE}}})", 0)
 
 
+@pytest.fixture(scope="module")
+def internal_job(e2e_stack: E2EStack) -> str:
+    """集群内 LLMServer 的应用上一份报告（引擎指标与整条日志来自它）；返回其 trace_id。"""
+    body = {
+        "report_type": "sales_weekly",
+        "inputs": SALES,
+        "length": "short",
+        "callback_url": e2e_stack.receiver.url,
+    }
+    response = httpx.post(e2e_stack.internal_url + "/v1/reports", json=body, timeout=30)
+    assert response.status_code == 202, response.text
+    trace_id: str = response.json()["trace_id"]
+    callback = _wait(
+        lambda: e2e_stack.receiver.delivered().get(trace_id), f"{trace_id} 没有收到回调", 300
+    )
+    assert callback is not None and callback.body["status"] == "succeeded", callback
+    return trace_id
+
+
 def test_engine_metrics_are_scraped_beside_ours(
     metrics_stack: MetricsStack,
     driven: dict[str, str],  # noqa: ARG001 - 先驱动作业
+    internal_job: str,  # noqa: ARG001 - 集群内引擎先生成过
 ) -> None:
     stack = metrics_stack
     names = _wait(
@@ -245,24 +276,24 @@ def _stage_of(path: Path, text: str) -> str | None:
     """日志文件属于哪一站：Serve 的副本 / 代理日志按文件名，worker 的输出按其中的 actor 名。"""
     name = path.name
     for stage in ("ReportIngress", "TemplateRenderer", "CallbackSender", "Ledger", "LLMServer"):
-        if name.startswith(f"replica_{APP}_{stage}"):
+        if name.startswith(f"replica_{INTERNAL_APP}_{stage}"):
             return stage
     if name.startswith("proxy_"):
         return "proxy"
     if name.startswith("worker-"):
         actors = _ACTOR.findall(text)
         for stage in ("ReportIngress", "TemplateRenderer", "CallbackSender", "Ledger", "LLMServer"):
-            # 如 ServeReplica:reports-metrics:LLMServer:report-llm
+            # 如 ServeReplica:reports-e2e:LLMServer:report-llm
             if any(stage in actor.split(":") for actor in actors):
                 return stage
     return None
 
 
 def test_one_trace_id_is_found_in_every_stage_of_rays_logs(
-    metrics_stack: MetricsStack, driven: dict[str, str]
+    metrics_stack: MetricsStack, internal_job: str
 ) -> None:
     """Ray 的日志目录里按一个 trace_id 搜：代理与每个副本（入口、渲染、LLM、回调、账本）都有它。"""
-    trace_id = next(t for t, status in driven.items() if status == "succeeded")
+    trace_id = internal_job
     logs = metrics_stack.session_dir / "logs"
 
     def stages() -> set[str]:
