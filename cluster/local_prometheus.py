@@ -22,16 +22,14 @@ from pathlib import Path
 
 import yaml
 
+from cluster.debian_packages import PackageMissing, install
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 ALERTS = REPO_ROOT / "cluster" / "prometheus" / "alerts.yml"
 RUN_DIR = REPO_ROOT / ".run" / "prometheus"
 PID_FILE = RUN_DIR / "prometheus.pid"
 DEFAULT_DISCOVERY = Path("/tmp/ray/prom_metrics_service_discovery.json")
 DEFAULT_PORT = 9090
-
-
-class PrometheusMissing(RuntimeError):
-    """本机没有 prometheus 且装不上。"""
 
 
 def _say(message: str) -> None:
@@ -44,25 +42,11 @@ def binaries() -> tuple[Path, Path]:
     found = shutil.which("prometheus"), shutil.which("promtool")
     if found[0] and found[1]:
         return Path(found[0]), Path(found[1])
-    if os.geteuid() != 0 or shutil.which("apt-get") is None:
-        raise PrometheusMissing(
-            "没有 prometheus / promtool：请先安装 Debian 的 prometheus 包"
-            "（sudo apt-get install -y prometheus），再重试"
-        )
     _say("安装 Debian 的 prometheus 包（apt-get）……")
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    for command in (
-        ["apt-get", "update", "-q"],
-        ["apt-get", "install", "-y", "-q", "--no-install-recommends", "prometheus"],
-    ):
-        result = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
-        if result.returncode != 0:
-            raise PrometheusMissing(
-                f"安装 prometheus 失败（{' '.join(command)}）：{result.stderr.strip()[-2000:]}"
-            )
+    install("prometheus", "没有 prometheus / promtool")
     found = shutil.which("prometheus"), shutil.which("promtool")
     if not (found[0] and found[1]):
-        raise PrometheusMissing("装了 prometheus 包仍找不到 prometheus / promtool")
+        raise PackageMissing("装了 prometheus 包仍找不到 prometheus / promtool")
     return Path(found[0]), Path(found[1])
 
 
@@ -194,7 +178,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return start(args.port, args.discovery_file) if args.action == "start" else stop()
-    except PrometheusMissing as exc:
+    except PackageMissing as exc:
         _say(str(exc))
         return 1
 

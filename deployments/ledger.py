@@ -128,7 +128,7 @@ class Ledger:
 
     async def check_health(self) -> None:
         """能打开数据库并查询即健康。"""
-        await self._store.ping()  # type: ignore[attr-defined]  # 两种存储都有 ping
+        await self._store.ping()
 
     async def __del__(self) -> None:
         await self._store.close()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -22,6 +24,28 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         tier = relative.parts[0] if len(relative.parts) > 1 else None
         if tier in _TIERS:
             item.add_marker(getattr(pytest.mark, tier))
+
+
+_exit_status: list[int] = []
+
+
+def pytest_sessionfinish(exitstatus: int) -> None:
+    """记下本次测试的结论（pytest_unconfigure 里按它退出）。"""
+    _exit_status.append(int(exitstatus))
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_unconfigure() -> None:
+    """报告全部写完后直接以测试结论退出，跳过解释器的收尾。
+
+    同一进程里先后起停过多次 Ray、导入过 torch / vLLM：解释器收尾时它们的原生线程偶尔段错误
+    （所有测试都已通过、汇总已打印之后），退出码会变成 139，让通过的一次运行显示为失败。
+    Ray、vLLM、服务器等进程都已由各自的夹具经 PID / 句柄关掉，这里不再有要收尾的东西。
+    """
+    if _exit_status:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(_exit_status[-1])
 
 
 @pytest.fixture(scope="session")

@@ -115,5 +115,9 @@ class LedgerClient:
         """见 JobStore.counts。"""
         return cast(LedgerCounts, await self._call("counts"))
 
+    async def ping(self) -> None:
+        """见 JobStore.ping：Ledger 副本的健康检查。"""
+        await self._call("check_health")
+
     async def close(self) -> None:
         """句柄由 Serve 管理，无需释放。"""

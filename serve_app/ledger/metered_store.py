@@ -97,6 +97,10 @@ class MeteredJobStore:
         """见 JobStore.counts。"""
         return await self._timed("counts", self.inner.counts())
 
+    async def ping(self) -> None:
+        """见 JobStore.ping（健康检查，不计时）。"""
+        await self.inner.ping()
+
     async def close(self) -> None:
         """关闭被包装的存储。"""
         await self.inner.close()

@@ -116,6 +116,10 @@ class JobStore(Protocol):
         """当前的作业总数（走索引，周期性调用）。"""
         ...
 
+    async def ping(self) -> None:
+        """能连上并执行一条查询即返回，否则抛出异常（健康检查用）。"""
+        ...
+
     async def close(self) -> None:
         """关闭连接。"""
         ...

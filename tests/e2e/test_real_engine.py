@@ -258,3 +258,24 @@ def test_cancel_in_cluster_llmserver(e2e_stack: E2EStack) -> None:
     # 恢复后引擎照常工作：再提交一份短报告能生成完
     [trace_id] = _submit_long(stack, stack.internal_url, 1, length="short")
     assert _wait_callbacks(stack, {trace_id})[trace_id].body["status"] == "succeeded"
+
+
+def test_engine_error_from_llmserver_fails_the_job_without_retry(e2e_stack: E2EStack) -> None:
+    """提示词超出集群内引擎的上下文：vLLM 答错误体（4xx），LLM 副本把它转成 EngineFailure，
+    作业以 llm_error 失败回调结束（不是可重试的错误，不会一直重试到超时）。"""
+    stack = e2e_stack
+    # 8000 字的数据 + long 篇幅（1536 个 token）超出 4096 的上下文
+    sales_data = "".join(f"第{i}天销售额{i * 7 % 97}万元；" for i in range(700))[:8000]
+    body = {
+        "report_type": "sales_weekly",
+        "inputs": {"period": "W47", "region": "华东", "sales_data": sales_data},
+        "length": "long",
+        "callback_url": stack.receiver.url,
+    }
+    response = httpx.post(stack.internal_url + "/v1/reports", json=body, timeout=30)
+    assert response.status_code == 202, response.text
+    trace_id = response.json()["trace_id"]
+    callback = _wait_callbacks(stack, {trace_id})[trace_id].body
+    assert callback["status"] == "failed", callback
+    assert callback["error"]["code"] == "llm_error", callback["error"]
+    assert "引擎错误 4" in callback["error"]["message"], callback["error"]

@@ -1,37 +1,29 @@
-"""集成测试用的假 LLMServer 部署：与 Ray Serve LLM 的 `chat`/`check_health` 同接口，
-`generate_report` 与真实的 ReportLLMServer 走同一段转换（deployments/llm.generate_via_chat）。
+"""集成测试用的假 LLM 部署：与 ReportLLMServer 的 `generate_report`/`check_health` 同接口。
 
-按用户消息里的指令注入故障（真实引擎由 e2e 层证明）：
-- `[[error:<code>]]`：产出 ErrorResponse（code ≥ 500 视为可重试）；
+按用户消息里的指令注入故障（真实引擎与 vLLM 协议对象的转换由 e2e 层证明）：
+- `[[error:<code>]]`：答 EngineFailure（code ≥ 500 视为可重试）；
 - `[[sleep:<秒>]]`：先等待再回答（制造超时、在途作业）；等待中被取消会计数；
 - 其余：回显 request_id 与 max_tokens，便于断言 trace_id 跨句柄传递。
+不导入 vLLM：假引擎副本（以及整体重启时）几秒内就绪。
 """
 
 from __future__ import annotations
 
 import asyncio
 import re
-import time
-from collections.abc import AsyncIterator
-from typing import Any
 
 from ray import serve
 from ray.serve.deployment import Deployment
-from ray.serve.llm.openai_api_models import (
-    ChatCompletionRequest,
-    ChatCompletionResponse,
-    ErrorResponse,
-)
 
-from deployments.handles.serve_llm import EngineReply, EngineRequest
-from deployments.llm import generate_via_chat
+from deployments.handles.serve_llm import EngineFailure, EngineReply, EngineRequest
+from serve_app.models.reports import Completion, Usage
 
 _ERROR = re.compile(r"\[\[error:(\d+)\]\]")
 _SLEEP = re.compile(r"\[\[sleep:([\d.]+)\]\]")
 
 
 class FakeLLMServer:
-    """不加载模型的 LLMServer 替身。"""
+    """不加载模型的 LLM 副本替身。"""
 
     def __init__(self, model_id: str) -> None:
         self._model_id = model_id
@@ -39,14 +31,7 @@ class FakeLLMServer:
         self.cancelled = 0
 
     async def generate_report(self, request: EngineRequest) -> EngineReply:
-        """与 ReportLLMServer 相同：经 chat 生成并转换。"""
-        return await generate_via_chat(self.chat, request)
-
-    async def chat(self, request: ChatCompletionRequest) -> AsyncIterator[Any]:
-        """与 LLMServer.chat 一样：协程返回异步生成器，非流式请求只产出一个结果。"""
-        return self._chat(request)
-
-    async def _chat(self, request: ChatCompletionRequest) -> AsyncIterator[Any]:
+        """与 ReportLLMServer.generate_report 同接口。"""
         self.calls += 1
         user = str(request.messages[-1]["content"])
         if match := _SLEEP.search(user):
@@ -57,25 +42,12 @@ class FakeLLMServer:
                 self.cancelled += 1
                 raise
         if match := _ERROR.search(user):
-            code = int(match.group(1))
-            yield ErrorResponse(
-                error={"message": "注入的引擎错误", "type": "InjectedError", "code": code}
-            )
-            return
-        content = f"request_id={request.request_id} max_tokens={request.max_tokens}"
-        yield ChatCompletionResponse(
-            id=f"chatcmpl-{request.request_id}",
-            object="chat.completion",
-            created=int(time.time()),
+            return EngineFailure(code=int(match.group(1)), message="注入的引擎错误")
+        return Completion(
+            content=f"request_id={request.request_id} max_tokens={request.max_tokens}",
             model=self._model_id,
-            choices=[
-                {
-                    "index": 0,
-                    "message": {"role": "assistant", "content": content},
-                    "finish_reason": "stop",
-                }
-            ],
-            usage={"prompt_tokens": 11, "completion_tokens": 7, "total_tokens": 18},
+            finish_reason="stop",
+            usage=Usage(prompt_tokens=11, completion_tokens=7),
         )
 
     async def get_calls(self) -> int:

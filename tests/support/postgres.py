@@ -17,6 +17,7 @@ from pathlib import Path
 
 import psycopg
 
+from cluster.debian_packages import install
 from cluster.ports import free_port
 from tests.support.waiting import wait_until
 
@@ -27,28 +28,11 @@ def postgres_bindir() -> Path:
     """Debian 的 Postgres 程序目录（/usr/lib/postgresql/<版本>/bin）；没有就安装。"""
     found = sorted(glob("/usr/lib/postgresql/*/bin/initdb"))
     if not found:
-        _install()
+        install("postgresql", "测试要用真实的 Postgres")
         found = sorted(glob("/usr/lib/postgresql/*/bin/initdb"))
     if not found:
         raise RuntimeError("装了 postgresql 包仍找不到 /usr/lib/postgresql/*/bin/initdb")
     return Path(found[-1]).parent
-
-
-def _install() -> None:
-    if os.geteuid() != 0:
-        raise RuntimeError(
-            "测试要用真实的 Postgres：请先安装 Debian 的 postgresql 包"
-            "（sudo apt-get install -y postgresql），或以 root 运行让测试自行安装"
-        )
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    for command in (
-        ["apt-get", "update", "-q"],
-        ["apt-get", "install", "-y", "-q", "--no-install-recommends", "postgresql"],
-    ):
-        result = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
-        if result.returncode != 0:
-            joined = " ".join(command)
-            raise RuntimeError(f"安装 postgresql 失败（{joined}）：{result.stderr[-2000:]}")
 
 
 class PostgresServer:
