@@ -10,6 +10,7 @@ import re
 import subprocess
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -208,15 +209,16 @@ def test_every_dashboard_panel_query_runs(
     driven: dict[str, str],  # noqa: ARG001 - 先驱动作业
 ) -> None:
     """Grafana 会代入的变量换成具体值后，每个面板查询在真实 Prometheus 上都能执行且有数据。"""
-    empty = []
+    # 空闲时本来就没有数据的：出错次数、从账本领取、LLM 排队、vLLM 在跑 / 等待的请求（引擎空闲时
+    # 不再更新这两个仪表）：只要求能执行。其余面板在驱动过作业之后都应有数据——逐个等一会儿：
+    # Ray 的指标端点偶尔有一次抓取缺了某个仪表（Prometheus 随即把它标为过时），下一次抓取就回来
+    idle = ('outcome="error"', "recovered", "LLMServer", "ray_vllm_num_requests_")
     for expr in _panel_queries():
         concrete = expr.replace("$application", ".*").replace("$__rate_interval", "5m")
-        if not metrics_stack.query(concrete):
-            empty.append(concrete)
-    # 空闲时本来就没有数据的：出错次数、从账本领取、LLM 排队、vLLM 在跑 / 等待的请求（引擎空闲时
-    # 不再更新这两个仪表）；其余面板在驱动过作业之后都应有数据
-    idle = ('outcome="error"', "recovered", "LLMServer", "ray_vllm_num_requests_")
-    assert all(any(mark in q for mark in idle) for q in empty), empty
+        if any(mark in concrete for mark in idle):
+            metrics_stack.query(concrete)
+        else:
+            _wait(partial(metrics_stack.query, concrete), f"面板查询没有数据：{concrete}", 30)
 
 
 def test_alert_rules_load_and_evaluate_on_the_real_prometheus(
