@@ -252,23 +252,18 @@ def test_alert_rules_load_and_evaluate_on_the_real_prometheus(
     assert all(r["state"] == "inactive" for r in loaded), [(r["name"], r["state"]) for r in loaded]
 
 
-def test_promtool_checks_and_unit_tests_the_alert_rules() -> None:
+def _promtool(*args: str) -> subprocess.CompletedProcess[str]:
+    """在规则目录里跑一次 promtool。"""
     _, promtool = local_prometheus.binaries()
-    check = subprocess.run(
-        [str(promtool), "check", "rules", "alerts.yml"],
-        cwd=RULES_DIR,
-        capture_output=True,
-        text=True,
-        check=False,
+    return subprocess.run(
+        [str(promtool), *args], cwd=RULES_DIR, capture_output=True, text=True, check=False
     )
+
+
+def test_promtool_checks_and_unit_tests_the_alert_rules() -> None:
+    check = _promtool("check", "rules", "alerts.yml")
     assert check.returncode == 0, check.stdout + check.stderr
-    unit = subprocess.run(
-        [str(promtool), "test", "rules", "alerts.test.yml"],
-        cwd=RULES_DIR,
-        capture_output=True,
-        text=True,
-        check=False,
-    )
+    unit = _promtool("test", "rules", "alerts.test.yml")
     assert unit.returncode == 0 and "SUCCESS" in unit.stdout, unit.stdout + unit.stderr
 
 
