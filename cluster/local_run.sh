@@ -4,7 +4,7 @@
 #          → cluster/deploy.sh serve_config.cpu.yaml → 等 /readyz
 #   deploy：把（改过的）SERVE_CONFIG 再 serve deploy 到运行中的集群：只改副本数、扩缩、
 #          max_ongoing_requests 等选项时 Serve 就地更新，不重启副本、不丢在途作业
-#   stop ：serve shutdown（优雅：等在途请求）→ 向自己记录的 head 进程发 SIGTERM（Ray 自行排空关闭）
+#   stop ：serve shutdown（优雅：等在途请求）→ 向自己记录的 head 进程发 SIGTERM（Ray 关闭本节点进程）
 #          → 超时再对该进程组 SIGKILL。只动自己记录的 PID，不按进程名批量杀。
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -26,6 +26,8 @@ export READY_URL=http://$HOST:$PORT/readyz
 export DEPLOY_TIMEOUT_S=${READY_TIMEOUT_S:-900}
 # dashboard 的 Metrics 页与 Serve 图表从这个 Prometheus 取数（make metrics 起它）
 export RAY_PROMETHEUS_HOST=${RAY_PROMETHEUS_HOST:-http://$HOST:${METRICS_PORT:-9090}}
+# 单节点：stop 已先 serve shutdown（等在途请求），head 收到 SIGTERM 后不必再排空（无处可迁，默认白等 30 秒）
+export RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S=${RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S:-0}
 
 head_alive() { [[ -f $PID_FILE ]] && kill -0 "$(cat "$PID_FILE")" 2>/dev/null; }
 port_busy() { (exec 3<>"/dev/tcp/$HOST/$1") 2>/dev/null; }

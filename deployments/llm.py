@@ -2,9 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
+# 初始化回调基类：LLMConfig.callback_config 按路径加载它的子类（ray.serve.llm 没有再导出）
+from ray.llm._internal.common.callbacks.base import CallbackBase
+
+# 校验后的 LLMConfig.model_loading_config 是这个内部类（不是 ray.serve.llm 的公开子类）
+from ray.llm._internal.serve.core.configs.llm_config import ModelLoadingConfig
 from ray.serve.deployment import Application
 from ray.serve.llm import LLMConfig, LLMServer, build_llm_deployment
 from ray.serve.llm.openai_api_models import (
@@ -65,6 +73,25 @@ async def generate_via_chat(chat: ChatMethod, request: EngineRequest) -> EngineR
     return EngineFailure(code=500, message="LLMServer 没有返回任何结果")
 
 
+logger = logging.getLogger(__name__)
+
+
+class LocalModelCallback(CallbackBase):
+    """模型来源是本节点上的目录时，跳过 Ray Serve LLM 的“各节点下载模型”任务。
+
+    那个任务在引擎 placement group 的每个节点上另起一个 Ray worker 进程（导入 torch/transformers，
+    2 核上约 50 秒）；来源不是 s3:// / gs:// 时它什么也不下载，只原样返回路径。
+    来源是模型名或云存储路径时照常运行。
+    """
+
+    async def on_before_node_init(self) -> None:
+        loading = self.llm_config.model_loading_config
+        source = loading.model_source if isinstance(loading, ModelLoadingConfig) else None
+        if isinstance(source, str) and await asyncio.to_thread(Path(source).is_dir):
+            self.ctx.run_init_node = False
+            logger.info("模型来源是本机目录 %s：跳过各节点的下载任务", source)
+
+
 class ReportLLMServer(LLMServer):
     """Ray Serve LLM 的 LLMServer，加一个收发本项目轻量模型的 `generate_report`。"""
 
@@ -102,6 +129,7 @@ def build_llm_config(engine: EngineSettings) -> LLMConfig:
         deployment_config=deployment_config,
         # 流水线发的是非流式请求；流式批处理的 50ms 定时器对它无益
         experimental_configs={"stream_batching_interval_ms": 0},
+        callback_config={"callback_class": f"{__name__}.{LocalModelCallback.__qualname__}"},
     )
 
 

@@ -49,6 +49,7 @@ class E2EStack:
     external_base_url: str
     internal_url: str
     external_url: str
+    metrics_app_url: str
     external_model: str
     external_metrics_url: str
     external_pid: int
@@ -98,7 +99,7 @@ def serve_cluster() -> Iterator[ServeCluster]:
 def e2e_stack(
     serve_cluster: ServeCluster, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[E2EStack]:
-    """生成小模型，启动外部 vLLM 服务，并部署两个模式的应用。"""
+    """生成小模型，启动外部 vLLM 服务，并一次部署集群内、外部两个模式与指标用的三个应用。"""
     workdir = tmp_path_factory.mktemp("e2e")
     model_dir = build_tiny_model(workdir / "tiny-model")
     # 上下文与集群内引擎相同（4096），最长的报告（2048 个 token）也放得下
@@ -112,7 +113,7 @@ def e2e_stack(
         # 外部引擎的进程压过集群里所有副本，入口、账本、回调整段停住
         niceness=RAY_WORKER_NICENESS,
     )
-    # 外部服务先起，与 LLMServer 的部署并行加载
+    # 外部服务先起；三个应用一次部署（副本并行启动），与外部服务的加载重叠
     external.start()
     try:
         with CallbackReceiver() as receiver:
@@ -125,40 +126,62 @@ def e2e_stack(
             }
             # 每个应用一个临时账本（不碰仓库里 make run 的 .run/ledger.sqlite3）
             args["jobs"] = {"ledger_path": str(workdir / "ledger-e2e.sqlite3")}
-            serve.run(build_app(args), name=INTERNAL_APP, route_prefix="/e2e")
-            external.wait_ready(DEPLOY_TIMEOUT_S)
-            serve.run(
-                build_app(
-                    {
-                        "llm_mode": "external",
-                        "vllm_api_url": external.base_url,
-                        "external": {"model": external.served_name},
-                        "auth_required": False,
-                        "callback_allow_loopback": True,
-                        "jobs": {"ledger_path": str(workdir / "ledger-ext.sqlite3")},
-                    }
-                ),
-                name="reports-ext",
-                route_prefix="/ext",
+            external_args: dict[str, Any] = {
+                "llm_mode": "external",
+                "vllm_api_url": external.base_url,
+                "external": {"model": external.served_name},
+                "auth_required": False,
+                "callback_allow_loopback": True,
+            }
+            serve.run_many(
+                [
+                    serve.RunTarget(build_app(args), name=INTERNAL_APP, route_prefix="/e2e"),
+                    serve.RunTarget(
+                        build_app(
+                            external_args
+                            | {"jobs": {"ledger_path": str(workdir / "ledger-ext.sqlite3")}}
+                        ),
+                        name="reports-ext",
+                        route_prefix="/ext",
+                    ),
+                    # metrics 测试用的应用：模板里有渲染失败的类型，每个作业最多同时 3 个，每秒扫描
+                    serve.RunTarget(
+                        build_app(
+                            external_args
+                            | {
+                                "templates_path": str(TEMPLATES),
+                                "jobs": {
+                                    "ledger_path": str(workdir / "ledger-metrics.sqlite3"),
+                                    "max_active_jobs": METRICS_MAX_ACTIVE,
+                                    "sweep_interval_s": 1,
+                                },
+                            }
+                        ),
+                        name=METRICS_APP,
+                        route_prefix="/m",
+                    ),
+                ]
             )
+            external.wait_ready(DEPLOY_TIMEOUT_S)
             stack = E2EStack(
                 workdir=workdir,
                 external_base_url=external.base_url,
                 internal_url=serve_cluster.base_url + "/e2e",
                 external_url=serve_cluster.base_url + "/ext",
+                metrics_app_url=serve_cluster.base_url + "/m",
                 external_model=external.served_name,
                 external_metrics_url=external.base_url.removesuffix("/v1") + "/metrics",
                 external_pid=external.pid,
                 external_log=external.log_path,
                 receiver=receiver,
             )
-            wait_http_ok(stack.internal_url + "/readyz", DEPLOY_TIMEOUT_S)
-            wait_http_ok(stack.external_url + "/readyz", DEPLOY_TIMEOUT_S)
+            for url in (stack.internal_url, stack.external_url, stack.metrics_app_url):
+                wait_http_ok(url + "/readyz", DEPLOY_TIMEOUT_S)
             try:
                 yield stack
             finally:
-                serve.delete("reports-ext")
-                serve.delete(INTERNAL_APP)
+                for app in (METRICS_APP, "reports-ext", INTERNAL_APP):
+                    serve.delete(app)
     finally:
         external.stop()
 
@@ -209,8 +232,8 @@ def _wait_discovery(session_dir: Path, timeout_s: float = 60) -> Path:
 
 
 @pytest.fixture(scope="package")
-def metrics_stack(serve_cluster: ServeCluster, e2e_stack: E2EStack) -> Iterator[MetricsStack]:
-    """起 Prometheus 抓本集群，部署指标用的应用（外部模式，接本层的外部 vLLM）。"""
+def metrics_stack(e2e_stack: E2EStack) -> Iterator[MetricsStack]:
+    """起 Prometheus 抓本集群；指标用的应用（外部模式，接本层的外部 vLLM）已随 e2e_stack 部署。"""
     workdir = e2e_stack.workdir
     node = ray._private.worker.global_worker.node
     assert node is not None, "Ray 未初始化"
@@ -224,31 +247,12 @@ def metrics_stack(serve_cluster: ServeCluster, e2e_stack: E2EStack) -> Iterator[
     )
     try:
         with CallbackReceiver() as receiver:
-            args = {
-                "llm_mode": "external",
-                "vllm_api_url": e2e_stack.external_base_url,
-                "external": {"model": e2e_stack.external_model},
-                "auth_required": False,
-                "callback_allow_loopback": True,
-                "templates_path": str(TEMPLATES),
-                "jobs": {
-                    "ledger_path": str(workdir / "ledger-metrics.sqlite3"),
-                    "max_active_jobs": METRICS_MAX_ACTIVE,
-                    "sweep_interval_s": 1,
-                },
-            }
-            serve.run(build_app(args), name=METRICS_APP, route_prefix="/m")
-            app_url = serve_cluster.base_url + "/m"
-            try:
-                wait_http_ok(app_url + "/readyz", DEPLOY_TIMEOUT_S)
-                yield MetricsStack(
-                    app_url=app_url,
-                    prometheus_url=f"http://127.0.0.1:{port}",
-                    receiver=receiver,
-                    session_dir=session_dir,
-                    engine_pid=e2e_stack.external_pid,
-                )
-            finally:
-                serve.delete(METRICS_APP)
+            yield MetricsStack(
+                app_url=e2e_stack.metrics_app_url,
+                prometheus_url=f"http://127.0.0.1:{port}",
+                receiver=receiver,
+                session_dir=session_dir,
+                engine_pid=e2e_stack.external_pid,
+            )
     finally:
         local_prometheus.stop_process(prometheus.pid)
