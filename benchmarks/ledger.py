@@ -1,7 +1,7 @@
 """基准：账本单独能承受的作业吞吐，SQLite（组提交）与 Postgres（真实服务器）在同一次运行里并排。
 
     python -m benchmarks.ledger [--jobs 2000] [--concurrency 64] [--store sqlite postgres]
-                                [--postgres-url postgresql://…]
+                                [--postgres-url postgresql://…] [--pg-processes 1 2]
 
 每个作业：admit → advance(rendering) → advance(generating) → finish → record_delivery，
 与真实流水线对账本的写入相同（续租与扫描另计）。打印 jobs/s 与 admit 的 p50/p99 延迟，
@@ -9,6 +9,10 @@
 （Debian 的 postgresql 包，数据目录在临时目录，只听 127.0.0.1，fsync 与 synchronous_commit
 都是默认的开），
 也可用 --postgres-url 指向已有的库（会在里面建表）。
+
+`--pg-processes 1 2`：Postgres 另按 N 个客户端进程各测一次（每个进程一个连接池、一个事件循环，
+就像 N 个入口副本同时写一个库；作业与并发平分，N 个进程在同一时刻开始）。
+SQLite 账本只能有一个写者，不测多进程。
 """
 
 from __future__ import annotations
@@ -16,12 +20,15 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import multiprocessing
 import statistics
 import sys
 import tempfile
 import time
 from datetime import UTC, datetime
+from multiprocessing.synchronize import Barrier
 from pathlib import Path
+from typing import Any
 
 from serve_app.core.settings import PROJECT_ROOT, JobPolicy
 from serve_app.ledger.postgres_store import PostgresJobStore
@@ -47,9 +54,9 @@ REPORT = Completion(
 )
 
 
-async def _one(store: JobStore, index: int, admit_ms: list[float]) -> None:
+async def _one(store: JobStore, index: int, admit_ms: list[float], prefix: str = "bench") -> None:
     job = ReportJob(
-        trace_id=f"bench-{index}",
+        trace_id=f"{prefix}-{index}",
         report_type="sales_weekly",
         inputs={"period": "本周", "region": "华东", "sales_data": "销售额 320 万元" * 20},
         length="short",
@@ -65,19 +72,24 @@ async def _one(store: JobStore, index: int, admit_ms: list[float]) -> None:
     await store.record_delivery(job.trace_id, OWNER, DELIVERED)
 
 
-async def _run(store: JobStore, jobs: int, concurrency: int) -> dict[str, float]:
+async def _drive(
+    store: JobStore, jobs: int, concurrency: int, prefix: str, barrier: Barrier | None
+) -> dict[str, Any]:
+    """跑 jobs 个完整生命周期；返回起止时刻（墙钟）与 admit 延迟。barrier：多进程时一起开始。"""
     gate = asyncio.Semaphore(concurrency)
     admit_ms: list[float] = []
 
     async def gated(index: int) -> None:
         async with gate:
-            await _one(store, index, admit_ms)
+            await _one(store, index, admit_ms, prefix)
 
     try:
-        await _one(store, -1, [])  # 打开连接、建表，不计时
-        started = time.perf_counter()
+        await _one(store, -1, [], prefix)  # 打开连接、建表，不计时
+        if barrier is not None:
+            await asyncio.to_thread(barrier.wait, 120)
+        began = time.time()
         await asyncio.gather(*(gated(i) for i in range(jobs)))
-        seconds = time.perf_counter() - started
+        ended = time.time()
         extra: dict[str, float] = {}
         if isinstance(store, SqliteJobStore):
             # 组提交：平均每个事务（一次 fsync）合并的操作数
@@ -85,10 +97,21 @@ async def _run(store: JobStore, jobs: int, concurrency: int) -> dict[str, float]
             extra = {"commits": batches, "ops_per_commit": units / max(batches, 1)}
     finally:
         await store.close()
+    return {"began": began, "ended": ended, "admit_ms": admit_ms, **extra}
+
+
+def _summary(
+    runs: list[dict[str, Any]], jobs: int, concurrency: int, processes: int
+) -> dict[str, float]:
+    """合并各进程的结果：吞吐按最早开始到最晚结束算。"""
+    seconds = max(r["ended"] for r in runs) - min(r["began"] for r in runs)
+    admit_ms = [ms for r in runs for ms in r["admit_ms"]]
     quantiles = statistics.quantiles(admit_ms, n=100)
+    extra = {k: v for r in runs for k, v in r.items() if k in ("commits", "ops_per_commit")}
     return {
         "jobs": jobs,
         "concurrency": concurrency,
+        "processes": processes,
         "seconds": seconds,
         "jobs_per_s": jobs / seconds,
         "admit_p50_ms": quantiles[49],
@@ -97,23 +120,67 @@ async def _run(store: JobStore, jobs: int, concurrency: int) -> dict[str, float]
     }
 
 
-async def _bench(kind: str, args: argparse.Namespace, tmp: Path) -> dict[str, float]:
-    policy = JobPolicy(max_active_jobs=args.jobs + 2)
-    if kind == "sqlite":
-        return await _run(
-            SqliteJobStore(tmp / "ledger.sqlite3", policy), args.jobs, args.concurrency
-        )
-    if args.postgres_url:
-        store = PostgresJobStore(args.postgres_url, policy, pool_size=args.pool_size)
-        return await _run(store, args.jobs, args.concurrency)
-    from tests.support.postgres import PostgresServer  # 只在本机临时起服务器时需要
+def _pg_process(
+    url: str,
+    pool_size: int,
+    jobs: int,
+    concurrency: int,
+    prefix: str,
+    barrier: Barrier,
+    results: multiprocessing.Queue[dict[str, Any]],
+) -> None:
+    """多进程时的一个客户端进程：自己的连接池与事件循环。"""
+    store = PostgresJobStore(url, JobPolicy(max_active_jobs=jobs + 2), pool_size=pool_size)
+    results.put(asyncio.run(_drive(store, jobs, concurrency, prefix, barrier)))
 
-    server = PostgresServer().start()
+
+def _pg_processes(url: str, args: argparse.Namespace, processes: int) -> dict[str, float]:
+    """N 个客户端进程同时写一个库（spawn：子进程不继承父进程的事件循环与连接）。"""
+    context = multiprocessing.get_context("spawn")
+    barrier = context.Barrier(processes)
+    results: multiprocessing.Queue[dict[str, Any]] = context.Queue()
+    workers = [
+        context.Process(
+            target=_pg_process,
+            args=(
+                url,
+                max(args.pool_size // processes, 2),
+                args.jobs // processes,
+                max(args.concurrency // processes, 1),
+                f"bench-p{processes}-{index}",
+                barrier,
+                results,
+            ),
+        )
+        for index in range(processes)
+    ]
+    for worker in workers:
+        worker.start()
+    runs = [results.get(timeout=600) for _ in workers]
+    for worker in workers:
+        worker.join(timeout=60)
+    return _summary(runs, args.jobs // processes * processes, args.concurrency, processes)
+
+
+def _bench(kind: str, args: argparse.Namespace, tmp: Path) -> dict[str, dict[str, float]]:
+    """一种存储的结果：SQLite 一行；Postgres 按 --pg-processes 每个进程数一行。"""
+    if kind == "sqlite":
+        store = SqliteJobStore(tmp / "ledger.sqlite3", JobPolicy(max_active_jobs=args.jobs + 2))
+        run = asyncio.run(_drive(store, args.jobs, args.concurrency, "bench", None))
+        return {"sqlite": _summary([run], args.jobs, args.concurrency, 1)}
+    server = None
+    if args.postgres_url:
+        url = args.postgres_url
+    else:
+        from tests.support.postgres import PostgresServer  # 只在本机临时起服务器时需要
+
+        server = PostgresServer().start()
+        url = server.create_database()
     try:
-        store = PostgresJobStore(server.create_database(), policy, pool_size=args.pool_size)
-        return await _run(store, args.jobs, args.concurrency)
+        return {f"postgres×{n}": _pg_processes(url, args, n) for n in args.pg_processes}
     finally:
-        server.cleanup()
+        if server is not None:
+            server.cleanup()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -125,20 +192,30 @@ def main(argv: list[str] | None = None) -> int:
         "--store", nargs="+", choices=["sqlite", "postgres"], default=["sqlite", "postgres"]
     )
     parser.add_argument("--postgres-url", help="用已有的 Postgres（默认在本机临时起一个）")
-    parser.add_argument("--pool-size", type=int, default=20, help="Postgres 连接池大小")
+    parser.add_argument(
+        "--pool-size", type=int, default=20, help="Postgres 连接池大小（各进程平分）"
+    )
+    parser.add_argument(
+        "--pg-processes",
+        type=int,
+        nargs="+",
+        default=[1, 2],
+        help="Postgres 的客户端进程数（每个各测一次）",
+    )
     args = parser.parse_args(argv)
     results: dict[str, dict[str, float]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         for kind in args.store:
-            results[kind] = asyncio.run(_bench(kind, args, Path(tmp)))
+            results |= _bench(kind, args, Path(tmp))
     out_dir = PROJECT_ROOT / ".run" / "bench"
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / f"ledger-{datetime.now(UTC):%Y%m%dT%H%M%S}.json"
     path.write_text(json.dumps({"when": datetime.now(UTC).isoformat(), **results}, indent=2))
     for kind, result in results.items():
         sys.stdout.write(
-            f"{kind:8s} 账本：{result['jobs_per_s']:.0f} 个作业/秒"
-            f"（完整生命周期，{args.jobs} 个，并发 {args.concurrency}），"
+            f"{kind:11s} 账本：{result['jobs_per_s']:.0f} 个作业/秒"
+            f"（完整生命周期，{result['jobs']:.0f} 个，并发 {args.concurrency}，"
+            f"{result['processes']:.0f} 个客户端进程），"
             f"admit p50 {result['admit_p50_ms']:.1f} ms、p99 {result['admit_p99_ms']:.1f} ms\n"
         )
     sys.stdout.write(f"结果：{path}\n")
