@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import asyncio
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from urllib.parse import urlsplit
 
@@ -33,6 +34,53 @@ USER_AGENT = "report-engine/0.1"
 NO_HTTP_RESPONSE = "没有得到 HTTP 响应（连接失败、超时或协议错误，详情见服务日志）"
 
 
+@dataclass
+class _HostEntry:
+    semaphore: asyncio.Semaphore
+    users: int = field(default=0)
+
+
+class HostSlots:
+    """每个主机同时在投的名额。某主机没有在投、也没有在等的投递时即回收它的记录：
+    回调地址来自调用方，主机数不设上限，记录不能只增不减。"""
+
+    def __init__(self, per_host: int) -> None:
+        self._per_host = per_host
+        self._hosts: dict[str, _HostEntry] = {}
+
+    def __len__(self) -> int:
+        """此刻有投递在投或在等的主机数。"""
+        return len(self._hosts)
+
+    async def acquire(self, host: str, timeout_s: float) -> bool:
+        """等一个名额；timeout_s 内没等到返回 False（之后不要 release）。"""
+        entry = self._hosts.get(host)
+        if entry is None:
+            entry = self._hosts[host] = _HostEntry(asyncio.Semaphore(self._per_host))
+        entry.users += 1
+        try:
+            async with asyncio.timeout(timeout_s):
+                await entry.semaphore.acquire()
+        except TimeoutError:
+            self._leave(host, entry)
+            return False
+        except BaseException:
+            self._leave(host, entry)
+            raise
+        return True
+
+    def release(self, host: str) -> None:
+        """交还 acquire 成功拿到的名额。"""
+        entry = self._hosts[host]
+        entry.semaphore.release()
+        self._leave(host, entry)
+
+    def _leave(self, host: str, entry: _HostEntry) -> None:
+        entry.users -= 1
+        if entry.users == 0:
+            del self._hosts[host]
+
+
 class CallbackClient:
     """把回调载荷 POST 给 backend B。"""
 
@@ -48,7 +96,7 @@ class CallbackClient:
         self._retrying = CallbackRetrying(policy)
         self._deadline_s = policy.attempt_deadline_s
         self._per_host = policy.max_concurrent_per_host
-        self._host_slots: dict[str, asyncio.Semaphore] = {}
+        self.host_slots = HostSlots(policy.max_concurrent_per_host)
         self._signer = Webhook(signing_secret) if signing_secret else None
         self._client = httpx.AsyncClient(
             timeout=httpx.Timeout(
@@ -72,16 +120,12 @@ class CallbackClient:
         （可重试，按重投表再投），慢的 backend 占不满本副本的全部名额。
         """
         host = (urlsplit(url).hostname or "").lower()
-        slots = self._host_slots.setdefault(host, asyncio.Semaphore(self._per_host))
-        try:
-            async with asyncio.timeout(self._deadline_s):
-                await slots.acquire()
-        except TimeoutError:
+        if not await self.host_slots.acquire(host, self._deadline_s):
             return self._failed(0, None, f"对主机 {host} 同时在投的回调已满（{self._per_host}）")
         try:
             return await self._deliver(url, payload)
         finally:
-            slots.release()
+            self.host_slots.release(host)
 
     async def _deliver(self, url: str, payload: CallbackPayload) -> DeliveryOutcome:
         body = payload.model_dump_json()

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from serve_app.core.settings import CallbackPolicy
-from serve_app.delivery.client import NO_HTTP_RESPONSE, CallbackClient
+from serve_app.delivery.client import NO_HTTP_RESPONSE, CallbackClient, HostSlots
 from serve_app.delivery.retry_policy import parse_retry_after
 from serve_app.delivery.url_guard import CallbackTargetPolicy
 from tests.support.logs import captured_logs
@@ -240,3 +240,33 @@ async def test_a_slow_backend_cannot_take_every_delivery_slot(receiver: Callback
     # 这一轮未送达（可重试，没有发出请求）
     full = [o for o in outcomes if o.error and "同时在投的回调已满" in o.error]
     assert len(full) == 1 and full[0].attempts == 0 and not full[0].permanent
+    # 投递都结束了：两个主机的名额记录都已回收（地址来自调用方，记录不能只增不减）
+    assert len(client.host_slots) == 0
+
+
+async def test_host_slots_are_reclaimed_when_no_delivery_holds_or_waits() -> None:
+    slots = HostSlots(per_host=1)
+    assert await slots.acquire("a.example", 1.0)
+    # 第二个在等；等到时限没拿到：它的等待不留下记录，持有者的记录还在
+    assert not await slots.acquire("a.example", 0.05)
+    assert len(slots) == 1
+    waiter = asyncio.create_task(slots.acquire("a.example", 5.0))
+    await asyncio.sleep(0)
+    slots.release("a.example")
+    assert await waiter and len(slots) == 1
+    slots.release("a.example")
+    assert len(slots) == 0
+    # 很多不同主机各投一次：结束后一条记录也不剩
+    for index in range(100):
+        assert await slots.acquire(f"h{index}.example", 1.0)
+        slots.release(f"h{index}.example")
+    assert len(slots) == 0
+    # 等待中被取消（作业被取消、副本关闭）也不留下记录
+    assert await slots.acquire("b.example", 1.0)
+    cancelled = asyncio.create_task(slots.acquire("b.example", 5.0))
+    await asyncio.sleep(0)
+    cancelled.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await cancelled
+    slots.release("b.example")
+    assert len(slots) == 0
