@@ -15,8 +15,13 @@ from serve_app.core.logging import configure_logging
 from serve_app.core.settings import LLMMode, Settings
 
 
-def compose_app(settings: Settings, llm: Application | None) -> Application:
-    """把各部署组装成一个应用；`llm` 为 LLMServer（或测试用的同接口部署）。"""
+def compose_app(
+    settings: Settings, llm: Application | None, ingress_replicas: int | None = None
+) -> Application:
+    """把各部署组装成一个应用；`llm` 为 LLMServer（或测试用的同接口部署）。
+
+    ingress_replicas：固定入口副本数（故障测试用；serve_config 里对 ReportIngress 的设置优先）。
+    """
     renderer = template_renderer_deployment.bind(settings)
     callbacks = callback_sender_deployment.bind(settings)
     # 两种账本都有 Ledger 部署（serve_config 通用）；Postgres 账本时入口不经它、直连数据库
@@ -25,6 +30,8 @@ def compose_app(settings: Settings, llm: Application | None) -> Application:
     ingress = report_ingress_deployment.options(
         graceful_shutdown_timeout_s=settings.jobs.drain_timeout_s + 30
     )
+    if ingress_replicas is not None:
+        ingress = ingress.options(num_replicas=ingress_replicas)
     return ingress.bind(settings, renderer, callbacks, ledger, llm)
 
 

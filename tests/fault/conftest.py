@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -13,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
+import psycopg
 import pytest
 import ray
 from ray import serve
@@ -107,8 +109,12 @@ class FaultApp:
     def base_url(self) -> str:
         return self.cluster.base_url + ROUTE
 
-    def deploy(self) -> None:
-        app = compose_app(self.settings, fake_llm_deployment.bind(self.settings.engine.model_id))
+    def deploy(self, ingress_replicas: int = 1) -> None:
+        app = compose_app(
+            self.settings,
+            fake_llm_deployment.bind(self.settings.engine.model_id),
+            ingress_replicas=ingress_replicas,
+        )
         serve.run(app, name=APP_NAME, route_prefix=ROUTE)
         wait_http_ok(self.base_url + "/readyz", timeout_s=120)
 
@@ -217,6 +223,36 @@ class FaultApp:
         ]
         assert names, f"找不到 {deployment} 的副本"
         ray.kill(ray.get_actor(names[0], namespace="serve"), no_restart=True)
+
+    def replica_pids(self, deployment: str) -> set[int]:
+        """某个部署全部副本的进程 PID（经各副本 actor 自己报告）。"""
+        prefix = f"SERVE_REPLICA::{APP_NAME}#{deployment}#"
+        pids: set[int] = set()
+        for actor in ray.util.list_named_actors(all_namespaces=True):
+            if actor["name"].startswith(prefix):
+                replica = ray.get_actor(actor["name"], namespace="serve")
+                pid: object = ray.get(
+                    replica.__ray_call__.remote(lambda _self: os.getpid()), timeout=30
+                )
+                assert isinstance(pid, int)
+                pids.add(pid)
+        return pids
+
+    def lease_owner(self, trace_id: str) -> str | None:
+        """Postgres 账本里作业此刻的租约持有者（入口副本的 owner：主机:PID:随机串）。"""
+        url = self.settings.jobs.ledger_url
+        assert url is not None, "只有 Postgres 账本能从库里直接读"
+        with psycopg.connect(url.get_secret_value(), autocommit=True) as conn:
+            row = conn.execute("SELECT owner FROM jobs WHERE trace_id = %s", (trace_id,)).fetchone()
+        return None if row is None else str(row[0])
+
+    def json_logs(self) -> list[dict[str, Any]]:
+        """全部副本写进同一个 JSON 日志文件的记录（loguru serialize 格式）。"""
+        path = self.settings.log_json_path
+        assert path is not None
+        return [
+            json.loads(line)["record"] for line in path.read_text(encoding="utf-8").splitlines()
+        ]
 
     def engine_cancelled(self) -> int:
         handle = serve.get_deployment_handle("FakeLLMServer", app_name=APP_NAME)
