@@ -25,6 +25,9 @@ from deployments.handles.serve_llm import EngineFailure, EngineReply, EngineRequ
 from serve_app.core.settings import EngineSettings
 from serve_app.llm.port import completion_from_chat
 
+# LLM 副本里由 Ray Serve LLM 配置的标准库日志（与 vLLM、LLMServer 的日志在同一个副本日志里）
+logger = logging.getLogger(__name__)
+
 # 排队深度自动扩缩的默认值；serve_config.yaml 里 `LLMServer:<model_id>` 可覆盖。
 # 不设置时 Ray Serve LLM 用 1e9，扩缩永远不会触发。
 DEFAULT_LLM_DEPLOYMENT_CONFIG: dict[str, Any] = {
@@ -71,9 +74,6 @@ async def generate_via_chat(chat: ChatMethod, request: EngineRequest) -> EngineR
     async for item in await chat(chat_request):
         return engine_reply(item)
     return EngineFailure(code=500, message="LLMServer 没有返回任何结果")
-
-
-logger = logging.getLogger(__name__)
 
 
 class LocalModelCallback(CallbackBase):

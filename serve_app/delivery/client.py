@@ -7,7 +7,7 @@
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from urllib.parse import urlsplit
 
@@ -37,7 +37,7 @@ NO_HTTP_RESPONSE = "没有得到 HTTP 响应（连接失败、超时或协议错
 @dataclass
 class _HostEntry:
     semaphore: asyncio.Semaphore
-    users: int = field(default=0)
+    users: int = 0
 
 
 class HostSlots:
@@ -45,7 +45,7 @@ class HostSlots:
     回调地址来自调用方，主机数不设上限，记录不能只增不减。"""
 
     def __init__(self, per_host: int) -> None:
-        self._per_host = per_host
+        self.per_host = per_host
         self._hosts: dict[str, _HostEntry] = {}
 
     def __len__(self) -> int:
@@ -56,18 +56,20 @@ class HostSlots:
         """等一个名额；timeout_s 内没等到返回 False（之后不要 release）。"""
         entry = self._hosts.get(host)
         if entry is None:
-            entry = self._hosts[host] = _HostEntry(asyncio.Semaphore(self._per_host))
+            entry = self._hosts[host] = _HostEntry(asyncio.Semaphore(self.per_host))
         entry.users += 1
+        acquired = False
         try:
             async with asyncio.timeout(timeout_s):
                 await entry.semaphore.acquire()
+            acquired = True
         except TimeoutError:
-            self._leave(host, entry)
-            return False
-        except BaseException:
-            self._leave(host, entry)
-            raise
-        return True
+            pass
+        finally:
+            # 没拿到名额（超时或等待中被取消）：不占这条记录
+            if not acquired:
+                self._leave(host, entry)
+        return acquired
 
     def release(self, host: str) -> None:
         """交还 acquire 成功拿到的名额。"""
@@ -95,7 +97,6 @@ class CallbackClient:
         self._attempts_counter = (metrics or ReportMetrics()).callback_attempts
         self._retrying = CallbackRetrying(policy)
         self._deadline_s = policy.attempt_deadline_s
-        self._per_host = policy.max_concurrent_per_host
         self.host_slots = HostSlots(policy.max_concurrent_per_host)
         self._signer = Webhook(signing_secret) if signing_secret else None
         self._client = httpx.AsyncClient(
@@ -121,7 +122,8 @@ class CallbackClient:
         """
         host = (urlsplit(url).hostname or "").lower()
         if not await self.host_slots.acquire(host, self._deadline_s):
-            return self._failed(0, None, f"对主机 {host} 同时在投的回调已满（{self._per_host}）")
+            full = f"对主机 {host} 同时在投的回调已满（{self.host_slots.per_host}）"
+            return self._failed(0, None, full)
         try:
             return await self._deliver(url, payload)
         finally:

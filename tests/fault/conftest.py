@@ -213,29 +213,30 @@ class FaultApp:
         if self.postgres is not None:
             pytest.skip("与账本无关的故障：在 SQLite 账本一侧已跑过")
 
-    def kill_replica(self, deployment: str) -> None:
-        """用 ray.kill 杀掉某个部署的一个副本（Serve 控制器会补一个新的）。"""
+    def _replicas(self, deployment: str) -> list[Any]:
+        """本应用某个部署的全部副本 actor（按 Serve 给副本起的名字找）。"""
         prefix = f"SERVE_REPLICA::{APP_NAME}#{deployment}#"
-        names = [
-            a["name"]
+        return [
+            ray.get_actor(a["name"], namespace="serve")
             for a in ray.util.list_named_actors(all_namespaces=True)
             if a["name"].startswith(prefix)
         ]
-        assert names, f"找不到 {deployment} 的副本"
-        ray.kill(ray.get_actor(names[0], namespace="serve"), no_restart=True)
+
+    def kill_replica(self, deployment: str) -> None:
+        """用 ray.kill 杀掉某个部署的一个副本（Serve 控制器会补一个新的）。"""
+        replicas = self._replicas(deployment)
+        assert replicas, f"找不到 {deployment} 的副本"
+        ray.kill(replicas[0], no_restart=True)
 
     def replica_pids(self, deployment: str) -> set[int]:
         """某个部署全部副本的进程 PID（经各副本 actor 自己报告）。"""
-        prefix = f"SERVE_REPLICA::{APP_NAME}#{deployment}#"
         pids: set[int] = set()
-        for actor in ray.util.list_named_actors(all_namespaces=True):
-            if actor["name"].startswith(prefix):
-                replica = ray.get_actor(actor["name"], namespace="serve")
-                pid: object = ray.get(
-                    replica.__ray_call__.remote(lambda _self: os.getpid()), timeout=30
-                )
-                assert isinstance(pid, int)
-                pids.add(pid)
+        for replica in self._replicas(deployment):
+            pid: object = ray.get(
+                replica.__ray_call__.remote(lambda _self: os.getpid()), timeout=30
+            )
+            assert isinstance(pid, int)
+            pids.add(pid)
         return pids
 
     def lease_owner(self, trace_id: str) -> str | None:
