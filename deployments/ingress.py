@@ -19,7 +19,7 @@ from deployments.handles.serve_llm import ServeLLMClient
 from deployments.handles.stages import HandleDeliveryStage, HandleRenderStage
 from deployments.metrics import replica_metrics
 from serve_app.core.logging import configure_logging
-from serve_app.core.settings import LLMMode, Settings
+from serve_app.core.settings import HandleTransport, LLMMode, Settings
 from serve_app.http.app import create_app
 from serve_app.http.deps import IngressServices
 from serve_app.ledger.postgres_store import PostgresJobStore
@@ -55,6 +55,28 @@ def make_job_store(settings: Settings, ledger_handle: DeploymentHandle[Any] | No
     return LedgerClient(ledger_handle, settings.jobs)
 
 
+def light_handles(
+    settings: Settings,
+    renderer: DeploymentHandle[Any],
+    callbacks: DeploymentHandle[Any],
+    ledger: DeploymentHandle[Any] | None,
+) -> tuple[DeploymentHandle[Any], DeploymentHandle[Any], DeploymentHandle[Any] | None]:
+    """按 handle_transport 选轻量部署句柄的传输。
+
+    grpc：请求与结果直接经副本的内部 gRPC 服务（不经对象存储），路由器跑在本副本的事件循环里。
+    """
+    if settings.handle_transport is not HandleTransport.GRPC:
+        return renderer, callbacks, ledger
+
+    def fast(handle: DeploymentHandle[Any]) -> DeploymentHandle[Any]:
+        # 路由器放在本副本的事件循环里（Serve 默认另起一个线程的循环，每次调用两次跨线程交接）；
+        # 须在第一次 options()/remote() 之前、在事件循环内调用（Serve 在循环里调用构造函数）
+        handle._init(_run_router_in_separate_loop=False)  # type: ignore[no-untyped-call]
+        return handle.options(_by_reference=False)
+
+    return fast(renderer), fast(callbacks), fast(ledger) if ledger is not None else None
+
+
 class ReportIngress:
     """入口副本：资源在 __init__ 创建，在关闭时释放。"""
 
@@ -67,6 +89,7 @@ class ReportIngress:
         llm: DeploymentHandle[Any] | None = None,
     ) -> None:
         configure_logging(settings.log_level, settings.log_json_path)
+        renderer, callbacks, ledger = light_handles(settings, renderer, callbacks, ledger)
         self._llm = make_llm_client(settings, llm)
         self._store = make_job_store(settings, ledger)
         # 本副本在账本里的身份：进程级唯一，副本重启后是新身份（旧租约到期即被接手）

@@ -38,6 +38,13 @@ class LLMMode(StrEnum):
     EXTERNAL = "external"  # 外部 OpenAI 兼容服务（如独立的 vllm-service）
 
 
+class HandleTransport(StrEnum):
+    """入口调用轻量部署（渲染、回调、账本）的传输方式。"""
+
+    GRPC = "grpc"  # Serve 副本的内部 gRPC 服务：每次调用的 CPU 约为 Ray actor 调用的四成
+    ACTOR = "actor"  # Ray actor 调用（经 raylet 的端口段）
+
+
 class _Strict(BaseModel):
     """拒绝未知字段：配置写错时部署即失败，而不是请求时才出错。"""
 
@@ -264,6 +271,12 @@ class Settings(BaseSettings):
         None, description="请求未带 callback_url 时使用"
     )
     max_body_bytes: int = Field(64 * 1024, ge=1024, description="请求体上限（字节）")
+    handle_transport: HandleTransport = Field(
+        HandleTransport.GRPC,
+        description="入口 → 渲染 / 回调 / 账本的句柄走哪条路：grpc（默认，省 CPU；副本的内部 gRPC "
+        "端口随机，跨主机时主机之间要放行）或 actor（Ray actor 调用，走固定的 worker 端口段）。"
+        "入口 → LLMServer 始终是 actor 调用",
+    )
 
     # ---- 安全 ----
     api_keys: Annotated[tuple[SecretStr, ...], NoDecode] = Field(
