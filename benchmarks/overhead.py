@@ -263,11 +263,18 @@ def _replica_processes() -> dict[str, list[psutil.Process]]:
 
 @contextmanager
 def _pipeline(
-    engine_url: str, ledger_url: str | None = None, ingress_replicas: int | None = None
+    engine_url: str,
+    ledger_url: str | None = None,
+    ingress_replicas: int | None = None,
+    handle_transport: str = "grpc",
 ) -> Iterator[dict[str, list[psutil.Process]]]:
-    """make run 的方式起流水线（外部引擎模式）；ledger_url 给出时账本用 Postgres。"""
+    """make run 的方式起流水线（外部引擎模式）；ledger_url 给出时账本用 Postgres。
+
+    handle_transport：入口 → 渲染 / 回调 / 账本的句柄传输（Settings.handle_transport）。
+    """
     env = {
         **os.environ,
+        "REPORTS_HANDLE_TRANSPORT": handle_transport,
         "SERVE_CONFIG": str(_pipeline_config(ingress_replicas).relative_to(PROJECT_ROOT)),
         "VLLM_API_URL": engine_url,
         "REPORTS_ENGINE__MODEL_SOURCE": "unused-in-external-mode",
@@ -392,6 +399,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--pg-ingress", default="1,2", help="pg 这一组的入口副本数，逗号分隔")
     parser.add_argument(
+        "--handle-transport",
+        default="grpc",
+        help="pipeline 这一组的句柄传输，逗号分隔（如 actor,grpc：同一次运行里并排，"
+        "系统名为 pipeline-actor / pipeline-grpc）",
+    )
+    parser.add_argument(
         "--flame",
         type=int,
         default=0,
@@ -421,12 +434,16 @@ def main(argv: list[str] | None = None) -> int:
                     count = _reports_at(level, args.reports)
                     measurements.append(_measure("seed-baseline", seed_url, count, level, procs))
         if "pipeline" in systems:
-            with _pipeline(engine_url) as replicas:
-                replicas["engine"] = [psutil.Process(engine.pid)]
-                for level in levels:
-                    count = _reports_at(level, args.reports)
-                    with _flame_graph(replicas["ReportIngress"], enabled=level == args.flame):
-                        measurements.append(_measure("pipeline", APP_URL, count, level, replicas))
+            transports = args.handle_transport.split(",")
+            for transport in transports:
+                # 只测一种传输时系统名仍是 pipeline（与以前的结果可比）
+                name = "pipeline" if len(transports) == 1 else f"pipeline-{transport}"
+                with _pipeline(engine_url, handle_transport=transport) as replicas:
+                    replicas["engine"] = [psutil.Process(engine.pid)]
+                    for level in levels:
+                        count = _reports_at(level, args.reports)
+                        with _flame_graph(replicas["ReportIngress"], enabled=level == args.flame):
+                            measurements.append(_measure(name, APP_URL, count, level, replicas))
         if "pg" in systems:
             for replicas_n in (int(n) for n in args.pg_ingress.split(",")):
                 measurements += _postgres_pipeline(engine_url, engine.pid, replicas_n, levels, args)
