@@ -74,7 +74,10 @@ def light_handles(
         handle._init(_run_router_in_separate_loop=False)  # type: ignore[no-untyped-call]
         return handle.options(_by_reference=False)
 
-    return fast(renderer), fast(callbacks), fast(ledger) if ledger is not None else None
+    # Postgres 账本时入口直连数据库、不调 Ledger：不为用不到的句柄建路由器
+    if ledger is not None and settings.jobs.ledger_url is None:
+        ledger = fast(ledger)
+    return fast(renderer), fast(callbacks), ledger
 
 
 class ReportIngress:
