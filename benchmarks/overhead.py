@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import json
 import os
 import shutil
@@ -47,7 +48,18 @@ RUN_DIR = PROJECT_ROOT / ".run" / "bench"
 APP_URL = "http://127.0.0.1:8000"
 NICE = 15
 # 流水线各副本的进程标题（Ray 把 actor 名写进进程标题）
-REPLICAS = ("ReportIngress", "Ledger", "TemplateRenderer", "CallbackSender", "ProxyActor")
+REPLICAS = ("ReportIngress", "Ledger", "TemplateRenderer", "CallbackSender")
+# HTTP 入口那一站：Serve 的 Python 代理，或 HAProxy 模式下的 HAProxyManager 与 haproxy 进程
+PROXY_TITLES = ("ray::ProxyActor", "ray::HAProxyManager")
+# --serve-mode：节点进程的 Serve 环境变量（经 make run 的 head 进程传给 Ray 的各个进程）
+# （默认值见 cluster/ray_env.sh：吞吐模式）
+SERVE_MODES: dict[str, dict[str, str]] = {
+    # Serve 的吞吐优化模式（直连入口、句柄默认 gRPC、用户代码与路由器在副本主循环、访问日志缓冲、
+    # 启动后冻结 GC）加 HAProxy 取代 Python 代理（直连入口要它在前面分发）
+    "throughput": {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1", "RAY_SERVE_ENABLE_HA_PROXY": "1"},
+    # 经典模式：Python 代理收 HTTP，经一次 Ray 调用交给入口副本
+    "classic": {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "0", "RAY_SERVE_ENABLE_HA_PROXY": "0"},
+}
 REQUEST = {
     "report_type": "sales_weekly",
     "inputs": {
@@ -252,9 +264,13 @@ def _pipeline_config(ingress_replicas: int | None = None) -> Path:
 
 
 def _replica_processes() -> dict[str, list[psutil.Process]]:
-    found: dict[str, list[psutil.Process]] = {name: [] for name in REPLICAS}
+    found: dict[str, list[psutil.Process]] = {name: [] for name in (*REPLICAS, "proxy")}
     for proc in psutil.process_iter(["cmdline"]):
-        title = " ".join(proc.info["cmdline"] or [])
+        cmdline = proc.info["cmdline"] or []
+        title = " ".join(cmdline)
+        if title.startswith(PROXY_TITLES) or (cmdline and Path(cmdline[0]).name == "haproxy"):
+            found["proxy"].append(proc)
+            continue
         for name in REPLICAS:
             if title.startswith("ray::") and name in title:
                 found[name].append(proc)
@@ -267,13 +283,16 @@ def _pipeline(
     ledger_url: str | None = None,
     ingress_replicas: int | None = None,
     handle_transport: str = "grpc",
+    serve_mode: str = "throughput",
 ) -> Iterator[dict[str, list[psutil.Process]]]:
     """make run 的方式起流水线（外部引擎模式）；ledger_url 给出时账本用 Postgres。
 
-    handle_transport：入口 → 渲染 / 回调 / 账本的句柄传输（Settings.handle_transport）。
+    handle_transport：入口 → 渲染 / 回调 / 账本的句柄传输（Settings.handle_transport）；
+    serve_mode：SERVE_MODES 里的一组 Serve 环境变量。
     """
     env = {
         **os.environ,
+        **SERVE_MODES[serve_mode],
         "REPORTS_HANDLE_TRANSPORT": handle_transport,
         "SERVE_CONFIG": str(_pipeline_config(ingress_replicas).relative_to(PROJECT_ROOT)),
         "VLLM_API_URL": engine_url,
@@ -405,6 +424,12 @@ def main(argv: list[str] | None = None) -> int:
         "系统名为 pipeline-actor / pipeline-grpc）",
     )
     parser.add_argument(
+        "--serve-mode",
+        default="throughput",
+        help=f"pipeline 这一组的 Serve 模式，逗号分隔（{'、'.join(SERVE_MODES)}；"
+        "多于一种时系统名加上模式，如 pipeline-throughput）",
+    )
+    parser.add_argument(
         "--flame",
         type=int,
         default=0,
@@ -435,10 +460,15 @@ def main(argv: list[str] | None = None) -> int:
                     measurements.append(_measure("seed-baseline", seed_url, count, level, procs))
         if "pipeline" in systems:
             transports = args.handle_transport.split(",")
-            for transport in transports:
-                # 只测一种传输时系统名仍是 pipeline（与以前的结果可比）
-                name = "pipeline" if len(transports) == 1 else f"pipeline-{transport}"
-                with _pipeline(engine_url, handle_transport=transport) as replicas:
+            modes = args.serve_mode.split(",")
+            for mode, transport in itertools.product(modes, transports):
+                # 只测一种传输、一种模式时系统名仍是 pipeline（与以前的结果可比）
+                name = "-".join(
+                    ["pipeline"]
+                    + ([transport] if len(transports) > 1 else [])
+                    + ([mode] if len(modes) > 1 else [])
+                )
+                with _pipeline(engine_url, handle_transport=transport, serve_mode=mode) as replicas:
                     replicas["engine"] = [psutil.Process(engine.pid)]
                     for level in levels:
                         count = _reports_at(level, args.reports)

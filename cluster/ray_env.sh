@@ -8,9 +8,18 @@ if [[ -x $REPO_ROOT/.venv/bin/ray ]]; then
 fi
 export PYTHONPATH=$REPO_ROOT${PYTHONPATH:+:$PYTHONPATH}
 export RAY_USAGE_STATS_ENABLED=0
-# Serve 的吞吐优化模式（直连入口、句柄走 gRPC、请求路径日志缓冲等）：零成本引擎上控制面吞吐高约六成
-# （见 README“性能”），但还没在故障层验证过（入口副本至少排空 30 秒、日志延后落盘），默认关；设 1 打开。
-export RAY_SERVE_THROUGHPUT_OPTIMIZED=${RAY_SERVE_THROUGHPUT_OPTIMIZED:-0}
+# Serve 的吞吐模式（默认开；README“性能”有并排的数：零成本引擎并发 64 时吞吐高约五成，代理那一站的 CPU
+# 从约 11 ms/报告降到 1.5 ms）：
+#   RAY_SERVE_THROUGHPUT_OPTIMIZED=1：直连入口（HTTP 直接进入口副本，不再经 Python 代理转一次 Ray 调用）、
+#     句柄默认走 gRPC、用户代码与路由器在副本的主事件循环、Serve 访问日志缓冲写盘、启动后冻结 GC；
+#   RAY_SERVE_ENABLE_HA_PROXY=1：用 HAProxy（随 ray[serve] 安装）在 http_options 的端口上分发到各入口副本，
+#     取代 Python 代理。入口副本各自在 30000–31000 段里监听一个端口（HAProxy 模式下监听所有网卡）。
+# 两个都设 0 回到经典模式（Python 代理；make bench-overhead ARGS="--serve-mode classic,throughput" 并排测）。
+export RAY_SERVE_THROUGHPUT_OPTIMIZED=${RAY_SERVE_THROUGHPUT_OPTIMIZED:-1}
+export RAY_SERVE_ENABLE_HA_PROXY=${RAY_SERVE_ENABLE_HA_PROXY:-$RAY_SERVE_THROUGHPUT_OPTIMIZED}
+# 直连入口的副本关闭前至少保持监听这么久，让前面的负载均衡摘掉它（Ray 默认 30 秒）；HAProxy 与入口
+# 副本同在 head，配置随 Serve 的路由表即时更新，且会重试被拒的连接：5 秒足够，缩容与 make stop 不白等
+export RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S=${RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S:-5}
 export RAY_AUTH_MODE=${RAY_AUTH_MODE:-token}
 if [[ $RAY_AUTH_MODE == token && -z ${RAY_AUTH_TOKEN:-} ]]; then
   echo "缺少 RAY_AUTH_TOKEN：集群开启了 token 鉴权，请在 .env 里设置（如 openssl rand -hex 32）" >&2

@@ -63,10 +63,15 @@ def light_handles(
 ) -> tuple[DeploymentHandle[Any], DeploymentHandle[Any], DeploymentHandle[Any] | None]:
     """按 handle_transport 选轻量部署句柄的传输。
 
-    grpc：请求与结果直接经副本的内部 gRPC 服务（不经对象存储），路由器跑在本副本的事件循环里。
+    grpc：请求与结果直接经副本的内部 gRPC 服务（不经对象存储），路由器跑在本副本的事件循环里；
+    actor：Ray actor 调用。两种都显式写上：Serve 的吞吐模式（cluster/ray_env.sh）把默认改成了 gRPC。
     """
     if settings.handle_transport is not HandleTransport.GRPC:
-        return renderer, callbacks, ledger
+        return (
+            renderer.options(_by_reference=True),
+            callbacks.options(_by_reference=True),
+            ledger.options(_by_reference=True) if ledger is not None else None,
+        )
 
     def fast(handle: DeploymentHandle[Any]) -> DeploymentHandle[Any]:
         # 路由器放在本副本的事件循环里（Serve 默认另起一个线程的循环，每次调用两次跨线程交接）；
@@ -78,6 +83,15 @@ def light_handles(
     if ledger is not None and settings.jobs.ledger_url is None:
         ledger = fast(ledger)
     return fast(renderer), fast(callbacks), ledger
+
+
+def llm_handle(handle: DeploymentHandle[Any] | None) -> DeploymentHandle[Any] | None:
+    """入口 → LLMServer 固定走 Ray actor 调用。
+
+    LLM 副本在 GPU worker 上：actor 调用走节点的固定端口段（RAY_PORT_BASE，防火墙按段放行），
+    副本的内部 gRPC 服务却是随机端口；Serve 的吞吐模式默认 gRPC，这里显式改回。
+    """
+    return handle.options(_by_reference=True) if handle is not None else None
 
 
 class ReportIngress:
@@ -93,7 +107,7 @@ class ReportIngress:
     ) -> None:
         configure_logging(settings.log_level, settings.log_json_path)
         renderer, callbacks, ledger = light_handles(settings, renderer, callbacks, ledger)
-        self._llm = make_llm_client(settings, llm)
+        self._llm = make_llm_client(settings, llm_handle(llm))
         self._store = make_job_store(settings, ledger)
         # 本副本在账本里的身份：进程级唯一，副本重启后是新身份（旧租约到期即被接手）
         owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"

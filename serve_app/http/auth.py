@@ -67,13 +67,13 @@ async def require_api_key(
     request.state.caller = Caller(entry.caller, admin=entry.admin)
 
 
-def current_caller(request: Request) -> Caller:
+async def current_caller(request: Request) -> Caller:
     """当前调用方；未启用鉴权时是 default（并可用运维接口）。"""
     caller = getattr(request.state, "caller", None)
     return caller if isinstance(caller, Caller) else _UNAUTHENTICATED
 
 
-def require_admin(caller: Annotated[Caller, Depends(current_caller)]) -> Caller:
+async def require_admin(caller: Annotated[Caller, Depends(current_caller)]) -> Caller:
     """运维接口：只有管理员 key 能用。"""
     if not caller.admin:
         raise Forbidden("运维接口只对管理员 key 开放：请用 REPORTS_ADMIN_API_KEYS 里的 key")

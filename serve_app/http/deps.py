@@ -87,8 +87,8 @@ class IngressServices:
         return self.settings.caller_keys()
 
 
-def get_services(request: Request) -> IngressServices:
-    """FastAPI 依赖：取当前应用的单例集合。"""
+async def get_services(request: Request) -> IngressServices:
+    """FastAPI 依赖：取当前应用的单例集合（async：同步依赖会被放进线程池，多两次线程交接）。"""
     services: IngressServices = request.app.state.services
     return services
 

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import inspect
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import httpx
 import pytest
+from fastapi.dependencies.models import Dependant
+from fastapi.routing import APIRoute
 
 from tests.support.harness import Harness
 from tests.support.sample import load_catalog, sales_request
@@ -158,3 +161,34 @@ async def test_openapi_documents_the_contract(client: httpx.AsyncClient) -> None
     schema = (await client.get("/openapi.json")).json()
     post = schema["paths"]["/v1/reports"]["post"]
     assert {"202", "413", "422"} <= set(post["responses"])
+
+
+def _sync_dependencies(dependant: Dependant) -> Iterator[str]:
+    """依赖树里的同步可调用对象：FastAPI 把它们放进线程池，每个请求多两次线程交接。"""
+    for dependency in dependant.dependencies:
+        call = dependency.call
+        if call is not None and not (
+            inspect.iscoroutinefunction(call)
+            # 类的实例（如 HTTPBearer）：看它的 __call__
+            or inspect.iscoroutinefunction(type(call).__call__)
+        ):
+            yield getattr(call, "__qualname__", repr(call))
+        yield from _sync_dependencies(dependency)
+
+
+async def test_no_dependency_runs_in_a_threadpool() -> None:
+    harness = Harness(api_keys="alice:alice-key", admin_api_keys="ops:ops-key", auth_required=True)
+    try:
+        found = {
+            f"{route.path}: {name}"
+            for route in harness.app.routes
+            if isinstance(route, APIRoute)
+            for name in _sync_dependencies(route.dependant)
+        }
+        assert any(
+            isinstance(route, APIRoute) and route.path.startswith("/v1/ops")
+            for route in harness.app.routes
+        )
+        assert found == set()
+    finally:
+        await harness.aclose()

@@ -9,7 +9,7 @@ from typing import Any, cast
 
 from ray.serve.handle import DeploymentHandle
 
-from deployments.ingress import light_handles
+from deployments.ingress import light_handles, llm_handle
 from serve_app.core.settings import HandleTransport, Settings
 
 
@@ -56,12 +56,21 @@ def test_grpc_is_the_default_for_every_light_handle() -> None:
         assert recorded.init == {"_run_router_in_separate_loop": False}
 
 
-def test_actor_transport_leaves_the_handles_as_they_are() -> None:
+def test_actor_transport_is_explicit() -> None:
+    # Serve 的吞吐模式把句柄的默认传输改成 gRPC：actor 必须显式写 _by_reference=True
     settings = _settings(handle_transport="actor")
-    given = _handles()
-    assert light_handles(settings, *map(_as_handle, given)) == given
-    recorded = [cast(_RecordingHandle, h) for h in given]
-    assert all(h.init is None and not h.applied for h in recorded)
+    handles = light_handles(settings, *map(_as_handle, _handles()))
+    recorded = [cast(_RecordingHandle, h) for h in handles]
+    assert [h.name for h in recorded] == ["renderer", "callbacks", "ledger"]
+    assert all(h.init is None and h.applied == {"_by_reference": True} for h in recorded)
+
+
+def test_llm_handle_stays_on_actor_calls() -> None:
+    # 跨主机到 GPU worker：走固定端口段的 actor 调用，不走副本随机端口的 gRPC
+    handle = cast(_RecordingHandle, llm_handle(_as_handle(_RecordingHandle("llm"))))
+    assert handle.applied == {"_by_reference": True}
+    assert handle.init is None
+    assert llm_handle(None) is None
 
 
 def test_postgres_ledger_has_no_ledger_handle_to_switch() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import logging
 from collections.abc import Iterator
 from pathlib import Path
@@ -109,3 +110,36 @@ def test_tracebacks_carry_no_local_variable_values(tmp_path: Path) -> None:
     except RuntimeError:
         logger.exception("出错了")
     assert "hunter2-secret" not in json_path.read_text(encoding="utf-8")
+
+
+class _LineProxy:
+    """像 Serve 的 StreamToLogger：有 write，却不是文本流。"""
+
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+
+    def write(self, text: str) -> int:
+        self.lines.append(text)
+        return len(text)
+
+    def flush(self) -> None:
+        return None
+
+
+def test_proxied_stderr_is_bypassed(
+    monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]
+) -> None:
+    proxy = _LineProxy()
+    monkeypatch.setattr("sys.stderr", proxy)
+    configure_logging("INFO")
+    logger.info("直接写进程的 stderr")
+    assert proxy.lines == []
+    assert "直接写进程的 stderr" in capfd.readouterr().err
+
+
+def test_real_text_stream_is_kept(monkeypatch: pytest.MonkeyPatch) -> None:
+    stream = io.StringIO()
+    monkeypatch.setattr("sys.stderr", stream)
+    configure_logging("INFO")
+    logger.info("写进当前的 sys.stderr")
+    assert "写进当前的 sys.stderr" in stream.getvalue()
