@@ -20,6 +20,9 @@ export RAY_SERVE_ENABLE_HA_PROXY=${RAY_SERVE_ENABLE_HA_PROXY:-$RAY_SERVE_THROUGH
 # 直连入口的副本关闭前至少保持监听这么久，让前面的负载均衡摘掉它（Ray 默认 30 秒）；HAProxy 与入口
 # 副本同在 head，配置随 Serve 的路由表即时更新，且会重试被拒的连接：5 秒足够，缩容与 make stop 不白等
 export RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S=${RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S:-5}
+# 吞吐模式把 Serve 自己的日志（副本的 replica_*.log：访问日志、启动与错误）攒满 1000 行才写盘，dashboard 的
+# 副本日志页因此长时间是空的；看 dashboard 的人要即时看到，这里写回每行即写（基准里的数就是这个设置下测的）
+export RAY_SERVE_REQUEST_PATH_LOG_BUFFER_SIZE=${RAY_SERVE_REQUEST_PATH_LOG_BUFFER_SIZE:-1}
 export RAY_AUTH_MODE=${RAY_AUTH_MODE:-token}
 if [[ $RAY_AUTH_MODE == token && -z ${RAY_AUTH_TOKEN:-} ]]; then
   echo "缺少 RAY_AUTH_TOKEN：集群开启了 token 鉴权，请在 .env 里设置（如 openssl rand -hex 32）" >&2

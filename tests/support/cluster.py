@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -30,6 +31,15 @@ __all__ = [
 LOGICAL_CPUS = 8
 # 单节点同时扮演 head 与 LLM worker：广播 serve_config 里两类部署要求的自定义资源
 NODE_RESOURCES = {"reports_cpu": 100.0, "reports_ledger": 1.0, "reports_llm": 100.0}
+# 与 cluster/ray_env.sh 的默认相同：Serve 的吞吐模式 + HAProxy。经本进程的环境传给 ray.init
+# 起的 raylet 与各 worker（controller、副本在那里读它）；本进程已导入的 ray.serve 常量不变，
+# 驱动里的同步句柄照常可用
+SERVE_MODE_ENV = {
+    "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
+    "RAY_SERVE_ENABLE_HA_PROXY": "1",
+    "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "5",
+    "RAY_SERVE_REQUEST_PATH_LOG_BUFFER_SIZE": "1",
+}
 
 
 @dataclass(frozen=True)
@@ -54,6 +64,8 @@ def start_cluster(*, metrics_report_interval_ms: int | None = None) -> ServeClus
             "_metrics_export_port": free_port(),
             "_system_config": {"metrics_report_interval_ms": metrics_report_interval_ms},
         }
+    for name, value in SERVE_MODE_ENV.items():
+        os.environ.setdefault(name, value)
     ray.init(
         # 总是新起一个本地集群：不去连机器上别的 Ray（如多节点测试或 make run 起的）
         address="local",
