@@ -60,7 +60,12 @@ start() {
   if head_alive; then
     echo "服务已在运行（head PID $(cat "$PID_FILE")），无需再启动；要重启先 make stop"; return 0
   fi
-  for port in "$PORT" "$RAY_GCS_PORT" "$RAY_DASHBOARD_PORT"; do
+  # 吞吐模式（cluster/ray_env.sh 默认）下 head 还有 Serve 的后备 Python 代理（HAProxy 没有可用入口副本时转给它）
+  local ports=("$PORT" "$RAY_GCS_PORT" "$RAY_DASHBOARD_PORT")
+  if [[ ${RAY_SERVE_ENABLE_HA_PROXY:-${RAY_SERVE_THROUGHPUT_OPTIMIZED:-1}} == 1 ]]; then
+    ports+=("${RAY_SERVE_FALLBACK_PROXY_HTTP_PORT:-8500}")
+  fi
+  for port in "${ports[@]}"; do
     if port_busy "$port"; then
       echo "端口 $HOST:$port 已被占用，无法启动：先停掉占用它的程序（ss -ltnp 'sport = :$port' 可查是谁）" >&2
       return 1

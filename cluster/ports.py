@@ -22,16 +22,17 @@ _HANDED_OUT: set[int] = set()
 
 
 def free_port_block(size: int = PORT_BLOCK) -> int:
-    """一段连续空闲端口的起点，落在 20000–31999：在内核的临时端口范围（32768 起）之下，
-    不会被随机端口占走。同一台机器上的每个 Ray 节点各用一段；同一进程里不会发出同一段两次。"""
+    """一段连续空闲端口的起点，落在 20000–29999：在内核的临时端口范围（32768 起）之下，
+    不会被随机端口占走，也不碰 Serve 直连入口的副本端口段（30000–31000，见 ray_env.sh）。
+    同一台机器上的每个 Ray 节点各用一段；同一进程里不会发出同一段两次。"""
     for _ in range(100):
-        base = random.randrange(20000, 32000 - size, size)
+        base = random.randrange(20000, 30000 - size + 1, size)
         if base in _HANDED_OUT:
             continue
         if all(_is_free(port) for port in range(base, base + size)):
             _HANDED_OUT.add(base)
             return base
-    raise RuntimeError("20000–31999 里找不到一段空闲端口")
+    raise RuntimeError("20000–29999 里找不到一段空闲端口")
 
 
 def _is_free(port: int) -> bool:

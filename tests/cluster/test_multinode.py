@@ -105,6 +105,31 @@ def test_nodes_listen_on_the_fixed_port_block(multinode: MultiNode) -> None:
         assert workers, f"节点 {base} 的 worker 进程没有在 +100…+999 段里监听：{sorted(listening)}"
 
 
+def test_http_enters_through_haproxy_straight_into_the_ingress(multinode: MultiNode) -> None:
+    """cluster/ray_env.sh 默认的吞吐模式：head 上是 HAProxy 而不是 Python 代理，它在 Serve 的
+    HTTP 端口上监听，入口副本自己在直连入口的端口段（30000–31000）里监听。"""
+    root = psutil.Process(multinode.head.pid)
+    haproxy: list[psutil.Process] = []
+    for process in [root, *root.children(recursive=True)]:
+        try:
+            cmdline = process.cmdline()
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+        if cmdline and Path(cmdline[0]).name == "haproxy":
+            haproxy.append(process)
+    assert haproxy, "head 上没有 HAProxy 进程"
+    # Serve 的 HTTP 端口由 HAProxy 监听（经典模式下是 Python 代理）
+    http_port = int(multinode.base_url.rsplit(":", 1)[1])
+    haproxy_ports = {
+        c.laddr.port
+        for p in haproxy
+        for c in p.net_connections(kind="tcp")
+        if c.status == psutil.CONN_LISTEN
+    }
+    assert http_port in haproxy_ports
+    assert any(30000 <= port <= 31000 for port in _listening_ports(multinode.head.pid))
+
+
 def test_report_flows_end_to_end(multinode: MultiNode) -> None:
     [trace_id] = _submit_many(multinode, 1, "short")
     [callback] = _wait_terminal(multinode, [trace_id], 300)[trace_id]

@@ -419,11 +419,37 @@ def test_ray_port_base_out_of_range_stops_the_node_with_a_message(base: str) -> 
     assert "RAY_PORT_BASE" in result.stderr
 
 
+@pytest.mark.parametrize("base", ["29500", "30000", "30999"])
+def test_a_port_block_over_the_direct_ingress_range_is_refused(base: str) -> None:
+    result = subprocess.run(
+        ["bash", "-c", f"set -e; {_PORT_ARGS}; echo started"],
+        cwd=PROJECT_ROOT,
+        env={"PATH": os.environ["PATH"], "RAY_AUTH_TOKEN": "t", "RAY_PORT_BASE": base},
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 2 and "started" not in result.stdout
+    assert "30000–31000" in result.stderr
+    # 经典模式（Python 代理）不用这个端口段：不拒绝
+    classic = {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "0", "RAY_SERVE_ENABLE_HA_PROXY": "0"}
+    result = subprocess.run(
+        ["bash", "-c", f"set -e; {_PORT_ARGS}; echo started"],
+        cwd=PROJECT_ROOT,
+        env={"PATH": os.environ["PATH"], "RAY_AUTH_TOKEN": "t", "RAY_PORT_BASE": base} | classic,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0 and "started" in result.stdout
+
+
 def test_port_blocks_handed_out_in_one_process_never_repeat() -> None:
     # 节点刚起、还没绑端口时那段看起来仍是空的：同一进程里接连要两段，不能拿到同一段
     bases = [free_port_block() for _ in range(8)]
     assert len(set(bases)) == len(bases)
-    assert all(20000 <= b and b + PORT_BLOCK <= 32000 for b in bases)
+    # 不碰 Serve 直连入口的副本端口段（30000–31000）
+    assert all(20000 <= b and b + PORT_BLOCK <= 30000 for b in bases)
 
 
 def test_only_the_metrics_port_is_fixed_when_no_port_base_is_set() -> None:
