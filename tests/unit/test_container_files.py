@@ -405,42 +405,36 @@ def test_ray_port_base_fixes_every_node_port(base: str, expected: list[str]) -> 
     assert [line for line in result.stdout.splitlines() if line] == expected
 
 
-@pytest.mark.parametrize("base", ["abc", "80", "65000"])
-def test_ray_port_base_out_of_range_stops_the_node_with_a_message(base: str) -> None:
-    result = subprocess.run(
+def _start_node_with_port_base(
+    base: str, extra_env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """像节点启动脚本那样 source ray_env.sh 并算端口参数；能往下走时打印 started。"""
+    return subprocess.run(
         ["bash", "-c", f"set -e; {_PORT_ARGS}; echo started"],
         cwd=PROJECT_ROOT,
-        env={"PATH": os.environ["PATH"], "RAY_AUTH_TOKEN": "t", "RAY_PORT_BASE": base},
+        env={"PATH": os.environ["PATH"], "RAY_AUTH_TOKEN": "t", "RAY_PORT_BASE": base}
+        | (extra_env or {}),
         capture_output=True,
         text=True,
         check=False,
     )
+
+
+@pytest.mark.parametrize("base", ["abc", "80", "65000"])
+def test_ray_port_base_out_of_range_stops_the_node_with_a_message(base: str) -> None:
+    result = _start_node_with_port_base(base)
     assert result.returncode == 2 and "started" not in result.stdout
     assert "RAY_PORT_BASE" in result.stderr
 
 
 @pytest.mark.parametrize("base", ["29500", "30000", "30999"])
 def test_a_port_block_over_the_direct_ingress_range_is_refused(base: str) -> None:
-    result = subprocess.run(
-        ["bash", "-c", f"set -e; {_PORT_ARGS}; echo started"],
-        cwd=PROJECT_ROOT,
-        env={"PATH": os.environ["PATH"], "RAY_AUTH_TOKEN": "t", "RAY_PORT_BASE": base},
-        capture_output=True,
-        text=True,
-        check=False,
-    )
+    result = _start_node_with_port_base(base)
     assert result.returncode == 2 and "started" not in result.stdout
     assert "30000–31000" in result.stderr
     # 经典模式（Python 代理）不用这个端口段：不拒绝
     classic = {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "0", "RAY_SERVE_ENABLE_HA_PROXY": "0"}
-    result = subprocess.run(
-        ["bash", "-c", f"set -e; {_PORT_ARGS}; echo started"],
-        cwd=PROJECT_ROOT,
-        env={"PATH": os.environ["PATH"], "RAY_AUTH_TOKEN": "t", "RAY_PORT_BASE": base} | classic,
-        capture_output=True,
-        text=True,
-        check=False,
-    )
+    result = _start_node_with_port_base(base, classic)
     assert result.returncode == 0 and "started" in result.stdout
 
 
