@@ -11,7 +11,7 @@ from typing import Any
 import httpx
 import psutil
 
-from cluster.ports import free_port_block
+from cluster.ports import free_port_block, release_port_block
 from serve_app.core.settings import PROJECT_ROOT
 from tests.support.waiting import wait_until
 
@@ -51,13 +51,13 @@ class RayNode:
 
     def stop(self, timeout_s: float = 60) -> None:
         """SIGTERM 给 ray start：Ray 自行排空并关闭本节点的进程；超时再对进程组 SIGKILL。"""
-        if self._process is None or self._process.poll() is not None:
-            return
-        self._process.send_signal(signal.SIGTERM)
-        try:
-            self._process.wait(timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            self.kill()
+        if self._process is not None and self._process.poll() is None:
+            self._process.send_signal(signal.SIGTERM)
+            try:
+                self._process.wait(timeout=timeout_s)
+            except subprocess.TimeoutExpired:
+                self.kill()
+        release_port_block(self.port_base)
 
     def kill(self) -> None:
         """模拟节点突然消失（如容器被杀）：本节点起的全部进程一起 SIGKILL。
@@ -82,6 +82,7 @@ class RayNode:
                 continue
         psutil.wait_procs(descendants, timeout=30)
         self._process.wait(timeout=30)
+        release_port_block(self.port_base)
 
 
 class ClusterApi:

@@ -14,7 +14,8 @@ from typing import Any
 import pytest
 import yaml
 
-from cluster.ports import PORT_BLOCK, free_port_block
+from cluster import ports
+from cluster.ports import PORT_BLOCK, free_port_block, release_port_block
 from serve_app.core.settings import PROJECT_ROOT, Settings
 
 COMPOSE = PROJECT_ROOT / "docker-compose.yml"
@@ -441,9 +442,27 @@ def test_a_port_block_over_the_direct_ingress_range_is_refused(base: str) -> Non
 def test_port_blocks_handed_out_in_one_process_never_repeat() -> None:
     # 节点刚起、还没绑端口时那段看起来仍是空的：同一进程里接连要两段，不能拿到同一段
     bases = [free_port_block() for _ in range(8)]
-    assert len(set(bases)) == len(bases)
-    # 不碰 Serve 直连入口的副本端口段（30000–31000）
-    assert all(20000 <= b and b + PORT_BLOCK <= 30000 for b in bases)
+    try:
+        assert len(set(bases)) == len(bases)
+        # 不碰 Serve 直连入口的副本端口段（30000–31000）
+        assert all(20000 <= b and b + PORT_BLOCK <= 30000 for b in bases)
+    finally:
+        for base in bases:
+            release_port_block(base)
+
+
+def test_released_and_stale_port_blocks_can_be_handed_out_again(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # 20000–29999 只有 10 段：一次长的测试会话里起停几十个节点，交回的段必须能再发
+    for _ in range(30):
+        release_port_block(free_port_block())
+    # 没交回的（节点被杀、测试中途失败）过了预留期也失效
+    clock = [1000.0]
+    monkeypatch.setattr(ports.time, "monotonic", lambda: clock[0])
+    for _ in range(30):
+        free_port_block()
+        clock[0] += ports._RESERVED_S + 1
 
 
 def test_only_the_metrics_port_is_fixed_when_no_port_base_is_set() -> None:
