@@ -24,13 +24,14 @@ def free_port() -> int:
 # 20000–29999 只有 10 段，不能让一次长测试会话把它们一段段攒光。
 _HANDED_OUT: dict[int, float] = {}
 _RESERVED_S = 120.0
+_clock = time.monotonic  # 测试替换它来模拟时间流逝
 
 
 def free_port_block(size: int = PORT_BLOCK) -> int:
     """一段连续空闲端口的起点，落在 20000–29999：在内核的临时端口范围（32768 起）之下，
     不会被随机端口占走，也不碰 Serve 直连入口的副本端口段（30000–31000，见 ray_env.sh）。
     同一台机器上的每个 Ray 节点各用一段；同一进程里不会发出同一段两次。"""
-    now = time.monotonic()
+    now = _clock()
     for base, handed_at in list(_HANDED_OUT.items()):
         if now - handed_at > _RESERVED_S:
             del _HANDED_OUT[base]

@@ -459,7 +459,7 @@ def test_released_and_stale_port_blocks_can_be_handed_out_again(
         release_port_block(free_port_block())
     # 没交回的（节点被杀、测试中途失败）过了预留期也失效
     clock = [1000.0]
-    monkeypatch.setattr(ports.time, "monotonic", lambda: clock[0])
+    monkeypatch.setattr(ports, "_clock", lambda: clock[0])
     for _ in range(30):
         free_port_block()
         clock[0] += ports._RESERVED_S + 1
