@@ -13,6 +13,9 @@
 `--pg-processes 1 2`：Postgres 另按 N 个客户端进程各测一次（每个进程一个连接池、一个事件循环，
 就像 N 个入口副本同时写一个库；作业与并发平分，N 个进程在同一时刻开始）。
 SQLite 账本只能有一个写者，不测多进程。
+
+`--loops uvloop asyncio`：每种事件循环各测一次（默认只测 uvloop：Ray 的 actor，包括 Serve 的入口与
+账本副本，装了 uvloop 就用它跑事件循环；asyncio 是标准库的循环，用来对照）。
 """
 
 from __future__ import annotations
@@ -25,10 +28,13 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Coroutine
 from datetime import UTC, datetime
 from multiprocessing.synchronize import Barrier
 from pathlib import Path
 from typing import Any
+
+import uvloop
 
 from serve_app.core.settings import PROJECT_ROOT, JobPolicy
 from serve_app.ledger.postgres_store import PostgresJobStore
@@ -44,6 +50,11 @@ from serve_app.models.reports import (
     utc_now,
 )
 
+# 事件循环：uvloop 与 Ray 副本里的相同（RAY_USE_UVLOOP 默认开），asyncio 是标准库的
+LOOPS: dict[str, Callable[[], asyncio.AbstractEventLoop]] = {
+    "uvloop": uvloop.new_event_loop,
+    "asyncio": asyncio.new_event_loop,
+}
 OWNER = "bench"
 DELIVERED = DeliveryOutcome(delivered=True, attempts=1, status_code=200)
 REPORT = Completion(
@@ -120,7 +131,13 @@ def _summary(
     }
 
 
+def _run_on[T](loop: str, main: Coroutine[Any, Any, T]) -> T:
+    """在指定的事件循环上跑完 main。"""
+    return asyncio.run(main, loop_factory=LOOPS[loop])
+
+
 def _pg_process(
+    loop: str,
     url: str,
     pool_size: int,
     jobs: int,
@@ -131,10 +148,12 @@ def _pg_process(
 ) -> None:
     """多进程时的一个客户端进程：自己的连接池与事件循环。"""
     store = PostgresJobStore(url, JobPolicy(max_active_jobs=jobs + 2), pool_size=pool_size)
-    results.put(asyncio.run(_drive(store, jobs, concurrency, prefix, barrier)))
+    results.put(_run_on(loop, _drive(store, jobs, concurrency, prefix, barrier)))
 
 
-def _pg_processes(url: str, args: argparse.Namespace, processes: int) -> dict[str, float]:
+def _pg_processes(
+    loop: str, url: str, args: argparse.Namespace, processes: int
+) -> dict[str, float]:
     """N 个客户端进程同时写一个库（spawn：子进程不继承父进程的事件循环与连接）。"""
     context = multiprocessing.get_context("spawn")
     barrier = context.Barrier(processes)
@@ -143,11 +162,12 @@ def _pg_processes(url: str, args: argparse.Namespace, processes: int) -> dict[st
         context.Process(
             target=_pg_process,
             args=(
+                loop,
                 url,
                 max(args.pool_size // processes, 2),
                 args.jobs // processes,
                 max(args.concurrency // processes, 1),
-                f"bench-p{processes}-{index}",
+                f"bench-{loop}-p{processes}-{index}",
                 barrier,
                 results,
             ),
@@ -163,11 +183,15 @@ def _pg_processes(url: str, args: argparse.Namespace, processes: int) -> dict[st
 
 
 def _bench(kind: str, args: argparse.Namespace, tmp: Path) -> dict[str, dict[str, float]]:
-    """一种存储的结果：SQLite 一行；Postgres 按 --pg-processes 每个进程数一行。"""
+    """一种存储的结果，每个事件循环一组：SQLite 一行；Postgres 按 --pg-processes 每个进程数一行。"""
     if kind == "sqlite":
-        store = SqliteJobStore(tmp / "ledger.sqlite3", JobPolicy(max_active_jobs=args.jobs + 2))
-        run = asyncio.run(_drive(store, args.jobs, args.concurrency, "bench", None))
-        return {"sqlite": _summary([run], args.jobs, args.concurrency, 1)}
+        results: dict[str, dict[str, float]] = {}
+        for loop in args.loops:
+            policy = JobPolicy(max_active_jobs=args.jobs + 2)
+            store = SqliteJobStore(tmp / f"ledger-{loop}.sqlite3", policy)
+            run = _run_on(loop, _drive(store, args.jobs, args.concurrency, "bench", None))
+            results[f"sqlite {loop}"] = _summary([run], args.jobs, args.concurrency, 1)
+        return results
     server = None
     if args.postgres_url:
         url = args.postgres_url
@@ -177,7 +201,11 @@ def _bench(kind: str, args: argparse.Namespace, tmp: Path) -> dict[str, dict[str
         server = PostgresServer().start()
         url = server.create_database()
     try:
-        return {f"postgres×{n}": _pg_processes(url, args, n) for n in args.pg_processes}
+        return {
+            f"postgres×{n} {loop}": _pg_processes(loop, url, args, n)
+            for loop in args.loops
+            for n in args.pg_processes
+        }
     finally:
         if server is not None:
             server.cleanup()
@@ -202,18 +230,30 @@ def main(argv: list[str] | None = None) -> int:
         default=[1, 2],
         help="Postgres 的客户端进程数（每个各测一次）",
     )
+    parser.add_argument(
+        "--loops",
+        nargs="+",
+        choices=sorted(LOOPS),
+        default=["uvloop"],
+        help="事件循环（每个各测一次；默认 uvloop，与 Ray 副本相同）",
+    )
+    parser.add_argument(
+        "--out-dir",
+        type=Path,
+        default=PROJECT_ROOT / ".run" / "bench",
+        help="结果 JSON 写到这里",
+    )
     args = parser.parse_args(argv)
     results: dict[str, dict[str, float]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         for kind in args.store:
             results |= _bench(kind, args, Path(tmp))
-    out_dir = PROJECT_ROOT / ".run" / "bench"
-    out_dir.mkdir(parents=True, exist_ok=True)
-    path = out_dir / f"ledger-{datetime.now(UTC):%Y%m%dT%H%M%S}.json"
+    args.out_dir.mkdir(parents=True, exist_ok=True)
+    path = args.out_dir / f"ledger-{datetime.now(UTC):%Y%m%dT%H%M%S}.json"
     path.write_text(json.dumps({"when": datetime.now(UTC).isoformat(), **results}, indent=2))
     for kind, result in results.items():
         sys.stdout.write(
-            f"{kind:11s} 账本：{result['jobs_per_s']:.0f} 个作业/秒"
+            f"{kind:18s} 账本：{result['jobs_per_s']:.0f} 个作业/秒"
             f"（完整生命周期，{result['jobs']:.0f} 个，并发 {args.concurrency}，"
             f"{result['processes']:.0f} 个客户端进程），"
             f"admit p50 {result['admit_p50_ms']:.1f} ms、p99 {result['admit_p99_ms']:.1f} ms\n"

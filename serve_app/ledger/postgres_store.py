@@ -96,17 +96,23 @@ _MUTABLE: dict[str, str] = {
     "cb_next_attempt_at": "float8",
     "cb_first_failed_at": "float8",
 }
-# 批量条件写：每行以读到的 version 为条件；落空的行不在 RETURNING 里。
-# 数组参数用二进制格式（%b）：文本格式要逐个元素转义，批量时是主要的 CPU 开销
-_BATCH_UPDATE = (
-    "UPDATE jobs AS j SET "
-    + ", ".join(f"{column} = v.{column}" for column in _MUTABLE)
-    + ", version = j.version + 1 FROM unnest(%b::text[], %b::int8[], "
-    + ", ".join(f"%b::{kind}[]" for kind in _MUTABLE.values())
-    + ") AS v(trace_id, version, "
-    + ", ".join(_MUTABLE)
-    + ") WHERE j.trace_id = v.trace_id AND j.version = v.version RETURNING j.*"
-).encode()
+
+
+@functools.cache
+def _batch_update_query(names: tuple[str, ...]) -> bytes:
+    """批量条件写：只写这一批改动到的列（按列名组合一次）；每行以读到的 version 为条件，
+    落空的行不在 RETURNING 里。数组参数用二进制格式（%b）：文本格式要逐个元素转义。"""
+    return (
+        "UPDATE jobs AS j SET "
+        + ", ".join(f"{name} = v.{name}" for name in names)
+        + ", version = j.version + 1 FROM unnest(%b::text[], %b::int8[], "
+        + ", ".join(f"%b::{_MUTABLE[name]}[]" for name in names)
+        + ") AS v(trace_id, version, "
+        + ", ".join(names)
+        + ") WHERE j.trace_id = v.trace_id AND j.version = v.version RETURNING j.trace_id"
+    ).encode()
+
+
 _BATCH_INSERT = (
     b"INSERT INTO jobs (trace_id, state, job_json, history_json, created_at, updated_at, owner,"
     b" lease_until, runs, cb_state, caller)"
@@ -127,25 +133,33 @@ class _Step:
     written: Callable[[DictRow], Any] | None = None
 
 
-def _next_row(row: DictRow, now: float, step: _Step) -> dict[str, Any]:
-    """按判定算出写入后的整行（可变列）；trace_id 与 version 用于条件写。"""
+def _changes(row: DictRow, now: float, step: _Step) -> dict[str, Any]:
+    """按判定算出这次写入改动的列（含 updated_at 与状态变化）。"""
     assert step.columns is not None
-    new = {column: row[column] for column in _MUTABLE}
-    new |= step.columns
-    new["updated_at"] = now
-    new |= state_columns(row, step.state, now)
-    return new | {"trace_id": row["trace_id"], "version": row["version"]}
+    return step.columns | {"updated_at": now} | state_columns(row, step.state, now)
 
 
-async def _batch_update(conn: Conn, rows: list[dict[str, Any]]) -> dict[str, DictRow]:
-    """一条语句写一批行（各自以 version 为条件）；返回写成的行。"""
+async def _batch_update(
+    conn: Conn, writes: list[tuple[DictRow, dict[str, Any]]]
+) -> dict[str, DictRow]:
+    """一条语句写一批行（各自以读到的 version 为条件）；返回写成的行。
+
+    只发这一批改动到的列（某行没改的列照发它读到的值），只取回写成的 trace_id：写成的行就是
+    读到的行加上这些改动、version 加一，不必把整行（报告正文、作业 JSON）再从库里传回来。
+    """
+    names = tuple(sorted({name for _, changes in writes for name in changes}))
     params = [
-        [r["trace_id"] for r in rows],
-        [r["version"] for r in rows],
-        *([r[column] for r in rows] for column in _MUTABLE),
+        [row["trace_id"] for row, _ in writes],
+        [row["version"] for row, _ in writes],
+        *([changes.get(name, row[name]) for row, changes in writes] for name in names),
     ]
-    cursor = await conn.execute(_BATCH_UPDATE, params)
-    return {row["trace_id"]: row for row in await cursor.fetchall()}
+    cursor = await conn.execute(_batch_update_query(names), params)
+    done = {written["trace_id"] for written in await cursor.fetchall()}
+    return {
+        row["trace_id"]: cast(DictRow, row | changes | {"version": row["version"] + 1})
+        for row, changes in writes
+        if row["trace_id"] in done
+    }
 
 
 async def _batch_insert(
@@ -443,7 +457,7 @@ class PostgresJobStore:
         rows = {row["trace_id"]: row for row in await cursor.fetchall()}
         later: list[int] = []
         seen: set[str] = set()
-        writes: list[tuple[int, _Step, dict[str, Any]]] = []
+        writes: list[tuple[int, _Step, DictRow, dict[str, Any]]] = []
         for i in pending:
             method, args = calls[i]
             trace_id = args[0]
@@ -456,16 +470,16 @@ class PostgresJobStore:
             if step.columns is None or row is None:
                 outcomes[i] = (True, step.reply)
             else:
-                writes.append((i, step, _next_row(row, now, step)))
+                writes.append((i, step, row, _changes(row, now, step)))
         if writes:
-            written = await _batch_update(conn, [new for _, _, new in writes])
-            for i, step, new in writes:
-                row = written.get(new["trace_id"])
-                if row is None:
+            written = await _batch_update(conn, [(row, changes) for _, _, row, changes in writes])
+            for i, step, row, _ in writes:
+                new = written.get(row["trace_id"])
+                if new is None:
                     later.append(i)
                 else:
                     assert step.written is not None
-                    outcomes[i] = (True, step.written(row))
+                    outcomes[i] = (True, step.written(new))
         return later
 
     async def _admit_batch(
@@ -523,10 +537,12 @@ class PostgresJobStore:
             cursor = await conn.execute("SELECT * FROM jobs WHERE trace_id = ANY(%s)", (missing,))
             existing = {row["trace_id"]: row for row in await cursor.fetchall()}
         for i in plain:
-            trace_id = calls[i][1][0].trace_id
-            row = inserted.get(trace_id) or existing.get(trace_id)
+            job = calls[i][1][0]
+            # 刚插入的行就是这个作业：不必把 job_json 再解析一遍
+            fresh = inserted.get(job.trace_id)
+            row = fresh or existing.get(job.trace_id)
             if row is not None:
-                outcomes[i] = (True, Admission(record=record_from_row(row)))
+                outcomes[i] = (True, Admission(record=record_from_row(row, job if fresh else None)))
             else:
                 outcomes[i] = (True, Admission(record=None, retry_after_s=refused[i]))
 

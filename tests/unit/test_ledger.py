@@ -129,6 +129,20 @@ async def test_full_lifecycle_is_recorded(store: JobStore) -> None:
     assert await store.get("missing") is None
 
 
+async def test_records_returned_by_writes_equal_what_is_read_back(store: JobStore) -> None:
+    # 写入的答复（Postgres 由读到的行加上改动算出，不从库里取回整行）与之后读回的记录一致
+    admitted = (await store.admit(_job(), "a", None)).record
+    assert admitted == await store.get("t-1")
+    cancel = await store.request_cancel("t-1")
+    assert cancel.record == await store.get("t-1")
+    await _produced(store, "t-2")
+    refused = await store.record_delivery("t-2", "a", REFUSED)
+    assert refused is not None and refused.callback.state is CallbackState.PENDING
+    assert refused == await store.get("t-2")
+    redelivered = await store.redeliver("t-2")
+    assert redelivered is not None and redelivered == await store.get("t-2")
+
+
 async def test_finish_replayed_by_its_owner_returns_the_recorded_outcome(
     store: JobStore,
 ) -> None:
