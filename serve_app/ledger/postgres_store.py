@@ -5,6 +5,8 @@
   交还租约都会让 version 加一，于是失去租约的副本的写入落空，重读后由规则判定为“租约已丢”。
 - 组提交：作业路径上的操作（受理、推进、结果、投递、取消、重投）经 CallBatcher 合批，一批只用
   一条批量读与一条批量条件写（unnest），每条语句一次提交；落空的重读再判。
+- 副本记住自己最近写成的行：同一作业的下一次操作直接以它判定、以它的 version 为条件写，不必先读；
+  别人改过（取消、接手、交还）则条件写落空，重读再判，所以只省读，不会写错。
 - 领取过期租约与到期重投：`FOR UPDATE SKIP LOCKED`，多个副本同时扫描时各领各的。
 - 连接池（psycopg_pool）在第一次使用时打开并迁移结构；连接失败、池等待超时按 tenacity 重试，
   用尽即 LedgerUnavailable（503 + Retry-After）。
@@ -59,6 +61,10 @@ from serve_app.models.reports import CallbackPayload, DeliveryOutcome, ReportJob
 Conn = AsyncConnection[DictRow]
 _PRODUCING = [str(s) for s in PRODUCING_STATES]
 _ROW_BY_ID = "SELECT * FROM jobs WHERE trace_id = %s"
+# 每个副本记住的行数上限（它正在处理的作业的最新行，省掉每次操作前的读；约几 KB 一行）
+_REMEMBERED_ROWS = 4096
+_SETTLED = frozenset(str(s) for s in rules.SETTLED_CALLBACKS)
+_FINISHED = frozenset(str(s) for s in rules.FINISHED_STATES)
 # 乐观并发的重读轮数：只有同一作业上同时有别的写入（或同一批里排在后面）才会重读
 _CAS_ATTEMPTS = 8
 # 连接断开、池里拿不到连接：可重试；用尽即账本不可用
@@ -99,16 +105,24 @@ _MUTABLE: dict[str, str] = {
 
 
 @functools.cache
-def _batch_update_query(names: tuple[str, ...]) -> bytes:
-    """批量条件写：只写这一批改动到的列（按列名组合一次）；每行以读到的 version 为条件，
-    落空的行不在 RETURNING 里。数组参数用二进制格式（%b）：文本格式要逐个元素转义。"""
+def _batch_update_query(names: tuple[str, ...], partial: tuple[str, ...]) -> bytes:
+    """批量条件写：只写这一批改动到的列（按列组合一次）；每行以读到的 version 为条件，落空的行
+    不在 RETURNING 里。partial：只有部分行改动的列，没改它的行保留库里的当前值（而不是写回读到的
+    旧值：续租只改 lease_until、不加 version，读到的 lease_until 可能已经旧了）。
+    数组参数用二进制格式（%b）：文本格式要逐个元素转义。"""
+    assignments = [
+        f"{name} = CASE WHEN v.set_{name} THEN v.{name} ELSE j.{name} END"
+        if name in partial
+        else f"{name} = v.{name}"
+        for name in names
+    ]
     return (
         "UPDATE jobs AS j SET "
-        + ", ".join(f"{name} = v.{name}" for name in names)
+        + ", ".join(assignments)
         + ", version = j.version + 1 FROM unnest(%b::text[], %b::int8[], "
-        + ", ".join(f"%b::{_MUTABLE[name]}[]" for name in names)
+        + ", ".join([f"%b::{_MUTABLE[name]}[]" for name in names] + ["%b::bool[]"] * len(partial))
         + ") AS v(trace_id, version, "
-        + ", ".join(names)
+        + ", ".join([*names, *(f"set_{name}" for name in partial)])
         + ") WHERE j.trace_id = v.trace_id AND j.version = v.version RETURNING j.trace_id"
     ).encode()
 
@@ -144,16 +158,18 @@ async def _batch_update(
 ) -> dict[str, DictRow]:
     """一条语句写一批行（各自以读到的 version 为条件）；返回写成的行。
 
-    只发这一批改动到的列（某行没改的列照发它读到的值），只取回写成的 trace_id：写成的行就是
-    读到的行加上这些改动、version 加一，不必把整行（报告正文、作业 JSON）再从库里传回来。
+    只发这一批改动到的列，只取回写成的 trace_id：写成的行就是读到的行加上这些改动、version 加一
+    （没改的列库里保持原值），不必把整行（报告正文、作业 JSON）再从库里传回来。
     """
     names = tuple(sorted({name for _, changes in writes for name in changes}))
+    partial = tuple(n for n in names if not all(n in changes for _, changes in writes))
     params = [
         [row["trace_id"] for row, _ in writes],
         [row["version"] for row, _ in writes],
-        *([changes.get(name, row[name]) for row, changes in writes] for name in names),
+        *([changes.get(name) for _, changes in writes] for name in names),
+        *([name in changes for _, changes in writes] for name in partial),
     ]
-    cursor = await conn.execute(_batch_update_query(names), params)
+    cursor = await conn.execute(_batch_update_query(names, partial), params)
     done = {written["trace_id"] for written in await cursor.fetchall()}
     return {
         row["trace_id"]: cast(DictRow, row | changes | {"version": row["version"] + 1})
@@ -211,6 +227,9 @@ class PostgresJobStore:
         )
         self._ready = False
         self._ready_lock = asyncio.Lock()
+        # 本副本最近写成或读到的行（trace_id → 行）：作业路径上的下一次操作直接拿它判定、以它的
+        # version 为条件写，省掉一次批量读（见 _current_rows）
+        self._rows: dict[str, DictRow] = {}
         self._batcher = CallBatcher(self._apply, max_in_flight=4, max_batch=256)
         self._deciders: dict[str, Callable[..., _Step]] = {
             "advance": self._decide_advance,
@@ -425,7 +444,8 @@ class PostgresJobStore:
         return cast(JobRecord | None, await self._batcher.call("redeliver", trace_id))
 
     async def _apply(self, calls: list[Call]) -> list[Outcome]:
-        """一批操作：受理一条批量插入，其余一轮一条批量读 + 一条批量条件写，落空的重读再判。"""
+        """一批操作：受理一条批量插入；其余一轮一条批量条件写（本副本没记住的行先一条批量读），
+        落空的重读再判。"""
 
         async def work(conn: Conn, now: float) -> list[Outcome]:
             outcomes: dict[int, Outcome] = {}
@@ -451,10 +471,10 @@ class PostgresJobStore:
         pending: list[int],
         outcomes: dict[int, Outcome],
     ) -> list[int]:
-        """一轮：批量读这些作业，逐个按规则判定，批量条件写；返回落空（或同一作业排在后面）的。"""
+        """一轮：取这些作业的行（本副本记得的直接用，其余一条批量读），逐个按规则判定，批量条件写；
+        返回落空（或同一作业排在后面、或凭记住的行判为不写）的，下一轮重读再判。"""
         ids = list(dict.fromkeys(calls[i][1][0] for i in pending))
-        cursor = await conn.execute("SELECT * FROM jobs WHERE trace_id = ANY(%b)", (ids,))
-        rows = {row["trace_id"]: row for row in await cursor.fetchall()}
+        rows, remembered = await self._current_rows(conn, ids)
         later: list[int] = []
         seen: set[str] = set()
         writes: list[tuple[int, _Step, DictRow, dict[str, Any]]] = []
@@ -467,20 +487,52 @@ class PostgresJobStore:
             seen.add(trace_id)
             row = rows.get(trace_id)
             step = self._deciders[method](row, now, *args[1:])
-            if step.columns is None or row is None:
-                outcomes[i] = (True, step.reply)
-            else:
+            if row is not None and step.columns is not None:
                 writes.append((i, step, row, _changes(row, now, step)))
+            elif trace_id in remembered:
+                # 不写的答复（租约已丢、已取消……）只凭库里的当前行给出：记住的行可能旧了
+                self._rows.pop(trace_id, None)
+                later.append(i)
+            else:
+                outcomes[i] = (True, step.reply)
         if writes:
             written = await _batch_update(conn, [(row, changes) for _, _, row, changes in writes])
             for i, step, row, _ in writes:
                 new = written.get(row["trace_id"])
                 if new is None:
+                    self._rows.pop(row["trace_id"], None)
                     later.append(i)
                 else:
+                    self._remember(new)
                     assert step.written is not None
                     outcomes[i] = (True, step.written(new))
         return later
+
+    async def _current_rows(
+        self, conn: Conn, ids: list[str]
+    ) -> tuple[dict[str, DictRow], set[str]]:
+        """这些作业的行：本副本记得的（上次由它写成或读到）直接用，其余一条批量读并记住。
+        记住的行若已被别人改过，条件写会落空，再从库里重读：所以它只省读，不会写错。"""
+        rows = {t: self._rows[t] for t in ids if t in self._rows}
+        remembered = set(rows)
+        missing = [t for t in ids if t not in rows]
+        if missing:
+            cursor = await conn.execute("SELECT * FROM jobs WHERE trace_id = ANY(%b)", (missing,))
+            fresh = await cursor.fetchall()
+            rows |= {row["trace_id"]: row for row in fresh}
+            self._remember(*fresh)
+        return rows, remembered
+
+    def _remember(self, *rows: DictRow) -> None:
+        """记住这些行的最新版本（最近用到的排在最后）；结束了的作业不再记，超过上限时忘掉最久没用的。"""
+        for row in rows:
+            trace_id = row["trace_id"]
+            self._rows.pop(trace_id, None)
+            if row["cb_state"] in _SETTLED and row["state"] in _FINISHED:
+                continue
+            self._rows[trace_id] = row
+            if len(self._rows) > _REMEMBERED_ROWS:
+                del self._rows[next(iter(self._rows))]
 
     async def _admit_batch(
         self,
@@ -528,6 +580,7 @@ class PostgresJobStore:
             assert retry_after is not None
             refused[i] = retry_after
         inserted = await _batch_insert(conn, now, [calls[i][1] for i in inserts], self._lease(now))
+        self._remember(*inserted.values())
         # 没插进去的（同一 trace_id 已在：调用方超时重试）与被限流的，看是否已存在
         missing = [
             calls[i][1][0].trace_id for i in plain if calls[i][1][0].trace_id not in inserted

@@ -250,6 +250,22 @@ async def test_heartbeat_keeps_lease_and_reports_cancel(store: JobStore, clock: 
     assert (await store.heartbeat("a", ["t-1"])).cancel == ["t-1"]
 
 
+async def test_a_write_batched_with_others_keeps_a_heartbeats_lease(
+    store: JobStore, clock: Clock
+) -> None:
+    # 续租只改租约：同一批里别的作业改租约、这个作业不改（登记取消），不能把续上的租约写回旧值
+    await store.admit(_job("t-1"), "a", None)
+    await store.admit(_job("t-2"), "a", None)
+    clock.now += POLICY.lease_s - 10
+    assert (await store.heartbeat("a", ["t-1"])).lost == []
+    cancel, advanced = await asyncio.gather(
+        store.request_cancel("t-1"), store.advance("t-2", "a", JobState.RENDERING)
+    )
+    assert cancel.accepted and advanced == "ok"
+    clock.now += 15  # 过了最初的租约，没过续上的
+    assert await store.claim_due("b", 10) == []
+
+
 async def test_released_job_is_claimable_at_once_without_counting_a_run(
     store: JobStore,
 ) -> None:
@@ -398,6 +414,31 @@ async def test_two_replicas_racing_for_expired_leases_never_claim_the_same_job(
         await asyncio.gather(*(r.close() for r in replicas))
 
 
+async def test_a_replica_acting_on_a_remembered_row_sees_what_others_wrote(
+    postgres_server: PostgresServer, clock: Clock
+) -> None:
+    # 副本记住自己写成的行、下一次不先读：别的副本登记了取消、接手了租约，它的写入落空，重读再判
+    url = postgres_server.create_database()
+    mine, other = (PostgresJobStore(url, POLICY, clock=clock) for _ in range(2))
+    try:
+        job = _job()
+        await mine.admit(job, "a", None)
+        assert await mine.advance("t-1", "a", JobState.RENDERING) == "ok"
+        assert (await other.request_cancel("t-1")).accepted
+        assert await mine.advance("t-1", "a", JobState.GENERATING) == "cancelled"
+        final = await mine.finish("t-1", "a", _succeeded(job))
+        assert final is not None and final.status == "cancelled"
+        await mine.admit(_job("t-2"), "a", None)
+        clock.now += POLICY.lease_s + 1
+        claimed = {item.record.trace_id for item in await other.claim_due("b", 10)}
+        assert "t-2" in claimed
+        assert await mine.advance("t-2", "a", JobState.RENDERING) == "lost"
+        assert await mine.finish("t-2", "a", _succeeded(_job("t-2"))) is None
+        assert await other.advance("t-2", "b", JobState.RENDERING) == "ok"
+    finally:
+        await asyncio.gather(mine.close(), other.close())
+
+
 async def test_concurrent_writers_on_one_job_keep_every_change(
     postgres_server: PostgresServer, clock: Clock
 ) -> None:
@@ -426,7 +467,7 @@ async def test_postgres_groups_concurrent_lifecycles_into_batched_statements(
         await asyncio.gather(*(_produced(store, f"t-{i}") for i in range(40)))
         records = await asyncio.gather(*(store.get(f"t-{i}") for i in range(40)))
         assert all(r is not None and r.state is JobState.DELIVERING for r in records)
-        # 40 个作业的 160 次写入合成的批次少得多（每批一条批量读 + 一条批量条件写）
+        # 40 个作业的 160 次写入合成的批次少得多（每批一条批量条件写，没记住的行先一条批量读）
         assert store.batcher.calls == 160
         assert store.batcher.batches < store.batcher.calls / 4
     finally:
