@@ -230,6 +230,8 @@ class PostgresJobStore:
         # 本副本最近写成或读到的行（trace_id → 行）：作业路径上的下一次操作直接拿它判定、以它的
         # version 为条件写，省掉一次批量读（见 _current_rows）
         self._rows: dict[str, DictRow] = {}
+        # 记住的行的作业（解析好的；job_json 建立后不变），与 _rows 一起记、一起忘
+        self._jobs: dict[str, ReportJob] = {}
         self._batcher = CallBatcher(self._apply, max_in_flight=4, max_batch=256)
         self._deciders: dict[str, Callable[..., _Step]] = {
             "advance": self._decide_advance,
@@ -529,10 +531,23 @@ class PostgresJobStore:
             trace_id = row["trace_id"]
             self._rows.pop(trace_id, None)
             if row["cb_state"] in _SETTLED and row["state"] in _FINISHED:
+                self._jobs.pop(trace_id, None)
                 continue
             self._rows[trace_id] = row
             if len(self._rows) > _REMEMBERED_ROWS:
-                del self._rows[next(iter(self._rows))]
+                oldest = next(iter(self._rows))
+                del self._rows[oldest]
+                self._jobs.pop(oldest, None)
+
+    def _job_of(self, row: DictRow) -> ReportJob:
+        """这一行的作业：记住了就直接用，否则解析 job_json（并记住，行还记着时）。"""
+        trace_id = row["trace_id"]
+        job = self._jobs.get(trace_id)
+        if job is None:
+            job = ReportJob.model_validate_json(row["job_json"])
+            if trace_id in self._rows:
+                self._jobs[trace_id] = job
+        return job
 
     async def _admit_batch(
         self,
@@ -581,6 +596,7 @@ class PostgresJobStore:
             refused[i] = retry_after
         inserted = await _batch_insert(conn, now, [calls[i][1] for i in inserts], self._lease(now))
         self._remember(*inserted.values())
+        self._jobs |= {job.trace_id: job for job, _, _ in (calls[i][1] for i in inserts)}
         # 没插进去的（同一 trace_id 已在：调用方超时重试）与被限流的，看是否已存在
         missing = [
             calls[i][1][0].trace_id for i in plain if calls[i][1][0].trace_id not in inserted
@@ -629,8 +645,7 @@ class PostgresJobStore:
             return _Step(reply=CallbackPayload.model_validate_json(row["outcome_json"]))
         if not rules.holds_production(row["state"], row["owner"], owner):
             return _Step(reply=None)
-        job = ReportJob.model_validate_json(row["job_json"])
-        final = rules.final_outcome(job, outcome, bool(row["cancel_requested"]))
+        final = rules.final_outcome(self._job_of(row), outcome, bool(row["cancel_requested"]))
         columns = self._outcome_columns(now, final) | {"lease_until": self._lease(now)}
         return _Step(columns=columns, state=JobState.DELIVERING, written=lambda _row: final)
 
@@ -641,8 +656,15 @@ class PostgresJobStore:
             return _Step(reply=None)
         if not rules.holds_delivery(row["owner"], owner):
             return _Step(reply=None)
-        columns, state = delivery_columns(row, now, result, self._policy)
-        return _Step(columns=columns, state=state, written=record_from_row)
+        # 结果与作业各解析一次：判定与答复的记录共用（投递不改这两列）
+        outcome = CallbackPayload.model_validate_json(row["outcome_json"])
+        columns, state = delivery_columns(row, now, result, self._policy, outcome)
+        job = self._job_of(row)
+        return _Step(
+            columns=columns,
+            state=state,
+            written=lambda new: record_from_row(new, job, outcome),
+        )
 
     @staticmethod
     def _decide_request_cancel(row: DictRow | None, _now: float) -> _Step:

@@ -41,14 +41,18 @@ def maybe_at(epoch: float | None) -> datetime | None:
 _HISTORY = TypeAdapter(list[StateChange])
 
 
-def record_from_row(row: Row, job: ReportJob | None = None) -> JobRecord:
-    """jobs 表的一行 → JobRecord。job：调用方手里已有这一行的作业（刚插入的）时免去再解析一次。"""
-    outcome = row["outcome_json"]
+def record_from_row(
+    row: Row, job: ReportJob | None = None, outcome: CallbackPayload | None = None
+) -> JobRecord:
+    """jobs 表的一行 → JobRecord。job / outcome：调用方手里已有这一行解析好的作业与结果时
+    免去再解析一次（作业建立后不变；结果只在 finish 时写一次）。"""
+    if outcome is None and row["outcome_json"]:
+        outcome = CallbackPayload.model_validate_json(row["outcome_json"])
     return JobRecord(
         job=job if job is not None else ReportJob.model_validate_json(row["job_json"]),
         state=JobState(row["state"]),
         updated_at=at(row["updated_at"]),
-        outcome=CallbackPayload.model_validate_json(outcome) if outcome else None,
+        outcome=outcome,
         cancel_requested=bool(row["cancel_requested"]),
         runs=row["runs"],
         callback=CallbackStatus(
@@ -68,17 +72,25 @@ def state_columns(row: Row, state: JobState | None, now: float) -> dict[str, Any
     """状态变化要写的列（state 与追加了一条的 history_json）；状态不变时为空。"""
     if state is None or state == row["state"]:
         return {}
-    history = json.loads(row["history_json"])
-    history.append({"state": str(state), "at": at(now).isoformat()})
-    return {"state": str(state), "history_json": json.dumps(history)}
+    # 历史是本模块写下的 JSON 数组（至少有受理那一条）：在结尾的 "]" 前接上新的一条，
+    # 不必整段解析再序列化
+    entry = json.dumps({"state": str(state), "at": at(now).isoformat()})
+    return {"state": str(state), "history_json": f"{row['history_json'][:-1]}, {entry}]"}
 
 
 def delivery_columns(
-    row: Row, now: float, result: DeliveryOutcome, policy: JobPolicy
+    row: Row,
+    now: float,
+    result: DeliveryOutcome,
+    policy: JobPolicy,
+    outcome: CallbackPayload | None = None,
 ) -> tuple[dict[str, Any], JobState | None]:
     """一轮投递要写的列与新状态（两种存储共用）：送达即终态；否则按重投表安排下一次，
-    超过期限或不可重试即 undelivered（见 rules.plan_redelivery）。租约一并释放。"""
-    final = rules.state_after_delivery(CallbackPayload.model_validate_json(row["outcome_json"]))
+    超过期限或不可重试即 undelivered（见 rules.plan_redelivery）。租约一并释放。
+    outcome：这一行已解析的结果（不给则从 outcome_json 解析）。"""
+    if outcome is None:
+        outcome = CallbackPayload.model_validate_json(row["outcome_json"])
+    final = rules.state_after_delivery(outcome)
     columns: dict[str, Any] = {
         "cb_attempts": row["cb_attempts"] + result.attempts,
         "cb_last_status": result.status_code,
