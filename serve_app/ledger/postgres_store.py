@@ -493,7 +493,7 @@ class PostgresJobStore:
                 writes.append((i, step, row, _changes(row, now, step)))
             elif trace_id in remembered:
                 # 不写的答复（租约已丢、已取消……）只凭库里的当前行给出：记住的行可能旧了
-                self._rows.pop(trace_id, None)
+                self._forget(trace_id)
                 later.append(i)
             else:
                 outcomes[i] = (True, step.reply)
@@ -502,7 +502,7 @@ class PostgresJobStore:
             for i, step, row, _ in writes:
                 new = written.get(row["trace_id"])
                 if new is None:
-                    self._rows.pop(row["trace_id"], None)
+                    self._forget(row["trace_id"])
                     later.append(i)
                 else:
                     self._remember(new)
@@ -529,15 +529,18 @@ class PostgresJobStore:
         """记住这些行的最新版本（最近用到的排在最后）；结束了的作业不再记，超过上限时忘掉最久没用的。"""
         for row in rows:
             trace_id = row["trace_id"]
-            self._rows.pop(trace_id, None)
             if row["cb_state"] in _SETTLED and row["state"] in _FINISHED:
-                self._jobs.pop(trace_id, None)
+                self._forget(trace_id)
                 continue
+            self._rows.pop(trace_id, None)
             self._rows[trace_id] = row
             if len(self._rows) > _REMEMBERED_ROWS:
-                oldest = next(iter(self._rows))
-                del self._rows[oldest]
-                self._jobs.pop(oldest, None)
+                self._forget(next(iter(self._rows)))
+
+    def _forget(self, trace_id: str) -> None:
+        """忘掉一个作业记住的行与作业（两者一起，不留下没有行的作业）。"""
+        self._rows.pop(trace_id, None)
+        self._jobs.pop(trace_id, None)
 
     def _job_of(self, row: DictRow) -> ReportJob:
         """这一行的作业：记住了就直接用，否则解析 job_json（并记住，行还记着时）。"""

@@ -17,6 +17,7 @@ import pytest
 from cluster.ports import free_port
 from serve_app.core.errors import ErrorCode, LedgerUnavailable
 from serve_app.core.settings import PROJECT_ROOT, JobPolicy
+from serve_app.ledger import postgres_store
 from serve_app.ledger.postgres_store import PostgresJobStore
 from serve_app.ledger.records import CallbackState, JobState
 from serve_app.ledger.sqlite_store import SqliteJobStore
@@ -437,6 +438,27 @@ async def test_a_replica_acting_on_a_remembered_row_sees_what_others_wrote(
         assert await other.advance("t-2", "b", JobState.RENDERING) == "ok"
     finally:
         await asyncio.gather(mine.close(), other.close())
+
+
+async def test_postgres_remembers_only_unfinished_jobs_up_to_a_bound(
+    postgres_server: PostgresServer, clock: Clock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # 记住的行只为省读：结束了的作业不再记，数目有上限，作业与行一起忘（长跑的副本内存不涨）
+    monkeypatch.setattr(postgres_store, "_REMEMBERED_ROWS", 5)
+    policy = POLICY.model_copy(update={"max_active_jobs": 100})
+    store = PostgresJobStore(postgres_server.create_database(), policy, clock=clock)
+    try:
+        await asyncio.gather(*(_produced(store, f"t-{i}") for i in range(20)))
+        remembered = store._rows.keys()  # 检查内部的上限
+        assert len(remembered) == 5 and store._jobs.keys() <= remembered
+        await asyncio.gather(*(store.record_delivery(f"t-{i}", "a", DELIVERED) for i in range(20)))
+        assert not store._rows and not store._jobs
+        assert all(
+            r is not None and r.state is JobState.SUCCEEDED
+            for r in await asyncio.gather(*(store.get(f"t-{i}") for i in range(20)))
+        )
+    finally:
+        await store.close()
 
 
 async def test_concurrent_writers_on_one_job_keep_every_change(
