@@ -109,11 +109,15 @@ class FaultApp:
     def base_url(self) -> str:
         return self.cluster.base_url + ROUTE
 
-    def deploy(self, ingress_replicas: int = 1) -> None:
+    def deploy(
+        self, ingress_replicas: int = 1, ingress_autoscaling: dict[str, Any] | None = None
+    ) -> None:
+        """部署（或就地更新）应用：入口固定副本数，或按 ingress_autoscaling 扩缩。"""
         app = compose_app(
             self.settings,
             fake_llm_deployment.bind(self.settings.engine.model_id),
-            ingress_replicas=ingress_replicas,
+            ingress_replicas=None if ingress_autoscaling else ingress_replicas,
+            ingress_autoscaling=ingress_autoscaling,
         )
         serve.run(app, name=APP_NAME, route_prefix=ROUTE)
         wait_http_ok(self.base_url + "/readyz", timeout_s=120)
@@ -212,6 +216,11 @@ class FaultApp:
         """与账本无关的故障（backend B、LLM 副本）：只在 SQLite 一侧跑一遍，省下 CI 时间。"""
         if self.postgres is not None:
             pytest.skip("与账本无关的故障：在 SQLite 账本一侧已跑过")
+
+    def running_replicas(self, deployment: str) -> int:
+        """某个部署此刻 RUNNING 的副本数（Serve 控制器的状态）。"""
+        status = serve.status().applications[APP_NAME].deployments[deployment]
+        return sum(n for state, n in status.replica_states.items() if state == "RUNNING")
 
     def _replicas(self, deployment: str) -> list[Any]:
         """本应用某个部署的全部副本 actor（按 Serve 给副本起的名字找）。"""

@@ -1,8 +1,9 @@
 """Postgres 账本特有的故障（只在 Postgres 一侧运行）：数据库重启；两个入口副本直连同一个库，
-抢同一个过期的租约（SQLite 账本只有一个 Ledger 副本写库，没有这种竞争）。"""
+抢同一个过期的租约（SQLite 账本只有一个 Ledger 副本写库，没有这种竞争）；入口副本扩缩。"""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 
@@ -86,5 +87,58 @@ def test_two_ingress_replicas_race_for_one_expired_lease(fault_app: FaultApp) ->
         states = [h["state"] for h in body["history"]]
         # 两个副本各渲染一次（接手后重做），结果只有一个
         assert states.count("rendering") == 2 and states.count("succeeded") == 1, states
+    finally:
+        app.deploy()
+
+
+def test_ingress_autoscales_up_under_a_burst_and_back_down(fault_app: FaultApp) -> None:
+    """入口副本各自直连数据库时按在途请求扩缩：突发下扩到 2 个，过后缩回 1 个；被缩掉的副本排空、
+    交还租约，另一个接手——每个作业恰好一次成功回调（SQLite 账本的同一场景在集群层
+    test_multinode）。"""
+    app = fault_app
+    if app.postgres is None:
+        pytest.skip("只在 Postgres 账本上运行（SQLite 账本一侧在集群层的多节点测试里）")
+    app.deploy(
+        ingress_autoscaling={
+            "min_replicas": 1,
+            "max_replicas": 2,
+            "target_ongoing_requests": 2,
+            # 指标每 0.5 秒报一次、按最近 2 秒平均（默认 10 秒、30 秒），测试里一上一下来得快
+            "metrics_interval_s": 0.5,
+            "look_back_period_s": 2,
+            "upscale_delay_s": 1,
+            "downscale_delay_s": 5,
+        }
+    )
+    try:
+        trace_ids = [app.submit("[[sleep:2]]") for _ in range(6)]
+
+        async def hammer(seconds: float) -> None:
+            # 一直保持 16 个在途的状态查询：入口的在途请求远高于目标 2
+            async with httpx.AsyncClient(base_url=app.base_url, timeout=30) as client:
+                deadline = asyncio.get_running_loop().time() + seconds
+
+                async def worker() -> None:
+                    while asyncio.get_running_loop().time() < deadline:
+                        await client.get(f"/v1/reports/{trace_ids[0]}")
+
+                await asyncio.gather(*(worker() for _ in range(16)))
+
+        def two_running() -> bool:
+            # 一直压到第二个副本真的就绪，其间陆续交新作业（落在两个副本上）
+            asyncio.run(hammer(2))
+            trace_ids.append(app.submit("[[sleep:2]]"))
+            return app.running_replicas("ReportIngress") == 2
+
+        wait_until(two_running, what=" 入口扩到 2 个副本并就绪", timeout_s=180)
+        # 突发过后：缩回 1 个；缩掉的副本手里还有生成中的作业
+        trace_ids += [app.submit("[[sleep:2]]") for _ in range(4)]
+        wait_until(
+            lambda: app.running_replicas("ReportIngress") == 1,
+            what=" 入口缩回 1 个副本",
+            timeout_s=180,
+        )
+        app.wait_delivered(trace_ids, timeout_s=180)
+        app.check_one_terminal_callback_each(trace_ids, exactly_once=True)
     finally:
         app.deploy()

@@ -29,3 +29,14 @@ def test_every_ledger_kind_binds_the_ledger_deployment(jobs: dict[str, Any]) -> 
     names = _bound_names(compose_app(settings, None))
     # 构造参数：settings、渲染、回调、账本、LLM（外部模式没有）
     assert names == [None, "TemplateRenderer", "CallbackSender", "Ledger", None]
+
+
+def test_ingress_gets_fixed_replicas_or_an_autoscaling_config() -> None:
+    # 故障层用它部署两个入口副本、或让入口按在途请求扩缩
+    settings = Settings.from_args({"llm_mode": "external", "auth_required": False})
+    fixed = compose_app(settings, None, ingress_replicas=2)._bound_deployment
+    assert fixed.num_replicas == 2 and fixed._deployment_config.autoscaling_config is None
+    scaling = {"min_replicas": 1, "max_replicas": 2, "target_ongoing_requests": 2}
+    auto = compose_app(settings, None, ingress_autoscaling=scaling)._bound_deployment
+    config = auto._deployment_config.autoscaling_config
+    assert config is not None and (config.min_replicas, config.max_replicas) == (1, 2)
