@@ -31,9 +31,9 @@ __all__ = [
 LOGICAL_CPUS = 8
 # 单节点同时扮演 head 与 LLM worker：广播 serve_config 里两类部署要求的自定义资源
 NODE_RESOURCES = {"reports_cpu": 100.0, "reports_ledger": 1.0, "reports_llm": 100.0}
-# 与 cluster/ray_env.sh 的默认相同：Serve 的吞吐模式 + HAProxy。经本进程的环境传给 ray.init
-# 起的 raylet 与各 worker（controller、副本在那里读它）；本进程已导入的 ray.serve 常量不变，
-# 驱动里的同步句柄照常可用
+# 与 cluster/ray_env.sh 的默认相同（单元测试逐项比对）：Serve 的吞吐模式 + HAProxy。
+# 经本进程的环境传给 ray.init 起的 raylet 与各 worker（controller、副本在那里读它）；
+# 本进程已导入的 ray.serve 常量不变，驱动里的同步句柄照常可用
 SERVE_MODE_ENV = {
     "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
     "RAY_SERVE_ENABLE_HA_PROXY": "1",

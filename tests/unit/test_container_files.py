@@ -561,3 +561,23 @@ def test_grafana_is_provisioned_with_prometheus_rays_and_our_dashboards() -> Non
         spot = (grid["x"], grid["y"])
         assert spot not in spots, panel["title"]
         spots.add(spot)
+
+
+def test_serve_mode_defaults_in_tests_and_benchmarks_match_the_cluster_scripts() -> None:
+    # 测试里 serve.run 起的集群、基准的吞吐模式，与 make run / compose 的节点用同一组 Serve 变量
+    from benchmarks.overhead import SERVE_MODES
+    from tests.support.cluster import SERVE_MODE_ENV
+
+    result = subprocess.run(
+        ["bash", "-c", "source cluster/ray_env.sh && env"],
+        cwd=PROJECT_ROOT,
+        env={"PATH": os.environ["PATH"], "RAY_AUTH_TOKEN": "t"},
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    cluster = dict(
+        line.split("=", 1) for line in result.stdout.splitlines() if line.startswith("RAY_SERVE_")
+    )
+    assert cluster == SERVE_MODE_ENV
+    assert SERVE_MODES["throughput"].items() <= cluster.items()
