@@ -16,15 +16,12 @@ from serve_app.core.settings import LLMMode, Settings
 
 
 def compose_app(
-    settings: Settings,
-    llm: Application | None,
-    ingress_replicas: int | None = None,
-    ingress_autoscaling: dict[str, Any] | None = None,
+    settings: Settings, llm: Application | None, ingress_options: dict[str, Any] | None = None
 ) -> Application:
     """把各部署组装成一个应用；`llm` 为 LLMServer（或测试用的同接口部署）。
 
-    ingress_replicas / ingress_autoscaling：固定入口副本数或入口的扩缩配置（故障测试用；
-    serve_config 里对 ReportIngress 的设置优先）。
+    ingress_options：入口部署的额外选项，如固定副本数或扩缩配置（故障测试用；serve_config 里
+    对 ReportIngress 的设置优先）。
     """
     renderer = template_renderer_deployment.bind(settings)
     callbacks = callback_sender_deployment.bind(settings)
@@ -34,10 +31,8 @@ def compose_app(
     ingress = report_ingress_deployment.options(
         graceful_shutdown_timeout_s=settings.jobs.drain_timeout_s + 30
     )
-    if ingress_replicas is not None:
-        ingress = ingress.options(num_replicas=ingress_replicas)
-    if ingress_autoscaling is not None:
-        ingress = ingress.options(num_replicas="auto", autoscaling_config=ingress_autoscaling)
+    if ingress_options:
+        ingress = ingress.options(**ingress_options)
     return ingress.bind(settings, renderer, callbacks, ledger, llm)
 
 

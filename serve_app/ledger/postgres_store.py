@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import Any, cast
 
 from loguru import logger
-from psycopg import AsyncConnection, OperationalError, sql
+from psycopg import AsyncConnection, OperationalError
 from psycopg.rows import DictRow, dict_row
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 from tenacity import (
@@ -69,17 +69,6 @@ _FINISHED = frozenset(str(s) for s in rules.FINISHED_STATES)
 _CAS_ATTEMPTS = 8
 # 连接断开、池里拿不到连接：可重试；用尽即账本不可用
 _TRANSIENT = (OperationalError, PoolTimeout, TimeoutError)
-
-
-@functools.cache
-def _update_query(names: tuple[str, ...]) -> sql.Composed:
-    """按列名组合的条件更新语句（列名只来自本模块的代码；同一组列只组合一次）。"""
-    assignments = sql.SQL(", ").join(
-        sql.SQL("{} = {}").format(sql.Identifier(name), sql.Placeholder()) for name in names
-    )
-    return sql.SQL(
-        "UPDATE jobs SET {}, version = version + 1 WHERE trace_id = %s AND version = %s RETURNING *"
-    ).format(assignments)
 
 
 # 除 trace_id / version / 建立时就定了的列以外，一次写入可能改动的列与它们的类型（批量写用 unnest）
@@ -282,17 +271,6 @@ class PostgresJobStore:
     @staticmethod
     async def _row(conn: Conn, trace_id: str) -> DictRow | None:
         cursor = await conn.execute(_ROW_BY_ID, (trace_id,))
-        return await cursor.fetchone()
-
-    @staticmethod
-    async def _write(
-        conn: Conn, row: DictRow, now: float, state: JobState | None = None, **columns: Any
-    ) -> DictRow | None:
-        """以读到的 version 为条件更新一行；落空（期间有别的写入）返回 None。"""
-        columns["updated_at"] = now
-        columns |= state_columns(row, state, now)
-        query = _update_query(tuple(columns))
-        cursor = await conn.execute(query, (*columns.values(), row["trace_id"], row["version"]))
         return await cursor.fetchone()
 
     def _lease(self, now: float) -> float:
@@ -730,33 +708,38 @@ class PostgresJobStore:
                     " ORDER BY updated_at LIMIT %s FOR UPDATE SKIP LOCKED",
                     (now, _PRODUCING, str(CallbackState.PENDING), now, limit),
                 )
-                return [await self._claim(conn, row, now, owner) for row in await cursor.fetchall()]
+                claims = [(row, *self._claim(row, now, owner)) for row in await cursor.fetchall()]
+                if not claims:
+                    return []
+                # 领到的行一条批量条件写；行已被本事务锁住，不会落空
+                written = await _batch_update(conn, [(row, changes) for row, changes, _ in claims])
+            self._remember(*written.values())
+            return [
+                WorkItem(record=record_from_row(written[row["trace_id"]]), produce=produce)
+                for row, _, produce in claims
+            ]
 
         return await self._run("claim_due", work)
 
-    async def _claim(self, conn: Conn, row: DictRow, now: float, owner: str) -> WorkItem:
-        lease: dict[str, Any] = {"owner": owner, "lease_until": self._lease(now)}
-        produce = rules.is_producing(row["state"])
-        ended = None
-        if produce:
-            ended = rules.recovery_outcome(
-                ReportJob.model_validate_json(row["job_json"]),
-                row["runs"],
-                bool(row["cancel_requested"]),
-                self._policy,
-            )
-        if ended is not None:
-            written = await self._write(
-                conn, row, now, JobState.DELIVERING, **self._outcome_columns(now, ended), **lease
-            )
-            produce = False
-        elif produce:
-            written = await self._write(conn, row, now, runs=row["runs"] + 1, **lease)
-        else:
-            written = await self._write(conn, row, now, **lease)
-        # 行已被本事务锁住：条件更新不会落空
-        assert written is not None
-        return WorkItem(record=record_from_row(written), produce=produce)
+    def _claim(self, row: DictRow, now: float, owner: str) -> tuple[dict[str, Any], bool]:
+        """领取一行要写的列（新租约；该直接结束的连同结果）与是否要重新执行。"""
+        changes: dict[str, Any] = {
+            "owner": owner,
+            "lease_until": self._lease(now),
+            "updated_at": now,
+        }
+        if not rules.is_producing(row["state"]):
+            return changes, False
+        ended = rules.recovery_outcome(
+            ReportJob.model_validate_json(row["job_json"]),
+            row["runs"],
+            bool(row["cancel_requested"]),
+            self._policy,
+        )
+        if ended is None:
+            return changes | {"runs": row["runs"] + 1}, True
+        delivering = state_columns(row, JobState.DELIVERING, now)
+        return changes | self._outcome_columns(now, ended) | delivering, False
 
     async def release(self, owner: str, trace_ids: list[str]) -> None:
         """交还租约；未完成的执行不计入次数。"""

@@ -116,8 +116,11 @@ class FaultApp:
         app = compose_app(
             self.settings,
             fake_llm_deployment.bind(self.settings.engine.model_id),
-            ingress_replicas=None if ingress_autoscaling else ingress_replicas,
-            ingress_autoscaling=ingress_autoscaling,
+            ingress_options=(
+                {"num_replicas": "auto", "autoscaling_config": ingress_autoscaling}
+                if ingress_autoscaling
+                else {"num_replicas": ingress_replicas}
+            ),
         )
         serve.run(app, name=APP_NAME, route_prefix=ROUTE)
         wait_http_ok(self.base_url + "/readyz", timeout_s=120)

@@ -34,9 +34,10 @@ def test_every_ledger_kind_binds_the_ledger_deployment(jobs: dict[str, Any]) -> 
 def test_ingress_gets_fixed_replicas_or_an_autoscaling_config() -> None:
     # 故障层用它部署两个入口副本、或让入口按在途请求扩缩
     settings = Settings.from_args({"llm_mode": "external", "auth_required": False})
-    fixed = compose_app(settings, None, ingress_replicas=2)._bound_deployment
+    fixed = compose_app(settings, None, {"num_replicas": 2})._bound_deployment
     assert fixed.num_replicas == 2 and fixed._deployment_config.autoscaling_config is None
     scaling = {"min_replicas": 1, "max_replicas": 2, "target_ongoing_requests": 2}
-    auto = compose_app(settings, None, ingress_autoscaling=scaling)._bound_deployment
+    auto_options = {"num_replicas": "auto", "autoscaling_config": scaling}
+    auto = compose_app(settings, None, auto_options)._bound_deployment
     config = auto._deployment_config.autoscaling_config
     assert config is not None and (config.min_replicas, config.max_replicas) == (1, 2)
