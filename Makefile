@@ -10,10 +10,10 @@ RUN_DIR := .run
 TINY_MODEL := .cache/tiny-model
 export PYTHONPATH := $(CURDIR)
 
-.PHONY: help install run deploy stop metrics demo bench bench-ledger bench-overhead test test-unit test-integration test-fault test-e2e test-metrics test-cluster test-quickstart lint fmt clean
+.PHONY: help install run deploy stop metrics demo bench bench-ledger bench-overhead test test-unit test-local test-contract test-integration test-fault test-e2e test-metrics test-cluster test-quickstart lint fmt clean
 
 help:
-	@echo "make run | deploy | stop | metrics | demo | test | test-unit | test-integration | test-fault | test-e2e | test-metrics | test-cluster | test-quickstart | lint"
+	@echo "make run | deploy | stop | metrics | demo | test | test-unit | test-local | test-contract | test-integration | test-fault | test-e2e | test-metrics | test-cluster | test-quickstart | lint"
 
 $(UV):
 	python3 -m venv $(TOOLS)
@@ -73,6 +73,12 @@ test: lint
 
 test-unit: install
 	$(VENV)/bin/pytest -m unit
+
+test-local: install
+	$(VENV)/bin/pytest -m local
+
+test-contract: install
+	$(VENV)/bin/pytest -m contract
 
 test-integration: install
 	$(VENV)/bin/pytest -m integration

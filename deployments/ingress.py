@@ -13,11 +13,12 @@ from ray import serve
 from ray.serve.deployment import Deployment
 from ray.serve.handle import DeploymentHandle
 
-from deployments.handles.ledger_client import LedgerClient
+from deployments.handles.ledger_client import ledger_client
 from deployments.handles.request_context import serve_request_trace_id
 from deployments.handles.serve_llm import ServeLLMClient
 from deployments.handles.stages import HandleDeliveryStage, HandleRenderStage
 from deployments.metrics import replica_metrics
+from deployments.ray_private import by_reference, route_in_this_loop
 from serve_app.core.logging import configure_logging
 from serve_app.core.settings import HandleTransport, LLMMode, Settings
 from serve_app.http.app import create_app
@@ -52,7 +53,7 @@ def make_job_store(settings: Settings, ledger_handle: DeploymentHandle[Any] | No
         )
     if ledger_handle is None:
         raise ValueError("没有设 jobs.ledger_url 时需要 Ledger 部署的句柄")
-    return LedgerClient(ledger_handle, settings.jobs)
+    return ledger_client(ledger_handle, settings.jobs)
 
 
 def light_handles(
@@ -68,16 +69,14 @@ def light_handles(
     """
     if settings.handle_transport is not HandleTransport.GRPC:
         return (
-            renderer.options(_by_reference=True),
-            callbacks.options(_by_reference=True),
-            ledger.options(_by_reference=True) if ledger is not None else None,
+            by_reference(renderer, True),
+            by_reference(callbacks, True),
+            by_reference(ledger, True) if ledger is not None else None,
         )
 
     def fast(handle: DeploymentHandle[Any]) -> DeploymentHandle[Any]:
-        # 路由器放在本副本的事件循环里（Serve 默认另起一个线程的循环，每次调用两次跨线程交接）；
-        # 须在第一次 options()/remote() 之前、在事件循环内调用（Serve 在循环里调用构造函数）
-        handle._init(_run_router_in_separate_loop=False)  # type: ignore[no-untyped-call]
-        return handle.options(_by_reference=False)
+        # 路由器放在本副本的事件循环里；Serve 在循环里调用构造函数，此刻还没有 options()/remote()
+        return by_reference(route_in_this_loop(handle), False)
 
     # Postgres 账本时入口直连数据库、不调 Ledger：不为用不到的句柄建路由器
     if ledger is not None and settings.jobs.ledger_url is None:
@@ -91,7 +90,7 @@ def llm_handle(handle: DeploymentHandle[Any] | None) -> DeploymentHandle[Any] | 
     LLM 副本在 GPU worker 上：actor 调用走节点的固定端口段（RAY_PORT_BASE，防火墙按段放行），
     副本的内部 gRPC 服务却是随机端口；Serve 的吞吐模式默认 gRPC，这里显式改回。
     """
-    return handle.options(_by_reference=True) if handle is not None else None
+    return by_reference(handle, True) if handle is not None else None
 
 
 class ReportIngress:

@@ -1,7 +1,12 @@
 """Ledger 部署：单副本持有 SQLite 账本；各节点上的入口副本经句柄（LedgerClient）访问。
 
-设了 jobs.ledger_url（Postgres）时入口副本直连数据库，不经这里；部署仍然存在（serve_config 里的
-Ledger 一节两种账本通用），它只连同一个库、健康检查反映数据库是否可用。
+对外只有两个端点：apply（一批账本操作，store.OPERATIONS 里的任一个）与 check_health。
+
+设了 jobs.ledger_url（Postgres）时入口副本直连数据库，不经这里。部署仍然保留，原因有二：
+serve_config*.yaml 的 Ledger 一节两种账本通用（配置里写了应用中没有的部署，Serve 拒绝部署，
+而账本种类由 .env 决定，不该要求运维换一份 serve_config）；它的健康检查连同一个库，数据库不可达时
+Ledger 在 Ray dashboard 里显示为不健康，值班的人一眼看到是账本出了问题。
+代价是 0.1 CPU 的一个空闲副本。
 """
 
 from __future__ import annotations
@@ -16,25 +21,15 @@ from ray.serve.deployment import Deployment
 from serve_app.core.logging import configure_logging
 from serve_app.core.settings import Settings
 from serve_app.ledger.postgres_store import PostgresJobStore
-from serve_app.ledger.records import Admission, CancelResult, JobRecord, JobState, WorkItem
 from serve_app.ledger.sqlite_store import SqliteJobStore
-from serve_app.ledger.store import (
-    AdvanceResult,
-    HeartbeatReply,
-    IdempotencyKey,
-    JobStore,
-    LedgerCounts,
-)
-from serve_app.models.reports import CallbackPayload, DeliveryOutcome, ReportJob
+from serve_app.ledger.store import OPERATIONS, JobStore
 
-# 可经 apply 合并的方法：每个作业路径上的调用，都可安全重放（按 trace_id 与租约判定）
-BATCHABLE = frozenset({"admit", "get", "advance", "finish", "record_delivery"})
 # 每个作业在账本副本里留一行日志的操作
 _LOGGED = {"finish": "结果（进入投递）", "record_delivery": "一轮回调投递"}
 
 
 class Ledger:
-    """JobStore 的远程端点：持有一个存储，只公开下面列出的方法（见 serve_app/ledger/store.py）。"""
+    """JobStore 的远程端点：持有一个存储，只公开 apply 与 check_health。"""
 
     def __init__(self, settings: Settings) -> None:
         configure_logging(settings.log_level, settings.log_json_path)
@@ -50,13 +45,13 @@ class Ledger:
             logger.info("作业账本：{}", settings.resolved_ledger_path)
 
     async def apply(self, calls: list[tuple[str, tuple[Any, ...]]]) -> list[tuple[bool, Any]]:
-        """一批作业路径上的调用（LedgerClient 合并而来）：并发执行，存储把它们组提交成一个事务。
+        """一批账本操作（LedgerClient 合并而来）：并发执行，存储把它们组提交成一个事务。
 
-        按顺序返回 (成功, 返回值) 或 (失败, 异常)；只接受 BATCHABLE 里的方法。
+        按顺序返回 (成功, 返回值) 或 (失败, 异常)；只接受 store.OPERATIONS 里的操作。
         """
         for method, _ in calls:
-            if method not in BATCHABLE:
-                raise ValueError(f"Ledger.apply 不接受 {method!r}：只接受 {sorted(BATCHABLE)}")
+            if method not in OPERATIONS:
+                raise ValueError(f"Ledger.apply 不接受 {method!r}：只接受 {sorted(OPERATIONS)}")
         results = await asyncio.gather(
             *(getattr(self._store, method)(*args) for method, args in calls),
             return_exceptions=True,
@@ -68,64 +63,6 @@ class Ledger:
                     logger.info("账本已记录：{}", _LOGGED[method])
         return [(False, r) if isinstance(r, BaseException) else (True, r) for r in results]
 
-    async def admit(
-        self, job: ReportJob, owner: str, idempotency: IdempotencyKey | None
-    ) -> Admission:
-        """见 JobStore.admit。"""
-        return await self._store.admit(job, owner, idempotency)
-
-    async def get(self, trace_id: str) -> JobRecord | None:
-        """见 JobStore.get。"""
-        return await self._store.get(trace_id)
-
-    async def advance(self, trace_id: str, owner: str, state: JobState) -> AdvanceResult:
-        """见 JobStore.advance。"""
-        return await self._store.advance(trace_id, owner, state)
-
-    async def finish(
-        self, trace_id: str, owner: str, outcome: CallbackPayload
-    ) -> CallbackPayload | None:
-        """见 JobStore.finish。"""
-        return await self._store.finish(trace_id, owner, outcome)
-
-    async def record_delivery(
-        self, trace_id: str, owner: str, result: DeliveryOutcome
-    ) -> JobRecord | None:
-        """见 JobStore.record_delivery。"""
-        return await self._store.record_delivery(trace_id, owner, result)
-
-    async def heartbeat(self, owner: str, trace_ids: list[str]) -> HeartbeatReply:
-        """见 JobStore.heartbeat。"""
-        return await self._store.heartbeat(owner, trace_ids)
-
-    async def claim_due(self, owner: str, limit: int) -> list[WorkItem]:
-        """见 JobStore.claim_due。"""
-        return await self._store.claim_due(owner, limit)
-
-    async def release(self, owner: str, trace_ids: list[str]) -> None:
-        """见 JobStore.release。"""
-        await self._store.release(owner, trace_ids)
-
-    async def request_cancel(self, trace_id: str) -> CancelResult:
-        """见 JobStore.request_cancel。"""
-        return await self._store.request_cancel(trace_id)
-
-    async def redeliver(self, trace_id: str) -> JobRecord | None:
-        """见 JobStore.redeliver。"""
-        return await self._store.redeliver(trace_id)
-
-    async def list_undelivered(self, limit: int) -> list[JobRecord]:
-        """见 JobStore.list_undelivered。"""
-        return await self._store.list_undelivered(limit)
-
-    async def purge_finished(self, limit: int) -> int:
-        """见 JobStore.purge_finished。"""
-        return await self._store.purge_finished(limit)
-
-    async def counts(self) -> LedgerCounts:
-        """见 JobStore.counts。"""
-        return await self._store.counts()
-
     async def check_health(self) -> None:
         """能打开数据库并查询即健康。"""
         await self._store.ping()
@@ -134,7 +71,7 @@ class Ledger:
         await self._store.close()
 
 
-# 必须单副本：SQLite 文件只由一个进程写；换成服务器数据库后才可多副本
+# 必须单副本：SQLite 文件只由一个进程写（多副本协作请用 Postgres 账本，入口副本直连）
 ledger_deployment: Deployment = serve.deployment(
     name="Ledger",
     num_replicas=1,

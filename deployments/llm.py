@@ -8,11 +8,6 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-# 初始化回调基类：LLMConfig.callback_config 按路径加载它的子类（ray.serve.llm 没有再导出）
-from ray.llm._internal.common.callbacks.base import CallbackBase
-
-# 校验后的 LLMConfig.model_loading_config 是这个内部类（不是 ray.serve.llm 的公开子类）
-from ray.llm._internal.serve.core.configs.llm_config import ModelLoadingConfig
 from ray.serve.deployment import Application
 from ray.serve.llm import LLMConfig, LLMServer, build_llm_deployment
 from ray.serve.llm.openai_api_models import (
@@ -22,6 +17,7 @@ from ray.serve.llm.openai_api_models import (
 )
 
 from deployments.handles.serve_llm import EngineFailure, EngineReply, EngineRequest
+from deployments.ray_private import CallbackBase, ModelLoadingConfig
 from serve_app.core.settings import EngineSettings
 from serve_app.llm.port import completion_from_chat
 

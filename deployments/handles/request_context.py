@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import uuid
 
-from ray.serve import context
+from deployments.ray_private import current_request_id, set_request_id
 
 
 def use_trace_id(trace_id: str) -> None:
     """当前任务之后的句柄调用以 trace_id 作 request_id。"""
-    context._set_request_context(request_id=trace_id)
+    set_request_id(trace_id)
 
 
 def serve_request_trace_id() -> str:
@@ -21,7 +21,7 @@ def serve_request_trace_id() -> str:
 
     它不是规范的 UUID 时（调用方自带了别的格式的 X-Request-ID）另发一个 UUID。
     """
-    request_id = context._get_serve_request_context().request_id
+    request_id = current_request_id()
     try:
         canonical = str(uuid.UUID(request_id))
     except ValueError:

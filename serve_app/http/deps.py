@@ -16,7 +16,7 @@ from fastapi import Depends, Request
 from serve_app.core.metrics import ReportMetrics
 from serve_app.core.settings import CallerKey, Settings
 from serve_app.delivery.url_guard import Resolver, callback_target_policy, system_resolver
-from serve_app.ledger.metered_store import MeteredJobStore
+from serve_app.ledger.metered_store import metered
 from serve_app.ledger.store import JobStore
 from serve_app.llm.port import LLMClient
 from serve_app.prompting.catalog import TemplateCatalog
@@ -65,7 +65,7 @@ class IngressServices:
         """装配入口对象图：目录、受理、流水线、执行器、作业服务；账本操作一律计时。"""
         metrics = metrics or ReportMetrics()
         catalog = TemplateCatalog.from_file(settings.resolved_templates_path)
-        store = MeteredJobStore(store, metrics)
+        store = metered(store, metrics)
         pipeline = ReportPipeline(render, llm, delivery, metrics)
         runner = JobRunner(store, pipeline, settings.jobs, owner, metrics)
         return cls(

@@ -1,13 +1,19 @@
-"""账本存储的小接口：默认实现是 SQLite（sqlite_store），以后可换成服务器数据库。
+"""账本存储的小接口（JobStore）与它的操作表。
 
-存储只管持久化与事务；状态推进、取消覆盖、重投表等判定在 rules.py。
+两个实现：SQLite（sqlite_store，单个 Ledger 副本持有，入口经句柄访问）与 Postgres
+（postgres_store，每个入口副本直连）。存储只管读、写与合批；每个操作“读到的行 → 写什么、答什么”
+的判定在 decisions.py，两种存储共用。
 
 所有“谁在执行这个作业”的判断都由存储在事务里完成（租约 owner + 到期时间），
-因此多个入口副本经同一个 Ledger 部署协作时不会重复执行同一个作业。
+因此多个入口副本协作时不会重复执行同一个作业。
+
+加一个账本操作只改这里的协议与两个存储（判定放 decisions.py）：计时包装、账本客户端、
+Ledger 部署都按 OPERATIONS 转发，不再逐个列出。
 """
 
 from __future__ import annotations
 
+import inspect
 from typing import Protocol
 
 from pydantic import BaseModel, Field
@@ -23,6 +29,7 @@ __all__ = [
     "JobStore",
     "LedgerCounts",
     "LedgerSchemaError",
+    "OPERATIONS",
 ]
 
 
@@ -123,3 +130,15 @@ class JobStore(Protocol):
     async def close(self) -> None:
         """关闭连接。"""
         ...
+
+
+# 生命周期方法：健康检查与关闭不是账本操作（不计时、不经 Ledger.apply 转发）
+_LIFECYCLE = frozenset({"ping", "close"})
+
+# 账本操作表：由协议本身导出（协议加一个方法，这里自动跟上）；计时包装、账本客户端与 Ledger 部署
+# 都按它转发，单元测试逐个操作走一遍包装与客户端
+OPERATIONS: frozenset[str] = frozenset(
+    name
+    for name, member in vars(JobStore).items()
+    if inspect.iscoroutinefunction(member) and not name.startswith("_") and name not in _LIFECYCLE
+)

@@ -1,4 +1,5 @@
-"""安全：API key 鉴权、签名回调、SSRF 防护（不连接任何被拒地址）、输入加固。"""
+"""安全：API key 鉴权、SSRF 防护（不连接任何被拒地址）、输入加固。签名回调发给真实接收方，在
+tests/local/test_signed_callbacks.py。"""
 
 from __future__ import annotations
 
@@ -12,7 +13,6 @@ import httpcore
 import httpx
 import pytest
 from loguru import logger
-from standardwebhooks.webhooks import Webhook
 
 from serve_app.core.errors import ErrorCode, UnsafeCallbackUrl
 from serve_app.core.settings import CallbackPolicy
@@ -21,10 +21,8 @@ from serve_app.delivery.url_guard import CallbackTargetPolicy, HostPattern, clas
 from serve_app.http.auth import key_matches
 from serve_app.models.reports import ReportJob
 from tests.support.harness import PUBLIC_IP, Harness, public_dns
-from tests.support.receiver import CallbackReceiver
 from tests.support.sample import failed_payload, make_settings, sales_request
 
-SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 FAST = CallbackPolicy(max_attempts=3, initial_backoff_s=0.01, max_backoff_s=0.02, jitter_s=0.01)
 
 
@@ -90,41 +88,6 @@ def test_key_comparison() -> None:
     assert key_matches("b", ("a", "b"))
     assert not key_matches("", ("a",))
     assert not key_matches("a" * 3, ("a",))
-
-
-# ---------------------------------------------------------------- 签名回调
-
-
-async def test_callbacks_are_signed_and_keep_one_webhook_id_across_retries() -> None:
-    with CallbackReceiver() as receiver:
-        receiver.script([503])
-        client = CallbackClient(FAST, CallbackTargetPolicy(allow_loopback=True), SECRET)
-        try:
-            outcome = await client.deliver(receiver.url, failed_payload("t-signed"))
-        finally:
-            await client.aclose()
-    assert outcome.delivered and outcome.attempts == 2
-    first, second = receiver.received
-    assert first.headers["webhook-id"] == second.headers["webhook-id"] == "msg_t-signed"
-    for record in (first, second):
-        body = record.raw.decode()
-        # 任何 Standard Webhooks 校验器都能验：这里用官方库
-        verified = Webhook(SECRET).verify(body, record.headers)
-        assert verified["trace_id"] == "t-signed"
-    with pytest.raises(Exception, match="signature"):
-        Webhook("whsec_" + "A" * 32).verify(first.raw.decode(), first.headers)
-
-
-async def test_unsigned_callbacks_still_carry_webhook_id() -> None:
-    with CallbackReceiver() as receiver:
-        client = CallbackClient(FAST, CallbackTargetPolicy(allow_loopback=True))
-        try:
-            await client.deliver(receiver.url, failed_payload("t-plain"))
-        finally:
-            await client.aclose()
-    [record] = receiver.received
-    assert record.headers["webhook-id"] == "msg_t-plain"
-    assert "webhook-signature" not in record.headers
 
 
 # ---------------------------------------------------------------- SSRF

@@ -1,0 +1,47 @@
+"""签名回调：发给 127.0.0.1 上真实的接收方，用官方 Standard Webhooks 库验签。"""
+
+from __future__ import annotations
+
+import pytest
+from standardwebhooks.webhooks import Webhook
+
+from serve_app.core.settings import CallbackPolicy
+from serve_app.delivery.client import CallbackClient
+from serve_app.delivery.url_guard import CallbackTargetPolicy
+from tests.support.receiver import CallbackReceiver
+from tests.support.sample import failed_payload
+
+SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+FAST = CallbackPolicy(max_attempts=3, initial_backoff_s=0.01, max_backoff_s=0.02, jitter_s=0.01)
+
+
+async def test_callbacks_are_signed_and_keep_one_webhook_id_across_retries() -> None:
+    with CallbackReceiver() as receiver:
+        receiver.script([503])
+        client = CallbackClient(FAST, CallbackTargetPolicy(allow_loopback=True), SECRET)
+        try:
+            outcome = await client.deliver(receiver.url, failed_payload("t-signed"))
+        finally:
+            await client.aclose()
+    assert outcome.delivered and outcome.attempts == 2
+    first, second = receiver.received
+    assert first.headers["webhook-id"] == second.headers["webhook-id"] == "msg_t-signed"
+    for record in (first, second):
+        body = record.raw.decode()
+        # 任何 Standard Webhooks 校验器都能验：这里用官方库
+        verified = Webhook(SECRET).verify(body, record.headers)
+        assert verified["trace_id"] == "t-signed"
+    with pytest.raises(Exception, match="signature"):
+        Webhook("whsec_" + "A" * 32).verify(first.raw.decode(), first.headers)
+
+
+async def test_unsigned_callbacks_still_carry_webhook_id() -> None:
+    with CallbackReceiver() as receiver:
+        client = CallbackClient(FAST, CallbackTargetPolicy(allow_loopback=True))
+        try:
+            await client.deliver(receiver.url, failed_payload("t-plain"))
+        finally:
+            await client.aclose()
+    [record] = receiver.received
+    assert record.headers["webhook-id"] == "msg_t-plain"
+    assert "webhook-signature" not in record.headers
