@@ -68,6 +68,25 @@ def record_from_row(
     )
 
 
+def new_job_columns(job: ReportJob, owner: str, now: float, lease_until: float) -> dict[str, Any]:
+    """受理时插入的一行（两种存储的 INSERT 都按这里的列写）：受理状态、历史的第一条，
+    由 owner 持有租约，第一次执行。"""
+    history = json.dumps([{"state": str(JobState.ACCEPTED), "at": at(now).isoformat()}])
+    return {
+        "trace_id": job.trace_id,
+        "state": str(JobState.ACCEPTED),
+        "job_json": job.model_dump_json(),
+        "history_json": history,
+        "created_at": now,
+        "updated_at": now,
+        "owner": owner,
+        "lease_until": lease_until,
+        "runs": 1,
+        "cb_state": str(CallbackState.WAITING),
+        "caller": job.caller,
+    }
+
+
 def state_columns(row: Row, state: JobState | None, now: float) -> dict[str, Any]:
     """状态变化要写的列（state 与追加了一条的 history_json）；状态不变时为空。"""
     if state is None or state == row["state"]:

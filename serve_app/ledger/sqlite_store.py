@@ -3,15 +3,15 @@
 
 from __future__ import annotations
 
-import json
 import sqlite3
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from serve_app.core.settings import JobPolicy
 from serve_app.ledger import rules
+from serve_app.ledger.decisions import Decisions, heartbeat_reply, replay_decision
 from serve_app.ledger.group_commit import LedgerDatabase
 from serve_app.ledger.records import (
     PRODUCING_STATES,
@@ -22,13 +22,7 @@ from serve_app.ledger.records import (
     JobState,
     WorkItem,
 )
-from serve_app.ledger.rows import (
-    COUNTS_SQL,
-    at,
-    delivery_columns,
-    record_from_row,
-    state_columns,
-)
+from serve_app.ledger.rows import COUNTS_SQL, new_job_columns, record_from_row
 from serve_app.ledger.rules import AdvanceResult
 from serve_app.ledger.sqlite_schema import open_ledger_db
 from serve_app.ledger.store import HeartbeatReply, IdempotencyKey, LedgerCounts
@@ -47,6 +41,7 @@ class SqliteJobStore:
     """JobStore 的 SQLite 实现。连接在第一次使用时打开（副本 __init__ 是同步的）。
 
     每个公开方法取一次时钟，把同步的 `_xxx(db, ...)` 交给组提交；它们只在账本线程里运行。
+    行级操作一律是“读一行 → decisions 判定 → 照判定写 → 重读答复”（_mutate）。
     """
 
     def __init__(
@@ -55,6 +50,7 @@ class SqliteJobStore:
         self._db = LedgerDatabase(lambda: open_ledger_db(path))
         self._policy = policy
         self._clock = clock
+        self._decide = Decisions(policy)
 
     @property
     def database(self) -> LedgerDatabase:
@@ -69,22 +65,23 @@ class SqliteJobStore:
         return row
 
     @staticmethod
-    def _update(
-        db: sqlite3.Connection,
-        row: sqlite3.Row,
-        now: float,
-        state: JobState | None = None,
-        **columns: Any,
-    ) -> None:
-        """更新一行；状态变化时追加到历史。"""
-        columns["updated_at"] = now
-        columns |= state_columns(row, state, now)
-        # 列名只来自本模块的代码，值一律走参数绑定
+    def _write(db: sqlite3.Connection, trace_id: str, columns: dict[str, Any]) -> None:
+        """按判定改一行（列名只来自 decisions 的代码，值一律走参数绑定）。"""
         assignments = ", ".join(f"{name} = ?" for name in columns)
         db.execute(
-            f"UPDATE jobs SET {assignments} WHERE trace_id = ?",
-            (*columns.values(), row["trace_id"]),
+            f"UPDATE jobs SET {assignments} WHERE trace_id = ?", (*columns.values(), trace_id)
         )
+
+    def _mutate(
+        self, db: sqlite3.Connection, now: float, op: str, trace_id: str, *args: Any
+    ) -> Any:
+        """行级操作：读一行，按 decisions 的同名判定写（或不写），答复。"""
+        row = self._row(db, trace_id)
+        step = getattr(self._decide, op)(row, now, *args)
+        if row is None or step.columns is None:
+            return step.reply
+        self._write(db, trace_id, step.changes(row, now))
+        return step.answer(self._row(db, trace_id))
 
     def _fetch(self, db: sqlite3.Connection, trace_id: str) -> JobRecord:
         row = self._row(db, trace_id)
@@ -96,9 +93,6 @@ class SqliteJobStore:
         now = self._clock()
         result: T = await self._db.run(lambda db: work(db, now, *args))
         return result
-
-    def _lease(self, now: float) -> float:
-        return rules.lease_until(now, self._policy)
 
     # ---- JobStore ----
 
@@ -127,23 +121,10 @@ class SqliteJobStore:
         retry_after = self._overload_retry_after(db, now, job.caller)
         if retry_after is not None:
             return Admission(record=None, retry_after_s=retry_after)
-        history = [{"state": str(JobState.ACCEPTED), "at": at(now).isoformat()}]
+        row = new_job_columns(job, owner, now, self._decide.lease(now))
         db.execute(
-            "INSERT INTO jobs (trace_id, state, job_json, history_json, created_at,"
-            " updated_at, owner, lease_until, runs, cb_state, caller)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, 1, ?, ?)",
-            (
-                job.trace_id,
-                str(JobState.ACCEPTED),
-                job.model_dump_json(),
-                json.dumps(history),
-                now,
-                now,
-                owner,
-                self._lease(now),
-                str(CallbackState.WAITING),
-                job.caller,
-            ),
+            f"INSERT INTO jobs ({', '.join(row)}) VALUES ({_placeholders(list(row))})",
+            tuple(row.values()),
         )
         if idempotency is not None:
             db.execute(
@@ -159,11 +140,10 @@ class SqliteJobStore:
             "SELECT body_hash, trace_id FROM idempotency WHERE scope_key = ? AND created_at > ?",
             (key.scope_key, now - self._policy.idempotency_ttl_s),
         ).fetchone()
-        if hit is None:
-            return None
-        if hit["body_hash"] != key.body_hash:
-            return Admission(record=None, conflict_trace_id=hit["trace_id"])
-        return Admission(record=self._fetch(db, hit["trace_id"]), replayed=True)
+        answer, replayed = replay_decision(hit, key)
+        if replayed is None:
+            return answer
+        return Admission(record=self._fetch(db, replayed), replayed=True)
 
     def _overload_retry_after(self, db: sqlite3.Connection, now: float, caller: str) -> int | None:
         """全局或这个调用方的未完成作业到了上限时返回建议的 Retry-After（rules.retry_after_s）。"""
@@ -186,90 +166,21 @@ class SqliteJobStore:
 
     async def advance(self, trace_id: str, owner: str, state: JobState) -> AdvanceResult:
         """进入 rendering / generating。"""
-        return await self._now(self._advance, trace_id, owner, state)
-
-    def _advance(
-        self, db: sqlite3.Connection, now: float, trace_id: str, owner: str, state: JobState
-    ) -> AdvanceResult:
-        row = self._row(db, trace_id)
-        if row is None:
-            return "lost"
-        verdict = rules.advance_verdict(
-            row["state"], row["owner"], owner, bool(row["cancel_requested"])
-        )
-        if verdict != "ok":
-            return verdict
-        self._update(db, row, now, state, lease_until=self._lease(now))
-        return "ok"
+        return cast(AdvanceResult, await self._now(self._mutate, "advance", trace_id, owner, state))
 
     async def finish(
         self, trace_id: str, owner: str, outcome: CallbackPayload
     ) -> CallbackPayload | None:
-        """记录结果（见 JobStore.finish）。"""
-        return await self._now(self._finish, trace_id, owner, outcome)
-
-    def _finish(
-        self,
-        db: sqlite3.Connection,
-        now: float,
-        trace_id: str,
-        owner: str,
-        outcome: CallbackPayload,
-    ) -> CallbackPayload | None:
-        row = self._row(db, trace_id)
-        if row is None:
-            return None
-        if rules.finish_replayed(row["state"], row["owner"], owner) and row["outcome_json"]:
-            return CallbackPayload.model_validate_json(row["outcome_json"])
-        if not rules.holds_production(row["state"], row["owner"], owner):
-            return None
-        job = ReportJob.model_validate_json(row["job_json"])
-        outcome = rules.final_outcome(job, outcome, bool(row["cancel_requested"]))
-        self._set_outcome(db, row, now, outcome, lease_until=self._lease(now))
-        return outcome
-
-    def _set_outcome(
-        self,
-        db: sqlite3.Connection,
-        row: sqlite3.Row,
-        now: float,
-        outcome: CallbackPayload,
-        **columns: Any,
-    ) -> None:
-        self._update(
-            db,
-            row,
-            now,
-            JobState.DELIVERING,
-            outcome_json=outcome.model_dump_json(),
-            produced_at=now,
-            cb_state=str(CallbackState.PENDING),
-            cb_next_attempt_at=now,
-            **columns,
-        )
+        """记录结果。"""
+        reply = await self._now(self._mutate, "finish", trace_id, owner, outcome)
+        return cast(CallbackPayload | None, reply)
 
     async def record_delivery(
         self, trace_id: str, owner: str, result: DeliveryOutcome
     ) -> JobRecord | None:
-        """记录一轮投递（见 JobStore.record_delivery）。"""
-        return await self._now(self._record_delivery, trace_id, owner, result)
-
-    def _record_delivery(
-        self,
-        db: sqlite3.Connection,
-        now: float,
-        trace_id: str,
-        owner: str,
-        result: DeliveryOutcome,
-    ) -> JobRecord | None:
-        row = self._row(db, trace_id)
-        if row is None or row["outcome_json"] is None:
-            return None
-        if not rules.holds_delivery(row["owner"], owner):
-            return None
-        columns, state = delivery_columns(row, now, result, self._policy)
-        self._update(db, row, now, state, **columns)
-        return self._fetch(db, trace_id)
+        """记录一轮投递。"""
+        reply = await self._now(self._mutate, "record_delivery", trace_id, owner, result)
+        return cast(JobRecord | None, reply)
 
     async def heartbeat(self, owner: str, trace_ids: list[str]) -> HeartbeatReply:
         """续租（见 JobStore.heartbeat）。"""
@@ -283,22 +194,14 @@ class SqliteJobStore:
         marks = _placeholders(trace_ids)
         db.execute(
             f"UPDATE jobs SET lease_until = ? WHERE owner = ? AND trace_id IN ({marks})",
-            (self._lease(now), owner, *trace_ids),
+            (self._decide.lease(now), owner, *trace_ids),
         )
         rows = db.execute(
             f"SELECT trace_id, owner, cancel_requested, state FROM jobs"
             f" WHERE trace_id IN ({marks})",
             trace_ids,
         ).fetchall()
-        owned = {r["trace_id"]: r for r in rows if r["owner"] == owner}
-        return HeartbeatReply(
-            cancel=[
-                t
-                for t, r in owned.items()
-                if r["cancel_requested"] and rules.is_producing(r["state"])
-            ],
-            lost=[t for t in trace_ids if t not in owned],
-        )
+        return heartbeat_reply(owner, trace_ids, rows)
 
     async def claim_due(self, owner: str, limit: int) -> list[WorkItem]:
         """领取（见 JobStore.claim_due）：超过执行次数上限的作业改为 failed（worker_lost）。"""
@@ -317,23 +220,8 @@ class SqliteJobStore:
         ).fetchall()
         items: list[WorkItem] = []
         for row in rows:
-            lease: dict[str, Any] = {"owner": owner, "lease_until": self._lease(now)}
-            produce = rules.is_producing(row["state"])
-            ended = None
-            if produce:
-                ended = rules.recovery_outcome(
-                    ReportJob.model_validate_json(row["job_json"]),
-                    row["runs"],
-                    bool(row["cancel_requested"]),
-                    self._policy,
-                )
-            if ended is not None:
-                self._set_outcome(db, row, now, ended, **lease)
-                produce = False
-            elif produce:
-                self._update(db, row, now, runs=row["runs"] + 1, **lease)
-            else:
-                self._update(db, row, now, **lease)
+            changes, produce = self._decide.claim(row, now, owner)
+            self._write(db, row["trace_id"], changes)
             items.append(WorkItem(record=self._fetch(db, row["trace_id"]), produce=produce))
         return items
 
@@ -358,37 +246,12 @@ class SqliteJobStore:
         )
 
     async def request_cancel(self, trace_id: str) -> CancelResult:
-        """登记取消（见 JobStore.request_cancel）。"""
-        return await self._now(self._request_cancel, trace_id)
-
-    def _request_cancel(self, db: sqlite3.Connection, now: float, trace_id: str) -> CancelResult:
-        row = self._row(db, trace_id)
-        if row is None:
-            return CancelResult(record=None, accepted=False)
-        if not rules.is_producing(row["state"]):
-            return CancelResult(record=record_from_row(row), accepted=False)
-        self._update(db, row, now, cancel_requested=1)
-        return CancelResult(record=self._fetch(db, trace_id), accepted=True)
+        """登记取消。"""
+        return cast(CancelResult, await self._now(self._mutate, "request_cancel", trace_id))
 
     async def redeliver(self, trace_id: str) -> JobRecord | None:
-        """重新安排投递（见 JobStore.redeliver）。"""
-        return await self._now(self._redeliver, trace_id)
-
-    def _redeliver(self, db: sqlite3.Connection, now: float, trace_id: str) -> JobRecord | None:
-        row = self._row(db, trace_id)
-        if row is None:
-            return None
-        if row["outcome_json"] is not None:
-            self._update(
-                db,
-                row,
-                now,
-                cb_state=str(CallbackState.PENDING),
-                cb_next_attempt_at=now,
-                cb_first_failed_at=None,
-                cb_rounds=0,
-            )
-        return self._fetch(db, trace_id)
+        """重新安排投递。"""
+        return cast(JobRecord | None, await self._now(self._mutate, "redeliver", trace_id))
 
     async def list_undelivered(self, limit: int) -> list[JobRecord]:
         """已放弃自动重投的作业。"""

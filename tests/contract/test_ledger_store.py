@@ -449,10 +449,10 @@ async def test_postgres_remembers_only_unfinished_jobs_up_to_a_bound(
     store = PostgresJobStore(postgres_server.create_database(), policy, clock=clock)
     try:
         await asyncio.gather(*(_produced(store, f"t-{i}") for i in range(20)))
-        remembered = store._rows.keys()  # 检查内部的上限
-        assert len(remembered) == 5 and store._jobs.keys() <= remembered
+        remembered = store._memory.rows.keys()  # 检查内部的上限
+        assert len(remembered) == 5 and store._memory.jobs.keys() <= remembered
         await asyncio.gather(*(store.record_delivery(f"t-{i}", "a", DELIVERED) for i in range(20)))
-        assert not store._rows and not store._jobs
+        assert not store._memory.rows and not store._memory.jobs
         assert all(
             r is not None and r.state is JobState.SUCCEEDED
             for r in await asyncio.gather(*(store.get(f"t-{i}") for i in range(20)))
