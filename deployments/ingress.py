@@ -147,6 +147,5 @@ report_ingress_deployment: Deployment = serve.deployment(
     ray_actor_options={"num_cpus": 0.1},
     # 作业在 JobRunner 的后台任务里执行，不占请求并发；这里只限同时处理的 HTTP 请求
     max_ongoing_requests=1000,
-    # 关闭时 __del__ 等在途作业 jobs.drain_timeout_s（默认 90s），须留出余量
-    graceful_shutdown_timeout_s=120,
+    # graceful_shutdown_timeout_s 由 compose_app 按 jobs.drain_timeout_s 设（关闭时等在途作业）
 )(serve.ingress()(ReportIngress))

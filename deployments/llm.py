@@ -96,11 +96,6 @@ class ReportLLMServer(LLMServer):
         return await generate_via_chat(self.chat, request)
 
 
-def llm_deployment_name(engine: EngineSettings) -> str:
-    """LLMServer 部署名（serve_config.yaml 用它覆盖选项）。"""
-    return f"{DEPLOYMENT_NAME_PREFIX}{engine.model_id}"
-
-
 def build_llm_config(engine: EngineSettings) -> LLMConfig:
     """EngineSettings → LLMConfig。"""
     deployment_config: dict[str, Any] = {

@@ -12,9 +12,11 @@
     ├── Overloaded              排队的作业已满（HTTP 429 + Retry-After）
     ├── LedgerUnavailable       作业账本暂不可用（HTTP 503）
     ├── RenderError             模板渲染失败
-    ├── LLMError                引擎返回错误或不可用
-    │   └── LLMTimeout          生成超时
-    └── CallbackError           回调重试用尽仍失败
+    └── LLMError                引擎返回错误或不可用
+        └── LLMTimeout          生成超时
+
+回调送不到不是作业的错误：作业照样以它的结果结束，投递进度在状态查询的 `callback` 里
+（undelivered 等运维 redeliver），所以没有回调的错误码。
 
 每个类自带 HTTP 状态码与响应头（像 vLLM 的入口那样）：serve_app/http/errors.py 只读这两项，
 不再另有映射表。5xx 的细节不给调用方。异常会跨 Ray 进程传递，因此只携带可 pickle 的参数。
@@ -36,7 +38,6 @@ class ErrorCode(StrEnum):
     RENDER_ERROR = "render_error"
     LLM_ERROR = "llm_error"
     LLM_TIMEOUT = "llm_timeout"
-    CALLBACK_ERROR = "callback_error"
     NOT_FOUND = "not_found"
     JOB_CONFLICT = "job_conflict"
     IDEMPOTENCY_CONFLICT = "idempotency_conflict"
@@ -165,12 +166,6 @@ class LLMTimeout(LLMError):
     """生成超过时限。"""
 
     code = ErrorCode.LLM_TIMEOUT
-
-
-class CallbackError(ReportError):
-    """回调在重试用尽后仍未送达。"""
-
-    code = ErrorCode.CALLBACK_ERROR
 
 
 # 内部错误对外只给这句话，细节只进日志

@@ -11,6 +11,7 @@ from typing import Annotated, Any
 
 from fastapi import FastAPI, Header
 from fastapi.openapi.utils import get_openapi
+from fastapi.routing import APIRoute
 
 from serve_app.models.reports import CallbackPayload, ErrorResponse
 from serve_app.prompting.catalog import TemplateCatalog
@@ -52,9 +53,17 @@ def error_responses(
     return responses
 
 
+def operation_id(route: APIRoute) -> str:
+    """operationId 用处理函数名（submit_report、get_report、report_callback……）：由 /openapi.json
+    生成的客户端方法名就是它；FastAPI 默认的 submit_report_v1_reports_post 把路径和方法拼进去。"""
+    return route.name
+
+
 def _install_callback_webhook(app: FastAPI) -> None:
     @app.webhooks.post(
         "report-callback",
+        # webhooks 是 FastAPI 另建的路由器，不带应用的 generate_unique_id_function
+        generate_unique_id_function=operation_id,
         summary="报告回调：引擎 POST 到 callback_url",
         description=(
             "每个受理的作业以一次终态回调结束（succeeded / failed / cancelled）。"

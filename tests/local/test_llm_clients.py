@@ -6,13 +6,11 @@ import asyncio
 import socket
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
-import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
@@ -25,7 +23,7 @@ from serve_app.llm.openai_compat import OpenAICompatClient
 from serve_app.llm.port import TransientLLMError, call_with_policy
 from serve_app.models.reports import Completion, Usage
 from serve_app.models.templates import RenderedPrompt
-from tests.support.waiting import wait_until
+from tests.support.asgi_server import ServedApp
 
 POLICY = LLMCallPolicy(timeout_s=2.0, max_attempts=3, initial_backoff_s=0.01, max_backoff_s=0.02)
 PROMPT = RenderedPrompt(system="系统", user="用户", max_tokens=16, temperature=0.1, top_p=1.0)
@@ -89,13 +87,8 @@ class FakeOpenAIServer:
                 Route("/v1/chat/completions", self._chat, methods=["POST"]),
             ]
         )
-        self._sock = socket.socket()
-        self._sock.bind(("127.0.0.1", 0))
-        self.port = self._sock.getsockname()[1]
-        self._server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off"))
-        self._thread = threading.Thread(
-            target=lambda: asyncio.run(self._server.serve(sockets=[self._sock])), daemon=True
-        )
+        self._served = ServedApp(app, "假 OpenAI 服务")
+        self.port = self._served.port
 
     async def _models(self, _: Request) -> JSONResponse:
         return JSONResponse({"object": "list", "data": [{"id": "tiny", "object": "model"}]})
@@ -123,16 +116,11 @@ class FakeOpenAIServer:
         )
 
     def __enter__(self) -> FakeOpenAIServer:
-        self._thread.start()
-        wait_until(
-            lambda: self._server.started, what="假 OpenAI 服务启动", timeout_s=10, interval_s=0.02
-        )
+        self._served.__enter__()
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self._server.should_exit = True
-        self._thread.join(timeout=10)
-        self._sock.close()
+        self._served.__exit__(*exc)
 
 
 @pytest.fixture

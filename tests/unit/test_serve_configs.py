@@ -10,7 +10,7 @@ import pytest
 import yaml
 from ray.serve.schema import ServeDeploySchema
 
-from deployments.llm import build_llm_config, llm_deployment_name
+from deployments.llm import DEPLOYMENT_NAME_PREFIX, build_llm_config
 from serve_app.core.settings import PROJECT_ROOT, Settings
 
 CONFIGS = [PROJECT_ROOT / "serve_config.yaml", PROJECT_ROOT / "serve_config.cpu.yaml"]
@@ -39,7 +39,7 @@ def test_args_validate_and_deployment_names_exist(path: Path) -> None:
     args["api_keys"] = "ops-key"  # compose 剖面要求 key
     settings = Settings(_env_file=None, **args)
     names = {d["name"] for d in app["deployments"]}
-    assert names == LIGHT | {llm_deployment_name(settings.engine)}
+    assert names == LIGHT | {f"{DEPLOYMENT_NAME_PREFIX}{settings.engine.model_id}"}
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
@@ -120,7 +120,7 @@ def test_preset_is_complete_and_valid_for_serve_and_the_builder(
         config.engine_kwargs["tensor_parallel_size"] == engine.engine_kwargs["tensor_parallel_size"]
     )
     names = {d["name"] for d in app["deployments"]}
-    assert names == LIGHT | {llm_deployment_name(engine)}
+    assert names == LIGHT | {f"{DEPLOYMENT_NAME_PREFIX}{engine.model_id}"}
     [llm] = [d for d in app["deployments"] if d["name"].startswith("LLMServer:")]
     scaling = llm["autoscaling_config"]
     assert scaling["target_ongoing_requests"] <= engine.engine_kwargs["max_num_seqs"]
