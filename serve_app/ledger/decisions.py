@@ -24,7 +24,8 @@ ROW_OPERATIONS = ("advance", "finish", "record_delivery", "request_cancel", "red
 
 @dataclass(frozen=True)
 class Step:
-    """对一行的判定：不写（reply 即答复），或写这些列（答复由 written(写成后的行) 算出）。"""
+    """对一行的判定：不写（reply 即答复），或写这些列：答复由 written(写成后的行) 算出；
+    答复与写成后的行无关时 written 为空、答 reply（存储就不必在写后重读这一行）。"""
 
     reply: Any = None
     columns: dict[str, Any] | None = None
@@ -36,10 +37,14 @@ class Step:
         assert self.columns is not None
         return self.columns | {"updated_at": now} | state_columns(row, self.state, now)
 
+    @property
+    def needs_row(self) -> bool:
+        """写成之后的答复要用写成的行。"""
+        return self.written is not None
+
     def answer(self, written: Row) -> Any:
         """写成之后的答复。"""
-        assert self.written is not None
-        return self.written(written)
+        return self.reply if self.written is None else self.written(written)
 
 
 def parse_job(row: Row) -> ReportJob:
@@ -98,7 +103,7 @@ class Decisions:
         )
         if verdict != "ok":
             return Step(reply=verdict)
-        return Step(columns={"lease_until": self.lease(now)}, state=state, written=lambda _: "ok")
+        return Step(columns={"lease_until": self.lease(now)}, state=state, reply="ok")
 
     def finish(self, row: Row | None, now: float, owner: str, outcome: CallbackPayload) -> Step:
         """记录结果并进入 delivering：已登记取消时结果改为 cancelled；owner 的重试答已记的结果。"""
@@ -110,7 +115,7 @@ class Decisions:
             return Step(reply=None)
         final = rules.final_outcome(self._job_of(row), outcome, bool(row["cancel_requested"]))
         columns = outcome_columns(now, final) | {"lease_until": self.lease(now)}
-        return Step(columns=columns, state=JobState.DELIVERING, written=lambda _: final)
+        return Step(columns=columns, state=JobState.DELIVERING, reply=final)
 
     def record_delivery(
         self, row: Row | None, now: float, owner: str, result: DeliveryOutcome

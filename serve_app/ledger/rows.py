@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 from datetime import UTC, datetime
 from typing import Any, Protocol
@@ -68,10 +69,16 @@ def record_from_row(
     )
 
 
+@functools.lru_cache(maxsize=1)
+def _first_history(now: float) -> str:
+    # 一批受理共用同一个 now：历史的第一条只序列化一次
+    return json.dumps([{"state": str(JobState.ACCEPTED), "at": at(now).isoformat()}])
+
+
 def new_job_columns(job: ReportJob, owner: str, now: float, lease_until: float) -> dict[str, Any]:
     """受理时插入的一行（两种存储的 INSERT 都按这里的列写）：受理状态、历史的第一条，
     由 owner 持有租约，第一次执行。"""
-    history = json.dumps([{"state": str(JobState.ACCEPTED), "at": at(now).isoformat()}])
+    history = _first_history(now)
     return {
         "trace_id": job.trace_id,
         "state": str(JobState.ACCEPTED),

@@ -81,7 +81,7 @@ class SqliteJobStore:
         if row is None or step.columns is None:
             return step.reply
         self._write(db, trace_id, step.changes(row, now))
-        return step.answer(self._row(db, trace_id))
+        return step.answer(self._row(db, trace_id)) if step.needs_row else step.reply
 
     def _fetch(self, db: sqlite3.Connection, trace_id: str) -> JobRecord:
         row = self._row(db, trace_id)
