@@ -8,7 +8,7 @@ if [[ -x $REPO_ROOT/.venv/bin/ray ]]; then
 fi
 export PYTHONPATH=$REPO_ROOT${PYTHONPATH:+:$PYTHONPATH}
 export RAY_USAGE_STATS_ENABLED=0
-# Serve 的吞吐模式（默认开；README“性能”有并排的数：零成本引擎并发 8–64 时吞吐高两到五成，代理那一站的
+# Serve 的吞吐模式（默认开；docs/performance.md 有并排的数：零成本引擎并发 8–64 时吞吐高两到五成，代理那一站的
 # CPU 从约 10 ms/报告降到 1.5 ms）：
 #   RAY_SERVE_THROUGHPUT_OPTIMIZED=1：直连入口（HTTP 直接进入口副本，不再经 Python 代理转一次 Ray 调用）、
 #     句柄默认走 gRPC、用户代码与路由器在副本的主事件循环、Serve 访问日志缓冲写盘、启动后冻结 GC；

@@ -254,12 +254,12 @@ def test_every_setting_a_profile_requires_at_startup_is_in_its_env_example_group
     assert required <= _marked_required(), "必填的变量在 .env.example 里要标【必填】"
 
 
-def test_readme_per_gpu_services_get_distinct_devices() -> None:
-    # README“加 GPU”里一卡一容器的写法：每个服务一张不同的卡，且都用 gpu-worker 的启动方式
-    readme = (PROJECT_ROOT / "README.md").read_text(encoding="utf-8")
-    section = readme[readme.index("### 加 GPU") :]
+def test_documented_per_gpu_services_get_distinct_devices() -> None:
+    # docs/operations.md“加 GPU”里一卡一容器的写法：每个服务一张不同的卡，且都用 gpu-worker 的启动方式
+    guide = (PROJECT_ROOT / "docs" / "operations.md").read_text(encoding="utf-8")
+    section = guide[guide.index("### 加 GPU") :]
     block = re.search(r"```yaml\n(.*?)```", section, flags=re.DOTALL)
-    assert block, "README“加 GPU”缺少一卡一容器的 compose 片段"
+    assert block, "docs/operations.md“加 GPU”缺少一卡一容器的 compose 片段"
     services: dict[str, Any] = yaml.safe_load(block.group(1))["services"]
     # 原来带全部卡的 worker 不再启动，否则它与每卡一个的服务抢同样的卡
     assert services.pop("ray-gpu-worker")["profiles"] == ["disabled"]

@@ -2,7 +2,7 @@
 
 新克隆在临时目录里：没有 .cache、.run、.venv（依赖从零装，uv 的下载缓存可以复用）。
 按 README 的顺序跑 `make run`、`make demo`、`make stop`，中间执行“接入 backend B”一节的全部代码块
-与“指标与告警”的 `make metrics`；
+与 docs/operations.md“指标与告警”的 `make metrics`；
 断言：就绪时间不超过 README 写的分钟数（用时存 .run/quickstart-timing.json）、演示收到验过签的回调、
 `make stop` 后 make run 启动的进程（按记下的 PID）一个不剩。
 测试按定义顺序依赖前一步。
@@ -28,6 +28,8 @@ import pytest
 from serve_app.core.settings import PROJECT_ROOT
 
 README = (PROJECT_ROOT / "README.md").read_text(encoding="utf-8")
+# 新手照着敲的命令不只在 README 里：运维指南的代码块也照原样执行
+OPERATIONS = (PROJECT_ROOT / "docs" / "operations.md").read_text(encoding="utf-8")
 PORT = 8000
 METRICS_PORT = 9090
 # 从外层 make / 开发者环境里继承会改变行为的变量：新用户没有它们
@@ -41,14 +43,14 @@ _INHERITED = (
 )
 
 
-def _section(heading: str) -> str:
-    start = README.index(f"## {heading}\n")
-    end = README.find("\n## ", start + 1)
-    return README[start : end if end != -1 else None]
+def _section(heading: str, text: str = README) -> str:
+    start = text.index(f"## {heading}\n")
+    end = text.find("\n## ", start + 1)
+    return text[start : end if end != -1 else None]
 
 
-def _bash_blocks(heading: str) -> list[str]:
-    return re.findall(r"```bash\n(.*?)```", _section(heading), flags=re.DOTALL)
+def _bash_blocks(heading: str, text: str = README) -> list[str]:
+    return re.findall(r"```bash\n(.*?)```", _section(heading, text), flags=re.DOTALL)
 
 
 def quickstart_commands() -> list[str]:
@@ -180,14 +182,15 @@ def test_backend_b_walkthrough_runs_as_written(clone: Clone) -> None:
 
 
 def metrics_commands() -> list[str]:
-    """“指标与告警”一节第一个代码块里的命令（去掉注释）。"""
-    lines = (line.split("#", 1)[0].strip() for line in _bash_blocks("指标与告警")[0].splitlines())
+    """docs/operations.md“指标与告警”一节第一个代码块里的命令（去掉注释）。"""
+    blocks = _bash_blocks("指标与告警", OPERATIONS)
+    lines = (line.split("#", 1)[0].strip() for line in blocks[0].splitlines())
     return [line for line in lines if line]
 
 
 @pytest.mark.timeout(600)
 def test_make_metrics_scrapes_the_running_cluster(clone: Clone) -> None:
-    """照 README 起 Prometheus：经 Ray 的服务发现文件找到 make run 的节点，抓到 demo 那份报告。"""
+    """照 docs/operations.md 起 Prometheus：经 Ray 的服务发现文件找到 make run 的节点，抓到 demo 那份报告。"""
     commands = metrics_commands()
     assert commands == ["make metrics"]
     result = clone.run(commands[0], timeout_s=400)
