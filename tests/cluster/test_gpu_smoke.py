@@ -1,4 +1,5 @@
-"""`cluster/gpu_smoke.sh` 照 docs/operations.md 运行：CPU 上走与 GPU 相同的路径（起节点、部署、交报告、回调）。
+"""`cluster/gpu_smoke.sh` 照 docs/operations.md 运行：CPU 上走与 GPU 相同的路径
+（起节点、部署、交报告、回调）。
 
 本模块不用多节点层的共享集群，自己起、自己关；文件名排在 test_multinode 之前，两套集群不会同时在跑。
 """

@@ -57,7 +57,8 @@ def test_two_ingress_replicas_race_for_one_expired_lease(fault_app: FaultApp) ->
         os.kill(loser, signal.SIGSTOP)
         try:
             # 冻住期间续租停了：租约过期后另一个副本领取（库里的持有者换人）。只等到领取为止：
-            # 调用方被冻住时，被调的 LLM 副本交不回结果，整个副本跟着停顿（见 docs/design.md“已知限制”）。
+            # 调用方被冻住时，被调的 LLM 副本交不回结果，整个副本跟着停顿
+            # （见 docs/design.md“已知限制”）。
             # 冻住的时间远短于 Serve 的健康检查时限（30 秒），输家不会被替换掉
             def taken_over() -> str | None:
                 owner = app.lease_owner(trace_id)

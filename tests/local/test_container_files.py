@@ -255,7 +255,8 @@ def test_every_setting_a_profile_requires_at_startup_is_in_its_env_example_group
 
 
 def test_documented_per_gpu_services_get_distinct_devices() -> None:
-    # docs/operations.md“加 GPU”里一卡一容器的写法：每个服务一张不同的卡，且都用 gpu-worker 的启动方式
+    # docs/operations.md“加 GPU”里一卡一容器的写法：每个服务一张不同的卡，
+    # 且都用 gpu-worker 的启动方式
     guide = (PROJECT_ROOT / "docs" / "operations.md").read_text(encoding="utf-8")
     section = guide[guide.index("### 加 GPU") :]
     block = re.search(r"```yaml\n(.*?)```", section, flags=re.DOTALL)

@@ -190,7 +190,8 @@ def metrics_commands() -> list[str]:
 
 @pytest.mark.timeout(600)
 def test_make_metrics_scrapes_the_running_cluster(clone: Clone) -> None:
-    """照 docs/operations.md 起 Prometheus：经 Ray 的服务发现文件找到 make run 的节点，抓到 demo 那份报告。"""
+    """照 docs/operations.md 起 Prometheus：经 Ray 的服务发现文件找到 make run 的节点，
+    抓到 demo 那份报告。"""
     commands = metrics_commands()
     assert commands == ["make metrics"]
     result = clone.run(commands[0], timeout_s=400)
