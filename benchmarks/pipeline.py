@@ -119,7 +119,14 @@ def _engine_alone(
     ]
     env = {**os.environ, "PYTHONPATH": str(PROJECT_ROOT)}
     with (RUN_DIR / "vllm-bench.log").open("ab") as log:
-        done = subprocess.run(command, env=env, stdout=subprocess.PIPE, stderr=log, check=True)
+        done = subprocess.run(command, env=env, stdout=subprocess.PIPE, stderr=log, check=False)
+        # 失败时 vllm bench serve 的输出（各请求的错误）也进日志，报错里说去哪看
+        log.write(done.stdout)
+    if done.returncode != 0:
+        raise RuntimeError(
+            f"vllm bench serve 失败（退出码 {done.returncode}），"
+            f"输出见 {RUN_DIR / 'vllm-bench.log'}"
+        )
     summary: dict[str, Any] = json.loads(done.stdout.decode().strip().splitlines()[-1])
     return summary
 

@@ -48,7 +48,10 @@ class VLLMServer:
 
     def start(self) -> None:
         """后台启动（不等待就绪）；新会话，便于整组关闭它派生的引擎进程。"""
-        env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1"}
+        # 空闲连接保持 60 秒（vLLM 默认 5 秒）：vllm bench serve 热身之后要准备一会儿数据，
+        # 再用热身时的连接发请求，服务端恰好在这时关掉空闲连接，那个请求就以
+        # ServerDisconnectedError 失败
+        env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_HTTP_TIMEOUT_KEEP_ALIVE": "60"}
         # nice 直接 exec 目标程序：PID 不变，引擎子进程继承同一优先级
         command = [
             "nice",
