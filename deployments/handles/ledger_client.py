@@ -38,6 +38,8 @@ class LedgerClient:
         async def forward(*args: Any) -> Any:
             return await self.batcher.call(op, *args)
 
+        # 记进实例属性：之后的访问直接命中，不再经 __getattr__ 每次新建闭包（作业路径上的热点）
+        self.__dict__[op] = forward
         return forward
 
     async def _call(self, method: str, *args: Any) -> Any:

@@ -39,6 +39,8 @@ class MeteredJobStore:
             finally:
                 self._seconds.observe(time.perf_counter() - started, {"op": op, "outcome": outcome})
 
+        # 记进实例属性：之后的访问直接命中，不再经 __getattr__ 每次新建闭包（作业路径上的热点）
+        self.__dict__[op] = timed
         return timed
 
     async def ping(self) -> None:

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import functools
 import sqlite3
 import time
 from collections.abc import Callable, Sequence
@@ -37,11 +38,17 @@ def _placeholders(items: Sequence[object]) -> str:
     return ",".join("?" * len(items))
 
 
+@functools.cache
+def _insert_sql(names: tuple[str, ...]) -> str:
+    """受理的 INSERT（列见 rows.new_job_columns；按列组合只拼一次）。"""
+    return f"INSERT INTO jobs ({', '.join(names)}) VALUES ({_placeholders(names)})"
+
+
 class SqliteJobStore:
     """JobStore 的 SQLite 实现。连接在第一次使用时打开（副本 __init__ 是同步的）。
 
     每个公开方法取一次时钟，把同步的 `_xxx(db, ...)` 交给组提交；它们只在账本线程里运行。
-    行级操作一律是“读一行 → decisions 判定 → 照判定写 → 重读答复”（_mutate）。
+    行级操作一律是“读一行 → decisions 判定 → 照判定写 → 答复”（_mutate；答复要用写成的行时才重读）。
     """
 
     def __init__(
@@ -122,10 +129,7 @@ class SqliteJobStore:
         if retry_after is not None:
             return Admission(record=None, retry_after_s=retry_after)
         row = new_job_columns(job, owner, now, self._decide.lease(now))
-        db.execute(
-            f"INSERT INTO jobs ({', '.join(row)}) VALUES ({_placeholders(list(row))})",
-            tuple(row.values()),
-        )
+        db.execute(_insert_sql(tuple(row)), tuple(row.values()))
         if idempotency is not None:
             db.execute(
                 "INSERT OR REPLACE INTO idempotency VALUES (?, ?, ?, ?)",

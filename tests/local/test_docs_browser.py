@@ -6,6 +6,7 @@ Chromium 的主机名解析只放行 127.0.0.1（其余一律“找不到”）�
 
 from __future__ import annotations
 
+import asyncio
 import re
 import shutil
 import subprocess
@@ -45,8 +46,12 @@ def chromium() -> str:
 @pytest.fixture(scope="module")
 def served() -> Iterator[ServedApp]:
     harness = Harness()
-    with ServedApp(harness.app, "入口应用") as app:
-        yield app
+    try:
+        with ServedApp(harness.app, "入口应用") as app:
+            yield app
+    finally:
+        # 账本的线程与连接经 Harness 自己关掉
+        asyncio.run(harness.aclose())
 
 
 def _rendered_dom(chromium: str, url: str, profile: Path) -> str:
