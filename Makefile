@@ -25,8 +25,10 @@ $(VENV)/.installed: pyproject.toml uv.lock | $(UV)
 
 install: $(VENV)/.installed
 
-$(TINY_MODEL)/tiny-model.json: | install
+# 生成脚本改了（版本号变了）就重新生成；脚本发现同一版本已在时什么也不做，touch 让 make 记住
+$(TINY_MODEL)/tiny-model.json: cluster/build_tiny_model.py | install
 	$(PY) cluster/build_tiny_model.py $(TINY_MODEL)
+	@touch $@
 
 run: install
 	@bash cluster/local_run.sh start
@@ -45,7 +47,7 @@ metrics: install
 	@$(PY) -m cluster.local_prometheus start
 
 demo: install
-	$(PY) -m examples.demo
+	$(PY) -m examples.demo $(ARGS)
 
 bench: install
 	$(PY) -m benchmarks.pipeline $(ARGS)

@@ -31,10 +31,11 @@ class TemplateRenderer:
         report_type: str,
         inputs: dict[str, JsonValue],
         length: ReportLength,
+        output_schema: dict[str, JsonValue] | None = None,
     ) -> RenderedPrompt:
-        """渲染一个作业的提示词。"""
+        """渲染一个作业的提示词（output_schema：请求自带的输出 schema）。"""
         with logger.contextualize(trace_id=trace_id):
-            prompt = self._renderer.render(report_type, inputs, length)
+            prompt = self._renderer.render(report_type, inputs, length, output_schema)
             logger.info("提示词已渲染：{} 字符，max_tokens={}", len(prompt.user), prompt.max_tokens)
             return prompt
 

@@ -6,7 +6,7 @@ import asyncio
 from typing import Any
 
 from loguru import logger
-from pydantic import BaseModel
+from pydantic import BaseModel, JsonValue
 from ray.serve.handle import DeploymentHandle, DeploymentResponse
 
 from deployments.handles.ray_errors import TRANSIENT_HANDLE_ERRORS
@@ -27,6 +27,8 @@ class EngineRequest(BaseModel):
     temperature: float
     top_p: float
     request_id: str
+    # json 报告：OpenAI 的 response_format（json_schema），vLLM 按它约束解码
+    response_format: dict[str, JsonValue] | None = None
 
 
 class EngineFailure(BaseModel):
@@ -65,6 +67,7 @@ class ServeLLMClient:
             temperature=prompt.temperature,
             top_p=prompt.top_p,
             request_id=trace_id,
+            response_format=prompt.output.response_format(),
         )
         logger.info("提交 LLMServer 生成：max_tokens={}", prompt.max_tokens)
         response = self._handle.generate_report.remote(request)

@@ -24,7 +24,7 @@ class HandleRenderStage:
 
         async def attempt() -> RenderedPrompt:
             prompt: RenderedPrompt = await self._handle.render.remote(
-                job.trace_id, job.report_type, job.inputs, job.length
+                job.trace_id, job.report_type, job.inputs, job.length, job.output_schema
             )
             return prompt
 

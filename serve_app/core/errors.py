@@ -12,8 +12,10 @@
     ├── Overloaded              排队的作业已满（HTTP 429 + Retry-After）
     ├── LedgerUnavailable       作业账本暂不可用（HTTP 503）
     ├── RenderError             模板渲染失败
-    └── LLMError                引擎返回错误或不可用
-        └── LLMTimeout          生成超时
+    ├── LLMError                引擎返回错误或不可用
+    │   └── LLMTimeout          生成超时
+    ├── OutputTruncated         json 报告被 max_tokens 截断
+    └── InvalidOutput           报告不符合声明的格式（重试用尽后）
 
 回调送不到不是作业的错误：作业照样以它的结果结束，投递进度在状态查询的 `callback` 里
 （undelivered 等运维 redeliver），所以没有回调的错误码。
@@ -38,6 +40,8 @@ class ErrorCode(StrEnum):
     RENDER_ERROR = "render_error"
     LLM_ERROR = "llm_error"
     LLM_TIMEOUT = "llm_timeout"
+    OUTPUT_TRUNCATED = "output_truncated"
+    INVALID_OUTPUT = "invalid_output"
     NOT_FOUND = "not_found"
     JOB_CONFLICT = "job_conflict"
     IDEMPOTENCY_CONFLICT = "idempotency_conflict"
@@ -166,6 +170,23 @@ class LLMTimeout(LLMError):
     """生成超过时限。"""
 
     code = ErrorCode.LLM_TIMEOUT
+
+
+class OutputTruncated(ReportError):
+    """json 报告在 max_tokens 处被截断（finish_reason: length）：不重试，换长一档的篇幅再交。"""
+
+    code = ErrorCode.OUTPUT_TRUNCATED
+
+
+class InvalidOutput(ReportError):
+    """报告不符合声明的格式（不是 JSON、不符合 schema、缺少必需的标题）：重试用尽后以它失败。"""
+
+    code = ErrorCode.INVALID_OUTPUT
+
+    def __init__(self, message: str, reason: str) -> None:
+        super().__init__(message)
+        # 指标的 reason 标签：unparsable、schema、sections
+        self.reason = reason
 
 
 # 内部错误对外只给这句话，细节只进日志

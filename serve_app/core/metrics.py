@@ -171,6 +171,12 @@ class ReportMetrics:
             "Tokens used by reports, kind is prompt or completion",
             ("report_type", "kind"),
         )
+        self.invalid_outputs = f.counter(
+            "reports_invalid_outputs",
+            "Generated reports that failed their output check, by report_type and reason "
+            "(truncated, unparsable, schema, sections); counted per attempt",
+            ("report_type", "reason"),
+        )
         self.ledger_op_seconds = f.histogram(
             "reports_ledger_op_seconds",
             "Seconds per ledger operation as seen by the ingress, by op and outcome (ok / error)",

@@ -100,6 +100,12 @@ class LLMCallPolicy(_Strict):
     initial_backoff_s: float = Field(0.5, ge=0)
     max_backoff_s: float = Field(10.0, ge=0)
     ready_timeout_s: float = Field(5.0, gt=0, description="/readyz 探测引擎的超时")
+    output_retries: int = Field(
+        1,
+        ge=0,
+        le=5,
+        description="报告不符合声明的格式（不是 JSON、不符合 schema）时重新生成的次数",
+    )
 
 
 class CallbackPolicy(_Strict):

@@ -66,7 +66,9 @@ class IngressServices:
         metrics = metrics or ReportMetrics()
         catalog = TemplateCatalog.from_file(settings.resolved_templates_path)
         store = metered(store, metrics)
-        pipeline = ReportPipeline(render, llm, delivery, metrics)
+        pipeline = ReportPipeline(
+            render, llm, delivery, metrics, output_retries=settings.llm.output_retries
+        )
         runner = JobRunner(store, pipeline, settings.jobs, owner, metrics)
         return cls(
             settings=settings,

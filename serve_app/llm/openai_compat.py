@@ -20,6 +20,18 @@ from serve_app.models.reports import Completion
 from serve_app.models.templates import RenderedPrompt
 
 
+def _extra_body(trace_id: str, prompt: RenderedPrompt) -> dict[str, object]:
+    """vLLM 认的附加字段：请求 id（日志与中止），json 报告的 response_format（按 schema 约束解码）。
+
+    response_format 经 extra_body 发：SDK 的 response_format 参数的类型不收任意 dict。
+    """
+    body: dict[str, object] = {"request_id": trace_id}
+    response_format = prompt.output.response_format()
+    if response_format is not None:
+        body["response_format"] = response_format
+    return body
+
+
 class OpenAICompatClient:
     """每个副本一个 AsyncOpenAI；trace_id 放进 X-Request-Id 头与请求体。"""
 
@@ -65,7 +77,7 @@ class OpenAICompatClient:
                 temperature=prompt.temperature,
                 top_p=prompt.top_p,
                 extra_headers={"X-Request-Id": trace_id},
-                extra_body={"request_id": trace_id},
+                extra_body=_extra_body(trace_id, prompt),
             )
         except openai.APITimeoutError as exc:
             raise TimeoutError from exc

@@ -9,6 +9,7 @@ from typing import Literal
 from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field, JsonValue, model_validator
 
 from serve_app.core.errors import ErrorCode
+from serve_app.models.output import OutputFormat, check_schema, nesting_depth
 
 ReportLength = Literal["short", "medium", "long"]
 
@@ -20,25 +21,6 @@ MAX_METADATA_BYTES = 8 * 1024
 # inputs / metadata 的嵌套层数上限（更深的在重读账本时会撞上 pydantic 的递归上限）
 MAX_NESTING = 32
 MAX_CALLBACK_URL_CHARS = 2048
-
-
-def nesting_depth(value: JsonValue) -> int:
-    """JSON 值的嵌套层数（标量 0，[] / {} 1）；用显式栈，不怕深度本身。"""
-    deepest = 0
-    stack: list[tuple[JsonValue, int]] = [(value, 0)]
-    while stack:
-        item, depth = stack.pop()
-        if isinstance(item, dict):
-            children: list[JsonValue] = list(item.values())
-        elif isinstance(item, list):
-            children = item
-        else:
-            continue
-        deepest = max(deepest, depth + 1)
-        if deepest > MAX_NESTING:
-            break
-        stack.extend((child, depth + 1) for child in children)
-    return deepest
 
 
 class ReportRequest(BaseModel):
@@ -57,6 +39,11 @@ class ReportRequest(BaseModel):
         max_length=MAX_METADATA_KEYS,
         description=f"原样回传的调用方数据（序列化后不超过 {MAX_METADATA_BYTES} 字节）",
     )
+    output_schema: dict[str, JsonValue] | None = Field(
+        None,
+        description="要 JSON 报告时给出它要符合的 JSON Schema（Draft 2020-12）：任何类型都可以；"
+        "报告解析并校验后放在回调的 report.data",
+    )
 
     @model_validator(mode="after")
     def _check_sizes(self) -> ReportRequest:
@@ -66,7 +53,7 @@ class ReportRequest(BaseModel):
         if long_keys:
             raise ValueError(f"键名不能超过 {MAX_KEY_CHARS} 个字符：{long_keys}")
         for name, value in (("inputs", self.inputs), ("metadata", self.metadata)):
-            if value is not None and nesting_depth(value) > MAX_NESTING:
+            if value is not None and nesting_depth(value, MAX_NESTING) > MAX_NESTING:
                 raise ValueError(f"{name} 嵌套超过 {MAX_NESTING} 层：请把数据拍平一些")
         if self.callback_url is not None and len(str(self.callback_url)) > MAX_CALLBACK_URL_CHARS:
             raise ValueError(f"callback_url 不能超过 {MAX_CALLBACK_URL_CHARS} 个字符")
@@ -74,6 +61,8 @@ class ReportRequest(BaseModel):
             size = len(json.dumps(self.metadata, ensure_ascii=False).encode())
             if size > MAX_METADATA_BYTES:
                 raise ValueError(f"metadata 过大：{size} 字节，上限 {MAX_METADATA_BYTES}")
+        if self.output_schema is not None:
+            check_schema(self.output_schema, "output_schema")
         return self
 
 
@@ -98,6 +87,8 @@ class ReportJob(BaseModel):
     created_at: datetime
     # 创建它的调用方（由 key 决定，不是 key 本身）；旧作业没有这个字段，算 default
     caller: str = "default"
+    # 请求自带的输出 schema：随作业存进账本，重启、换副本执行都用它
+    output_schema: dict[str, JsonValue] | None = None
 
 
 class Usage(BaseModel):
@@ -110,10 +101,14 @@ class Usage(BaseModel):
 class Completion(BaseModel):
     """LLM 阶段的结果，也是回调里的 `report`。"""
 
-    content: str
+    content: str = Field(description="模型写出的原文")
     model: str
     finish_reason: str | None
     usage: Usage
+    format: OutputFormat = Field("markdown", description="报告的格式：markdown 或 json")
+    data: JsonValue = Field(
+        None, description="format 为 json 时：解析并按 schema 校验过的对象（markdown 时为 null）"
+    )
 
 
 class ErrorBody(BaseModel):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field, JsonValue, model_validator
 
+from serve_app.models.output import OutputSpec
 from serve_app.models.reports import ReportLength
 
 
@@ -43,6 +44,9 @@ class TemplateSpec(BaseModel):
     top_p: float = Field(1.0, gt=0, le=1)
     sample_inputs: dict[str, JsonValue] = Field(
         description="副本启动时用它试渲染一次，模板坏了部署即失败"
+    )
+    output: OutputSpec = Field(
+        default_factory=OutputSpec, description="输出格式：markdown（默认）或带 schema 的 json"
     )
 
     @model_validator(mode="after")
@@ -89,6 +93,7 @@ class RenderedPrompt(BaseModel):
     max_tokens: int
     temperature: float
     top_p: float
+    output: OutputSpec = Field(default_factory=OutputSpec)
 
     def chat_messages(self) -> list[dict[str, str]]:
         """OpenAI 形状的消息列表（system + user）。"""
@@ -107,3 +112,4 @@ class ReportTypeInfo(BaseModel):
     default_length: ReportLength
     temperature: float
     example_inputs: dict[str, JsonValue] = Field(description="一组可直接提交的示例输入")
+    output: OutputSpec = Field(description="输出格式（与 templates.yaml 的 output 同形）")

@@ -84,6 +84,7 @@ class TemplateCatalog:
                 default_length=t.default_length,
                 temperature=t.temperature,
                 example_inputs=t.sample_inputs,
+                output=t.output,
             )
             for t in (self._by_name[n] for n in self.names)
         ]

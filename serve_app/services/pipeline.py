@@ -8,11 +8,13 @@ from collections.abc import Awaitable, Callable
 
 from loguru import logger
 
-from serve_app.core.errors import LLMError, error_info
+from serve_app.core.errors import InvalidOutput, LLMError, OutputTruncated, error_info
 from serve_app.core.metrics import ReportMetrics
 from serve_app.ledger.records import JobState
 from serve_app.llm.port import LLMClient
-from serve_app.models.reports import CallbackPayload, DeliveryOutcome, ReportJob
+from serve_app.models.reports import CallbackPayload, Completion, DeliveryOutcome, ReportJob
+from serve_app.models.templates import RenderedPrompt
+from serve_app.prompting.output_check import checked
 from serve_app.services.stages import DeliveryStage, RenderStage
 
 # 记录进入某个阶段（与该阶段的工作并行；作业被取消或租约丢失时抛 StageInterrupted）
@@ -56,11 +58,13 @@ class ReportPipeline:
         llm: LLMClient,
         delivery: DeliveryStage,
         metrics: ReportMetrics | None = None,
+        output_retries: int = 1,
     ) -> None:
         self._renderer = renderer
         self._llm = llm
         self._delivery = delivery
         self._metrics = metrics or ReportMetrics()
+        self._output_retries = output_retries
 
     async def _timed[T](self, stage: str, work: Awaitable[T]) -> T:
         """执行一步并把耗时记进 reports_stage_seconds（失败的也记）。"""
@@ -79,16 +83,37 @@ class ReportPipeline:
             )
             completion = await _alongside(
                 on_stage(JobState.GENERATING),
-                self._timed("generate", self._llm.generate(prompt, trace_id=job.trace_id)),
+                self._timed("generate", self._generate_checked(job, prompt)),
             )
-            if not completion.content.strip():
-                raise LLMError("模型返回了空内容")
         except StageInterrupted:
             raise
         except Exception as exc:  # noqa: BLE001 - 任何失败都必须变成 failed 回调
             code, message = error_info(exc)
             logger.exception("作业失败：{} - {}", code, message)
             return CallbackPayload.failed(job, code, message)
+        return CallbackPayload.succeeded(job, completion)
+
+    async def _generate_checked(self, job: ReportJob, prompt: RenderedPrompt) -> Completion:
+        """生成并按输出格式检查：不符合的重新生成 output_retries 次；截断不重试（同样的 max_tokens
+        多半还会截断）。每次尝试的 token 都计入用量。"""
+        for attempt in range(self._output_retries + 1):
+            completion = await self._llm.generate(prompt, trace_id=job.trace_id)
+            self._count_tokens(job, completion)
+            if not completion.content.strip():
+                raise LLMError("模型返回了空内容")
+            try:
+                return checked(completion, prompt.output)
+            except (InvalidOutput, OutputTruncated) as exc:
+                reason = exc.reason if isinstance(exc, InvalidOutput) else "truncated"
+                self._metrics.invalid_outputs.inc(
+                    1, {"report_type": job.report_type, "reason": reason}
+                )
+                if isinstance(exc, OutputTruncated) or attempt == self._output_retries:
+                    raise
+                logger.warning("报告不符合格式（第 {} 次），重新生成：{}", attempt + 1, exc.message)
+        raise AssertionError("unreachable")  # pragma: no cover - 循环里必然返回或抛出
+
+    def _count_tokens(self, job: ReportJob, completion: Completion) -> None:
         logger.info(
             "生成完成：finish_reason={} prompt_tokens={} completion_tokens={}",
             completion.finish_reason,
@@ -103,7 +128,6 @@ class ReportPipeline:
             completion.usage.completion_tokens,
             {"report_type": job.report_type, "kind": "completion"},
         )
-        return CallbackPayload.succeeded(job, completion)
 
     async def deliver(self, job: ReportJob, payload: CallbackPayload) -> DeliveryOutcome:
         """投递终态回调（含内联重试）；不抛异常，未送达由账本安排重投。"""

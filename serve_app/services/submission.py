@@ -40,4 +40,5 @@ class ReportSubmissions:
             metadata=request.metadata,
             created_at=utc_now(),
             caller=caller,
+            output_schema=request.output_schema,
         )

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import psycopg
 import pytest
+from pydantic import JsonValue
 
 from cluster.ports import free_port
 from serve_app.core.errors import ErrorCode, LedgerUnavailable
@@ -204,6 +205,31 @@ async def test_admission_is_bounded_with_retry_after(store: JobStore, clock: Clo
     assert (await store.admit(_job("t-y"), "a", None)).record is not None
     full = await store.admit(_job("t-z"), "a", None)
     assert full.retry_after_s is not None and 1 <= full.retry_after_s <= 60
+
+
+async def test_a_json_job_keeps_its_schema_for_whoever_runs_it_and_its_parsed_report(
+    store: JobStore, clock: Clock
+) -> None:
+    """请求自带的 output_schema 随作业落库：接手过期租约的副本按它生成；
+    JSON 报告的 data 原样读回。"""
+    schema: dict[str, JsonValue] = {"type": "object", "required": ["score"]}
+    job = _job().model_copy(update={"output_schema": schema})
+    await store.admit(job, "dead", None)
+    clock.now += POLICY.lease_s + 1
+    [item] = await store.claim_due("b", 10)
+    assert item.produce and item.record.job.output_schema == schema
+    report = Completion(
+        content='{"score": 7}',
+        format="json",
+        data={"score": 7},
+        model="m",
+        finish_reason="stop",
+        usage=Usage(prompt_tokens=1, completion_tokens=1),
+    )
+    assert await store.finish("t-1", "b", CallbackPayload.succeeded(job, report)) is not None
+    record = await store.get("t-1")
+    assert record is not None and record.outcome is not None
+    assert record.outcome.report == report
 
 
 async def test_cancel_before_and_after_result(store: JobStore) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from collections.abc import Callable, Iterator
@@ -9,6 +10,7 @@ from contextlib import contextmanager
 from typing import Any
 
 import httpx
+from jsonschema import Draft202012Validator
 
 from tests.e2e.conftest import E2EStack
 from tests.support.process_freeze import frozen_descendants
@@ -91,6 +93,72 @@ def test_every_report_type_on_external_vllm_server(e2e_stack: E2EStack) -> None:
         _assert_real_report(
             callbacks[trace_id], report_type, e2e_stack.external_model, presets[report_type]
         )
+
+
+# 请求自带的 schema：约束解码下小模型也能写完（字符串不限长，数组很短）
+REQUEST_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["title", "score"],
+    "properties": {
+        "title": {"type": "string"},
+        "score": {"type": "integer", "minimum": 0, "maximum": 10},
+    },
+}
+# 必然写不完的 schema：300 个以上的整数放不进 short 篇幅的 256 个 token
+UNFINISHABLE_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["items"],
+    "properties": {"items": {"type": "array", "minItems": 300, "items": {"type": "integer"}}},
+}
+
+
+def _submit_json(stack: E2EStack, base_url: str) -> dict[str, tuple[str, dict[str, Any] | None]]:
+    """内置的 JSON 类型一份、带 output_schema 的 markdown 类型一份、必然截断的一份。"""
+    types = {t["name"]: t for t in _types(base_url)}
+    feedback = types["customer_feedback"]
+    assert feedback["output"]["format"] == "json"
+    requests = [
+        ("customer_feedback", None, feedback["output"]["schema"], "short"),
+        ("sales_weekly", REQUEST_SCHEMA, REQUEST_SCHEMA, "short"),
+        ("sales_weekly", UNFINISHABLE_SCHEMA, None, "short"),
+    ]
+    submitted: dict[str, tuple[str, dict[str, Any] | None]] = {}
+    for report_type, output_schema, expected_schema, length in requests:
+        body: dict[str, Any] = {
+            "report_type": report_type,
+            "inputs": types[report_type]["example_inputs"],
+            "length": length,
+            "callback_url": stack.receiver.url,
+        }
+        if output_schema is not None:
+            body["output_schema"] = output_schema
+        response = httpx.post(base_url + "/v1/reports", json=body, timeout=30)
+        assert response.status_code == 202, response.text
+        submitted[response.json()["trace_id"]] = (report_type, expected_schema)
+    return submitted
+
+
+def test_json_reports_are_constrained_and_validated_on_both_engine_modes(
+    e2e_stack: E2EStack,
+) -> None:
+    """真实 vLLM 上，两种引擎模式：内置 JSON 类型与请求自带的 schema 都以 succeeded 结束，
+    report.data 符合 schema；必然写不完的以 output_truncated 结束。"""
+    submitted: dict[str, tuple[str, dict[str, Any] | None]] = {}
+    for base_url in (e2e_stack.internal_url, e2e_stack.external_url):
+        submitted |= _submit_json(e2e_stack, base_url)
+    callbacks = _wait_callbacks(e2e_stack, set(submitted))
+    for trace_id, (report_type, schema) in submitted.items():
+        body = callbacks[trace_id].body
+        if schema is None:
+            assert body["status"] == "failed", body
+            assert body["error"]["code"] == "output_truncated", body
+            continue
+        assert body["status"] == "succeeded", body
+        report = body["report"]
+        assert report["format"] == "json", (report_type, report)
+        Draft202012Validator(schema).validate(report["data"])
+        assert json.loads(report["content"], strict=False) == report["data"]
 
 
 def test_readiness_reflects_real_engines(e2e_stack: E2EStack) -> None:

@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -31,3 +32,13 @@ def test_stdout_is_only_the_absolute_model_path_fresh_and_cached(tmp_path: Path)
     assert (output / "config.json").exists()
     cached = _build(output)
     assert cached.stdout == f"{output.resolve()}\n"
+
+
+def test_a_model_from_an_older_builder_is_rebuilt(tmp_path: Path) -> None:
+    """生成方式变了（版本号变了）时旧目录重新生成，而不是沿用旧权重。"""
+    output = tmp_path / "tiny-model"
+    _build(output)
+    marker = output / "tiny-model.json"
+    marker.write_text('{"note": "旧版本没有 version 字段"}', encoding="utf-8")
+    _build(output)
+    assert json.loads(marker.read_text(encoding="utf-8"))["version"] >= 2

@@ -26,6 +26,8 @@ class FakeLLM:
     error: BaseException | None = None
     delay_s: float = 0.0
     content: str = "报告正文"
+    # 依次返回的 (正文, finish_reason)；用完后返回 content
+    replies: list[tuple[str, str | None]] = field(default_factory=list)
     prompts: list[tuple[str, RenderedPrompt]] = field(default_factory=list)
     closed: bool = False
 
@@ -36,10 +38,11 @@ class FakeLLM:
             await asyncio.sleep(self.delay_s)
         if self.error is not None:
             raise self.error
+        content, finish_reason = self.replies.pop(0) if self.replies else (self.content, "stop")
         return Completion(
-            content=self.content,
+            content=content,
             model="fake",
-            finish_reason="stop",
+            finish_reason=finish_reason,
             usage=Usage(prompt_tokens=3, completion_tokens=2),
         )
 
@@ -63,7 +66,7 @@ class LocalRenderStage:
         """渲染或按脚本抛错。"""
         if self.error is not None:
             raise self.error
-        return self._renderer.render(job.report_type, job.inputs, job.length)
+        return self._renderer.render(job.report_type, job.inputs, job.length, job.output_schema)
 
 
 @dataclass

@@ -168,6 +168,9 @@ def test_succeeded_payload_matches_contract() -> None:
         "model": "m",
         "finish_reason": "stop",
         "usage": {"prompt_tokens": 5, "completion_tokens": 7},
+        # issue #25：报告的格式与（json 时）解析好的对象；markdown 报告 data 为 null
+        "format": "markdown",
+        "data": None,
     }
     assert body["metadata"] == {"order": 42}
     assert datetime.fromisoformat(body["completed_at"]) >= datetime.fromisoformat(
