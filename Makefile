@@ -10,7 +10,7 @@ RUN_DIR := .run
 TINY_MODEL := .cache/tiny-model
 export PYTHONPATH := $(CURDIR)
 
-.PHONY: help install run deploy stop metrics demo bench bench-ledger bench-overhead test test-unit test-local test-contract test-integration test-fault test-e2e test-metrics test-cluster test-quickstart lint fmt clean
+.PHONY: help install run deploy stop metrics demo bench bench-ledger bench-overhead bench-structured bench-priority test test-unit test-local test-contract test-integration test-fault test-e2e test-metrics test-cluster test-quickstart lint fmt clean
 
 help:
 	@echo "make run | deploy | stop | metrics | demo | test | test-unit | test-local | test-contract | test-integration | test-fault | test-e2e | test-metrics | test-cluster | test-quickstart | lint"
@@ -57,6 +57,12 @@ bench-ledger: install
 
 bench-overhead: install
 	$(PY) -m benchmarks.overhead $(ARGS)
+
+bench-structured: install
+	$(PY) -m benchmarks.structured $(ARGS)
+
+bench-priority: install
+	$(PY) -m benchmarks.priority $(ARGS)
 
 lint: install
 	$(VENV)/bin/ruff check .

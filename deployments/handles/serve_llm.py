@@ -29,6 +29,8 @@ class EngineRequest(BaseModel):
     request_id: str
     # json 报告：OpenAI 的 response_format（json_schema），vLLM 按它约束解码
     response_format: dict[str, JsonValue] | None = None
+    # vLLM 的调度优先级（数小的先）：集群内的引擎都以 scheduling_policy: priority 启动
+    priority: int = 0
 
 
 class EngineFailure(BaseModel):
@@ -68,6 +70,7 @@ class ServeLLMClient:
             top_p=prompt.top_p,
             request_id=trace_id,
             response_format=prompt.output.response_format(),
+            priority=prompt.engine_priority,
         )
         logger.info("提交 LLMServer 生成：max_tokens={}", prompt.max_tokens)
         response = self._handle.generate_report.remote(request)

@@ -49,6 +49,7 @@ class ErrorCode(StrEnum):
     LEDGER_UNAVAILABLE = "ledger_unavailable"
     NOT_READY = "not_ready"
     CANCELLED = "cancelled"
+    DEADLINE_EXCEEDED = "deadline_exceeded"
     WORKER_LOST = "worker_lost"
     INTERNAL_ERROR = "internal_error"
 

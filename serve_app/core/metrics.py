@@ -132,14 +132,16 @@ class ReportMetrics:
         )
         self.finished = f.counter(
             "reports_finished",
-            "Jobs whose result was recorded, by final status and error code (empty on success)",
-            ("report_type", "status", "error_code"),
+            "Jobs whose result was recorded, by final status (succeeded, failed, cancelled, "
+            "expired), error code (empty on success) and priority",
+            ("report_type", "status", "error_code", "priority"),
         )
         self.stage_seconds = f.histogram(
             "reports_stage_seconds",
-            "Seconds spent per stage: queue_wait, render, generate, deliver (one delivery round)",
+            "Seconds spent per stage: queue_wait, render, generate, deliver (one delivery round), "
+            "by priority",
             LATENCY_BUCKETS_S,
-            ("stage",),
+            ("stage", "priority"),
         )
         self.accept_to_callback_seconds = f.histogram(
             "reports_accept_to_callback_seconds",

@@ -106,6 +106,13 @@ class LLMCallPolicy(_Strict):
         le=5,
         description="报告不符合声明的格式（不是 JSON、不符合 schema）时重新生成的次数",
     )
+    engine_priority: bool = Field(
+        False,
+        description="外部引擎模式：把作业的优先级发给引擎（vLLM 的 priority 字段）。"
+        "只在外部 vLLM 以 --scheduling-policy priority 启动时打开："
+        "没开优先级调度的 vLLM 对非 0 的 priority 答 400。"
+        "集群内的 LLMServer 总是发（各 serve 配置都开了优先级调度）",
+    )
 
 
 class CallbackPolicy(_Strict):
@@ -169,6 +176,31 @@ class JobPolicy(_Strict):
         ge=1,
         description="每个调用方未完成作业的上限（一个调用方占不满全部名额）；"
         "不设时按 max_active_jobs ÷ 配置的调用方个数",
+    )
+    default_deadline_s: float | None = Field(
+        None,
+        gt=0,
+        le=7 * 86400,
+        description="请求没给 deadline_s 时的期限（秒）；不设则这样的作业没有期限",
+    )
+    high_priority_callers: tuple[str, ...] = Field(
+        ("*",),
+        description="可以提交 priority=high 的调用方（API key 标的调用方名）；* 为所有调用方。"
+        "其他调用方提交 high 得到 403（不悄悄降级：调用方要知道它的加急没有生效）",
+    )
+    queue_order: Literal["priority", "fifo"] = Field(
+        "priority",
+        description="副本内作业队列的次序：priority（按优先级、调用方之间轮转）"
+        "或 fifo（先来先服务，对照用）",
+    )
+    caller_weights: dict[str, Annotated[int, Field(ge=1, le=1000)]] = Field(
+        default_factory=dict,
+        description="同一优先级里各调用方轮转的权重（每轮放行几个；缺省 1）",
+    )
+    priority_aging_s: float = Field(
+        60.0,
+        gt=0,
+        description="排队每满这么久升一级（low → normal → high），低优先级不会被永远饿着",
     )
     drain_timeout_s: float = Field(
         90.0, ge=0, description="副本关闭时等待在途作业的时长；之后交还租约给其他副本"

@@ -173,7 +173,7 @@ class Decisions:
         if not rules.is_producing(row["state"]):
             return changes, False
         ended = rules.recovery_outcome(
-            self._job_of(row), row["runs"], bool(row["cancel_requested"]), self._policy
+            self._job_of(row), row["runs"], bool(row["cancel_requested"]), self._policy, now
         )
         if ended is None:
             return changes | {"runs": row["runs"] + 1}, True

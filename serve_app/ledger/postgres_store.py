@@ -43,6 +43,7 @@ from serve_app.models.reports import CallbackPayload, DeliveryOutcome, ReportJob
 
 _PRODUCING = [str(s) for s in PRODUCING_STATES]
 _ROW_BY_ID = "SELECT * FROM jobs WHERE trace_id = %s"
+_CLAIM_ORDER = rules.claim_order_sql("(job_json::jsonb ->> 'priority')")
 # 每个副本记住的行数上限（它正在处理的作业的最新行，省掉每次操作前的读；约几 KB 一行）
 _REMEMBERED_ROWS = 4096
 # 乐观并发的重读轮数：只有同一作业上同时有别的写入（或同一批里排在后面）才会重读
@@ -341,7 +342,7 @@ class PostgresJobStore:
                 cursor = await conn.execute(
                     "SELECT * FROM jobs WHERE (lease_until IS NULL OR lease_until < %s)"
                     " AND (state = ANY(%s) OR (cb_state = %s AND cb_next_attempt_at <= %s))"
-                    " ORDER BY updated_at LIMIT %s FOR UPDATE SKIP LOCKED",
+                    f" ORDER BY {_CLAIM_ORDER} LIMIT %s FOR UPDATE SKIP LOCKED",
                     (now, _PRODUCING, str(CallbackState.PENDING), now, limit),
                 )
                 claims = [

@@ -7,7 +7,7 @@ from enum import StrEnum
 
 from pydantic import BaseModel, ConfigDict, Field, JsonValue
 
-from serve_app.models.reports import CallbackPayload, Completion, ErrorBody, ReportJob
+from serve_app.models.reports import CallbackPayload, Completion, ErrorBody, Priority, ReportJob
 
 
 class JobState(StrEnum):
@@ -20,6 +20,7 @@ class JobState(StrEnum):
     SUCCEEDED = "succeeded"
     FAILED = "failed"
     CANCELLED = "cancelled"
+    EXPIRED = "expired"
 
 
 # 结果尚未产生：可以取消，副本失联后需要重新执行
@@ -80,6 +81,8 @@ class ReportStatus(BaseModel):
     trace_id: str
     status: JobState
     report_type: str
+    priority: Priority
+    deadline_at: datetime | None = Field(description="到此时还没有结果即 expired；null 为不设期限")
     created_at: datetime
     updated_at: datetime
     report: Completion | None
@@ -96,6 +99,8 @@ class ReportStatus(BaseModel):
             trace_id=record.trace_id,
             status=record.state,
             report_type=record.job.report_type,
+            priority=record.job.priority,
+            deadline_at=record.job.deadline_at,
             created_at=record.job.created_at,
             updated_at=record.updated_at,
             report=outcome.report if outcome else None,

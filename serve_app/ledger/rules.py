@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Literal
 
 from serve_app.core.errors import ErrorCode
@@ -68,11 +69,14 @@ def final_outcome(
 
 
 def recovery_outcome(
-    job: ReportJob, runs: int, cancel_requested: bool, policy: JobPolicy
+    job: ReportJob, runs: int, cancel_requested: bool, policy: JobPolicy, now: float
 ) -> CallbackPayload | None:
-    """领取一个租约过期、尚在生产的作业时：该直接结束就给出结果，否则 None（重新执行）。"""
+    """领取一个租约过期、尚在生产的作业时：该直接结束就给出结果，否则 None（重新执行）。
+    期限已过的不再开始（重启、接手之后也一样）。"""
     if cancel_requested:
         return CallbackPayload.cancelled(job)
+    if job.expired_at(datetime.fromtimestamp(now, UTC)):
+        return CallbackPayload.expired(job)
     if runs >= policy.max_runs:
         return CallbackPayload.failed(
             job, ErrorCode.WORKER_LOST, f"执行作业的副本失联 {runs} 次，已放弃"
@@ -80,8 +84,14 @@ def recovery_outcome(
     return None
 
 
+def claim_order_sql(priority_expr: str) -> str:
+    """领取的次序（两种存储的 ORDER BY）：high 先于 normal 先于 low，同级里等得久的先。
+    priority_expr 是该存储从 job_json 里取 priority 的表达式（旧作业没有这个字段，算 normal）。"""
+    return f"CASE {priority_expr} WHEN 'high' THEN 0 WHEN 'low' THEN 2 ELSE 1 END, updated_at"
+
+
 # 已结束：终态，且回调不再待投（送达或已放弃）。只有这样的作业会被保留期清除
-FINISHED_STATES = (JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED)
+FINISHED_STATES = (JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED, JobState.EXPIRED)
 SETTLED_CALLBACKS = (CallbackState.DELIVERED, CallbackState.UNDELIVERED)
 
 

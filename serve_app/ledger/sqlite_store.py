@@ -32,6 +32,7 @@ from serve_app.models.reports import CallbackPayload, DeliveryOutcome, ReportJob
 _PRODUCING = tuple(str(s) for s in PRODUCING_STATES)
 _ROW_BY_ID = "SELECT * FROM jobs WHERE trace_id = ?"
 _IN_PRODUCING = f"state IN ({','.join('?' * len(_PRODUCING))})"
+_CLAIM_ORDER = rules.claim_order_sql("json_extract(job_json, '$.priority')")
 
 
 def _placeholders(items: Sequence[object]) -> str:
@@ -219,7 +220,7 @@ class SqliteJobStore:
         rows = db.execute(
             f"SELECT * FROM jobs WHERE (lease_until IS NULL OR lease_until < ?)"
             f" AND ({_IN_PRODUCING} OR (cb_state = ? AND cb_next_attempt_at <= ?))"
-            " ORDER BY updated_at LIMIT ?",
+            f" ORDER BY {_CLAIM_ORDER} LIMIT ?",
             (now, *_PRODUCING, str(CallbackState.PENDING), now, limit),
         ).fetchall()
         items: list[WorkItem] = []

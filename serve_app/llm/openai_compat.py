@@ -20,8 +20,9 @@ from serve_app.models.reports import Completion
 from serve_app.models.templates import RenderedPrompt
 
 
-def _extra_body(trace_id: str, prompt: RenderedPrompt) -> dict[str, object]:
-    """vLLM 认的附加字段：请求 id（日志与中止），json 报告的 response_format（按 schema 约束解码）。
+def _extra_body(trace_id: str, prompt: RenderedPrompt, engine_priority: bool) -> dict[str, object]:
+    """vLLM 认的附加字段：请求 id（日志与中止），json 报告的 response_format（按 schema 约束解码），
+    开了 engine_priority 时的调度优先级。
 
     response_format 经 extra_body 发：SDK 的 response_format 参数的类型不收任意 dict。
     """
@@ -29,6 +30,8 @@ def _extra_body(trace_id: str, prompt: RenderedPrompt) -> dict[str, object]:
     response_format = prompt.output.response_format()
     if response_format is not None:
         body["response_format"] = response_format
+    if engine_priority and prompt.engine_priority != 0:
+        body["priority"] = prompt.engine_priority
     return body
 
 
@@ -77,7 +80,7 @@ class OpenAICompatClient:
                 temperature=prompt.temperature,
                 top_p=prompt.top_p,
                 extra_headers={"X-Request-Id": trace_id},
-                extra_body=_extra_body(trace_id, prompt),
+                extra_body=_extra_body(trace_id, prompt, self._policy.engine_priority),
             )
         except openai.APITimeoutError as exc:
             raise TimeoutError from exc

@@ -12,6 +12,13 @@ from serve_app.core.errors import ErrorCode
 from serve_app.models.output import OutputFormat, check_schema, nesting_depth
 
 ReportLength = Literal["short", "medium", "long"]
+# 优先级：入口副本的作业队列与引擎的调度都按它排（high 先于 normal 先于 low）
+Priority = Literal["high", "normal", "low"]
+# 引擎（vLLM --scheduling-policy priority）的优先级：数小的先调度。normal 为 0：vLLM 没开优先级调度
+# 时只收 0（别的值答 400），于是只有 high / low 需要引擎开着优先级调度
+ENGINE_PRIORITY: dict[str, int] = {"high": -1, "normal": 0, "low": 1}
+# deadline_s 的上限：7 天
+MAX_DEADLINE_S = 7 * 86400
 
 # 输入与元数据的数量与大小上限（请求体大小另由中间件限制）
 MAX_INPUTS = 32
@@ -43,6 +50,18 @@ class ReportRequest(BaseModel):
         None,
         description="要 JSON 报告时给出它要符合的 JSON Schema（Draft 2020-12）：任何类型都可以；"
         "报告解析并校验后放在回调的 report.data",
+    )
+    priority: Priority = Field(
+        "normal",
+        description="high / normal / low：排队与引擎调度都按它排；high 只给配置允许的调用方",
+    )
+    deadline_s: float | None = Field(
+        None,
+        gt=0,
+        le=MAX_DEADLINE_S,
+        description=f"受理后多少秒内要结果（0 < deadline_s ≤ {MAX_DEADLINE_S}，即 7 天）："
+        "到时还没有结果的作业以 expired（deadline_exceeded）结束，正在生成的在引擎里中止；"
+        "缺省用服务配置的默认期限（可不设）",
     )
 
     @model_validator(mode="after")
@@ -89,6 +108,13 @@ class ReportJob(BaseModel):
     caller: str = "default"
     # 请求自带的输出 schema：随作业存进账本，重启、换副本执行都用它
     output_schema: dict[str, JsonValue] | None = None
+    priority: Priority = "normal"
+    # 到这个时刻还没有结果就以 expired 结束（随作业存进账本，重启、接手都照它）
+    deadline_at: datetime | None = None
+
+    def expired_at(self, now: datetime) -> bool:
+        """期限已过（没有期限的作业永不过期）。"""
+        return self.deadline_at is not None and now >= self.deadline_at
 
 
 class Usage(BaseModel):
@@ -134,7 +160,7 @@ class CallbackPayload(BaseModel):
     """回调给 backend B 的请求体。"""
 
     trace_id: str
-    status: Literal["succeeded", "failed", "cancelled"]
+    status: Literal["succeeded", "failed", "cancelled", "expired"]
     report_type: str
     report: Completion | None
     error: ErrorBody | None
@@ -175,10 +201,21 @@ class CallbackPayload(BaseModel):
         return cls._unsuccessful(job, "cancelled", ErrorCode.CANCELLED, "作业已按请求取消")
 
     @classmethod
+    def expired(cls, job: ReportJob) -> CallbackPayload:
+        """过期回调：到 deadline_at 还没有结果（排队的不再开始，生成中的已中止）。"""
+        deadline = job.deadline_at.isoformat() if job.deadline_at is not None else "期限"
+        return cls._unsuccessful(
+            job,
+            "expired",
+            ErrorCode.DEADLINE_EXCEEDED,
+            f"到 {deadline} 仍没有结果，作业已过期（deadline_s）",
+        )
+
+    @classmethod
     def _unsuccessful(
         cls,
         job: ReportJob,
-        status: Literal["failed", "cancelled"],
+        status: Literal["failed", "cancelled", "expired"],
         code: ErrorCode,
         message: str,
     ) -> CallbackPayload:

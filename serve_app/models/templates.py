@@ -94,6 +94,8 @@ class RenderedPrompt(BaseModel):
     temperature: float
     top_p: float
     output: OutputSpec = Field(default_factory=OutputSpec)
+    # 引擎调度的优先级（vLLM：数小的先；见 models.reports.ENGINE_PRIORITY），由作业的 priority 来
+    engine_priority: int = 0
 
     def chat_messages(self) -> list[dict[str, str]]:
         """OpenAI 形状的消息列表（system + user）。"""

@@ -12,7 +12,13 @@ from serve_app.core.errors import InvalidOutput, LLMError, OutputTruncated, erro
 from serve_app.core.metrics import ReportMetrics
 from serve_app.ledger.records import JobState
 from serve_app.llm.port import LLMClient
-from serve_app.models.reports import CallbackPayload, Completion, DeliveryOutcome, ReportJob
+from serve_app.models.reports import (
+    ENGINE_PRIORITY,
+    CallbackPayload,
+    Completion,
+    DeliveryOutcome,
+    ReportJob,
+)
 from serve_app.models.templates import RenderedPrompt
 from serve_app.prompting.output_check import checked
 from serve_app.services.stages import DeliveryStage, RenderStage
@@ -66,24 +72,27 @@ class ReportPipeline:
         self._metrics = metrics or ReportMetrics()
         self._output_retries = output_retries
 
-    async def _timed[T](self, stage: str, work: Awaitable[T]) -> T:
-        """执行一步并把耗时记进 reports_stage_seconds（失败的也记）。"""
+    async def _timed[T](self, stage: str, job: ReportJob, work: Awaitable[T]) -> T:
+        """执行一步并把耗时记进 reports_stage_seconds（按阶段与优先级；失败的也记）。"""
         started = time.perf_counter()
         try:
             return await work
         finally:
-            self._metrics.stage_seconds.observe(time.perf_counter() - started, {"stage": stage})
+            self._metrics.stage_seconds.observe(
+                time.perf_counter() - started, {"stage": stage, "priority": job.priority}
+            )
 
     async def produce(self, job: ReportJob, on_stage: StageHook = _no_hook) -> CallbackPayload:
         """渲染并生成；任何失败都变成 failed 载荷（被打断时抛 StageInterrupted）。"""
         logger.info("作业开始：report_type={} length={}", job.report_type, job.length)
         try:
-            prompt = await _alongside(
-                on_stage(JobState.RENDERING), self._timed("render", self._renderer.render(job))
+            rendered = await _alongside(
+                on_stage(JobState.RENDERING), self._timed("render", job, self._renderer.render(job))
             )
+            prompt = rendered.model_copy(update={"engine_priority": ENGINE_PRIORITY[job.priority]})
             completion = await _alongside(
                 on_stage(JobState.GENERATING),
-                self._timed("generate", self._generate_checked(job, prompt)),
+                self._timed("generate", job, self._generate_checked(job, prompt)),
             )
         except StageInterrupted:
             raise
@@ -132,7 +141,7 @@ class ReportPipeline:
     async def deliver(self, job: ReportJob, payload: CallbackPayload) -> DeliveryOutcome:
         """投递终态回调（含内联重试）；不抛异常，未送达由账本安排重投。"""
         try:
-            outcome = await self._timed("deliver", self._delivery.send(job, payload))
+            outcome = await self._timed("deliver", job, self._delivery.send(job, payload))
         except Exception as exc:  # noqa: BLE001 - 投递阶段不可用也只是“本轮未送达”
             logger.exception("回调部署不可用，本轮未送达")
             outcome = DeliveryOutcome(delivered=False, attempts=0, error=repr(exc))

@@ -2,8 +2,11 @@
 
 - 新受理的作业由受理它的副本执行；每 heartbeat_s 为在途作业续租；
 - 每 sweep_interval_s 领取租约过期的作业（副本崩溃、缩容、节点丢失、整体重启）与到期的重投；
+- 排队：同时执行的作业数有上限，多出的在 JobQueue 里按优先级、调用方轮转等名额；
 - 取消：本副本的作业立即取消生成任务（Serve 把取消传到 LLM 副本，vLLM 中止请求），
   其他副本的作业经续租回复得知；
+- 期限：到 deadline_at 还没有结果的作业以 expired 结束——排队的不再开始，生成中的像取消一样
+  在引擎里中止；已有结果的照常投递；
 - 关闭：在 drain_timeout_s 内等在途作业结束，余下的交还租约，别的副本（或重启后）接手；
 - 保留期：每 purge_interval_s 清除一小批超过 retention_days 的已结束作业（不在请求路径上）。
 """
@@ -21,7 +24,15 @@ from serve_app.core.settings import JobPolicy
 from serve_app.ledger.records import CallbackState, JobRecord, JobState, WorkItem
 from serve_app.ledger.store import JobStore
 from serve_app.models.reports import CallbackPayload, ReportJob
+from serve_app.services.job_queue import JobQueue
 from serve_app.services.pipeline import ReportPipeline, StageHook, StageInterrupted
+
+
+def _seconds_left(job: ReportJob) -> float | None:
+    """距期限还有几秒（已过为 0：排队的立即结束）；没有期限为 None。"""
+    if job.deadline_at is None:
+        return None
+    return max((job.deadline_at - datetime.now(UTC)).total_seconds(), 0.0)
 
 
 def _claim_kind(item: WorkItem) -> str:
@@ -47,7 +58,12 @@ class JobRunner:
         self._pipeline = pipeline
         self._policy = policy
         self.owner = owner
-        self._slots = asyncio.Semaphore(policy.max_concurrent_per_replica)
+        self._queue = JobQueue(
+            policy.max_concurrent_per_replica,
+            order=policy.queue_order,
+            weights=policy.caller_weights,
+            aging_s=policy.priority_aging_s,
+        )
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._production: dict[str, asyncio.Task[CallbackPayload]] = {}
         self._lost: set[str] = set()
@@ -179,37 +195,54 @@ class JobRunner:
                 "report_type": job.report_type,
                 "status": payload.status,
                 "error_code": error_code,
+                "priority": job.priority,
             }
         )
 
     async def _produce(self, job: ReportJob) -> CallbackPayload | None:
         """生成结果并记入账本；租约已丢返回 None。"""
-        async with self._slots:
-            waited = (datetime.now(UTC) - job.created_at).total_seconds()
-            self._metrics.stage_seconds.observe(max(waited, 0.0), {"stage": "queue_wait"})
-            task = asyncio.create_task(self._pipeline.produce(job, self._stage_hook(job)))
-            self._production[job.trace_id] = task
-            try:
-                payload = await task
-            except StageInterrupted as exc:
-                if exc.reason == "lost":
-                    logger.warning("作业租约已归其他副本，本副本停止执行")
-                    return None
-                payload = CallbackPayload.cancelled(job)
-            except asyncio.CancelledError:
-                current = asyncio.current_task()
-                if job.trace_id in self._lost or (current is not None and current.cancelling()):
-                    raise
-                logger.info("作业已取消：生成已中止")
-                payload = CallbackPayload.cancelled(job)
-            finally:
-                self._production.pop(job.trace_id, None)
+        deadline = asyncio.timeout(_seconds_left(job))
+        try:
+            async with deadline:
+                payload = await self._queued_production(job)
+        except TimeoutError:
+            if not deadline.expired():
+                raise  # 不是期限到了（别处的超时）：照原样交给 _execute
+            logger.warning("作业到期限 {} 仍没有结果：以 expired 结束", job.deadline_at)
+            payload = CallbackPayload.expired(job)
+        if payload is None:
+            return None
         final = await self._store.finish(job.trace_id, self.owner, payload)
         if final is None:
             logger.warning("记录结果时租约已归其他副本，放弃本次结果")
         else:
             self._observe_finished(job, final)
         return final
+
+    async def _queued_production(self, job: ReportJob) -> CallbackPayload | None:
+        """排队拿到名额后生成；期限到了由外层的 timeout 取消（生成任务随之取消，引擎中止）。"""
+        async with self._queue.slot(job.priority, job.caller):
+            waited = (datetime.now(UTC) - job.created_at).total_seconds()
+            self._metrics.stage_seconds.observe(
+                max(waited, 0.0), {"stage": "queue_wait", "priority": job.priority}
+            )
+            task = asyncio.create_task(self._pipeline.produce(job, self._stage_hook(job)))
+            self._production[job.trace_id] = task
+            try:
+                return await task
+            except StageInterrupted as exc:
+                if exc.reason == "lost":
+                    logger.warning("作业租约已归其他副本，本副本停止执行")
+                    return None
+                return CallbackPayload.cancelled(job)
+            except asyncio.CancelledError:
+                current = asyncio.current_task()
+                if job.trace_id in self._lost or (current is not None and current.cancelling()):
+                    raise
+                logger.info("作业已取消：生成已中止")
+                return CallbackPayload.cancelled(job)
+            finally:
+                self._production.pop(job.trace_id, None)
 
     def _stage_hook(self, job: ReportJob) -> StageHook:
         async def on_stage(state: JobState) -> None:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from serve_app.core.errors import RequestError
+from datetime import timedelta
+
+from serve_app.core.errors import Forbidden, RequestError
 from serve_app.core.settings import Settings
 from serve_app.delivery.url_guard import CallbackTargetPolicy
 from serve_app.models.reports import ReportJob, ReportRequest, utc_now
@@ -20,9 +22,16 @@ class ReportSubmissions:
         self._default_callback = (
             str(settings.default_callback_url) if settings.default_callback_url else None
         )
+        self._high_callers = frozenset(settings.jobs.high_priority_callers)
+        self._default_deadline_s = settings.jobs.default_deadline_s
 
     async def accept(self, request: ReportRequest, trace_id: str, caller: str) -> ReportJob:
-        """校验并生成作业（含回调地址的 SSRF 检查）；作业记下创建它的调用方。"""
+        """校验并生成作业（含回调地址的 SSRF 检查）；作业记下创建它的调用方、优先级与期限。"""
+        if request.priority == "high" and not ({"*", caller} & self._high_callers):
+            raise Forbidden(
+                f"调用方 {caller} 不能提交 priority=high（允许的调用方由运维配置 "
+                "REPORTS_JOBS__HIGH_PRIORITY_CALLERS）：改用 normal 或 low"
+            )
         _, length = self._catalog.validate_request(
             request.report_type, request.inputs, request.length
         )
@@ -31,6 +40,8 @@ class ReportSubmissions:
         if callback_url is None:
             raise RequestError("缺少 callback_url：请求里给出回调地址，或请运维配置默认回调地址")
         await self._targets.check_url(callback_url)
+        created_at = utc_now()
+        deadline_s = request.deadline_s or self._default_deadline_s
         return ReportJob(
             trace_id=trace_id,
             report_type=request.report_type,
@@ -38,7 +49,9 @@ class ReportSubmissions:
             length=length,
             callback_url=callback_url,
             metadata=request.metadata,
-            created_at=utc_now(),
+            created_at=created_at,
             caller=caller,
             output_schema=request.output_schema,
+            priority=request.priority,
+            deadline_at=created_at + timedelta(seconds=deadline_s) if deadline_s else None,
         )

@@ -232,6 +232,26 @@ async def test_a_json_job_keeps_its_schema_for_whoever_runs_it_and_its_parsed_re
     assert record.outcome.report == report
 
 
+async def test_a_job_past_its_deadline_is_never_restarted_by_whoever_claims_it(
+    store: JobStore, clock: Clock
+) -> None:
+    """期限随作业存进账本：副本失联、租约过期后，接手的副本不再执行，以 expired 结束并投递。"""
+    deadline = datetime.fromtimestamp(clock.now + POLICY.lease_s / 2, UTC)
+    await store.admit(_job().model_copy(update={"deadline_at": deadline}), "dead", None)
+    await store.admit(_job("t-2").model_copy(update={"priority": "high"}), "dead", None)
+    clock.now += POLICY.lease_s + 1
+    # 领取的次序：high 先于 normal
+    items = await store.claim_due("b", 10)
+    assert [i.record.trace_id for i in items] == ["t-2", "t-1"]
+    [expired] = [i for i in items if i.record.trace_id == "t-1"]
+    assert not expired.produce and expired.record.state is JobState.DELIVERING
+    outcome = expired.record.outcome
+    assert outcome is not None and outcome.status == "expired"
+    assert outcome.error is not None and outcome.error.code is ErrorCode.DEADLINE_EXCEEDED
+    record = await store.record_delivery("t-1", "b", DELIVERED)
+    assert record is not None and record.state is JobState.EXPIRED
+
+
 async def test_cancel_before_and_after_result(store: JobStore) -> None:
     job = _job()
     await store.admit(job, "a", None)

@@ -202,8 +202,10 @@ def _status(base_url: str, trace_id: str) -> dict[str, Any]:
     return status
 
 
-def _submit_long(stack: E2EStack, base_url: str, count: int, length: str = "long") -> list[str]:
-    """提交 count 份最长类型的报告（默认最长篇幅）。"""
+def _submit_long(
+    stack: E2EStack, base_url: str, count: int, length: str = "long", **extra: Any
+) -> list[str]:
+    """提交 count 份最长类型的报告（默认最长篇幅；extra 并进请求体，如 priority、deadline_s）。"""
     [item] = [t for t in _types(base_url) if t["name"] == LONGEST_TYPE]
     assert item["lengths"]["long"]["max_tokens"] == LONGEST_TOKENS
     body = {
@@ -211,6 +213,7 @@ def _submit_long(stack: E2EStack, base_url: str, count: int, length: str = "long
         "inputs": item["example_inputs"],
         "length": length,
         "callback_url": stack.receiver.url,
+        **extra,
     }
     trace_ids = []
     for _ in range(count):
@@ -347,3 +350,42 @@ def test_engine_error_from_llmserver_fails_the_job_without_retry(e2e_stack: E2ES
     assert callback["status"] == "failed", callback
     assert callback["error"]["code"] == "llm_error", callback["error"]
     assert "引擎错误 4" in callback["error"]["message"], callback["error"]
+
+
+def test_deadline_aborts_generation_in_the_in_cluster_engine(e2e_stack: E2EStack) -> None:
+    """集群内 LLMServer：冻住引擎核心，请求到了 vLLM 却生成不完；期限一到作业以 expired 结束，
+    一次回调，vLLM 在引擎里中止（与取消同一条路）。"""
+    stack = e2e_stack
+    replica = stack.llm_replica_pid()
+    with frozen_descendants(replica):
+        trace_ids = _submit_long(stack, stack.internal_url, 2, deadline_s=20)
+        _wait_until(
+            lambda: _log_shows(stack.llm_replica_log(replica), "Received request", trace_ids),
+            "请求没有到达 LLMServer 里的 vLLM",
+        )
+        callbacks = _wait_callbacks(stack, set(trace_ids))
+        for trace_id in trace_ids:
+            body = callbacks[trace_id].body
+            assert body["status"] == "expired", body
+            assert body["error"]["code"] == "deadline_exceeded", body
+            status = _status(stack.internal_url, trace_id)
+            assert status["status"] == "expired" and status["deadline_at"] is not None
+        _wait_until(
+            lambda: _log_shows(stack.llm_replica_log(replica), "aborted", trace_ids),
+            "期限到了 LLMServer 里的 vLLM 没有中止请求",
+        )
+    received = [r.body["trace_id"] for r in stack.receiver.received]
+    assert all(received.count(t) == 1 for t in trace_ids), "每个过期作业恰好一次回调"
+
+
+def test_high_and_low_priority_reports_run_on_both_engine_modes(e2e_stack: E2EStack) -> None:
+    """集群内引擎以 scheduling_policy: priority 启动，收 high（-1）与 low（1）；外部 vLLM 没开
+    优先级调度，入口就不发（engine_priority 默认关），报告照常生成。"""
+    stack = e2e_stack
+    submitted: list[str] = []
+    for base_url in (stack.internal_url, stack.external_url):
+        for priority in ("high", "low"):
+            submitted += _submit_long(stack, base_url, 1, length="short", priority=priority)
+    callbacks = _wait_callbacks(stack, set(submitted))
+    for trace_id in submitted:
+        assert callbacks[trace_id].body["status"] == "succeeded", callbacks[trace_id].body

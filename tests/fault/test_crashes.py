@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import httpx
+
 from tests.fault.conftest import FaultApp
 
 
@@ -38,11 +40,22 @@ def test_whole_app_restart_finishes_pending_jobs(fault_app: FaultApp) -> None:
     for trace_id in undelivered:
         app.wait_for(trace_id, lambda b: b["callback"]["attempts"] >= 2, "内联重试用尽")
     running = app.submit_generating("[[sleep:20]]", 3)
+    # 期限 8 秒、要生成 20 秒的一份：关停（排空 3 秒后交还租约）与重启期间到期。无论到期时它在
+    # 旧副本里生成、在账本里等人接手还是已在新副本重跑，都以 expired 结束、恰好一次回调
+    response = httpx.post(
+        app.base_url + "/v1/reports", json=app.body("[[sleep:20]]", deadline_s=8), timeout=30
+    )
+    assert response.status_code == 202, response.text
+    expiring = app.track(response.json()["trace_id"])
+    app.wait_status(expiring, ("generating",))
     app.shutdown()
     app.backend.start()
     app.deploy()
-    ids = undelivered + running
+    ids = [*undelivered, *running, expiring]
     app.wait_delivered(ids, timeout_s=240)
     app.check_one_terminal_callback_each(ids, exactly_once=False)
-    for trace_id in ids:
+    for trace_id in undelivered + running:
         assert app.status(trace_id)["status"] == "succeeded"
+    expired = app.status(expiring)
+    assert expired["status"] == "expired", expired
+    assert expired["deadline_at"] is not None

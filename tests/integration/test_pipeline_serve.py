@@ -180,3 +180,30 @@ def test_http_surface_through_serve(it_app: ItApp) -> None:
     assert httpx.get(it_app.base_url + "/readyz").status_code == 200
     types = httpx.get(it_app.base_url + "/v1/report-types").json()
     assert {t["name"] for t in types} == {"sales_weekly", "fragile"}
+
+
+def test_a_deadline_during_generation_ends_expired_with_one_callback(it_app: ItApp) -> None:
+    """真实 Ray：期限（1 秒）先于 LLM 超时（3 秒）到了，生成经句柄取消，作业以 expired 结束。"""
+    body = sales_request(it_app.receiver.url, deadline_s=1, priority="low")
+    body["inputs"]["sales_data"] = "[[sleep:10]]"
+    trace_id = _submit(it_app, body)
+    callback = _callback_for(it_app, trace_id)
+    assert callback.body["status"] == "expired" and callback.body["report"] is None
+    assert callback.body["error"]["code"] == "deadline_exceeded"
+    status = httpx.get(f"{it_app.base_url}/v1/reports/{trace_id}", timeout=30).json()
+    assert status["status"] == "expired" and status["priority"] == "low"
+    assert [h["state"] for h in status["history"]][-2:] == ["delivering", "expired"]
+    time.sleep(0.5)
+    assert len(_callbacks_for(it_app, trace_id)) == 1
+
+
+def test_a_result_that_exists_is_delivered_after_its_deadline(it_app: ItApp) -> None:
+    """结果已经有了，期限在投递途中（接收方慢）到了：照常以 succeeded 投递。"""
+    it_app.receiver.script(delay_s=2.0)
+    try:
+        trace_id = _submit(it_app, sales_request(it_app.receiver.url, deadline_s=0.5))
+        callback = _callback_for(it_app, trace_id)
+    finally:
+        it_app.receiver.script()
+    assert callback.body["status"] == "succeeded"
+    assert len(_callbacks_for(it_app, trace_id)) == 1

@@ -219,3 +219,25 @@ def test_ingress_side_of_the_llm_handle_does_not_import_vllm() -> None:
         check=True,
     )
     assert result.stdout.strip() == "[]", result.stdout
+
+
+@pytest.mark.parametrize("engine_priority", [False, True])
+async def test_external_client_sends_the_priority_only_when_configured(
+    fake_server: FakeOpenAIServer, engine_priority: bool
+) -> None:
+    """没开优先级调度的 vLLM 对非 0 的 priority 答 400：默认不发，打开 engine_priority 才发。"""
+    policy = POLICY.model_copy(update={"engine_priority": engine_priority})
+    client = OpenAICompatClient(
+        base_url=f"http://127.0.0.1:{fake_server.port}/v1",
+        api_key="EMPTY",
+        model="m",
+        policy=policy,
+    )
+    try:
+        await client.generate(PROMPT.model_copy(update={"engine_priority": -1}), trace_id="hi")
+        await client.generate(PROMPT, trace_id="normal")
+    finally:
+        await client.aclose()
+    (_, high), (_, normal) = fake_server.requests
+    assert high.get("priority") == (-1 if engine_priority else None)
+    assert "priority" not in normal  # normal 是 0：哪种引擎都收，不必发

@@ -30,6 +30,7 @@ from serve_app.core.settings import PROJECT_ROOT
 README = (PROJECT_ROOT / "README.md").read_text(encoding="utf-8")
 # 新手照着敲的命令不只在 README 里：运维指南的代码块也照原样执行
 OPERATIONS = (PROJECT_ROOT / "docs" / "operations.md").read_text(encoding="utf-8")
+API = (PROJECT_ROOT / "docs" / "api.md").read_text(encoding="utf-8")
 PORT = 8000
 METRICS_PORT = 9090
 # 从外层 make / 开发者环境里继承会改变行为的变量：新用户没有它们
@@ -159,6 +160,22 @@ def test_make_demo_prints_a_verified_delivered_callback(clone: Clone) -> None:
     assert result.returncode == 0, result.stdout[-5000:]
     assert "收到回调（签名已校验" in result.stdout, result.stdout[-5000:]
     assert '"status": "succeeded"' in result.stdout
+
+
+def json_demo_command() -> str:
+    """docs/api.md“报告的格式”里演示 JSON 报告的命令，原样。"""
+    match = re.search(r'`(make demo ARGS="--report-type [a-z_]+")`', API)
+    assert match, "docs/api.md 里没有演示 JSON 报告的 make demo 命令"
+    return match.group(1)
+
+
+@pytest.mark.timeout(600)
+def test_the_json_report_demo_in_the_api_docs_delivers_parsed_data(clone: Clone) -> None:
+    result = clone.run(json_demo_command(), timeout_s=400)
+    assert result.returncode == 0, result.stdout[-5000:]
+    assert "收到回调（签名已校验" in result.stdout, result.stdout[-5000:]
+    assert '"status": "succeeded"' in result.stdout, result.stdout[-5000:]
+    assert '"format": "json"' in result.stdout and '"data": {' in result.stdout
 
 
 @pytest.mark.timeout(600)

@@ -77,11 +77,14 @@ class RecordingDelivery:
         default_factory=lambda: DeliveryOutcome(delivered=True, attempts=1, status_code=200)
     )
     error: BaseException | None = None
+    delay_s: float = 0.0
     sent: list[tuple[str, CallbackPayload]] = field(default_factory=list)
 
     async def send(self, job: ReportJob, payload: CallbackPayload) -> DeliveryOutcome:
-        """记录并返回脚本给定的结果。"""
+        """记录并返回脚本给定的结果（delay_s：接收方慢）。"""
         self.sent.append((job.callback_url, payload))
+        if self.delay_s:
+            await asyncio.sleep(self.delay_s)
         if self.error is not None:
             raise self.error
         return self.outcome

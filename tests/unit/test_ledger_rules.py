@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import sqlite3
-from datetime import UTC, datetime
+import time
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -56,11 +57,25 @@ def test_cancel_overrides_any_result() -> None:
 
 
 def test_recovery_gives_up_after_max_runs_and_honours_cancel() -> None:
-    assert rules.recovery_outcome(JOB, runs=1, cancel_requested=False, policy=POLICY) is None
-    lost = rules.recovery_outcome(JOB, runs=2, cancel_requested=False, policy=POLICY)
+    now = time.time()
+    assert rules.recovery_outcome(JOB, 1, False, POLICY, now) is None
+    lost = rules.recovery_outcome(JOB, 2, False, POLICY, now)
     assert lost is not None and lost.error is not None
     assert lost.error.code == ErrorCode.WORKER_LOST
-    cancelled = rules.recovery_outcome(JOB, runs=0, cancel_requested=True, policy=POLICY)
+    cancelled = rules.recovery_outcome(JOB, 0, True, POLICY, now)
+    assert cancelled is not None and cancelled.status == "cancelled"
+
+
+def test_recovery_never_restarts_a_job_past_its_deadline() -> None:
+    """重启、接手之后也一样：期限已过的作业不再开始，以 expired 结束。"""
+    deadline = datetime.now(UTC) + timedelta(seconds=30)
+    job = JOB.model_copy(update={"deadline_at": deadline})
+    assert rules.recovery_outcome(job, 1, False, POLICY, deadline.timestamp() - 1) is None
+    expired = rules.recovery_outcome(job, 1, False, POLICY, deadline.timestamp())
+    assert expired is not None and expired.status == "expired"
+    assert expired.error is not None and expired.error.code == ErrorCode.DEADLINE_EXCEEDED
+    # 已登记的取消优先于过期
+    cancelled = rules.recovery_outcome(job, 1, True, POLICY, deadline.timestamp())
     assert cancelled is not None and cancelled.status == "cancelled"
 
 

@@ -59,12 +59,16 @@ async def test_a_succeeded_job_is_counted_once_per_stage(
     assert recorder.count("reports_accepted", report_type="sales_weekly") == 1
     assert (
         recorder.count(
-            "reports_finished", report_type="sales_weekly", status="succeeded", error_code=""
+            "reports_finished",
+            report_type="sales_weekly",
+            status="succeeded",
+            error_code="",
+            priority="normal",
         )
         == 1
     )
     for stage in ("queue_wait", "render", "generate", "deliver"):
-        [seconds] = recorder.observed("reports_stage_seconds", stage=stage)
+        [seconds] = recorder.observed("reports_stage_seconds", stage=stage, priority="normal")
         assert 0 <= seconds < 5, stage
     [total] = recorder.observed("reports_accept_to_callback_seconds", status="succeeded")
     assert 0 <= total < 5
@@ -84,7 +88,11 @@ async def test_a_failed_generation_is_counted_with_its_error_code(
     await harness.settle()
     assert (
         recorder.count(
-            "reports_finished", report_type="sales_weekly", status="failed", error_code="llm_error"
+            "reports_finished",
+            report_type="sales_weekly",
+            status="failed",
+            error_code="llm_error",
+            priority="normal",
         )
         == 1
     )
@@ -132,6 +140,7 @@ async def test_overload_is_counted_as_429_and_gauges_follow_the_ledger(
             report_type="sales_weekly",
             status="cancelled",
             error_code="cancelled",
+            priority="normal",
         )
         == 2
     )

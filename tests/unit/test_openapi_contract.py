@@ -74,7 +74,12 @@ def test_callback_is_documented_as_a_webhook(spec: dict[str, Any]) -> None:
     assert headers == {"webhook-id", "webhook-timestamp", "webhook-signature", "X-Trace-Id"}
     assert {"2XX", "410", "429", "5XX"} <= set(callback["responses"])
     payload = spec["components"]["schemas"]["CallbackPayload"]
-    assert set(payload["properties"]["status"]["enum"]) == {"succeeded", "failed", "cancelled"}
+    assert set(payload["properties"]["status"]["enum"]) == {
+        "succeeded",
+        "failed",
+        "cancelled",
+        "expired",
+    }
 
 
 @pytest.fixture

@@ -157,3 +157,10 @@ def test_light_deployments_autoscale_with_every_knob_explained(path: Path) -> No
         # 块的开头有一行注释说明这个部署按什么扩缩
         block = text[text.index(f"- name: {name}") :]
         assert re.search(r"autoscaling_config:\s+#\s*\S", block.split("- name:", 2)[1]), name
+
+
+@pytest.mark.parametrize("path", [*CONFIGS, *PRESETS], ids=lambda p: p.name)
+def test_every_in_cluster_engine_schedules_by_priority(path: Path) -> None:
+    """作业的 priority 发到引擎（high 为 -1、low 为 1）：没开优先级调度的 vLLM 会对它们答 400。"""
+    engine = _load(path)["applications"][0]["args"]["engine"]
+    assert engine["engine_kwargs"]["scheduling_policy"] == "priority"
