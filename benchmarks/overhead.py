@@ -19,7 +19,6 @@ import asyncio
 import itertools
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -40,13 +39,11 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from benchmarks.common import NICE, RESULTS, RUN_DIR, publish_latest
 from serve_app.core.settings import PROJECT_ROOT
 from tests.support.local_http import free_port, wait_http_ok
 
-RESULTS = PROJECT_ROOT / "benchmarks" / "results"
-RUN_DIR = PROJECT_ROOT / ".run" / "bench"
 APP_URL = "http://127.0.0.1:8000"
-NICE = 15
 # 流水线各副本的进程标题（Ray 把 actor 名写进进程标题）
 REPLICAS = ("ReportIngress", "Ledger", "TemplateRenderer", "CallbackSender")
 # HTTP 入口那一站：Serve 的 Python 代理，或 HAProxy 模式下的 HAProxyManager 与 haproxy 进程
@@ -349,10 +346,7 @@ def _write_results(measurements: list[Measurement], reports: int) -> Path:
         )
     (RESULTS / f"overhead-{stamp}.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
     _plot(measurements, RESULTS / f"overhead-{stamp}.png")
-    for suffix in ("json", "md", "png"):
-        shutil.copyfile(
-            RESULTS / f"overhead-{stamp}.{suffix}", RESULTS / f"overhead-latest.{suffix}"
-        )
+    publish_latest("overhead", stamp)
     return json_path
 
 

@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import subprocess
 import sys
 from dataclasses import asdict, dataclass, field
@@ -31,12 +30,10 @@ from typing import Any
 
 import psutil
 
+from benchmarks.common import NICE, RESULTS, RUN_DIR, publish_latest
 from benchmarks.overhead import (
     APP_URL,
-    NICE,
     REQUEST,
-    RESULTS,
-    RUN_DIR,
     Measurement,
     _companion,
     _measure,
@@ -191,8 +188,7 @@ def _write(rows: list[Row], levels: list[int], meta: dict[str, Any]) -> Path:
         )
     (RESULTS / f"engine-{stamp}.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
     _plot(rows, levels, RESULTS / f"engine-{stamp}.png")
-    for suffix in ("json", "md", "png"):
-        shutil.copyfile(RESULTS / f"engine-{stamp}.{suffix}", RESULTS / f"engine-latest.{suffix}")
+    publish_latest("engine", stamp)
     return json_path
 
 

@@ -20,9 +20,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import random
-import shutil
 import sys
 import time
 from datetime import UTC, datetime
@@ -32,9 +30,9 @@ from typing import Any
 import httpx
 from loguru import logger
 
-from benchmarks.overhead import NICE, RESULTS, RUN_DIR, _percentile
-from cluster.build_tiny_model import build_tiny_model
-from serve_app.core.settings import PROJECT_ROOT, Settings
+from benchmarks.common import RESULTS, SERVED_NAME, publish_latest, tiny_engine
+from benchmarks.overhead import _percentile
+from serve_app.core.settings import Settings
 from serve_app.http.app import create_app
 from serve_app.http.deps import IngressServices
 from serve_app.ledger.sqlite_store import SqliteJobStore
@@ -43,9 +41,7 @@ from serve_app.models.reports import CallbackPayload, DeliveryOutcome, ReportJob
 from serve_app.models.templates import RenderedPrompt
 from serve_app.prompting.catalog import TemplateCatalog
 from serve_app.prompting.renderer import PromptRenderer
-from tests.support.vllm_server import VLLMServer
 
-SERVED_NAME = "report-llm"
 CALLBACK = "http://127.0.0.1:9/hooks/reports"
 KEYS = {"batch": "batch-key", "manager": "manager-key", "mixed": "mixed-key"}
 REQUEST: dict[str, Any] = {
@@ -203,10 +199,7 @@ def _write(results: dict[str, Any], meta: dict[str, Any]) -> Path:
             )
     (RESULTS / f"priority-{stamp}.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
     _plot(results, RESULTS / f"priority-{stamp}.png")
-    for suffix in ("json", "md", "png"):
-        shutil.copyfile(
-            RESULTS / f"priority-{stamp}.{suffix}", RESULTS / f"priority-latest.{suffix}"
-        )
+    publish_latest("priority", stamp)
     return json_path
 
 
@@ -244,22 +237,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--burst", type=int, default=100)
     parser.add_argument("--slots", type=int, default=8)
     args = parser.parse_args(argv)
-    RUN_DIR.mkdir(parents=True, exist_ok=True)
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    os.nice(NICE)
     # 作业路径上每一步都记 INFO：基准只要结果，日志只留警告以上
     logger.remove()
     logger.add(sys.stderr, level="WARNING")
-    model_dir = build_tiny_model(PROJECT_ROOT / ".cache" / "tiny-model")
-    server = VLLMServer(
-        model_dir, SERVED_NAME, RUN_DIR / "vllm-priority.log", max_model_len=4096, niceness=NICE
-    )
-    server.start()
-    try:
-        server.wait_ready(900)
+    with tiny_engine("vllm-priority.log") as server:
         results = asyncio.run(_measure(server.base_url, args.per_class, args.burst, args.slots))
-    finally:
-        server.stop()
     meta = {
         "when": datetime.now(UTC).isoformat(),
         "per_class": args.per_class,

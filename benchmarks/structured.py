@@ -23,8 +23,6 @@ import argparse
 import asyncio
 import copy
 import json
-import os
-import shutil
 import statistics
 import sys
 import time
@@ -36,8 +34,8 @@ from typing import Any
 import httpx
 from pydantic import JsonValue
 
-from benchmarks.overhead import NICE, RESULTS, RUN_DIR, _percentile
-from cluster.build_tiny_model import build_tiny_model
+from benchmarks.common import RESULTS, SERVED_NAME, publish_latest, tiny_engine
+from benchmarks.overhead import _percentile
 from serve_app.core.settings import PROJECT_ROOT
 from serve_app.models.output import OutputSpec
 from serve_app.models.reports import Completion, Usage
@@ -45,9 +43,7 @@ from serve_app.models.templates import RenderedPrompt
 from serve_app.prompting.catalog import TemplateCatalog
 from serve_app.prompting.output_check import checked
 from serve_app.prompting.renderer import PromptRenderer
-from tests.support.vllm_server import VLLMServer
 
-SERVED_NAME = "report-llm"
 REPORT_TYPE = "customer_feedback"
 TIMEOUT_S = 600.0
 
@@ -310,10 +306,7 @@ def _write(result: dict[str, Any], levels: list[int], meta: dict[str, Any]) -> P
     ]
     (RESULTS / f"structured-{stamp}.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
     _plot(runs, levels, ratios, RESULTS / f"structured-{stamp}.png")
-    for suffix in ("json", "md", "png"):
-        shutil.copyfile(
-            RESULTS / f"structured-{stamp}.{suffix}", RESULTS / f"structured-latest.{suffix}"
-        )
+    publish_latest("structured", stamp)
     return json_path
 
 
@@ -369,21 +362,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--schemas", type=int, default=3)
     args = parser.parse_args(argv)
     levels = [int(c) for c in args.concurrency.split(",")]
-    RUN_DIR.mkdir(parents=True, exist_ok=True)
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    os.nice(NICE)
-    model_dir = build_tiny_model(PROJECT_ROOT / ".cache" / "tiny-model")
     prompt = _prompt()
-    server = VLLMServer(
-        model_dir, SERVED_NAME, RUN_DIR / "vllm-structured.log", max_model_len=4096, niceness=NICE
-    )
-    server.start()
-    try:
-        server.wait_ready(900)
+    with tiny_engine("vllm-structured.log") as server:
         url = server.base_url + "/chat/completions"
         result = asyncio.run(_measure(url, prompt, args.requests, levels, args.schemas))
-    finally:
-        server.stop()
     meta = {
         "when": datetime.now(UTC).isoformat(),
         "report_type": REPORT_TYPE,

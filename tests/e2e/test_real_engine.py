@@ -15,6 +15,7 @@ from jsonschema import Draft202012Validator
 from tests.e2e.conftest import E2EStack
 from tests.support.process_freeze import frozen_descendants
 from tests.support.receiver import ReceivedCallback
+from tests.support.sample import SCORE_SCHEMA
 from tests.support.waiting import wait_until
 
 WAIT_S = 300.0
@@ -95,16 +96,7 @@ def test_every_report_type_on_external_vllm_server(e2e_stack: E2EStack) -> None:
         )
 
 
-# 请求自带的 schema：约束解码下小模型也能写完（字符串不限长，数组很短）
-REQUEST_SCHEMA: dict[str, Any] = {
-    "type": "object",
-    "additionalProperties": False,
-    "required": ["title", "score"],
-    "properties": {
-        "title": {"type": "string"},
-        "score": {"type": "integer", "minimum": 0, "maximum": 10},
-    },
-}
+REQUEST_SCHEMA = SCORE_SCHEMA
 # 必然写不完的 schema：300 个以上的整数放不进 short 篇幅的 256 个 token
 UNFINISHABLE_SCHEMA: dict[str, Any] = {
     "type": "object",

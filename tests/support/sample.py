@@ -5,6 +5,8 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
+from pydantic import JsonValue
+
 from serve_app.core.errors import ErrorCode
 from serve_app.core.settings import Settings
 from serve_app.models.reports import CallbackPayload, ReportJob
@@ -60,3 +62,15 @@ def failed_payload(trace_id: str = "t-1") -> CallbackPayload:
         created_at=datetime.now(UTC),
     )
     return CallbackPayload.failed(job, ErrorCode.LLM_ERROR, "boom")
+
+
+# 请求自带的一个小 schema（标题 + 0–10 的整数分）：约束解码下小模型也写得完（单元与 e2e 共用）
+SCORE_SCHEMA: dict[str, JsonValue] = {
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["title", "score"],
+    "properties": {
+        "title": {"type": "string"},
+        "score": {"type": "integer", "minimum": 0, "maximum": 10},
+    },
+}

@@ -23,18 +23,10 @@ from serve_app.services.pipeline import ReportPipeline
 from tests.support.fakes import FakeLLM, LocalRenderStage, RecordingDelivery
 from tests.support.harness import Harness
 from tests.support.metrics import RecordingMetricFactory
-from tests.support.sample import load_catalog, sales_request
+from tests.support.sample import SCORE_SCHEMA, load_catalog, sales_request
 
 CALLBACK = "http://127.0.0.1:9/hooks/reports"
-SCHEMA: dict[str, JsonValue] = {
-    "type": "object",
-    "additionalProperties": False,
-    "required": ["title", "score"],
-    "properties": {
-        "title": {"type": "string"},
-        "score": {"type": "integer", "minimum": 0, "maximum": 10},
-    },
-}
+SCHEMA = SCORE_SCHEMA
 
 
 def _job(
