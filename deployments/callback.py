@@ -19,11 +19,10 @@ class CallbackSender:
 
     def __init__(self, settings: Settings) -> None:
         configure_logging(settings.log_level, settings.log_json_path)
-        secret = settings.callback_signing_secret
         self._client = CallbackClient(
             settings.callback,
             callback_target_policy(settings),
-            signing_secret=secret.get_secret_value() if secret else None,
+            signing_secrets=tuple(s.get_secret_value() for s in settings.callback_signing_secrets),
             metrics=replica_metrics(),
         )
 

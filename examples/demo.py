@@ -19,11 +19,12 @@ from examples.backend_b import ReceiverThread, create_receiver
 
 
 def _signing_secret(secret_file: Path) -> str | None:
-    """与引擎相同的签名密钥：环境变量优先，其次 make run 写下的文件；都没有则不验签。"""
+    """与引擎相同的签名密钥：环境变量优先，其次 make run 写下的文件；都没有则不验签。
+    轮换期间引擎配着几把（逗号分隔，新的在前）：接收方只需其中一把，取最新的。"""
     secret = os.environ.get("CALLBACK_SIGNING_SECRET")
     if not secret and secret_file.is_file():
         secret = secret_file.read_text(encoding="utf-8").strip()
-    return secret or None
+    return (secret or "").split(",")[0].strip() or None
 
 
 def main(argv: list[str] | None = None) -> int:

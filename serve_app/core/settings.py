@@ -273,6 +273,10 @@ def split_caller_key(entry: str) -> tuple[str, str]:
     return caller, key
 
 
+# 同时生效的回调签名密钥最多几把：每把都要对每个回调签一次
+MAX_SIGNING_SECRETS = 5
+
+
 class Settings(BaseSettings):
     """整个应用的配置。
 
@@ -333,10 +337,14 @@ class Settings(BaseSettings):
     auth_required: bool = Field(
         True, description="没有 key 时拒绝启动（compose 剖面）；本机 CPU 剖面设为 false"
     )
-    callback_signing_secret: SecretStr | None = Field(
-        None,
-        validation_alias=AliasChoices("CALLBACK_SIGNING_SECRET", "callback_signing_secret"),
-        description="Standard Webhooks 密钥（whsec_…）；设置后每个回调都带签名",
+    callback_signing_secrets: Annotated[tuple[SecretStr, ...], NoDecode] = Field(
+        (),
+        validation_alias=AliasChoices(
+            "CALLBACK_SIGNING_SECRET", "callback_signing_secret", "callback_signing_secrets"
+        ),
+        description="Standard Webhooks 密钥（whsec_…），逗号分隔，新的在前；"
+        "设置后每个回调都带签名，有几把就签几个（webhook-signature 里空格分隔），"
+        "接收方用其中任何一把都验得过——轮换时先加新的、等接收方换完再去掉旧的",
     )
     callback_allowed_hosts: Annotated[tuple[str, ...], NoDecode] = Field(
         (),
@@ -350,19 +358,18 @@ class Settings(BaseSettings):
         None, description="另外写一份 JSON 行日志（便于采集与测试检查）"
     )
 
-    @field_validator("api_keys", "admin_api_keys", "callback_allowed_hosts", mode="before")
+    @field_validator(
+        "api_keys",
+        "admin_api_keys",
+        "callback_allowed_hosts",
+        "callback_signing_secrets",
+        mode="before",
+    )
     @classmethod
     def _split_commas(cls, value: object) -> object:
         """环境变量里的逗号分隔列表 → 元组（去空白、去空项）。"""
         if isinstance(value, str):
             return tuple(item.strip() for item in value.split(",") if item.strip())
-        return value
-
-    @field_validator("callback_signing_secret")
-    @classmethod
-    def _check_secret(cls, value: SecretStr | None) -> SecretStr | None:
-        if value is not None and not value.get_secret_value().startswith("whsec_"):
-            raise ValueError("CALLBACK_SIGNING_SECRET 必须是 Standard Webhooks 密钥（whsec_ 开头）")
         return value
 
     def caller_keys(self) -> tuple[CallerKey, ...]:
@@ -372,6 +379,22 @@ class Settings(BaseSettings):
             for keys, admin in ((self.api_keys, False), (self.admin_api_keys, True))
             for entry in keys
         )
+
+    @model_validator(mode="after")
+    def _check_signing_secrets(self) -> Settings:
+        # 在模型层检查：字段层的错误会把原始输入（密钥本身）带进错误信息；这里只说第几把不对
+        if len(self.callback_signing_secrets) > MAX_SIGNING_SECRETS:
+            raise ValueError(
+                f"CALLBACK_SIGNING_SECRET 最多 {MAX_SIGNING_SECRETS} 把"
+                f"（现在 {len(self.callback_signing_secrets)} 把）：轮换完就去掉旧的"
+            )
+        for index, secret in enumerate(self.callback_signing_secrets, start=1):
+            if not secret.get_secret_value().startswith("whsec_"):
+                raise ValueError(
+                    f"CALLBACK_SIGNING_SECRET 的第 {index} 把不是 Standard Webhooks 密钥"
+                    "（须 whsec_ 开头；多把用逗号分隔，新的在前）"
+                )
+        return self
 
     @model_validator(mode="after")
     def _check_auth(self) -> Settings:

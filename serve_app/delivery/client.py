@@ -90,7 +90,7 @@ class CallbackClient:
         self,
         policy: CallbackPolicy,
         targets: CallbackTargetPolicy,
-        signing_secret: str | None = None,
+        signing_secrets: tuple[str, ...] = (),
         transport: httpx.AsyncBaseTransport | None = None,
         metrics: ReportMetrics | None = None,
     ) -> None:
@@ -98,7 +98,8 @@ class CallbackClient:
         self._retrying = CallbackRetrying(policy)
         self._deadline_s = policy.attempt_deadline_s
         self.host_slots = HostSlots(policy.max_concurrent_per_host)
-        self._signer = Webhook(signing_secret) if signing_secret else None
+        # 每把密钥签一次：轮换期间新旧两把同时生效，接收方用哪一把都验得过
+        self._signers = [Webhook(secret) for secret in signing_secrets]
         self._client = httpx.AsyncClient(
             timeout=httpx.Timeout(
                 connect=policy.connect_timeout_s,
@@ -185,10 +186,13 @@ class CallbackClient:
             "X-Trace-Id": trace_id,
             "webhook-id": message_id,
         }
-        if self._signer is not None:
+        if self._signers:
             now = datetime.now(UTC)
             headers["webhook-timestamp"] = str(int(now.timestamp()))
-            headers["webhook-signature"] = self._signer.sign(message_id, now, body)
+            # Standard Webhooks：多个签名以空格分隔，接收方逐个比对
+            headers["webhook-signature"] = " ".join(
+                signer.sign(message_id, now, body) for signer in self._signers
+            )
         return headers
 
     async def _post_once(self, url: str, body: bytes, headers: dict[str, str]) -> int:

@@ -18,7 +18,7 @@ FAST = CallbackPolicy(max_attempts=3, initial_backoff_s=0.01, max_backoff_s=0.02
 async def test_callbacks_are_signed_and_keep_one_webhook_id_across_retries() -> None:
     with CallbackReceiver() as receiver:
         receiver.script([503])
-        client = CallbackClient(FAST, CallbackTargetPolicy(allow_loopback=True), SECRET)
+        client = CallbackClient(FAST, CallbackTargetPolicy(allow_loopback=True), (SECRET,))
         try:
             outcome = await client.deliver(receiver.url, failed_payload("t-signed"))
         finally:
@@ -45,3 +45,21 @@ async def test_unsigned_callbacks_still_carry_webhook_id() -> None:
     [record] = receiver.received
     assert record.headers["webhook-id"] == "msg_t-plain"
     assert "webhook-signature" not in record.headers
+
+
+async def test_during_a_rotation_a_receiver_with_either_secret_verifies_every_callback() -> None:
+    """CALLBACK_SIGNING_SECRET=新,旧：每个回调签两次（空格分隔），只认旧密钥的接收方与换了新
+    密钥的接收方都验得过；两把都不是的验不过。"""
+    new = "whsec_" + "B" * 32
+    with CallbackReceiver() as receiver:
+        client = CallbackClient(FAST, CallbackTargetPolicy(allow_loopback=True), (new, SECRET))
+        try:
+            await client.deliver(receiver.url, failed_payload("t-rotating"))
+        finally:
+            await client.aclose()
+    [record] = receiver.received
+    assert len(record.headers["webhook-signature"].split(" ")) == 2
+    for secret in (new, SECRET):
+        assert Webhook(secret).verify(record.raw.decode(), record.headers)["trace_id"]
+    with pytest.raises(Exception, match="signature"):
+        Webhook("whsec_" + "C" * 32).verify(record.raw.decode(), record.headers)

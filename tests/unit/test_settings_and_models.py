@@ -63,10 +63,21 @@ def test_signing_secret_and_allowed_hosts_from_environment(
     monkeypatch.setenv("CALLBACK_ALLOWED_HOSTS", "hooks.example.com, *.corp.example:8443")
     settings = Settings(_env_file=None, engine={"model_source": "/m"})
     assert settings.callback_allowed_hosts == ("hooks.example.com", "*.corp.example:8443")
-    assert settings.callback_signing_secret is not None
-    monkeypatch.setenv("CALLBACK_SIGNING_SECRET", "plain-secret")
-    with pytest.raises(ValidationError, match="whsec_"):
+    assert len(settings.callback_signing_secrets) == 1
+    # 轮换：新的在前，逗号分隔
+    monkeypatch.setenv(
+        "CALLBACK_SIGNING_SECRET",
+        "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw, whsec_" + "A" * 32,
+    )
+    rotating = Settings(_env_file=None, engine={"model_source": "/m"})
+    assert [s.get_secret_value()[:10] for s in rotating.callback_signing_secrets] == [
+        "whsec_MfKQ",
+        "whsec_AAAA",
+    ]
+    monkeypatch.setenv("CALLBACK_SIGNING_SECRET", "whsec_" + "A" * 32 + ",plain-secret")
+    with pytest.raises(ValidationError, match="第 2 把.*whsec_") as info:
         Settings(_env_file=None, engine={"model_source": "/m"})
+    assert "plain-secret" not in str(info.value)
 
 
 def test_environment_variables_configure_nested_settings(
