@@ -66,7 +66,7 @@ def _install_callback_webhook(app: FastAPI) -> None:
         generate_unique_id_function=operation_id,
         summary="报告回调：引擎 POST 到 callback_url",
         description=(
-            "每个受理的作业以一次终态回调结束（succeeded / failed / cancelled）。"
+            "每个受理的作业以一次终态回调结束（succeeded / failed / cancelled / expired）。"
             "只有 2xx 算送达；网络错误、超时、429、5xx 按指数退避加抖动重试并尊重 Retry-After，"
             "之后按持久化重投表继续（默认 24 小时）；3xx（不跟随重定向）、410 与其余 4xx 不重试。"
             "同一作业的每次投递 webhook-id 相同：接收方按它去重（投递是至少一次）。"

@@ -71,7 +71,9 @@ def _status(stack: MetricsStack, trace_id: str) -> str:
 
 def _all_ended(stack: MetricsStack, trace_ids: dict[str, str]) -> bool:
     """都到了终态（回调送达也已记进账本，不再占名额）。"""
-    return all(_status(stack, t) in {"succeeded", "failed", "cancelled"} for t in trace_ids)
+    return all(
+        _status(stack, t) in {"succeeded", "failed", "cancelled", "expired"} for t in trace_ids
+    )
 
 
 @pytest.fixture(scope="module")

@@ -184,7 +184,7 @@ LONGEST_TYPE = "incident_postmortem"
 LONGEST_TOKENS = 2048
 # 恢复引擎后、中止生效前引擎最多还能走几步：远小于一份报告的长度
 TOKENS_AFTER_RESUME = 64
-TERMINAL = {"succeeded", "failed", "cancelled"}
+TERMINAL = {"succeeded", "failed", "cancelled", "expired"}
 
 
 def _status(base_url: str, trace_id: str) -> dict[str, Any]:

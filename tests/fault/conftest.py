@@ -30,7 +30,7 @@ from tests.support.waiting import wait_until
 APP_NAME = "reports-fault"
 ROUTE = "/fault"
 LEASE_S = 3.0
-TERMINAL = ("succeeded", "failed", "cancelled")
+TERMINAL = ("succeeded", "failed", "cancelled", "expired")
 
 
 class BackendB:
