@@ -56,6 +56,32 @@ def test_cancel_before_and_during_generation(fault_app: FaultApp) -> None:
     assert httpx.delete(f"{app.base_url}/v1/reports/unknown", timeout=30).status_code == 404
 
 
+def test_a_queued_job_past_its_deadline_never_starts_and_the_busy_ones_finish(
+    fault_app: FaultApp,
+) -> None:
+    """真实 Serve 应用：8 个执行位被占满时排着的作业期限到了，不再开始（历史里没有 rendering），
+    以 expired 结束、恰好一次回调；占着执行位的照常做完。"""
+    app = fault_app
+    app.only_on_one_ledger()
+    generating = app.submit_generating("[[sleep:6]]", 8)
+    response = httpx.post(
+        app.base_url + "/v1/reports", json=app.body(deadline_s=2, priority="low"), timeout=30
+    )
+    assert response.status_code == 202, response.text
+    waiting = app.track(response.json()["trace_id"])
+    assert app.status(waiting)["status"] == "accepted"
+    ids = [waiting, *generating]
+    app.wait_delivered(ids, timeout_s=60)
+    app.check_one_terminal_callback_each(ids, exactly_once=True)
+    [callback] = app.backend.accepted_for(waiting)
+    assert callback.body["status"] == "expired"
+    assert callback.body["error"]["code"] == "deadline_exceeded"
+    states = [h["state"] for h in app.status(waiting)["history"]]
+    assert states == ["accepted", "delivering", "expired"], states
+    for trace_id in generating:
+        assert app.status(trace_id)["status"] == "succeeded"
+
+
 def test_status_of_each_outcome_and_redeliver(fault_app: FaultApp) -> None:
     app = fault_app
     ok = app.submit()
