@@ -14,7 +14,7 @@ from typing import Literal
 from serve_app.core.errors import ErrorCode
 from serve_app.core.settings import JobPolicy
 from serve_app.ledger.records import PRODUCING_STATES, CallbackState, JobState
-from serve_app.models.reports import CallbackPayload, ReportJob
+from serve_app.models.reports import PRIORITY_RANK, CallbackPayload, ReportJob
 
 AdvanceResult = Literal["ok", "cancelled", "lost"]
 
@@ -87,7 +87,8 @@ def recovery_outcome(
 def claim_order_sql(priority_expr: str) -> str:
     """领取的次序（两种存储的 ORDER BY）：high 先于 normal 先于 low，同级里等得久的先。
     priority_expr 是该存储从 job_json 里取 priority 的表达式（旧作业没有这个字段，算 normal）。"""
-    return f"CASE {priority_expr} WHEN 'high' THEN 0 WHEN 'low' THEN 2 ELSE 1 END, updated_at"
+    ranks = " ".join(f"WHEN '{name}' THEN {rank}" for name, rank in PRIORITY_RANK.items())
+    return f"CASE {priority_expr} {ranks} ELSE {PRIORITY_RANK['normal']} END, updated_at"
 
 
 # 已结束：终态，且回调不再待投（送达或已放弃）。只有这样的作业会被保留期清除

@@ -14,6 +14,8 @@ from serve_app.models.output import OutputFormat, check_schema, nesting_depth
 ReportLength = Literal["short", "medium", "long"]
 # 优先级：入口副本的作业队列与引擎的调度都按它排（high 先于 normal 先于 low）
 Priority = Literal["high", "normal", "low"]
+# 本服务里的先后（数小的先）：副本内的作业队列与账本的领取都照它排
+PRIORITY_RANK: dict[str, int] = {"high": 0, "normal": 1, "low": 2}
 # 引擎（vLLM --scheduling-policy priority）的优先级：数小的先调度。normal 为 0：vLLM 没开优先级调度
 # 时只收 0（别的值答 400），于是只有 high / low 需要引擎开着优先级调度
 ENGINE_PRIORITY: dict[str, int] = {"high": -1, "normal": 0, "low": 1}

@@ -21,11 +21,9 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Literal
 
-from serve_app.models.reports import Priority
+from serve_app.models.reports import PRIORITY_RANK, Priority
 
 QueueOrder = Literal["priority", "fifo"]
-# 队列里的级别：数小的先放行
-RANK: dict[str, int] = {"high": 0, "normal": 1, "low": 2}
 
 
 @dataclass
@@ -70,8 +68,8 @@ class JobQueue:
 
     def waiting_by_priority(self) -> dict[str, int]:
         """各优先级（按提交时的级别）排队的作业数。"""
-        names = {rank: name for name, rank in RANK.items()}
-        counts = dict.fromkeys(RANK, 0)
+        names = {rank: name for name, rank in PRIORITY_RANK.items()}
+        counts = dict.fromkeys(PRIORITY_RANK, 0)
         for lane in self._lanes.values():
             for waiter in lane.waiters:
                 counts[names[waiter.rank]] += 1
@@ -92,7 +90,7 @@ class JobQueue:
             return
         loop = asyncio.get_running_loop()
         waiter = _Waiter(
-            rank=RANK[priority],
+            rank=PRIORITY_RANK[priority],
             caller=caller,
             enqueued_at=loop.time(),
             seq=next(self._seq),
@@ -153,19 +151,20 @@ class JobQueue:
             for caller, lane in self._lanes.items()
         }
         top = min(best.values())
-        # 轮转：从当前轮到的调用方起，找第一个在最高级别有作业的
+        # 轮转：从当前轮到的调用方起，找第一个在最高级别有作业的；它连放 weight 个再换下一个
         for _ in range(len(self._rotation)):
             caller = self._rotation[0]
+            if best[caller] != top:
+                self._rotation.rotate(-1)
+                continue
             lane = self._lanes[caller]
-            if best[caller] == top and lane.credit <= 0:
+            if lane.credit <= 0:
                 lane.credit = self._weights.get(caller, 1)
-            if best[caller] == top and lane.credit > 0:
-                lane.credit -= 1
-                if lane.credit == 0:
-                    self._rotation.rotate(-1)
-                return min(
-                    (w for w in lane.waiters if self._effective_rank(w, now) == top),
-                    key=lambda w: w.seq,
-                )
-            self._rotation.rotate(-1)
+            lane.credit -= 1
+            if lane.credit == 0:
+                self._rotation.rotate(-1)
+            return min(
+                (w for w in lane.waiters if self._effective_rank(w, now) == top),
+                key=lambda w: w.seq,
+            )
         raise AssertionError("队列非空却没有可放行的作业")
