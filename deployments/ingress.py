@@ -20,6 +20,7 @@ from deployments.handles.stages import HandleDeliveryStage, HandleRenderStage
 from deployments.metrics import replica_metrics
 from deployments.ray_private import by_reference, route_in_this_loop
 from serve_app.core.logging import configure_logging
+from serve_app.core.metrics import ReportMetrics
 from serve_app.core.settings import HandleTransport, LLMMode, Settings
 from serve_app.http.app import create_app
 from serve_app.http.deps import IngressServices
@@ -29,12 +30,17 @@ from serve_app.llm.openai_compat import OpenAICompatClient
 from serve_app.llm.port import LLMClient
 
 
-def make_llm_client(settings: Settings, llm_handle: DeploymentHandle[Any] | None) -> LLMClient:
+def make_llm_client(
+    settings: Settings, llm_handle: DeploymentHandle[Any] | None, metrics: ReportMetrics
+) -> LLMClient:
     """按配置选择 LLM 阶段的实现。"""
     if settings.llm_mode is LLMMode.SERVE_LLM:
         if llm_handle is None:
             raise ValueError("llm_mode=serve_llm 需要 LLMServer 的句柄")
-        return ServeLLMClient(llm_handle, settings.engine.model_id, settings.llm)
+        client = ServeLLMClient(llm_handle, settings.engine.model_id, settings.llm, metrics)
+        # 定时刷新副本数（仪表 reports_llm_replicas；缩到零时 /readyz 说 cold）
+        client.start()
+        return client
     return OpenAICompatClient(
         base_url=settings.external_base_url,
         api_key=settings.external.api_key.get_secret_value(),
@@ -106,7 +112,8 @@ class ReportIngress:
     ) -> None:
         configure_logging(settings.log_level, settings.log_json_path)
         renderer, callbacks, ledger = light_handles(settings, renderer, callbacks, ledger)
-        self._llm = make_llm_client(settings, llm_handle(llm))
+        metrics = replica_metrics()
+        self._llm = make_llm_client(settings, llm_handle(llm), metrics)
         self._store = make_job_store(settings, ledger)
         # 本副本在账本里的身份：进程级唯一，副本重启后是新身份（旧租约到期即被接手）
         owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
@@ -117,7 +124,7 @@ class ReportIngress:
             delivery=HandleDeliveryStage(callbacks),
             store=self._store,
             owner=owner,
-            metrics=replica_metrics(),
+            metrics=metrics,
             # trace_id 就是 Serve 的 request_id：代理与各副本的访问日志里都是同一个 id
             trace_ids=serve_request_trace_id,
         )

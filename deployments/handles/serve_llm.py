@@ -7,15 +7,33 @@ from typing import Any
 
 from loguru import logger
 from pydantic import BaseModel, JsonValue
+from ray import serve
 from ray.serve.handle import DeploymentHandle, DeploymentResponse
+from tenacity import AsyncRetrying, retry_if_exception_type, wait_exponential
 
 from deployments.handles.ray_errors import TRANSIENT_HANDLE_ERRORS
 from deployments.handles.request_context import use_trace_id
 from serve_app.core.errors import LLMError
+from serve_app.core.metrics import ReportMetrics
 from serve_app.core.settings import LLMCallPolicy
-from serve_app.llm.port import TransientLLMError, call_with_policy, probe_ready
+from serve_app.llm.cold_start import ColdStartGate, ReplicaSnapshot
+from serve_app.llm.port import EngineState, TransientLLMError, call_with_policy
 from serve_app.models.reports import Completion
 from serve_app.models.templates import RenderedPrompt
+
+
+def read_replicas(app_name: str, deployment_name: str) -> ReplicaSnapshot:
+    """读 Serve 控制器里一个部署的状态（同步、一次控制器往返：在线程里调用）。"""
+    app = serve.status().applications.get(app_name)
+    deployment = app.deployments.get(deployment_name) if app is not None else None
+    if deployment is None:
+        return ReplicaSnapshot(status="MISSING", running=0, starting=0)
+    counts = {str(getattr(k, "value", k)): n for k, n in deployment.replica_states.items()}
+    return ReplicaSnapshot(
+        status=str(getattr(deployment.status, "value", deployment.status)),
+        running=counts.get("RUNNING", 0),
+        starting=sum(counts.get(s, 0) for s in ("STARTING", "UPDATING", "RECOVERING")),
+    )
 
 
 class EngineRequest(BaseModel):
@@ -51,10 +69,26 @@ class ServeLLMClient:
     入口副本不导入 vLLM（否则每个入口副本启动要多花约 35 秒 CPU）。
     """
 
-    def __init__(self, handle: DeploymentHandle[Any], model_id: str, policy: LLMCallPolicy) -> None:
+    def __init__(
+        self,
+        handle: DeploymentHandle[Any],
+        model_id: str,
+        policy: LLMCallPolicy,
+        metrics: ReportMetrics | None = None,
+    ) -> None:
         self._handle = handle
         self._model_id = model_id
         self._policy = policy
+
+        async def replicas() -> ReplicaSnapshot:
+            return await asyncio.to_thread(read_replicas, handle.app_name, handle.deployment_name)
+
+        self._gate = ColdStartGate(
+            policy,
+            metrics or ReportMetrics(),
+            read_replicas=replicas,
+            first_answer=self._health_check,
+        )
 
     async def generate(self, prompt: RenderedPrompt, *, trace_id: str) -> Completion:
         """生成一份报告。"""
@@ -85,14 +119,42 @@ class ServeLLMClient:
             raise
         return completion_from_reply(reply)
 
-    async def ready(self) -> bool:
-        """LLMServer 的健康检查在时限内通过即就绪。"""
-        return await probe_ready(
-            self._handle.check_health.remote, self._policy.ready_timeout_s, "LLMServer"
-        )
+    # ---- 副本数与冷启动（serve_app/llm/cold_start.py） ----
+
+    def start(self) -> None:
+        """在事件循环里启动副本数的定时刷新（入口副本构造时调用）。"""
+        self._gate.start()
+
+    async def state(self) -> EngineState:
+        """warm / cold（缩到零、能扩起来）/ down。"""
+        return await self._gate.state()
+
+    async def wait_warm(self) -> None:
+        """LLM 缩在零时等它冷启动（llm.cold_start_timeout_s），不占生成的超时。"""
+        await self._gate.wait_warm()
+
+    async def _health_check(self) -> None:
+        """LLMServer 的健康检查；零副本时请求在路由器里排队，Serve 据此把副本从零扩起来。
+
+        瞬时错误（副本刚死、部署暂不可用）退避重试，总时长由调用方的时限管。
+        """
+        async for attempt in AsyncRetrying(
+            retry=retry_if_exception_type(TRANSIENT_HANDLE_ERRORS),
+            wait=wait_exponential(multiplier=self._policy.initial_backoff_s, max=10),
+            reraise=True,
+        ):
+            with attempt:
+                response = self._handle.check_health.remote()
+                assert isinstance(response, DeploymentResponse)
+                try:
+                    await response
+                except asyncio.CancelledError:
+                    response.cancel()  # type: ignore[no-untyped-call]
+                    raise
 
     async def aclose(self) -> None:
-        """句柄由 Serve 管理，无需释放。"""
+        """停掉副本数刷新与冷启动等待；句柄由 Serve 管理。"""
+        await self._gate.aclose()
 
 
 def completion_from_reply(reply: object) -> Completion:

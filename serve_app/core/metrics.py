@@ -31,6 +31,24 @@ LATENCY_BUCKETS_S: tuple[float, ...] = (
     600.0,
 )
 
+# 冷启动：小模型在 2 核上约 1 分钟，GPU 上大模型几分钟；上限与 llm.cold_start_timeout_s 的最大值一致
+COLD_START_BUCKETS_S: tuple[float, ...] = (
+    5,
+    10,
+    20,
+    30,
+    45,
+    60,
+    90,
+    120,
+    180,
+    300,
+    600,
+    900,
+    1800,
+    3600,
+)
+
 Tags = Mapping[str, str]
 
 
@@ -115,7 +133,8 @@ class ReportMetrics:
 
     指标的说明（Prometheus 的 HELP）用英文：Ray 只接受 ASCII 的名字与说明。
 
-    阶段（stage 标签）：queue_wait 受理 → 开始执行；render；generate；deliver 一轮投递。
+    阶段（stage 标签）：queue_wait 受理 → 开始执行（含等 LLM 冷启动）；render；generate；
+    deliver 一轮投递。
     """
 
     def __init__(self, factory: MetricFactory | None = None) -> None:
@@ -184,6 +203,24 @@ class ReportMetrics:
             "Seconds per ledger operation as seen by the ingress, by op and outcome (ok / error)",
             LATENCY_BUCKETS_S,
             ("op", "outcome"),
+        )
+        self.llm_replicas = f.gauge(
+            "reports_llm_replicas",
+            "LLMServer replicas as seen by the ingress, by kind: running, starting "
+            "(both 0 when scaled to zero)",
+            ("kind",),
+        )
+        self.llm_cold_starts = f.counter(
+            "reports_llm_cold_starts",
+            "Times jobs found the LLM at zero replicas and waited for it to start, by outcome "
+            "(ready, timeout = longer than llm.cold_start_timeout_s); one per ingress replica",
+            ("outcome",),
+        )
+        self.llm_cold_start_seconds = f.histogram(
+            "reports_llm_cold_start_seconds",
+            "Seconds from the first job finding the LLM at zero replicas to a replica answering",
+            COLD_START_BUCKETS_S,
+            (),
         )
         self.recovered = f.counter(
             "reports_jobs_recovered",

@@ -100,6 +100,13 @@ class LLMCallPolicy(_Strict):
     initial_backoff_s: float = Field(0.5, ge=0)
     max_backoff_s: float = Field(10.0, ge=0)
     ready_timeout_s: float = Field(5.0, gt=0, description="/readyz 探测引擎的超时")
+    cold_start_timeout_s: float = Field(
+        900.0,
+        gt=0,
+        le=3600,
+        description="LLMServer 缩到零个副本（min_replicas: 0）后，作业等它冷启动的上限；"
+        "超过以 llm_timeout 结束并触发 ReportsLLMColdStartSlow 告警。冷启动不占 timeout_s",
+    )
     output_retries: int = Field(
         1,
         ge=0,

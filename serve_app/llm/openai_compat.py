@@ -11,6 +11,7 @@ from openai import AsyncOpenAI
 from serve_app.core.errors import LLMError
 from serve_app.core.settings import LLMCallPolicy
 from serve_app.llm.port import (
+    EngineState,
     TransientLLMError,
     call_with_policy,
     completion_from_chat,
@@ -96,11 +97,15 @@ class OpenAICompatClient:
             ) from exc
         return completion_from_chat(response)
 
-    async def ready(self) -> bool:
-        """/models 在时限内能列出即就绪。"""
-        return await probe_ready(
+    async def state(self) -> EngineState:
+        """/models 在时限内能列出即 warm；外部服务的扩缩不归本服务管，没有 cold。"""
+        ready = await probe_ready(
             self._client.models.list, self._policy.ready_timeout_s, "外部 LLM 服务"
         )
+        return EngineState.WARM if ready else EngineState.DOWN
+
+    async def wait_warm(self) -> None:
+        """外部服务没有“缩到零”可等：直接生成（它自己的冷启动算在生成超时里）。"""
 
     async def aclose(self) -> None:
         """关闭连接池。"""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
+from enum import StrEnum
 from typing import Any, Protocol
 
 from loguru import logger
@@ -26,6 +27,14 @@ class TransientLLMError(LLMError):
     """可重试的瞬时错误：连接失败、副本不可用、背压、5xx。"""
 
 
+class EngineState(StrEnum):
+    """引擎此刻的状态（/readyz 的 `llm` 字段）。"""
+
+    WARM = "warm"  # 有副本在跑、健康检查通过
+    COLD = "cold"  # 缩到了零个副本（或正从零扩起），来了作业会自动拉起：照样接活
+    DOWN = "down"  # 不能接活：部署不健康、还在首次部署、健康检查不过
+
+
 class LLMClient(Protocol):
     """生成一份报告正文。实现：集群内 LLMServer、外部 OpenAI 兼容服务、测试用假引擎。"""
 
@@ -33,8 +42,15 @@ class LLMClient(Protocol):
         """生成；失败抛 LLMError / LLMTimeout。"""
         ...
 
-    async def ready(self) -> bool:
-        """引擎此刻能否接活（供 /readyz）。"""
+    async def state(self) -> EngineState:
+        """引擎此刻的状态（供 /readyz：warm、cold 都算就绪）。"""
+        ...
+
+    async def wait_warm(self) -> None:
+        """等引擎有副本可用（缩到零时等它冷启动，受 llm.cold_start_timeout_s 限制）。
+
+        生成的超时（llm.timeout_s）从这之后才开始算：冷启动不占生成的时限。
+        """
         ...
 
     async def aclose(self) -> None:

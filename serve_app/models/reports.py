@@ -152,6 +152,16 @@ class ErrorResponse(BaseModel):
     error: ErrorBody
 
 
+class Ready(BaseModel):
+    """`GET /readyz` 的 200：能接活；`llm` 说引擎此刻是热的还是缩到了零（第一个作业要等冷启动）。"""
+
+    status: Literal["ready"] = "ready"
+    llm: Literal["warm", "cold"] = Field(
+        description="warm：有 LLM 副本在跑；"
+        "cold：缩到了零个副本，下一个作业会把它拉起（要等冷启动）"
+    )
+
+
 class NotReady(ErrorResponse):
     """`GET /readyz` 的 503：LLM 阶段尚不能接活。"""
 

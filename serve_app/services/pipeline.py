@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
 
 from loguru import logger
 
@@ -86,6 +87,12 @@ class ReportPipeline:
         """渲染并生成；任何失败都变成 failed 载荷（被打断时抛 StageInterrupted）。"""
         logger.info("作业开始：report_type={} length={}", job.report_type, job.length)
         try:
+            # LLM 缩到零时在这里等它冷启动：等待算进 queue_wait，不占生成的超时
+            await self._llm.wait_warm()
+            self._metrics.stage_seconds.observe(
+                max((datetime.now(UTC) - job.created_at).total_seconds(), 0.0),
+                {"stage": "queue_wait", "priority": job.priority},
+            )
             rendered = await _alongside(
                 on_stage(JobState.RENDERING), self._timed("render", job, self._renderer.render(job))
             )

@@ -222,10 +222,7 @@ class JobRunner:
     async def _queued_production(self, job: ReportJob) -> CallbackPayload | None:
         """排队拿到名额后生成；期限到了由外层的 timeout 取消（生成任务随之取消，引擎中止）。"""
         async with self._queue.slot(job.priority, job.caller):
-            waited = (datetime.now(UTC) - job.created_at).total_seconds()
-            self._metrics.stage_seconds.observe(
-                max(waited, 0.0), {"stage": "queue_wait", "priority": job.priority}
-            )
+            # queue_wait 由流水线在开始渲染前记下（含 LLM 冷启动的等待）
             task = asyncio.create_task(self._pipeline.produce(job, self._stage_hook(job)))
             self._production[job.trace_id] = task
             try:

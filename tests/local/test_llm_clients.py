@@ -20,7 +20,7 @@ from deployments.handles.serve_llm import EngineFailure, completion_from_reply
 from serve_app.core.errors import LLMError, LLMTimeout
 from serve_app.core.settings import PROJECT_ROOT, LLMCallPolicy
 from serve_app.llm.openai_compat import OpenAICompatClient
-from serve_app.llm.port import TransientLLMError, call_with_policy
+from serve_app.llm.port import EngineState, TransientLLMError, call_with_policy
 from serve_app.models.reports import Completion, Usage
 from serve_app.models.templates import RenderedPrompt
 from tests.support.asgi_server import ServedApp
@@ -143,7 +143,7 @@ async def test_external_client_retries_5xx_and_sends_trace_id(
     client = _client(fake_server)
     try:
         completion = await client.generate(PROMPT, trace_id="trace-xyz")
-        assert await client.ready()
+        assert await client.state() is EngineState.WARM
     finally:
         await client.aclose()
     assert completion.content == "报告" and completion.model == "tiny"
@@ -175,7 +175,7 @@ async def test_external_client_unreachable_is_not_ready() -> None:
         base_url=f"http://127.0.0.1:{port}/v1", api_key="EMPTY", model="m", policy=POLICY
     )
     try:
-        assert not await client.ready()
+        assert await client.state() is EngineState.DOWN
         with pytest.raises(TransientLLMError, match="暂不可用"):
             await client.generate(PROMPT, trace_id="t")
     finally:

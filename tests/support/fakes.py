@@ -6,6 +6,7 @@ import asyncio
 from dataclasses import dataclass, field
 
 from serve_app.core.errors import LLMError
+from serve_app.llm.port import EngineState
 from serve_app.models.reports import (
     CallbackPayload,
     Completion,
@@ -23,6 +24,9 @@ class FakeLLM:
     """按脚本返回结果或抛错的 LLM 阶段。"""
 
     is_ready: bool = True
+    # >0：引擎缩在零，第一个作业要等这么久（之后是热的）
+    cold_start_s: float = 0.0
+    warm_waits: int = 0
     error: BaseException | None = None
     delay_s: float = 0.0
     content: str = "报告正文"
@@ -46,9 +50,18 @@ class FakeLLM:
             usage=Usage(prompt_tokens=3, completion_tokens=2),
         )
 
-    async def ready(self) -> bool:
-        """就绪与否由脚本决定。"""
-        return self.is_ready
+    async def state(self) -> EngineState:
+        """状态由脚本决定（is_ready=False 即 down）。"""
+        if not self.is_ready:
+            return EngineState.DOWN
+        return EngineState.COLD if self.cold_start_s else EngineState.WARM
+
+    async def wait_warm(self) -> None:
+        """冷启动：第一次等 cold_start_s（之后算热的），计入 warm_waits。"""
+        self.warm_waits += 1
+        if self.cold_start_s:
+            await asyncio.sleep(self.cold_start_s)
+            self.cold_start_s = 0.0
 
     async def aclose(self) -> None:
         """记录已关闭。"""

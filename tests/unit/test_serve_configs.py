@@ -164,3 +164,22 @@ def test_every_in_cluster_engine_schedules_by_priority(path: Path) -> None:
     """作业的 priority 发到引擎（high 为 -1、low 为 1）：没开优先级调度的 vLLM 会对它们答 400。"""
     engine = _load(path)["applications"][0]["args"]["engine"]
     assert engine["engine_kwargs"]["scheduling_policy"] == "priority"
+
+
+def test_one_gpu_preset_scales_the_llm_to_zero_with_a_delay_fitting_its_load_time(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """缩到零的预设：部署时先起一个副本（模型能否加载部署时就知道），空闲的缩容延迟远长于
+    加载时间（不在批与批之间反复加载），等冷启动的上限写明在 args 里。"""
+    monkeypatch.setenv("REPORTS_API_KEYS", "ops-key")
+    zero = []
+    for path in PRESETS:
+        [app] = _load(path)["applications"]
+        [llm] = [d for d in app["deployments"] if d["name"].startswith("LLMServer:")]
+        scaling = llm["autoscaling_config"]
+        if scaling["min_replicas"] == 0:
+            zero.append(path.name)
+            assert scaling["initial_replicas"] >= 1
+            limit = Settings.from_args(app["args"]).llm.cold_start_timeout_s
+            assert scaling["downscale_delay_s"] >= limit >= 300
+    assert zero, "至少一个 GPU 预设用 min_replicas: 0"

