@@ -199,6 +199,15 @@ def test_engine_metrics_are_scraped_beside_ours(
 
     _wait(generated, "集群内引擎生成的 token 数没有出现在 Prometheus 里")
 
+    def one_llm_replica() -> bool:
+        # 集群内应用的入口每 5 秒从 Serve 读一次 LLMServer 的副本数（缩到零时为 0）
+        query = f'max(ray_reports_llm_replicas{{application="{INTERNAL_APP}", kind="running"}})'
+        return stack.value(query) == 1
+
+    _wait(
+        one_llm_replica, "入口导出的 LLM 副本数 ray_reports_llm_replicas 没有在 Prometheus 里是 1"
+    )
+
 
 def _panel_queries() -> list[str]:
     dashboard = json.loads(DASHBOARD.read_text(encoding="utf-8"))

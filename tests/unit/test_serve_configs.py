@@ -169,8 +169,8 @@ def test_every_in_cluster_engine_schedules_by_priority(path: Path) -> None:
 def test_one_gpu_preset_scales_the_llm_to_zero_with_a_delay_fitting_its_load_time(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """缩到零的预设：部署时先起一个副本（模型能否加载部署时就知道），空闲的缩容延迟远长于
-    加载时间（不在批与批之间反复加载），等冷启动的上限写明在 args 里。"""
+    """缩到零的预设：部署时先起一个副本（模型能否加载部署时就知道），空闲的缩容延迟不短于
+    等冷启动的上限（不在批与批之间反复加载）。"""
     monkeypatch.setenv("REPORTS_API_KEYS", "ops-key")
     zero = []
     for path in PRESETS:
