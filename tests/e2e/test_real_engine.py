@@ -156,7 +156,7 @@ def test_json_reports_are_constrained_and_validated_on_both_engine_modes(
 def test_readiness_reflects_real_engines(e2e_stack: E2EStack) -> None:
     for base_url in (e2e_stack.internal_url, e2e_stack.external_url):
         response = httpx.get(base_url + "/readyz", timeout=30)
-        assert response.status_code == 200 and response.json() == {"status": "ready"}
+        assert response.status_code == 200 and response.json() == {"status": "ready", "llm": "warm"}
 
 
 def _engine_metrics(stack: E2EStack) -> dict[str, float]:
