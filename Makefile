@@ -10,7 +10,7 @@ RUN_DIR := .run
 TINY_MODEL := .cache/tiny-model
 export PYTHONPATH := $(CURDIR)
 
-.PHONY: help install run deploy stop metrics demo bench bench-ledger bench-overhead bench-structured bench-priority bench-cold-start test test-unit test-local test-contract test-integration test-fault test-e2e test-metrics test-cluster test-quickstart lint fmt clean
+.PHONY: help install run deploy stop metrics demo bench bench-ledger bench-overhead bench-structured bench-priority bench-cold-start soak test test-unit test-local test-contract test-integration test-fault test-e2e test-metrics test-cluster test-quickstart lint fmt clean
 
 help:
 	@echo "make run | deploy | stop | metrics | demo | test | test-unit | test-local | test-contract | test-integration | test-fault | test-e2e | test-metrics | test-cluster | test-quickstart | lint"
@@ -63,6 +63,10 @@ bench-structured: install
 
 bench-priority: install
 	$(PY) -m benchmarks.priority $(ARGS)
+
+# chaos soak：开环负载 + 随机叠加的故障，最后对账（丢失必须为 0）；默认 30 分钟，ARGS="--minutes 5 --ledger postgres"
+soak: install
+	$(PY) -m benchmarks.soak $(ARGS)
 
 # 缩到零的代价：LLM 在零个副本时交一份报告 vs 热的时候（用 make run 同样的端口，make run 在跑时拒绝）
 bench-cold-start: install

@@ -194,6 +194,80 @@ async def _drive(
     }
 
 
+async def _batch(base_url: str, reports: int, submitters: int, timeout_s: float) -> dict[str, Any]:
+    """开环的一批：reports 份以 submitters 个并发连接尽快交上（429 按 Retry-After 再交），
+    不等回调；吞吐 = 份数 ÷（第一个 202 → 最后一个回调）。backend B 的夜间批量就是这样用的。"""
+    accept_ms: list[float] = []
+    arrivals: list[asyncio.Future[float]] = []
+    first_accept: list[float] = []
+    async with (
+        CallbackSink() as sink,
+        httpx.AsyncClient(
+            base_url=base_url, timeout=60, limits=httpx.Limits(max_connections=submitters)
+        ) as client,
+    ):
+        body = {**REQUEST, "callback_url": sink.url}
+        slots = asyncio.Semaphore(submitters)
+
+        async def submit() -> None:
+            async with slots:
+                while True:
+                    began = time.perf_counter()
+                    response = await client.post("/v1/reports", json=body)
+                    if response.status_code != 429:
+                        break
+                    await asyncio.sleep(float(response.headers.get("Retry-After", "1")))
+                accepted = time.perf_counter()
+                response.raise_for_status()
+                first_accept.append(accepted)
+                accept_ms.append((accepted - began) * 1000)
+                arrivals.append(sink.expect(response.json()["trace_id"]))
+
+        await asyncio.gather(*(submit() for _ in range(min(20, reports))))  # 预热
+        await asyncio.wait(arrivals, timeout=timeout_s)
+        accept_ms.clear()
+        arrivals.clear()
+        first_accept.clear()
+        await asyncio.gather(*(submit() for _ in range(reports)))
+        submitted = time.perf_counter()
+        await asyncio.wait(arrivals, timeout=timeout_s)
+        done = [f.result() for f in arrivals if f.done()]
+    began_at = min(first_accept)
+    seconds = (max(done) - began_at) if done else float("inf")
+    return {
+        "seconds": seconds,
+        "submit_seconds": submitted - began_at,
+        "lost": reports - len(done),
+        "accept_p50_ms": _percentile(accept_ms, 0.5),
+        "accept_p99_ms": _percentile(accept_ms, 0.99),
+        "e2e_p50_ms": 0.0,
+    }
+
+
+def measure_batch(
+    system: str,
+    base_url: str,
+    reports: int,
+    processes: dict[str, list[psutil.Process]],
+    submitters: int = 64,
+) -> Measurement:
+    """开环一批的吞吐、202 延迟与各副本的 CPU（concurrency 记为 0 = 开环）。"""
+    before = _cpu_seconds(processes)
+    result = asyncio.run(_batch(base_url, reports, submitters, timeout_s=reports + 300.0))
+    after = _cpu_seconds(processes)
+    done = max(1, reports - result["lost"])
+    cpu = {name: round((after[name] - before[name]) * 1000 / done, 2) for name in processes}
+    submit_seconds = result.pop("submit_seconds")
+    measurement = Measurement(system, 0, reports, cpu_ms_per_report=cpu, **result)
+    sys.stdout.write(
+        f"{system:>14} 开环 {reports} 份：{measurement.per_second:7.2f} 个/秒（交完用了 "
+        f"{submit_seconds:.1f} s）  202 p50 {measurement.accept_p50_ms:6.1f} ms "
+        f"p99 {measurement.accept_p99_ms:6.1f} ms  lost={measurement.lost}  CPU ms/报告 {cpu}\n"
+    )
+    sys.stdout.flush()
+    return measurement
+
+
 def _cpu_seconds(processes: dict[str, list[psutil.Process]]) -> dict[str, float]:
     totals: dict[str, float] = {}
     for name, procs in processes.items():

@@ -9,7 +9,7 @@ from ray.serve.deployment import Deployment
 from deployments.metrics import replica_metrics
 from serve_app.core.logging import configure_logging
 from serve_app.core.settings import Settings
-from serve_app.delivery.client import CallbackClient
+from serve_app.delivery.client import CallbackClient, signing_secrets_file
 from serve_app.delivery.url_guard import callback_target_policy
 from serve_app.models.reports import CallbackPayload, DeliveryOutcome
 
@@ -24,6 +24,7 @@ class CallbackSender:
             callback_target_policy(settings),
             signing_secrets=tuple(s.get_secret_value() for s in settings.callback_signing_secrets),
             metrics=replica_metrics(),
+            secrets_file=signing_secrets_file(settings),
         )
 
     async def send(self, url: str, payload: CallbackPayload) -> DeliveryOutcome:

@@ -284,6 +284,27 @@ def split_caller_key(entry: str) -> tuple[str, str]:
 MAX_SIGNING_SECRETS = 5
 
 
+def check_signing_secrets(secrets: tuple[str, ...]) -> None:
+    """签名密钥的格式与把数；错误信息只说第几把不对，不带密钥本身。"""
+    if len(secrets) > MAX_SIGNING_SECRETS:
+        raise ValueError(
+            f"CALLBACK_SIGNING_SECRET 最多 {MAX_SIGNING_SECRETS} 把"
+            f"（现在 {len(secrets)} 把）：轮换完就去掉旧的"
+        )
+    for index, secret in enumerate(secrets, start=1):
+        if not secret.startswith("whsec_"):
+            raise ValueError(
+                f"CALLBACK_SIGNING_SECRET 的第 {index} 把不是 Standard Webhooks 密钥"
+                "（须 whsec_ 开头；多把用逗号分隔，新的在前）"
+            )
+
+
+def check_api_keys(entries: tuple[str, ...]) -> None:
+    """每把 key 的 调用方:key 写法都合法（错误信息不带 key）。"""
+    for entry in entries:
+        split_caller_key(entry)
+
+
 class Settings(BaseSettings):
     """整个应用的配置。
 
@@ -334,6 +355,12 @@ class Settings(BaseSettings):
         "写成 调用方:key 时给 key 标上调用方（同名的几把 key 是同一调用方的轮换），"
         "只写 key 的都属于调用方 default",
     )
+    api_keys_file: Path | None = Field(
+        None,
+        description="从文件读 /v1/* 的 key（REPORTS_API_KEYS_FILE；格式同 REPORTS_API_KEYS，"
+        "逗号或换行分隔）。文件改了，各副本几秒内换上，不必重启："
+        "轮换时先加新 key、调用方换完再删旧的。与 REPORTS_API_KEYS 只能设一个",
+    )
     admin_api_keys: Annotated[tuple[SecretStr, ...], NoDecode] = Field(
         (),
         description="管理员 key（REPORTS_ADMIN_API_KEYS，格式同上）：可看全部作业与运维接口",
@@ -352,6 +379,17 @@ class Settings(BaseSettings):
         description="Standard Webhooks 密钥（whsec_…），逗号分隔，新的在前；"
         "设置后每个回调都带签名，有几把就签几个（webhook-signature 里空格分隔），"
         "接收方用其中任何一把都验得过——轮换时先加新的、等接收方换完再去掉旧的",
+    )
+    callback_signing_secret_file: Path | None = Field(
+        None,
+        validation_alias=AliasChoices(
+            "CALLBACK_SIGNING_SECRET_FILE", "callback_signing_secret_file"
+        ),
+        description="从文件读回调签名密钥（格式同 CALLBACK_SIGNING_SECRET，逗号或换行分隔，"
+        "新的在前）。文件改了，回调副本几秒内换上，不必重启。与 CALLBACK_SIGNING_SECRET 只能设一个",
+    )
+    secret_reload_s: float = Field(
+        2.0, gt=0, le=300, description="密钥文件多久看一次有没有改（秒）"
     )
     callback_allowed_hosts: Annotated[tuple[str, ...], NoDecode] = Field(
         (),
@@ -388,19 +426,30 @@ class Settings(BaseSettings):
         )
 
     @model_validator(mode="after")
+    def _load_secret_files(self) -> Settings:
+        # 密钥文件在启动时读一遍并照常校验（运行中的重读见 core/secret_files.py）
+        from serve_app.core.secret_files import read_secret_file
+
+        for file_field, list_field, env in (
+            ("api_keys_file", "api_keys", "REPORTS_API_KEYS"),
+            ("callback_signing_secret_file", "callback_signing_secrets", "CALLBACK_SIGNING_SECRET"),
+        ):
+            path: Path | None = getattr(self, file_field)
+            if path is None:
+                continue
+            if getattr(self, list_field):
+                raise ValueError(f"{env} 与 {env}_FILE 只能设一个")
+            try:
+                values = read_secret_file(path)
+            except OSError as exc:
+                raise ValueError(f"{env}_FILE 读不了：{path}（{exc.strerror}）") from None
+            object.__setattr__(self, list_field, tuple(SecretStr(v) for v in values))
+        return self
+
+    @model_validator(mode="after")
     def _check_signing_secrets(self) -> Settings:
         # 在模型层检查：字段层的错误会把原始输入（密钥本身）带进错误信息；这里只说第几把不对
-        if len(self.callback_signing_secrets) > MAX_SIGNING_SECRETS:
-            raise ValueError(
-                f"CALLBACK_SIGNING_SECRET 最多 {MAX_SIGNING_SECRETS} 把"
-                f"（现在 {len(self.callback_signing_secrets)} 把）：轮换完就去掉旧的"
-            )
-        for index, secret in enumerate(self.callback_signing_secrets, start=1):
-            if not secret.get_secret_value().startswith("whsec_"):
-                raise ValueError(
-                    f"CALLBACK_SIGNING_SECRET 的第 {index} 把不是 Standard Webhooks 密钥"
-                    "（须 whsec_ 开头；多把用逗号分隔，新的在前）"
-                )
+        check_signing_secrets(tuple(s.get_secret_value() for s in self.callback_signing_secrets))
         return self
 
     @model_validator(mode="after")

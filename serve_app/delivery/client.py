@@ -18,7 +18,8 @@ from tenacity import AsyncRetrying
 
 from serve_app.core.errors import UnsafeCallbackUrl
 from serve_app.core.metrics import ReportMetrics
-from serve_app.core.settings import CallbackPolicy
+from serve_app.core.secret_files import ReloadingSecrets
+from serve_app.core.settings import CallbackPolicy, Settings, check_signing_secrets
 from serve_app.delivery.retry_policy import (
     CallbackRetrying,
     PermanentStatus,
@@ -93,6 +94,7 @@ class CallbackClient:
         signing_secrets: tuple[str, ...] = (),
         transport: httpx.AsyncBaseTransport | None = None,
         metrics: ReportMetrics | None = None,
+        secrets_file: ReloadingSecrets | None = None,
     ) -> None:
         self._attempts_counter = (metrics or ReportMetrics()).callback_attempts
         self._retrying = CallbackRetrying(policy)
@@ -100,6 +102,9 @@ class CallbackClient:
         self.host_slots = HostSlots(policy.max_concurrent_per_host)
         # 每把密钥签一次：轮换期间新旧两把同时生效，接收方用哪一把都验得过
         self._signers = [Webhook(secret) for secret in signing_secrets]
+        # 密钥来自文件时：每次尝试前取当前内容（文件改了几秒内换上），内容变了才重建签名器
+        self._secrets_file = secrets_file
+        self._signed_with: tuple[str, ...] = signing_secrets
         self._client = httpx.AsyncClient(
             timeout=httpx.Timeout(
                 connect=policy.connect_timeout_s,
@@ -136,6 +141,7 @@ class CallbackClient:
         retrying = self._retrying.retrying()
 
         async def attempt() -> int:
+            await self._refresh_signers()
             headers = self._headers(payload.trace_id, body)
             outcome = "no_response"
             try:
@@ -172,6 +178,15 @@ class CallbackClient:
         attempts = self._attempts(retrying)
         logger.info("回调已送达：HTTP {}，第 {} 次尝试", status, attempts)
         return DeliveryOutcome(delivered=True, attempts=attempts, status_code=status)
+
+    async def _refresh_signers(self) -> None:
+        if self._secrets_file is None:
+            return
+        secrets = await self._secrets_file.current()
+        if secrets != self._signed_with:
+            self._signers = [Webhook(secret) for secret in secrets]
+            self._signed_with = secrets
+            logger.info("回调签名密钥已换成 {} 把", len(secrets))
 
     @staticmethod
     def _attempts(retrying: AsyncRetrying) -> int:
@@ -229,3 +244,13 @@ class CallbackClient:
     async def aclose(self) -> None:
         """关闭连接池。"""
         await self._client.aclose()
+
+
+def signing_secrets_file(settings: Settings) -> ReloadingSecrets | None:
+    """配置了 callback_signing_secret_file 时，它的会重读的内容（回调副本各持一份）。"""
+    path = settings.callback_signing_secret_file
+    if path is None:
+        return None
+    return ReloadingSecrets(
+        path, check_signing_secrets, interval_s=settings.secret_reload_s, what="回调签名密钥文件"
+    )

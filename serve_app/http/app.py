@@ -25,7 +25,7 @@ def create_app(services: IngressServices) -> FastAPI:
     )
     app.state.services = services
     # 配置了 key 时 /v1/* 需要 Bearer key（OpenAPI 里也声明）；/healthz、/readyz 始终开放
-    protected = [Depends(require_api_key)] if services.caller_keys else []
+    protected = [Depends(require_api_key)] if services.auth_enabled else []
     # /v1/* 都可能 500（细节不外露）；配置了 key 时还可能 401
     v1_errors = error_responses(500, *([401] if protected else []))
     app.include_router(reports.router, dependencies=protected, responses=v1_errors)

@@ -60,7 +60,7 @@ async def require_api_key(
     """/v1/* 必须带配置的 key 之一（只在配置了 key 时挂上这个依赖）。"""
     if credentials is None or credentials.scheme.lower() != "bearer":
         raise AuthError("缺少 API key：请求头加 Authorization: Bearer <key>")
-    entry = identify(credentials.credentials, services.caller_keys)
+    entry = identify(credentials.credentials, await services.keys.current())
     if entry is None:
         raise AuthError("API key 无效")
     request.state.authenticated = True

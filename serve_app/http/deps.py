@@ -14,7 +14,8 @@ from typing import Annotated
 from fastapi import Depends, Request
 
 from serve_app.core.metrics import ReportMetrics
-from serve_app.core.settings import CallerKey, Settings
+from serve_app.core.secret_files import ReloadingSecrets
+from serve_app.core.settings import CallerKey, Settings, check_api_keys, split_caller_key
 from serve_app.delivery.url_guard import Resolver, callback_target_policy, system_resolver
 from serve_app.ledger.metered_store import metered
 from serve_app.ledger.store import JobStore
@@ -35,6 +36,41 @@ def random_trace_id() -> str:
     return str(uuid.uuid4())
 
 
+class CallerKeySource:
+    """/v1/* 接受的 key：配置里的固定值，或 api_keys_file 的当前内容（改了几秒内换上）。
+
+    管理员 key 只来自配置（REPORTS_ADMIN_API_KEYS）。明文只在内存里用于比较。
+    """
+
+    def __init__(self, settings: Settings) -> None:
+        self._static = settings.caller_keys()
+        self._admins = tuple(key for key in self._static if key.admin)
+        path = settings.api_keys_file
+        self._file = (
+            ReloadingSecrets(
+                path, check_api_keys, interval_s=settings.secret_reload_s, what="API key 文件"
+            )
+            if path is not None
+            else None
+        )
+        self._parsed: tuple[tuple[str, ...], tuple[CallerKey, ...]] | None = None
+
+    @property
+    def configured(self) -> bool:
+        """启动时有没有 key（决定 /v1/* 挂不挂鉴权）。"""
+        return bool(self._static)
+
+    async def current(self) -> tuple[CallerKey, ...]:
+        """此刻有效的全部 key。"""
+        if self._file is None:
+            return self._static
+        entries = await self._file.current()
+        if self._parsed is None or self._parsed[0] != entries:
+            keys = tuple(CallerKey(*split_caller_key(e), admin=False) for e in entries)
+            self._parsed = (entries, keys + self._admins)
+        return self._parsed[1]
+
+
 @dataclass(frozen=True)
 class IngressServices:
     """入口副本的全部依赖：在副本 __init__ 中创建一次。"""
@@ -47,6 +83,7 @@ class IngressServices:
     runner: JobRunner
     metrics: ReportMetrics
     trace_ids: TraceIdSource
+    keys: CallerKeySource
 
     @classmethod
     def build(
@@ -81,12 +118,13 @@ class IngressServices:
             runner=runner,
             metrics=metrics,
             trace_ids=trace_ids,
+            keys=CallerKeySource(settings),
         )
 
     @property
-    def caller_keys(self) -> tuple[CallerKey, ...]:
-        """/v1/* 接受的 key 及其调用方（明文只在内存里用于比较）。"""
-        return self.settings.caller_keys()
+    def auth_enabled(self) -> bool:
+        """配置了 key（或 key 文件）：/v1/* 要 Bearer key。"""
+        return bool(self.keys.configured)
 
 
 async def get_services(request: Request) -> IngressServices:

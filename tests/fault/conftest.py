@@ -6,72 +6,25 @@
 from __future__ import annotations
 
 import json
-import os
-import time
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-import httpx
-import psycopg
 import pytest
-import ray
-from ray import serve
 
-from deployments.app import compose_app
-from serve_app.core.settings import PROJECT_ROOT, Settings
-from tests.support.cluster import ServeCluster, free_port, running_cluster, wait_http_ok
-from tests.support.fake_engine import fake_llm_deployment
+from serve_app.core.settings import PROJECT_ROOT
+from tests.support.cluster import running_cluster
+from tests.support.fault_app import (
+    LEASE_S,
+    TERMINAL,
+    BackendB,
+    FaultApp,
+    fault_settings,
+)
 from tests.support.postgres import PostgresServer
-from tests.support.receiver import CallbackReceiver, ReceivedCallback
-from tests.support.waiting import wait_until
 
-APP_NAME = "reports-fault"
-ROUTE = "/fault"
-LEASE_S = 3.0
-TERMINAL = ("succeeded", "failed", "cancelled", "expired")
-
-
-class BackendB:
-    """backend B 的替身：固定端口，可以停掉（连接被拒）再起来；记录跨重启累计。"""
-
-    def __init__(self) -> None:
-        self.port = free_port()
-        self._history: list[ReceivedCallback] = []
-        self._receiver: CallbackReceiver | None = None
-        self.start()
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/hooks/reports"
-
-    @property
-    def receiver(self) -> CallbackReceiver:
-        assert self._receiver is not None, "backend B 已停"
-        return self._receiver
-
-    def start(self) -> None:
-        if self._receiver is None:
-            self._receiver = CallbackReceiver(port=self.port).start()
-
-    def stop(self) -> None:
-        if self._receiver is not None:
-            self._history.extend(self._receiver.received)
-            self._receiver.stop()
-            self._receiver = None
-
-    def received(self) -> list[ReceivedCallback]:
-        live = self._receiver.received if self._receiver is not None else []
-        return [*self._history, *live]
-
-    def accepted_for(self, trace_id: str) -> list[ReceivedCallback]:
-        """该作业被 2xx 收下的回调。"""
-        return [
-            r
-            for r in self.received()
-            if r.body.get("trace_id") == trace_id and 200 <= r.status_returned < 300
-        ]
+__all__ = ["LEASE_S", "TALLY", "TERMINAL", "FaultApp"]
 
 
 @dataclass
@@ -81,196 +34,19 @@ class Tally:
     accepted: int = 0
     rejected_429: int = 0
     outcomes: Counter[str] = field(default_factory=Counter)
+    soak_lines: list[str] = field(default_factory=list)
 
     def line(self) -> str:
         return (
             f"故障层汇总: jobs accepted={self.accepted} delivered={self.outcomes['succeeded']}"
             f" failed-with-callback={self.outcomes['failed']}"
-            f" cancelled-with-callback={self.outcomes['cancelled']} lost={self.outcomes['lost']}"
+            f" cancelled-with-callback={self.outcomes['cancelled']}"
+            f" expired-with-callback={self.outcomes['expired']} lost={self.outcomes['lost']}"
             f" (429 rejected={self.rejected_429})"
         )
 
 
 TALLY = Tally()
-
-
-@dataclass
-class FaultApp:
-    """部署好的故障层应用及其操作。"""
-
-    cluster: ServeCluster
-    settings: Settings
-    backend: BackendB
-    # 账本用 Postgres 时的服务器（可停、可重启）；SQLite 账本时为 None
-    postgres: PostgresServer | None = None
-    accepted: list[str] = field(default_factory=list)
-
-    @property
-    def base_url(self) -> str:
-        return self.cluster.base_url + ROUTE
-
-    def deploy(
-        self, ingress_replicas: int = 1, ingress_autoscaling: dict[str, Any] | None = None
-    ) -> None:
-        """部署（或就地更新）应用：入口固定副本数，或按 ingress_autoscaling 扩缩。"""
-        app = compose_app(
-            self.settings,
-            fake_llm_deployment.bind(self.settings.engine.model_id),
-            ingress_options=(
-                {"num_replicas": "auto", "autoscaling_config": ingress_autoscaling}
-                if ingress_autoscaling
-                else {"num_replicas": ingress_replicas}
-            ),
-        )
-        serve.run(app, name=APP_NAME, route_prefix=ROUTE)
-        wait_http_ok(self.base_url + "/readyz", timeout_s=120)
-
-    def shutdown(self) -> None:
-        serve.delete(APP_NAME)
-
-    def body(self, directive: str = "", **overrides: Any) -> dict[str, Any]:
-        body: dict[str, Any] = {
-            "report_type": "sales_weekly",
-            "inputs": {"period": "本周", "region": "华东", "sales_data": f"销售额 100 {directive}"},
-            "length": "short",
-            "callback_url": self.backend.url,
-        }
-        body.update(overrides)
-        return body
-
-    def submit(self, directive: str = "", **headers: str) -> str:
-        response = httpx.post(
-            self.base_url + "/v1/reports", json=self.body(directive), headers=headers, timeout=30
-        )
-        assert response.status_code == 202, response.text
-        return self.track(response.json()["trace_id"])
-
-    def submit_generating(self, directive: str, count: int) -> list[str]:
-        """提交 count 个作业并等它们都进入 generating。"""
-        trace_ids = [self.submit(directive) for _ in range(count)]
-        for trace_id in trace_ids:
-            self.wait_status(trace_id, ("generating",))
-        return trace_ids
-
-    def track(self, trace_id: str) -> str:
-        if trace_id not in self.accepted:
-            self.accepted.append(trace_id)
-        return trace_id
-
-    def status(self, trace_id: str) -> dict[str, Any]:
-        """状态查询；入口副本重启期间重试。"""
-
-        def fetch() -> dict[str, Any] | None:
-            response = httpx.get(f"{self.base_url}/v1/reports/{trace_id}", timeout=10)
-            body: dict[str, Any] | None = response.json() if response.status_code == 200 else None
-            return body
-
-        return wait_until(
-            fetch,
-            what=f" {trace_id} 的状态",
-            timeout_s=60,
-            interval_s=0.2,
-            ignore=(httpx.HTTPError,),
-        )
-
-    def wait_status(
-        self, trace_id: str, states: tuple[str, ...], timeout_s: float = 60
-    ) -> dict[str, Any]:
-        return self.wait_for(trace_id, lambda b: b["status"] in states, f"状态 {states}", timeout_s)
-
-    def wait_for(
-        self, trace_id: str, check: Any, what: str, timeout_s: float = 60
-    ) -> dict[str, Any]:
-        """轮询状态直到 check(状态) 为真。"""
-
-        def matching() -> dict[str, Any] | None:
-            body = self.status(trace_id)
-            return body if check(body) else None
-
-        return wait_until(matching, what=f" {trace_id} 的{what}", timeout_s=timeout_s)
-
-    def wait_delivered(self, trace_ids: list[str], timeout_s: float = 120) -> None:
-        """等每个作业都有被 2xx 收下的终态回调，且账本里回调已送达。"""
-        deadline = time.monotonic() + timeout_s
-        for trace_id in trace_ids:
-            left = max(1.0, deadline - time.monotonic())
-            wait_until(
-                lambda: self.backend.accepted_for(trace_id),  # noqa: B023 - 当场调用，不留到循环之后
-                what=f" {trace_id} 送达的回调",
-                timeout_s=left,
-            )
-            body = self.wait_status(trace_id, TERMINAL, max(1.0, deadline - time.monotonic()))
-            assert body["callback"]["state"] == "delivered", body
-
-    def check_one_terminal_callback_each(self, trace_ids: list[str], *, exactly_once: bool) -> None:
-        """每个作业：至少一次（exactly_once 时恰好一次）2xx 终态回调，都带同一 webhook-id，
-        状态与账本一致。"""
-        for trace_id in trace_ids:
-            accepted = self.backend.accepted_for(trace_id)
-            assert accepted, f"{trace_id} 没有送达的回调"
-            if exactly_once:
-                assert len(accepted) == 1, f"{trace_id} 送达了 {len(accepted)} 次"
-            assert {r.headers["webhook-id"] for r in accepted} == {f"msg_{trace_id}"}
-            statuses = {r.body["status"] for r in accepted}
-            assert len(statuses) == 1 and statuses <= set(TERMINAL)
-            assert self.status(trace_id)["status"] in statuses
-
-    def only_on_one_ledger(self) -> None:
-        """与账本无关的故障（backend B、LLM 副本）：只在 SQLite 一侧跑一遍，省下 CI 时间。"""
-        if self.postgres is not None:
-            pytest.skip("与账本无关的故障：在 SQLite 账本一侧已跑过")
-
-    def running_replicas(self, deployment: str) -> int:
-        """某个部署此刻 RUNNING 的副本数（Serve 控制器的状态）。"""
-        status = serve.status().applications[APP_NAME].deployments[deployment]
-        return sum(n for state, n in status.replica_states.items() if state == "RUNNING")
-
-    def _replicas(self, deployment: str) -> list[Any]:
-        """本应用某个部署的全部副本 actor（按 Serve 给副本起的名字找）。"""
-        prefix = f"SERVE_REPLICA::{APP_NAME}#{deployment}#"
-        return [
-            ray.get_actor(a["name"], namespace="serve")
-            for a in ray.util.list_named_actors(all_namespaces=True)
-            if a["name"].startswith(prefix)
-        ]
-
-    def kill_replica(self, deployment: str) -> None:
-        """用 ray.kill 杀掉某个部署的一个副本（Serve 控制器会补一个新的）。"""
-        replicas = self._replicas(deployment)
-        assert replicas, f"找不到 {deployment} 的副本"
-        ray.kill(replicas[0], no_restart=True)
-
-    def replica_pids(self, deployment: str) -> set[int]:
-        """某个部署全部副本的进程 PID（经各副本 actor 自己报告）。"""
-        pids: set[int] = set()
-        for replica in self._replicas(deployment):
-            pid: object = ray.get(
-                replica.__ray_call__.remote(lambda _self: os.getpid()), timeout=30
-            )
-            assert isinstance(pid, int)
-            pids.add(pid)
-        return pids
-
-    def lease_owner(self, trace_id: str) -> str | None:
-        """Postgres 账本里作业此刻的租约持有者（入口副本的 owner：主机:PID:随机串）。"""
-        url = self.settings.jobs.ledger_url
-        assert url is not None, "只有 Postgres 账本能从库里直接读"
-        with psycopg.connect(url.get_secret_value(), autocommit=True) as conn:
-            row = conn.execute("SELECT owner FROM jobs WHERE trace_id = %s", (trace_id,)).fetchone()
-        return None if row is None else str(row[0])
-
-    def json_logs(self) -> list[dict[str, Any]]:
-        """全部副本写进同一个 JSON 日志文件的记录（loguru serialize 格式）。"""
-        path = self.settings.log_json_path
-        assert path is not None
-        return [
-            json.loads(line)["record"] for line in path.read_text(encoding="utf-8").splitlines()
-        ]
-
-    def engine_cancelled(self) -> int:
-        handle = serve.get_deployment_handle("FakeLLMServer", app_name=APP_NAME)
-        count: int = handle.get_cancelled.remote().result(timeout_s=30)
-        return count
 
 
 @pytest.fixture(scope="package", params=["sqlite", "postgres"])
@@ -288,35 +64,7 @@ def fault_app(
         if postgres is not None
         else {"ledger_path": work / "ledger.sqlite3"}
     )
-    settings = Settings(
-        _env_file=None,
-        engine={"model_id": "report-llm", "model_source": "fake"},
-        templates_path=PROJECT_ROOT / "tests/integration/templates.yaml",
-        llm={"timeout_s": 60, "max_attempts": 2, "initial_backoff_s": 0.5, "max_backoff_s": 1},
-        callback={
-            "connect_timeout_s": 1,
-            "read_timeout_s": 5,
-            "max_attempts": 2,
-            "initial_backoff_s": 0.05,
-            "max_backoff_s": 0.2,
-            "jitter_s": 0.05,
-        },
-        jobs={
-            **ledger,
-            "lease_s": LEASE_S,
-            "heartbeat_s": 0.5,
-            "sweep_interval_s": 0.5,
-            "max_concurrent_per_replica": 8,
-            "max_active_jobs": 60,
-            "drain_timeout_s": 3,
-            "redelivery_schedule_s": [1, 2, 3],
-            "redelivery_horizon_s": 300,
-        },
-        log_json_path=work / "jobs.jsonl",
-        auth_required=False,
-        callback_allow_loopback=True,
-        callback_allowed_hosts=("127.0.0.1",),
-    )
+    settings = fault_settings(work, ledger)
     backend = BackendB()
     try:
         with running_cluster() as cluster:
@@ -347,6 +95,8 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
     """故障层结束后打印一行汇总（并存一份 JSON 供 CI 留档）。"""
     if TALLY.accepted:
         terminalreporter.write_line(TALLY.line())
+        for line in TALLY.soak_lines:
+            terminalreporter.write_line(line)
         out = PROJECT_ROOT / ".run" / "fault-tally.json"
         out.parent.mkdir(exist_ok=True)
         summary = {"accepted": TALLY.accepted, "rejected_429": TALLY.rejected_429, **TALLY.outcomes}

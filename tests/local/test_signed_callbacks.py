@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
+import os
+from pathlib import Path
+
 import pytest
 from standardwebhooks.webhooks import Webhook
 
-from serve_app.core.settings import CallbackPolicy
+from serve_app.core.secret_files import ReloadingSecrets
+from serve_app.core.settings import CallbackPolicy, check_signing_secrets
 from serve_app.delivery.client import CallbackClient
 from serve_app.delivery.url_guard import CallbackTargetPolicy
 from tests.support.receiver import CallbackReceiver
@@ -63,3 +68,51 @@ async def test_during_a_rotation_a_receiver_with_either_secret_verifies_every_ca
         assert Webhook(secret).verify(record.raw.decode(), record.headers)["trace_id"]
     with pytest.raises(Exception, match="signature"):
         Webhook("whsec_" + "C" * 32).verify(record.raw.decode(), record.headers)
+
+
+async def test_a_rewritten_secret_file_rotates_signing_without_a_restart(tmp_path: Path) -> None:
+    """CALLBACK_SIGNING_SECRET_FILE：文件改成“新,旧”后几秒内每个回调都带两个签名，再改成只有新的，
+    旧密钥就验不过了；中途写坏的文件不换（继续用上一份），回调照样签名、照样送达。"""
+    new = "whsec_" + "D" * 32
+    path = tmp_path / "signing-secrets"
+    path.write_text(f"{SECRET}\n", encoding="utf-8")
+    secrets = ReloadingSecrets(path, check_signing_secrets, interval_s=0.05)
+    with CallbackReceiver() as receiver:
+        client = CallbackClient(
+            FAST, CallbackTargetPolicy(allow_loopback=True), (SECRET,), secrets_file=secrets
+        )
+        try:
+            await client.deliver(receiver.url, failed_payload("t-old"))
+            _rewrite(path, f"{new},{SECRET}")
+            await asyncio.sleep(0.1)
+            await client.deliver(receiver.url, failed_payload("t-both"))
+            _rewrite(path, "not-a-secret")  # 写坏了：不换
+            await asyncio.sleep(0.1)
+            await client.deliver(receiver.url, failed_payload("t-broken"))
+            _rewrite(path, f"# 轮换完成\n{new}\n")
+            await asyncio.sleep(0.1)
+            await client.deliver(receiver.url, failed_payload("t-new"))
+        finally:
+            await client.aclose()
+    by_id = {r.body["trace_id"]: r for r in receiver.received}
+    assert set(by_id) == {"t-old", "t-both", "t-broken", "t-new"}
+
+    def verifies(secret: str, trace_id: str) -> bool:
+        record = by_id[trace_id]
+        try:
+            Webhook(secret).verify(record.raw.decode(), record.headers)
+        except Exception:  # noqa: BLE001 - 官方库验不过时抛的异常类型不固定
+            return False
+        return True
+
+    assert verifies(SECRET, "t-old") and not verifies(new, "t-old")
+    for trace_id in ("t-both", "t-broken"):
+        assert verifies(SECRET, trace_id) and verifies(new, trace_id)
+    assert verifies(new, "t-new") and not verifies(SECRET, "t-new")
+
+
+def _rewrite(path: Path, text: str) -> None:
+    """像运维那样原子地换掉文件（写临时文件再改名），读的一方不会读到半个文件。"""
+    temporary = path.with_suffix(".tmp")
+    temporary.write_text(text, encoding="utf-8")
+    os.replace(temporary, path)

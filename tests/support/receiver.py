@@ -9,6 +9,7 @@ import asyncio
 import json
 import socket
 import threading
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -31,6 +32,8 @@ class ReceivedCallback:
     body: dict[str, Any]
     status_returned: int
     raw: bytes = b""
+    # 收到的时刻（time.monotonic()，响应之前记）：soak 据此算受理 → 回调与故障后的恢复
+    received_at: float = 0.0
 
 
 @dataclass
@@ -103,6 +106,7 @@ class CallbackReceiver:
 
     async def _handle(self, request: Request) -> JSONResponse:
         raw = await request.body()
+        received_at = time.monotonic()
         with self._cond:
             script = self._script
             status = script.statuses.pop(0) if script.statuses else script.default_status
@@ -118,6 +122,7 @@ class CallbackReceiver:
             body=body,
             status_returned=status,
             raw=raw,
+            received_at=received_at,
         )
         with self._cond:
             self._received.append(record)

@@ -1,0 +1,148 @@
+"""Chaos soak：几十分钟的开环负载，随机叠加的故障，最后对账（丢失必须为 0）。
+
+    python -m benchmarks.soak [--minutes 30] [--rate 4] [--seed 1] [--ledger sqlite|postgres]
+
+应用与故障都来自 tests/support/soak.py（故障层的短 soak 用同一段代码）：一个进程内的
+Ray + Serve 应用（假引擎：零成本，速率受控制面限制而不是引擎），127.0.0.1 上真实的 backend B；
+Postgres 账本时在本机临时起一个（Debian 的包）。结果写到 benchmarks/results/soak-<时间>.json /
+.md / .png（吞吐时间线，故障以色带标出），并更新 soak-latest.*。
+退出码：丢失、恰好一次违规、不一致任何一项不为 0 时为 1。只访问 127.0.0.1。
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from benchmarks.common import RESULTS, publish_latest
+from tests.support.cluster import running_cluster
+from tests.support.fault_app import BackendB, FaultApp, fault_settings
+from tests.support.postgres import PostgresServer
+from tests.support.soak import Soak, SoakReport
+
+BUCKET_S = 5
+
+
+def _write(report: SoakReport, meta: dict[str, Any]) -> str:
+    stamp = f"{datetime.now(UTC):%Y%m%dT%H%M%S}"
+    (RESULTS / f"soak-{stamp}.json").write_text(
+        json.dumps({**meta, **report.to_json()}, ensure_ascii=False, indent=2) + "\n",
+        encoding="utf-8",
+    )
+    lines = [
+        f"# Chaos soak（{stamp}）",
+        "",
+        f"命令：`{meta['command']}`；账本 {meta['ledger']}；种子 {report.seed}；"
+        f"{report.duration_s / 60:g} 分钟、每秒 {report.rate_per_s:g} 份。",
+        "",
+        "| 受理 | 成功 | 失败 | 取消 | 过期 | **丢失** | 重复送达（份额） | 恰好一次违规 | 不一致 "
+        "| 受理 → 回调 p50 / p99 |",
+        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        f"| {report.accepted} | {report.outcomes.get('succeeded', 0)} "
+        f"| {report.outcomes.get('failed', 0)} | {report.outcomes.get('cancelled', 0)} "
+        f"| {report.outcomes.get('expired', 0)} | **{report.lost}** "
+        f"| {report.duplicates}（{report.duplicate_share:.1%}） | {report.exactly_once_violations} "
+        f"| {report.inconsistent} | {report.accept_to_callback_p50_s:.1f} / "
+        f"{report.accept_to_callback_p99_s:.1f} s |",
+        "",
+        "| 故障 | 开始（s） | 持续（s） | 恢复（s，故障结束 → 之后受理的第一份回调） "
+        "| 跳过的原因 |",
+        "| --- | ---: | ---: | ---: | --- |",
+        *(
+            f"| {f['kind']} | {f['started_s']} | {f['ended_s'] - f['started_s']:.1f} "
+            f"| {f['recovery_s'] if f['recovery_s'] is not None else '—'} | {f['skipped'] or ''} |"
+            for f in report.faults
+        ),
+        "",
+    ]
+    (RESULTS / f"soak-{stamp}.md").write_text("\n".join(lines), encoding="utf-8")
+    _plot(report, RESULTS / f"soak-{stamp}.png")
+    publish_latest("soak", stamp)
+    sys.stdout.write("\n".join(lines) + "\n")
+    return stamp
+
+
+def _plot(report: SoakReport, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    fig, axis = plt.subplots(figsize=(11, 4.5))
+    xs = [i * BUCKET_S for i in range(len(report.timeline))]
+    axis.plot(xs, [n / BUCKET_S for n in report.timeline], color="black", label="callbacks / s")
+    colors: dict[str, Any] = {}
+    palette = plt.get_cmap("tab10")
+    for fault in report.faults:
+        color = colors.setdefault(fault["kind"], palette(len(colors) % 10))
+        end = max(fault["ended_s"], fault["started_s"] + 1)
+        label = fault["kind"] if fault["kind"] not in axis.get_legend_handles_labels()[1] else None
+        axis.axvspan(fault["started_s"], end, alpha=0.25, color=color, label=label)
+    axis.set(xlabel="seconds since start", ylabel="first callbacks per second")
+    axis.set_title(
+        f"chaos soak: {report.accepted} accepted, lost {report.lost}, "
+        f"duplicates {report.duplicate_share:.1%}, p99 {report.accept_to_callback_p99_s:.1f} s"
+    )
+    axis.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8)
+    axis.grid(True, alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """起应用、跑 soak、写结果；有丢失或违规时退出码 1。"""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--minutes", type=float, default=30)
+    parser.add_argument("--rate", type=float, default=4, help="每秒提交的报告数（开环）")
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--ledger", choices=("sqlite", "postgres"), default="sqlite")
+    parser.add_argument("--quiet-tail", type=float, default=60, help="最后这么多秒不注入故障")
+    args = parser.parse_args(argv)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="soak-") as tmp:
+        work = Path(tmp)
+        postgres = PostgresServer().start() if args.ledger == "postgres" else None
+        try:
+            ledger: dict[str, Any] = (
+                {"ledger_url": postgres.create_database(), "ledger_call_timeout_s": 2}
+                if postgres is not None
+                else {"ledger_path": work / "ledger.sqlite3"}
+            )
+            settings = fault_settings(work, ledger)
+            backend = BackendB()
+            try:
+                with running_cluster() as cluster:
+                    app = FaultApp(cluster, settings, backend, postgres)
+                    soak = Soak(
+                        app,
+                        seed=args.seed,
+                        duration_s=args.minutes * 60,
+                        rate_per_s=args.rate,
+                        quiet_tail_s=args.quiet_tail,
+                    )
+                    report = soak.run()
+                    app.shutdown()
+            finally:
+                backend.stop()
+        finally:
+            if postgres is not None:
+                postgres.cleanup()
+    given = " ".join(argv if argv is not None else sys.argv[1:])
+    meta = {
+        "ledger": args.ledger,
+        "command": "make soak" + (f' ARGS="{given}"' if given else ""),
+        "engine": "fake (zero-cost)",
+    }
+    _write(report, meta)
+    bad = report.lost or report.exactly_once_violations or report.inconsistent
+    return 1 if bad else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
