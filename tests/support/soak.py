@@ -50,6 +50,9 @@ _KILL_TARGETS = {
 # 负载的组成：普通作业、提交后不久取消的、期限比生成短（必然 expired）的
 MIX = (("normal", 0.8), ("cancel", 0.1), ("deadline", 0.1))
 PRIORITIES = ("high", "normal", "normal", "low")
+# 客户端（backend B）对一次提交最多重交多久：整体重启后积压的重交会撞上排队上限
+# （429 + Retry-After），要等积压消化
+SUBMIT_PATIENCE_S = 300
 
 
 @dataclass(frozen=True)
@@ -171,7 +174,7 @@ class Rotation:
 
 
 class Chaos:
-    """按时间表注入故障；同一类资源（backend B、冻结、整体重启）一次只做一个，撞上的记为跳过。"""
+    """按时间表注入故障；不同资源上的故障互相重叠，同一资源（backend B、冻结）上的排队做。"""
 
     def __init__(
         self, app: FaultApp, ingress_replicas: int, rotation: Rotation | None = None
@@ -198,14 +201,19 @@ class Chaos:
         return FaultRecord(fault, started, time.monotonic(), reason or None)
 
     def _kill(self, kind: str) -> str:
-        if self._restart.locked():
-            return "整体重启中"
+        self._after_restart()
         self._app.kill_replica(_KILL_TARGETS[kind])
         return ""
 
+    def _after_restart(self) -> None:
+        """整体重启进行中就等它完成（那时没有副本可杀、可冻）。"""
+        with self._restart:
+            pass
+
     def _exclusive(self, lock: threading.Lock, what: str) -> bool:
-        if not lock.acquire(blocking=False):
-            logger.warning("soak：{} 已有故障在进行", what)
+        """同一资源上的故障排队（不跳过）：backend B 一次只处在一种坏状态。"""
+        if not lock.acquire(timeout=120):
+            logger.warning("soak：{} 上的故障两分钟没轮到", what)
             return False
         return True
 
@@ -240,8 +248,7 @@ class Chaos:
         return self._scripted(seconds, delay_s=hang)
 
     def _freeze_ingress(self, seconds: float) -> str:
-        if self._restart.locked():
-            return "整体重启中"
+        self._after_restart()
         if not self._exclusive(self._freeze, "冻结"):
             return "已有副本被冻住"
         try:
@@ -308,7 +315,8 @@ class SoakReport:
             f"accepted={self.accepted} {dict(self.outcomes)} lost={self.lost} "
             f"duplicates={self.duplicates} ({self.duplicate_share:.1%}) "
             f"exactly-once violations={self.exactly_once_violations} "
-            f"inconsistent={self.inconsistent} signature failures={self.signature_failures}"
+            f"inconsistent={self.inconsistent} refused={self.refused_4xx} "
+            f"signature failures={self.signature_failures}"
             f"/{self.unsigned_by_new_after_drop} p50/p99 {self.accept_to_callback_p50_s:.1f}/"
             f"{self.accept_to_callback_p99_s:.1f}s faults={len(self.faults)}"
         )
@@ -437,8 +445,10 @@ class Soak:
     async def _retrying(
         self, client: httpx.AsyncClient, method: str, path: str, **kwargs: Any
     ) -> str | None:
-        """发到受理为止（最多 120 秒）；返回 trace_id，4xx（除 409 / 429）记为被拒。"""
-        deadline = time.monotonic() + 120
+        """发到受理为止（最多 SUBMIT_PATIENCE_S 秒）；返回 trace_id。
+
+        4xx（除 409、429 与整体重启时代理的 404）记为被拒。"""
+        deadline = time.monotonic() + SUBMIT_PATIENCE_S
         extra_headers: dict[str, str] = dict(kwargs.pop("headers", {}))
         while time.monotonic() < deadline:
             headers = dict(extra_headers)
@@ -455,7 +465,10 @@ class Soak:
                 method == "POST" and response.status_code == 200
             ):
                 return str(response.json().get("trace_id", "")) or None
-            if response.status_code == 429 or response.status_code >= 500:
+            # 整体重启（serve.delete 再 serve.run）期间代理对没有应用的路径答 404：与真实集群重启时
+            # 连接被拒一样，是“暂时不可用”，照样重交
+            restarting = response.status_code == 404 and "/-/routes" in response.text
+            if restarting or response.status_code == 429 or response.status_code >= 500:
                 await asyncio.sleep(float(response.headers.get("Retry-After", "0.5")))
                 continue
             logger.error(
@@ -464,7 +477,7 @@ class Soak:
             with self._lock:
                 self.refused_4xx += 1
             return None
-        raise TimeoutError(f"{method} {path} 120 秒内没有被受理")
+        raise TimeoutError(f"{method} {path} {SUBMIT_PATIENCE_S} 秒内没有被受理")
 
     # ---- 对账 ----
 
