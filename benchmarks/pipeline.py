@@ -297,11 +297,13 @@ def main(argv: list[str] | None = None) -> int:
             rows.append(_engine_row("engine-A1", level, args.requests, summary))
         seed_port = free_port()
         seed_args = ("--port", str(seed_port), "--engine-url", server.base_url)
-        with _companion("benchmarks.seed_baseline", *seed_args, "--model", SERVED_NAME):
+        with _companion("benchmarks.seed_baseline", *seed_args, "--model", SERVED_NAME) as seed:
             seed_url = f"http://127.0.0.1:{seed_port}"
             wait_http_ok(f"{seed_url}/docs", timeout_s=60)
+            # 对照组自己的 CPU 也记：它只有一个事件循环线程，与引擎同为 nice 15 抢两个核
+            seed_procs = {**engine_procs, "seed": [psutil.Process(seed.pid)]}
             for level in levels:
-                measured = _measure("seed-baseline", seed_url, args.requests, level, engine_procs)
+                measured = _measure("seed-baseline", seed_url, args.requests, level, seed_procs)
                 rows.append(_app_row(measured))
         with _pipeline(server.base_url) as replicas:
             for level in levels:

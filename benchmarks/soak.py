@@ -50,6 +50,10 @@ def _write(report: SoakReport, meta: dict[str, Any]) -> str:
         f"| {report.inconsistent} | {report.accept_to_callback_p50_s:.1f} / "
         f"{report.accept_to_callback_p99_s:.1f} s |",
         "",
+        f"中途不停机轮换 API key 与签名密钥：被拒的合法请求 {report.refused_4xx}，签名验不过的回调 "
+        f"{report.signature_failures}，删掉旧密钥后没有新签名的回调 "
+        f"{report.unsigned_by_new_after_drop}。",
+        "",
         "| 故障 | 开始（s） | 持续（s） | 恢复（s，故障结束 → 之后受理的第一份回调） "
         "| 跳过的原因 |",
         "| --- | ---: | ---: | ---: | --- |",
