@@ -20,9 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.common import RESULTS, publish_latest
-from tests.support.cluster import running_cluster
-from tests.support.fault_app import BackendB, FaultApp, fault_settings
-from tests.support.postgres import PostgresServer
+from tests.support.fault_app import running_fault_app
 from tests.support.soak import Soak, SoakReport
 
 BUCKET_S = 5
@@ -109,34 +107,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quiet-tail", type=float, default=60, help="最后这么多秒不注入故障")
     args = parser.parse_args(argv)
     RESULTS.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix="soak-") as tmp:
-        work = Path(tmp)
-        postgres = PostgresServer().start() if args.ledger == "postgres" else None
-        try:
-            ledger: dict[str, Any] = (
-                {"ledger_url": postgres.create_database(), "ledger_call_timeout_s": 2}
-                if postgres is not None
-                else {"ledger_path": work / "ledger.sqlite3"}
-            )
-            settings = fault_settings(work, ledger)
-            backend = BackendB()
-            try:
-                with running_cluster() as cluster:
-                    app = FaultApp(cluster, settings, backend, postgres)
-                    soak = Soak(
-                        app,
-                        seed=args.seed,
-                        duration_s=args.minutes * 60,
-                        rate_per_s=args.rate,
-                        quiet_tail_s=args.quiet_tail,
-                    )
-                    report = soak.run()
-                    app.shutdown()
-            finally:
-                backend.stop()
-        finally:
-            if postgres is not None:
-                postgres.cleanup()
+    with (
+        tempfile.TemporaryDirectory(prefix="soak-") as tmp,
+        running_fault_app(Path(tmp), args.ledger) as app,
+    ):
+        soak = Soak(
+            app,
+            seed=args.seed,
+            duration_s=args.minutes * 60,
+            rate_per_s=args.rate,
+            quiet_tail_s=args.quiet_tail,
+        )
+        report = soak.run()
+        app.shutdown()
     given = " ".join(argv if argv is not None else sys.argv[1:])
     meta = {
         "ledger": args.ledger,

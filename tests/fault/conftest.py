@@ -14,15 +14,7 @@ from typing import Any
 import pytest
 
 from serve_app.core.settings import PROJECT_ROOT
-from tests.support.cluster import running_cluster
-from tests.support.fault_app import (
-    LEASE_S,
-    TERMINAL,
-    BackendB,
-    FaultApp,
-    fault_settings,
-)
-from tests.support.postgres import PostgresServer
+from tests.support.fault_app import LEASE_S, TERMINAL, FaultApp, running_fault_app
 
 __all__ = ["LEASE_S", "TALLY", "TERMINAL", "FaultApp"]
 
@@ -58,29 +50,13 @@ def fault_app(
     每种账本一个 Ray + 一个应用；kill 与重启的测试之后应用仍可用。
     """
     work = tmp_path_factory.mktemp(f"fault-{request.param}")
-    postgres = PostgresServer().start() if request.param == "postgres" else None
-    ledger: dict[str, Any] = (
-        {"ledger_url": postgres.create_database(), "ledger_call_timeout_s": 2}
-        if postgres is not None
-        else {"ledger_path": work / "ledger.sqlite3"}
-    )
-    settings = fault_settings(work, ledger)
-    backend = BackendB()
-    try:
-        with running_cluster() as cluster:
-            app = FaultApp(cluster, settings, backend, postgres)
-            app.deploy()
-            try:
-                yield app
-            finally:
-                _tally(app)
-                try:
-                    app.shutdown()
-                finally:
-                    backend.stop()
-    finally:
-        if postgres is not None:
-            postgres.cleanup()
+    with running_fault_app(work, request.param) as app:
+        app.deploy()
+        try:
+            yield app
+        finally:
+            _tally(app)
+            app.shutdown()
 
 
 def _tally(app: FaultApp) -> None:

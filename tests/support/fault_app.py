@@ -8,6 +8,8 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,7 +21,7 @@ from ray import serve
 
 from deployments.app import compose_app
 from serve_app.core.settings import PROJECT_ROOT, Settings
-from tests.support.cluster import ServeCluster, free_port, wait_http_ok
+from tests.support.cluster import ServeCluster, free_port, running_cluster, wait_http_ok
 from tests.support.fake_engine import fake_llm_deployment
 from tests.support.postgres import PostgresServer
 from tests.support.receiver import CallbackReceiver, ReceivedCallback
@@ -288,3 +290,27 @@ class FaultApp:
         handle = serve.get_deployment_handle("FakeLLMServer", app_name=APP_NAME)
         count: int = handle.get_cancelled.remote().result(timeout_s=30)
         return count
+
+
+@contextmanager
+def running_fault_app(work: Path, ledger_kind: str) -> Iterator[FaultApp]:
+    """故障层应用的环境：Postgres（ledger_kind 为 postgres 时本机临时起一个）、backend B、Ray。
+
+    产出未部署的 FaultApp（由调用方 deploy）；退出时经各自的句柄关掉 Ray、backend B、Postgres。
+    """
+    postgres = PostgresServer().start() if ledger_kind == "postgres" else None
+    try:
+        ledger: dict[str, Any] = (
+            {"ledger_url": postgres.create_database(), "ledger_call_timeout_s": 2}
+            if postgres is not None
+            else {"ledger_path": work / "ledger.sqlite3"}
+        )
+        backend = BackendB()
+        try:
+            with running_cluster() as cluster:
+                yield FaultApp(cluster, fault_settings(work, ledger), backend, postgres)
+        finally:
+            backend.stop()
+    finally:
+        if postgres is not None:
+            postgres.cleanup()
