@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
 from pathlib import Path
 
 import pytest
@@ -13,6 +12,7 @@ from serve_app.core.secret_files import ReloadingSecrets
 from serve_app.core.settings import CallbackPolicy, check_signing_secrets
 from serve_app.delivery.client import CallbackClient
 from serve_app.delivery.url_guard import CallbackTargetPolicy
+from tests.support.files import replace_file
 from tests.support.receiver import CallbackReceiver
 from tests.support.sample import failed_payload
 
@@ -83,13 +83,13 @@ async def test_a_rewritten_secret_file_rotates_signing_without_a_restart(tmp_pat
         )
         try:
             await client.deliver(receiver.url, failed_payload("t-old"))
-            _rewrite(path, f"{new},{SECRET}")
+            replace_file(path, f"{new},{SECRET}")
             await asyncio.sleep(0.1)
             await client.deliver(receiver.url, failed_payload("t-both"))
-            _rewrite(path, "not-a-secret")  # 写坏了：不换
+            replace_file(path, "not-a-secret")  # 写坏了：不换
             await asyncio.sleep(0.1)
             await client.deliver(receiver.url, failed_payload("t-broken"))
-            _rewrite(path, f"# 轮换完成\n{new}\n")
+            replace_file(path, f"# 轮换完成\n{new}\n")
             await asyncio.sleep(0.1)
             await client.deliver(receiver.url, failed_payload("t-new"))
         finally:
@@ -109,10 +109,3 @@ async def test_a_rewritten_secret_file_rotates_signing_without_a_restart(tmp_pat
     for trace_id in ("t-both", "t-broken"):
         assert verifies(SECRET, trace_id) and verifies(new, trace_id)
     assert verifies(new, "t-new") and not verifies(SECRET, "t-new")
-
-
-def _rewrite(path: Path, text: str) -> None:
-    """像运维那样原子地换掉文件（写临时文件再改名），读的一方不会读到半个文件。"""
-    temporary = path.with_suffix(".tmp")
-    temporary.write_text(text, encoding="utf-8")
-    os.replace(temporary, path)

@@ -36,6 +36,7 @@ from standardwebhooks.webhooks import Webhook
 
 from serve_app.core.settings import Settings
 from tests.support.fault_app import LEASE_S, TERMINAL, FaultApp, fault_settings
+from tests.support.files import replace_file
 
 # 持续一段时间的故障（结束时撤销）；其余是一下子的（杀掉即补起）
 WINDOWED = frozenset({"backend_refuse", "backend_500", "backend_hang", "freeze_ingress"})
@@ -127,13 +128,8 @@ class Rotation:
 
     def write(self, keys: list[str], secrets: list[str]) -> None:
         """像运维那样原子地换掉两个文件。"""
-        for path, items in (
-            (self.keys_file, [f"soak:{k}" for k in keys]),
-            (self.secrets_file, secrets),
-        ):
-            temporary = path.with_suffix(".tmp")
-            temporary.write_text("\n".join(items) + "\n", encoding="utf-8")
-            os.replace(temporary, path)
+        replace_file(self.keys_file, "".join(f"soak:{k}\n" for k in keys))
+        replace_file(self.secrets_file, "".join(f"{secret}\n" for secret in secrets))
 
     def add(self) -> None:
         """第一步：新旧并存；等各副本都重读过（几个 reload_s），客户端换成新 key。"""

@@ -6,23 +6,17 @@
 from __future__ import annotations
 
 import asyncio
-import os
 from pathlib import Path
 
 import pytest
 from pydantic import ValidationError
 
 from serve_app.core.secret_files import parse_secret_list
+from tests.support.files import replace_file
 from tests.support.harness import Harness
 from tests.support.sample import make_settings, sales_request
 
 CALLBACK = "http://127.0.0.1:9/hooks/reports"
-
-
-def _rewrite(path: Path, text: str) -> None:
-    temporary = path.with_suffix(".tmp")
-    temporary.write_text(text, encoding="utf-8")
-    os.replace(temporary, path)
 
 
 def test_secret_files_take_commas_newlines_and_comments() -> None:
@@ -55,15 +49,15 @@ async def test_a_caller_key_rotates_without_a_restart_and_no_valid_request_is_re
         assert first.status_code == 202
         assert await post(new) == 401
         # 第一步：加上新 key，旧的还在——两把都能用
-        _rewrite(path, "acme:new-key\nacme:old-key\n")
+        replace_file(path, "acme:new-key\nacme:old-key\n")
         await asyncio.sleep(0.1)
         assert await post(old) == 202 and await post(new) == 202
         # 写坏的文件（调用方名不合法）：不换，两把照旧能用
-        _rewrite(path, "bad name:new-key\n")
+        replace_file(path, "bad name:new-key\n")
         await asyncio.sleep(0.1)
         assert await post(old) == 202 and await post(new) == 202
         # 第二步：调用方换完了，删掉旧的
-        _rewrite(path, "acme:new-key\n")
+        replace_file(path, "acme:new-key\n")
         await asyncio.sleep(0.1)
         assert await post(old) == 401 and await post(new) == 202
         # 新旧 key 是同一个调用方：旧 key 交的作业用新 key 照样查得到
