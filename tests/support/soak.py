@@ -45,7 +45,6 @@ _KILL_TARGETS = {
     "kill_ingress": "ReportIngress",
     "kill_render": "TemplateRenderer",
     "kill_callback": "CallbackSender",
-    "kill_llm": "FakeLLMServer",
     "kill_ledger": "Ledger",
 }
 # 负载的组成：普通作业、提交后不久取消的、期限比生成短（必然 expired）的
@@ -155,6 +154,7 @@ class Rotation:
         return fault_settings(
             base.log_json_path.parent,
             ledger,
+            base.engine,
             api_keys_file=self.keys_file,
             callback_signing_secret_file=self.secrets_file,
             secret_reload_s=self.reload_s,
@@ -198,7 +198,9 @@ class Chaos:
 
     def _kill(self, kind: str) -> str:
         self._after_restart()
-        self._app.kill_replica(_KILL_TARGETS[kind])
+        self._app.kill_replica(
+            self._app.llm_deployment if kind == "kill_llm" else _KILL_TARGETS[kind]
+        )
         return ""
 
     def _after_restart(self) -> None:
@@ -335,6 +337,7 @@ class Soak:
         quiet_tail_s: float,
         ingress_replicas: int = 2,
         rotate_secrets: bool = True,
+        mean_fault_gap_s: float = 8.0,
     ) -> None:
         self._app = app
         self._seed = seed
@@ -344,7 +347,10 @@ class Soak:
         self._ingress_replicas = ingress_replicas
         self._rng = random.Random(seed)
         self._schedule = fault_schedule(
-            seed, duration_s - quiet_tail_s, postgres=app.postgres is not None
+            seed,
+            duration_s - quiet_tail_s,
+            postgres=app.postgres is not None,
+            mean_gap_s=mean_fault_gap_s,
         )
         active_s = duration_s - quiet_tail_s
         self._rotation: Rotation | None = None
@@ -566,13 +572,17 @@ class Soak:
         return timeline
 
     def _fault_rows(self, delivered: dict[str, list[Any]]) -> list[dict[str, Any]]:
-        """每个故障：开始、结束、跳过的原因、恢复时间（结束 → 之后受理的作业的第一份回调）。"""
+        """每个故障：开始、结束、跳过的原因、恢复时间（结束 → 之后受理的作业第一份成功回调）。
+
+        只看 succeeded：取消与期限到了的回调不经过引擎，引擎还没恢复时它们照样很快。"""
         rows = []
         for record in sorted(self._records, key=lambda r: r.started):
             after = [
                 min(c.received_at for c in delivered[j.trace_id])
                 for j in self.jobs
-                if j.accepted_at >= record.ended and delivered[j.trace_id]
+                if j.accepted_at >= record.ended
+                and delivered[j.trace_id]
+                and delivered[j.trace_id][0].body["status"] == "succeeded"
             ]
             rows.append(
                 {
