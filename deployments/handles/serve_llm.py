@@ -93,7 +93,10 @@ class ServeLLMClient:
     async def generate(self, prompt: RenderedPrompt, *, trace_id: str) -> Completion:
         """生成一份报告。"""
         use_trace_id(trace_id)
-        return await call_with_policy(self._policy, lambda: self._attempt(prompt, trace_id))
+        # 副本在生成中崩溃（或请求在路由器里等被补的副本）：等新副本加载好再重发，不算超时
+        return await call_with_policy(
+            self._policy, lambda: self._attempt(prompt, trace_id), recover=self._gate.wait_replaced
+        )
 
     async def _attempt(self, prompt: RenderedPrompt, trace_id: str) -> Completion:
         request = EngineRequest(

@@ -120,6 +120,18 @@ class ColdStartGate:
         # shield：一个作业被取消（或到期）不打断其他作业共用的等待
         await asyncio.shield(self._warming)
 
+    async def wait_replaced(self) -> bool:
+        """生成失败或超时之后：此刻没有运行中的副本（副本崩溃、Serve 正在补）就等新副本，返回 True；
+        有副本在跑（或读不到副本数）返回 False——失败与副本无关，照原样处理。
+
+        等待与冷启动共用一次（同样受 llm.cold_start_timeout_s 限制）；副本数现读，不用快照。
+        """
+        snapshot = await self.replicas(max_age_s=0)
+        if snapshot is None or snapshot.running > 0:
+            return False
+        await self.wait_warm()
+        return True
+
     async def _cold_start(self) -> None:
         started = time.monotonic()
         limit = self._policy.cold_start_timeout_s

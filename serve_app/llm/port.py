@@ -69,9 +69,16 @@ def _log_retry(state: RetryCallState) -> None:
 
 
 async def call_with_policy(
-    policy: LLMCallPolicy, attempt: Callable[[], Awaitable[Completion]]
+    policy: LLMCallPolicy,
+    attempt: Callable[[], Awaitable[Completion]],
+    recover: Callable[[], Awaitable[bool]] | None = None,
 ) -> Completion:
-    """按策略执行一次生成：每次尝试有超时，瞬时错误指数退避重试；超时不重试。"""
+    """按策略执行一次生成：每次尝试有超时，瞬时错误指数退避重试；超时不重试。
+
+    recover：一次尝试失败或超时之后问一句“是不是 LLM 副本没了、现在等回来了”（集群内引擎：副本崩溃
+    后 Serve 补一个新的，真实引擎要重新加载一分钟量级）。答是就立即重发：等副本的时间不算进
+    timeout_s，这次也不算一次尝试（最多 max_attempts 次）；答否按原来的规则处理。
+    """
     retrying = AsyncRetrying(
         stop=stop_after_attempt(policy.max_attempts),
         wait=wait_exponential(multiplier=policy.initial_backoff_s, max=policy.max_backoff_s)
@@ -81,12 +88,23 @@ async def call_with_policy(
         reraise=True,
     )
 
-    async def timed_attempt() -> Completion:
+    async def once() -> Completion:
         try:
             async with asyncio.timeout(policy.timeout_s):
                 return await attempt()
         except TimeoutError as exc:
             raise LLMTimeout(f"生成超过 {policy.timeout_s:g} 秒未完成") from exc
+
+    async def timed_attempt() -> Completion:
+        recoveries = 0
+        while True:
+            try:
+                return await once()
+            except (LLMTimeout, TransientLLMError) as exc:
+                if recover is None or recoveries >= policy.max_attempts or not await recover():
+                    raise
+                recoveries += 1
+                logger.warning("LLM 副本换过了（之前：{!r}）：在新副本上重发", exc)
 
     result: Completion = await retrying(timed_attempt)
     return result

@@ -9,7 +9,13 @@ from datetime import UTC, datetime
 
 from loguru import logger
 
-from serve_app.core.errors import InvalidOutput, LLMError, OutputTruncated, error_info
+from serve_app.core.errors import (
+    InvalidOutput,
+    LedgerUnavailable,
+    LLMError,
+    OutputTruncated,
+    error_info,
+)
 from serve_app.core.metrics import ReportMetrics
 from serve_app.ledger.records import JobState
 from serve_app.llm.port import LLMClient
@@ -101,9 +107,11 @@ class ReportPipeline:
                 on_stage(JobState.GENERATING),
                 self._timed("generate", job, self._generate_checked(job, prompt)),
             )
-        except StageInterrupted:
+        except (StageInterrupted, LedgerUnavailable):
+            # 账本暂不可用（推进阶段写不进去）不是作业的错：不出 failed 结果，由执行器中断本次
+            # 执行、租约到期后重跑（chaos soak 找到的：Ledger 副本重启时作业曾以 failed 结束）
             raise
-        except Exception as exc:  # noqa: BLE001 - 任何失败都必须变成 failed 回调
+        except Exception as exc:  # noqa: BLE001 - 其余任何失败都必须变成 failed 回调
             code, message = error_info(exc)
             logger.exception("作业失败：{} - {}", code, message)
             return CallbackPayload.failed(job, code, message)

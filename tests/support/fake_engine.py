@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import time
 
 from ray import serve
 from ray.serve.deployment import Deployment
@@ -25,7 +26,9 @@ _SLEEP = re.compile(r"\[\[sleep:([\d.]+)\]\]")
 class FakeLLMServer:
     """不加载模型的 LLM 副本替身。"""
 
-    def __init__(self, model_id: str) -> None:
+    def __init__(self, model_id: str, startup_s: float = 0.0) -> None:
+        # 真实引擎的副本要加载模型（CPU 上一分钟量级）：startup_s 模仿它（被杀后补的副本也一样）
+        time.sleep(startup_s)
         self._model_id = model_id
         self.calls = 0
         self.cancelled = 0

@@ -158,13 +158,19 @@ class FaultApp:
         return "FakeLLMServer"
 
     def deploy(
-        self, ingress_replicas: int = 1, ingress_autoscaling: dict[str, Any] | None = None
+        self,
+        ingress_replicas: int = 1,
+        ingress_autoscaling: dict[str, Any] | None = None,
+        llm_startup_s: float = 0.0,
     ) -> None:
-        """部署（或就地更新）应用：入口固定副本数，或按 ingress_autoscaling 扩缩。"""
+        """部署（或就地更新）应用：入口固定副本数，或按 ingress_autoscaling 扩缩。
+
+        llm_startup_s：假引擎副本启动（含被杀后补上）要多久，模仿真实引擎加载模型。
+        """
         llm = (
             build_llm_server(self.settings.engine)
             if self.real_engine
-            else fake_llm_deployment.bind(self.settings.engine.model_id)
+            else fake_llm_deployment.bind(self.settings.engine.model_id, llm_startup_s)
         )
         app = compose_app(
             self.settings,

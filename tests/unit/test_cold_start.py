@@ -14,7 +14,8 @@ import pytest
 from serve_app.core.errors import LLMTimeout
 from serve_app.core.settings import LLMCallPolicy
 from serve_app.llm.cold_start import ColdStartGate, ReplicaSnapshot
-from serve_app.llm.port import EngineState
+from serve_app.llm.port import EngineState, TransientLLMError, call_with_policy
+from serve_app.models.reports import Completion, Usage
 from tests.support.harness import Harness
 from tests.support.metrics import RecordingMetricFactory
 from tests.support.sample import sales_request
@@ -230,3 +231,106 @@ async def test_readyz_body_is_in_the_openapi_contract(cold: Harness) -> None:
         "warm",
         "cold",
     }
+
+
+# ---- 副本在生成中被换掉（崩溃后 Serve 补一个新的；真实引擎要重新加载一分钟量级） ----
+
+
+async def test_a_failure_with_a_running_replica_is_not_a_replacement() -> None:
+    deployment, recorder = FakeDeployment(WARM), RecordingMetricFactory()
+    gate = _gate(deployment, recorder)
+    assert await gate.wait_replaced() is False
+    # 现读副本数（不用快照），不发健康检查
+    assert deployment.reads == 1 and deployment.answers == 0
+    assert await gate.wait_replaced() is False
+    assert deployment.reads == 2
+
+
+async def test_a_failure_with_no_running_replica_waits_for_the_new_one() -> None:
+    deployment, recorder = FakeDeployment(ZERO), RecordingMetricFactory()
+    gate = _gate(deployment, recorder)
+    waiters = [asyncio.create_task(gate.wait_replaced()) for _ in range(3)]
+
+    async def asked() -> bool:
+        return deployment.answers == 1
+
+    await wait_until_async(asked, what="健康检查发出", timeout_s=2, interval_s=0.01)
+    assert not any(w.done() for w in waiters)
+    deployment.scale_up()
+    assert await asyncio.gather(*waiters) == [True, True, True]
+    # 三个作业共用一次等待
+    assert deployment.answers == 1
+
+
+def _policy(**fields: float) -> LLMCallPolicy:
+    return LLMCallPolicy.model_validate(
+        {"timeout_s": 0.2, "max_attempts": 2, "initial_backoff_s": 0.01, "max_backoff_s": 0.02}
+        | fields
+    )
+
+
+async def test_a_timeout_while_the_replica_is_replaced_is_retried_without_counting() -> None:
+    attempts: list[float] = []
+    recoveries = 0
+
+    async def attempt() -> Completion:
+        attempts.append(asyncio.get_running_loop().time())
+        if len(attempts) == 1:
+            await asyncio.sleep(10)  # 请求在路由器里等一个还没加载好的副本：超时
+        return Completion(
+            content="ok",
+            model="m",
+            finish_reason="stop",
+            usage=Usage(prompt_tokens=1, completion_tokens=1),
+        )
+
+    async def recover() -> bool:
+        nonlocal recoveries
+        recoveries += 1
+        await asyncio.sleep(0.5)  # 等新副本：比 timeout_s 长，不算进超时
+        return True
+
+    result = await call_with_policy(_policy(), attempt, recover)
+    assert result.content == "ok"
+    assert len(attempts) == 2 and recoveries == 1
+
+
+async def test_without_a_replacement_a_timeout_still_fails_and_transients_still_back_off() -> None:
+    async def slow() -> Completion:
+        await asyncio.sleep(10)
+        raise AssertionError("不该走到这里")
+
+    async def no() -> bool:
+        return False
+
+    with pytest.raises(LLMTimeout):
+        await call_with_policy(_policy(), slow, no)
+
+    calls = 0
+
+    async def flaky() -> Completion:
+        nonlocal calls
+        calls += 1
+        raise TransientLLMError("503")
+
+    with pytest.raises(TransientLLMError):
+        await call_with_policy(_policy(max_attempts=3), flaky, no)
+    assert calls == 3
+
+
+async def test_replacements_are_bounded_by_max_attempts() -> None:
+    calls = 0
+
+    async def never() -> Completion:
+        nonlocal calls
+        calls += 1
+        await asyncio.sleep(10)
+        raise AssertionError("不该走到这里")
+
+    async def yes() -> bool:
+        return True
+
+    with pytest.raises(LLMTimeout):
+        await call_with_policy(_policy(max_attempts=2), never, yes)
+    # 一次尝试 + 最多 max_attempts 次换副本后的重发
+    assert calls == 3

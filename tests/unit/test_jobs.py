@@ -301,3 +301,31 @@ async def test_runner_purges_finished_jobs_after_retention_off_the_request_path(
             assert (await _status(client, running))["status"] in {"rendering", "generating"}
     finally:
         await h.aclose()
+
+
+async def test_a_ledger_outage_mid_job_reruns_it_instead_of_failing_it(
+    client: httpx.AsyncClient, harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """账本在作业中途暂不可用（推进阶段写不进去）：不出 failed 结果；租约到期后重跑、成功。
+
+    chaos soak 在真实引擎上找到的：Ledger 副本重启那几秒里的作业以 ledger_unavailable 失败。
+    """
+    real_advance = harness.store.advance
+    failures = 0
+
+    async def flaky(*args: Any) -> Any:
+        nonlocal failures
+        if failures == 0:
+            failures += 1
+            raise LedgerUnavailable("作业账本暂不可用（advance）")
+        return await real_advance(*args)
+
+    monkeypatch.setattr(harness.store, "advance", flaky)
+    trace_id = await _submit(client)
+    await _wait_sent(harness, 1)
+    [(_, payload)] = harness.delivery.sent
+    assert payload.status == "succeeded" and failures == 1
+    body = await _status(client, trace_id)
+    assert body["status"] == "succeeded"
+    # 第二次执行（租约到期后领取）才成功
+    assert [h["state"] for h in body["history"]].count("rendering") == 1
