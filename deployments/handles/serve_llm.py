@@ -11,7 +11,7 @@ from ray import serve
 from ray.serve.handle import DeploymentHandle, DeploymentResponse
 from tenacity import AsyncRetrying, retry_if_exception_type, wait_exponential
 
-from deployments.handles.ray_errors import TRANSIENT_HANDLE_ERRORS
+from deployments.handles.ray_errors import REPLICA_LOST_ERRORS, TRANSIENT_HANDLE_ERRORS
 from deployments.handles.request_context import use_trace_id
 from serve_app.core.errors import LLMError
 from serve_app.core.metrics import ReportMetrics
@@ -115,6 +115,8 @@ class ServeLLMClient:
         try:
             reply: object = await response
         except TRANSIENT_HANDLE_ERRORS as exc:
+            if isinstance(exc, REPLICA_LOST_ERRORS):
+                self._gate.note_replica_lost()
             raise TransientLLMError(f"LLM 副本暂不可用：{type(exc).__name__}") from exc
         except asyncio.CancelledError:
             # 超时或作业取消：让 Serve 把取消传到副本，vLLM 随之中止生成

@@ -26,6 +26,10 @@ SNAPSHOT_MAX_AGE_S = 1.0
 REPLICA_POLL_S = 5.0
 # 这些部署状态下零个副本也能接活：来了请求 Serve 会把它从零扩起来
 SCALABLE_STATUSES = frozenset({"HEALTHY", "UPSCALING", "DOWNSCALING"})
+# 入口发现副本死了（ActorDiedError）之后，控制器要过一阵才把它从 RUNNING 里去掉（实测约 8 s）：
+# 这段时间内的失败与超时按“副本正在被换”处理，等控制器记下再重发
+LOSS_GRACE_S = 30.0
+LOSS_POLL_S = 0.5
 
 
 @dataclass(frozen=True)
@@ -59,6 +63,7 @@ class ColdStartGate:
         self._snapshot_lock = asyncio.Lock()
         self._warming: asyncio.Task[None] | None = None
         self._watch: asyncio.Task[None] | None = None
+        self._lost_at = float("-inf")
 
     def start(self) -> None:
         """启动副本数的定时刷新（须在事件循环内调用；重复调用无副作用）。"""
@@ -120,13 +125,34 @@ class ColdStartGate:
         # shield：一个作业被取消（或到期）不打断其他作业共用的等待
         await asyncio.shield(self._warming)
 
-    async def wait_replaced(self) -> bool:
-        """生成失败或超时之后：此刻没有运行中的副本（副本崩溃、Serve 正在补）就等新副本，返回 True；
-        有副本在跑（或读不到副本数）返回 False——失败与副本无关，照原样处理。
+    def note_replica_lost(self) -> None:
+        """一次生成撞上了死掉的副本（调用方从 Ray 的异常知道）：LOSS_GRACE_S 内的失败都等副本。"""
+        self._lost_at = asyncio.get_running_loop().time()
 
-        等待与冷启动共用一次（同样受 llm.cold_start_timeout_s 限制）；副本数现读，不用快照。
+    async def wait_replaced(self) -> bool:
+        """生成失败或超时之后：副本没了、Serve 正在补，就等新副本，返回 True；
+        失败与副本无关（有副本在跑、最近没见副本死）返回 False，照原样处理。
+
+        刚见过副本死（note_replica_lost）时控制器可能还把它算作 RUNNING：先等控制器记下
+        （运行数为 0 或开始补副本，最多 LOSS_GRACE_S），再看要不要等冷启动；返回 True。
+        等待与冷启动共用一次（同样受 llm.cold_start_timeout_s 限制）；副本数现读，不用旧快照。
         """
+        loop = asyncio.get_running_loop()
         snapshot = await self.replicas(max_age_s=0)
+        if loop.time() - self._lost_at <= LOSS_GRACE_S:
+            deadline = self._lost_at + LOSS_GRACE_S
+            while (
+                snapshot is not None
+                and snapshot.running > 0
+                and snapshot.starting == 0
+                and loop.time() < deadline
+            ):
+                await asyncio.sleep(LOSS_POLL_S)
+                # 等着的作业共用一次读（过期才重读）
+                snapshot = await self.replicas(max_age_s=LOSS_POLL_S / 2)
+            if snapshot is not None and snapshot.running == 0:
+                await self.wait_warm()
+            return True
         if snapshot is None or snapshot.running > 0:
             return False
         await self.wait_warm()

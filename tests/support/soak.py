@@ -298,6 +298,8 @@ class SoakReport:
     exactly_once_violations: int
     inconsistent: int
     refused_4xx: int
+    # 重交了 SUBMIT_PATIENCE_S 仍没被受理（一直 429 / 5xx / 连不上）而放弃的提交：没受理，不算丢
+    gave_up: int
     # 轮换时：验不过新旧任何一把的回调数；删掉旧密钥之后没有新密钥签名的回调数
     signature_failures: int
     unsigned_by_new_after_drop: int
@@ -314,6 +316,7 @@ class SoakReport:
             f"duplicates={self.duplicates} ({self.duplicate_share:.1%}) "
             f"exactly-once violations={self.exactly_once_violations} "
             f"inconsistent={self.inconsistent} refused={self.refused_4xx} "
+            f"gave_up={self.gave_up} "
             f"signature failures={self.signature_failures}"
             f"/{self.unsigned_by_new_after_drop} p50/p99 {self.accept_to_callback_p50_s:.1f}/"
             f"{self.accept_to_callback_p99_s:.1f}s faults={len(self.faults)}"
@@ -364,6 +367,7 @@ class Soak:
             ]
         self.jobs: list[SoakJob] = []
         self.refused_4xx = 0
+        self.gave_up = 0
         self._records: list[FaultRecord] = []
         self._lock = threading.Lock()
 
@@ -447,9 +451,10 @@ class Soak:
     async def _retrying(
         self, client: httpx.AsyncClient, method: str, path: str, **kwargs: Any
     ) -> str | None:
-        """发到受理为止（最多 SUBMIT_PATIENCE_S 秒）；返回 trace_id。
+        """发到受理为止（最多 SUBMIT_PATIENCE_S 秒）；返回 trace_id，没受理返回 None。
 
-        4xx（除 409、429 与整体重启时代理的 404）记为被拒。"""
+        4xx（除 409、429 与整体重启时代理的 404）记为被拒；重交到时限仍没受理记为放弃
+        （像 backend B 那样报给自己的运维，不让整个 soak 停下）。"""
         deadline = time.monotonic() + SUBMIT_PATIENCE_S
         extra_headers: dict[str, str] = dict(kwargs.pop("headers", {}))
         while time.monotonic() < deadline:
@@ -479,7 +484,10 @@ class Soak:
             with self._lock:
                 self.refused_4xx += 1
             return None
-        raise TimeoutError(f"{method} {path} {SUBMIT_PATIENCE_S} 秒内没有被受理")
+        logger.error("soak：{} {} {} 秒内没有被受理，放弃", method, path, SUBMIT_PATIENCE_S)
+        with self._lock:
+            self.gave_up += 1
+        return None
 
     # ---- 对账 ----
 
@@ -533,6 +541,7 @@ class Soak:
             exactly_once_violations=violations,
             inconsistent=inconsistent,
             refused_4xx=self.refused_4xx,
+            gave_up=self.gave_up,
             signature_failures=signature_failures,
             unsigned_by_new_after_drop=unsigned_after_drop,
             accept_to_callback_p50_s=statistics.median(latencies) if latencies else 0.0,

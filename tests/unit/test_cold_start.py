@@ -13,6 +13,7 @@ import pytest
 
 from serve_app.core.errors import LLMTimeout
 from serve_app.core.settings import LLMCallPolicy
+from serve_app.llm import cold_start
 from serve_app.llm.cold_start import ColdStartGate, ReplicaSnapshot
 from serve_app.llm.port import EngineState, TransientLLMError, call_with_policy
 from serve_app.models.reports import Completion, Usage
@@ -260,6 +261,50 @@ async def test_a_failure_with_no_running_replica_waits_for_the_new_one() -> None
     assert await asyncio.gather(*waiters) == [True, True, True]
     # 三个作业共用一次等待
     assert deployment.answers == 1
+
+
+async def test_after_a_replica_death_the_gate_waits_for_the_controller_to_notice(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """CI 上复现的：入口已从 ActorDiedError 知道副本死了，控制器还把它算作 RUNNING 好几秒。"""
+    monkeypatch.setattr(cold_start, "LOSS_POLL_S", 0.01)
+    deployment, recorder = FakeDeployment(WARM), RecordingMetricFactory()
+    gate = _gate(deployment, recorder)
+    gate.note_replica_lost()
+    waiter = asyncio.create_task(gate.wait_replaced())
+    await asyncio.sleep(0.1)
+    assert not waiter.done() and deployment.answers == 0
+    deployment.snapshot = ReplicaSnapshot(status="UNHEALTHY", running=0, starting=1)
+
+    async def asked() -> bool:
+        return deployment.answers == 1
+
+    # 控制器记下之后：等新副本加载好（共用的冷启动等待）
+    await wait_until_async(asked, what="健康检查发出", timeout_s=2, interval_s=0.01)
+    assert not waiter.done()
+    deployment.scale_up()
+    assert await waiter is True
+
+
+async def test_a_death_with_another_replica_running_resends_at_once_and_is_forgotten_later(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(cold_start, "LOSS_POLL_S", 0.01)
+    monkeypatch.setattr(cold_start, "LOSS_GRACE_S", 0.2)
+    deployment = FakeDeployment(ReplicaSnapshot(status="UPSCALING", running=1, starting=1))
+    recorder = RecordingMetricFactory()
+    gate = _gate(deployment, recorder)
+    gate.note_replica_lost()
+    # 还有一个副本在跑、控制器已在补：立即重发（不等冷启动）
+    assert await gate.wait_replaced() is True
+    assert deployment.answers == 0
+    # 控制器始终没记下：等满宽限期后也重发
+    deployment.snapshot = WARM
+    gate.note_replica_lost()
+    assert await gate.wait_replaced() is True
+    # 宽限期过后的失败与副本无关
+    await asyncio.sleep(0.25)
+    assert await gate.wait_replaced() is False
 
 
 def _policy(**fields: float) -> LLMCallPolicy:
