@@ -1,7 +1,8 @@
-"""cluster/build_tiny_model.py 的标准输出只有模型路径（local_run.sh 用 `$(…)` 取它）。
+"""cluster/build_tiny_model.py：标准输出只有模型路径（local_run.sh 用 `$(…)` 取它）；生成的模型
+第一个 token 几乎不可能是结束符或空白（正文总是非空）。
 
 回归：tokenizers 的训练进度曾写进标准输出，路径变成 '\\n\\n\\n.cache/tiny-model'，
-每个新克隆的第一次 `make run` 都部署失败。
+每个新克隆的第一次 `make run` 都部署失败。chaos soak 在真实引擎上撞上过空正文（llm_error）。
 """
 
 from __future__ import annotations
@@ -42,3 +43,31 @@ def test_a_model_from_an_older_builder_is_rebuilt(tmp_path: Path) -> None:
     marker.write_text('{"note": "旧版本没有 version 字段"}', encoding="utf-8")
     _build(output)
     assert json.loads(marker.read_text(encoding="utf-8"))["version"] >= 2
+
+
+def test_the_first_token_is_almost_never_blank_or_end_of_text(tmp_path: Path) -> None:
+    """只把它们的输出权重置零时，temperature 0.1 下第一个 token 是结束符或空白的概率约 0.3%
+    （三千份里约十份空正文）；加上负偏置后在 temperature 1 下也低于 1e-5。"""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    output = tmp_path / "tiny-model"
+    _build(output)
+    tokenizer = AutoTokenizer.from_pretrained(str(output))
+    model = AutoModelForCausalLM.from_pretrained(str(output))
+    blank = [
+        i
+        for i in range(len(tokenizer))
+        if i in tokenizer.all_special_ids or not tokenizer.decode([i]).strip()
+    ]
+    assert tokenizer.eos_token_id in blank
+    for prompt in ("写一份销售周报", "[[sleep:1]]", "Summarize the quarter"):
+        ids = tokenizer.apply_chat_template(
+            [{"role": "user", "content": prompt}],
+            add_generation_prompt=True,
+            return_tensors="pt",
+            return_dict=True,
+        )["input_ids"]
+        with torch.no_grad():
+            logits = model(ids).logits[0, -1]
+        assert torch.softmax(logits, -1)[blank].sum().item() < 1e-5, prompt
