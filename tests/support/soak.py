@@ -34,7 +34,7 @@ import httpx
 from loguru import logger
 from standardwebhooks.webhooks import Webhook
 
-from serve_app.core.settings import Settings
+from serve_app.core.settings import JobPolicy, Settings
 from tests.support.fault_app import LEASE_S, TERMINAL, FaultApp, fault_settings
 from tests.support.files import replace_file
 
@@ -53,6 +53,8 @@ PRIORITIES = ("high", "normal", "normal", "low")
 # 客户端（backend B）对一次提交最多重交多久：整体重启后积压的重交会撞上排队上限
 # （429 + Retry-After），要等积压消化
 SUBMIT_PATIENCE_S = 300
+# soak 的排队上限：产品的默认值（见 Soak.run）
+SOAK_MAX_ACTIVE_JOBS: int = JobPolicy.model_fields["max_active_jobs"].default
 
 
 @dataclass(frozen=True)
@@ -374,8 +376,11 @@ class Soak:
     def run(self, drain_timeout_s: float = 300) -> SoakReport:
         """部署（入口 ingress_replicas 个）、跑负载与故障、等所有作业都有回调，然后对账。"""
         original = self._app.settings
-        if self._rotation is not None:
-            self._app.settings = self._rotation.settings(original)
+        settings = original if self._rotation is None else self._rotation.settings(original)
+        # 排队上限用产品的默认值：故障层的 60 是为了测 429，soak 里引擎停几分钟（真实引擎被杀后
+        # 重新加载、整体重启）时 60 份很快排满，客户端一直吃 429、重交到放弃；持久的队列应当接下来
+        jobs = settings.jobs.model_copy(update={"max_active_jobs": SOAK_MAX_ACTIVE_JOBS})
+        self._app.settings = settings.model_copy(update={"jobs": jobs})
         try:
             return self._run(drain_timeout_s)
         finally:
