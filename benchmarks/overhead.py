@@ -369,19 +369,16 @@ def _pipeline(
     ingress_replicas: int | None = None,
     handle_transport: str = "grpc",
     serve_mode: str = "throughput",
-    admit_in_flight: int = 1,
 ) -> Iterator[dict[str, list[psutil.Process]]]:
     """make run 的方式起流水线（外部引擎模式）；ledger_url 给出时账本用 Postgres。
 
     handle_transport：入口 → 渲染 / 回调 / 账本的句柄传输（Settings.handle_transport）；
-    serve_mode：SERVE_MODES 里的一组 Serve 环境变量；
-    admit_in_flight：受理的账本调用那条道的在途批数（JobPolicy.admit_in_flight，0 = 与后台同道）。
+    serve_mode：SERVE_MODES 里的一组 Serve 环境变量。
     """
     env = {
         **os.environ,
         **SERVE_MODES[serve_mode],
         "REPORTS_HANDLE_TRANSPORT": handle_transport,
-        "REPORTS_JOBS__ADMIT_IN_FLIGHT": str(admit_in_flight),
         "SERVE_CONFIG": str(_pipeline_config(ingress_replicas).relative_to(PROJECT_ROOT)),
         "VLLM_API_URL": engine_url,
         "REPORTS_ENGINE__MODEL_SOURCE": "unused-in-external-mode",
@@ -515,12 +512,6 @@ def main(argv: list[str] | None = None) -> int:
         "多于一种时系统名加上模式，如 pipeline-throughput）",
     )
     parser.add_argument(
-        "--admit-lanes",
-        default="1",
-        help="pipeline 这一组受理的账本调用自己那条道的在途批数，逗号分隔（如 0,1：0 = 与后台作业"
-        "同道；多于一种时系统名加上 admit<N>）",
-    )
-    parser.add_argument(
         "--flame",
         type=int,
         default=0,
@@ -552,18 +543,14 @@ def main(argv: list[str] | None = None) -> int:
         if "pipeline" in systems:
             transports = args.handle_transport.split(",")
             modes = args.serve_mode.split(",")
-            lanes = [int(n) for n in args.admit_lanes.split(",")]
-            for mode, transport, lane in itertools.product(modes, transports, lanes):
-                # 只测一种传输、一种模式、一种受理道时系统名仍是 pipeline（与以前的结果可比）
+            for mode, transport in itertools.product(modes, transports):
+                # 只测一种传输、一种模式时系统名仍是 pipeline（与以前的结果可比）
                 name = "-".join(
                     ["pipeline"]
                     + ([transport] if len(transports) > 1 else [])
                     + ([mode] if len(modes) > 1 else [])
-                    + ([f"admit{lane}"] if len(lanes) > 1 else [])
                 )
-                with _pipeline(
-                    engine_url, handle_transport=transport, serve_mode=mode, admit_in_flight=lane
-                ) as replicas:
+                with _pipeline(engine_url, handle_transport=transport, serve_mode=mode) as replicas:
                     replicas["engine"] = [psutil.Process(engine.pid)]
                     for level in levels:
                         count = _reports_at(level, args.reports)

@@ -17,7 +17,7 @@ from deployments.handles.ray_errors import TRANSIENT_HANDLE_ERRORS, handle_retry
 from serve_app.core.errors import LedgerUnavailable
 from serve_app.core.settings import JobPolicy
 from serve_app.ledger.call_batcher import Call, CallBatcher, Outcome
-from serve_app.ledger.store import OPERATIONS, URGENT_OPERATIONS, JobStore
+from serve_app.ledger.store import OPERATIONS, JobStore
 
 # 重试用尽后仍是这些异常：账本不可用
 _UNAVAILABLE: tuple[type[Exception], ...] = (*TRANSIENT_HANDLE_ERRORS, TimeoutError)
@@ -29,9 +29,7 @@ class LedgerClient:
     def __init__(self, handle: DeploymentHandle[Any], policy: JobPolicy) -> None:
         self._handle = handle
         self._timeout_s = policy.ledger_call_timeout_s
-        self.batcher = CallBatcher(
-            self._apply, urgent=URGENT_OPERATIONS, urgent_in_flight=policy.admit_in_flight
-        )
+        self.batcher = CallBatcher(self._apply)
 
     def __getattr__(self, op: str) -> Callable[..., Awaitable[Any]]:
         if op not in OPERATIONS:

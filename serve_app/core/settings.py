@@ -222,13 +222,6 @@ class JobPolicy(_Strict):
         24 * 3600.0, gt=0, description="从首次投递失败起，超过这么久仍未送达即标记 undelivered"
     )
     ledger_call_timeout_s: float = Field(10.0, gt=0, description="单次账本调用的超时")
-    admit_in_flight: int = Field(
-        1,
-        ge=0,
-        le=8,
-        description="受理（202 在等它）的账本调用自己一条道，最多这么多批在途，不排在后台作业的"
-        "批次后面；0 = 与后台作业同道",
-    )
     retention_days: float = Field(
         7.0, gt=0, description="已结束的作业（终态且回调已送达或已放弃）保留的天数，之后清除"
     )

@@ -8,9 +8,7 @@
 from __future__ import annotations
 
 import asyncio
-import functools
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 # 一次调用：(方法名, 参数)；一个结果：(是否成功, 返回值或异常)
@@ -19,37 +17,16 @@ Outcome = tuple[bool, Any]
 SendBatch = Callable[[list[Call]], Awaitable[list[Outcome]]]
 
 
-@dataclass
-class _Lane:
-    """一条发送道：排队的调用、在途的批次与上限。"""
-
-    max_in_flight: int
-    queue: list[tuple[Call, asyncio.Future[Any]]] = field(default_factory=list)
-    in_flight: set[asyncio.Task[None]] = field(default_factory=set)
-    scheduled: bool = False
-
-
 class CallBatcher:
-    """合并并发调用；send 把一批调用一次发出，按顺序返回各自的结果。
+    """合并并发调用；send 把一批调用一次发出，按顺序返回各自的结果。"""
 
-    urgent 里的方法（受理：202 在等它）走自己的一条道，最多 urgent_in_flight 批在途：不排在后台
-    作业的批次后面等在途名额。urgent_in_flight 为 0 时与其余调用同道。
-    """
-
-    def __init__(
-        self,
-        send: SendBatch,
-        *,
-        max_in_flight: int = 2,
-        max_batch: int = 256,
-        urgent: frozenset[str] = frozenset(),
-        urgent_in_flight: int = 1,
-    ) -> None:
+    def __init__(self, send: SendBatch, *, max_in_flight: int = 2, max_batch: int = 256) -> None:
         self._send = send
+        self._max_in_flight = max_in_flight
         self._max_batch = max_batch
-        self._normal = _Lane(max_in_flight)
-        self._urgent = _Lane(urgent_in_flight) if urgent and urgent_in_flight > 0 else None
-        self._urgent_methods = urgent
+        self._queue: list[tuple[Call, asyncio.Future[Any]]] = []
+        self._in_flight: set[asyncio.Task[None]] = set()
+        self._scheduled = False
         # 统计：发出的批次与调用（测试与基准读它）
         self.batches = 0
         self.calls = 0
@@ -58,34 +35,31 @@ class CallBatcher:
         """排入下一批并等它的结果（失败时抛出该调用自己的异常，或整批的异常）。"""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Any] = loop.create_future()
-        lane = self._normal
-        if self._urgent is not None and method in self._urgent_methods:
-            lane = self._urgent
-        lane.queue.append(((method, args), future))
-        self._schedule(lane, loop)
+        self._queue.append(((method, args), future))
+        self._schedule(loop)
         return await future
 
-    def _schedule(self, lane: _Lane, loop: asyncio.AbstractEventLoop) -> None:
-        if lane.scheduled or not lane.queue or len(lane.in_flight) >= lane.max_in_flight:
+    def _schedule(self, loop: asyncio.AbstractEventLoop) -> None:
+        if self._scheduled or not self._queue or len(self._in_flight) >= self._max_in_flight:
             return
-        lane.scheduled = True
-        loop.call_soon(self._launch, lane)
+        self._scheduled = True
+        loop.call_soon(self._launch)
 
-    def _launch(self, lane: _Lane) -> None:
-        lane.scheduled = False
-        while lane.queue and len(lane.in_flight) < lane.max_in_flight:
+    def _launch(self) -> None:
+        self._scheduled = False
+        while self._queue and len(self._in_flight) < self._max_in_flight:
             # 调用方已放弃（取消）的不再发出
-            live = [(c, f) for c, f in lane.queue[: self._max_batch] if not f.done()]
-            del lane.queue[: self._max_batch]
+            live = [(c, f) for c, f in self._queue[: self._max_batch] if not f.done()]
+            del self._queue[: self._max_batch]
             if not live:
                 continue
             task = asyncio.create_task(self._send_batch(live), name="ledger-batch")
-            lane.in_flight.add(task)
-            task.add_done_callback(functools.partial(self._finished, lane))
+            self._in_flight.add(task)
+            task.add_done_callback(self._finished)
 
-    def _finished(self, lane: _Lane, task: asyncio.Task[None]) -> None:
-        lane.in_flight.discard(task)
-        self._schedule(lane, asyncio.get_running_loop())
+    def _finished(self, task: asyncio.Task[None]) -> None:
+        self._in_flight.discard(task)
+        self._schedule(asyncio.get_running_loop())
 
     async def _send_batch(self, batch: list[tuple[Call, asyncio.Future[Any]]]) -> None:
         self.batches += 1

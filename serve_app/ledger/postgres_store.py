@@ -38,12 +38,7 @@ from serve_app.ledger.records import (
 )
 from serve_app.ledger.rows import COUNTS_SQL, record_from_row
 from serve_app.ledger.rules import AdvanceResult
-from serve_app.ledger.store import (
-    URGENT_OPERATIONS,
-    HeartbeatReply,
-    IdempotencyKey,
-    LedgerCounts,
-)
+from serve_app.ledger.store import HeartbeatReply, IdempotencyKey, LedgerCounts
 from serve_app.models.reports import CallbackPayload, DeliveryOutcome, ReportJob
 
 _PRODUCING = [str(s) for s in PRODUCING_STATES]
@@ -72,13 +67,7 @@ class PostgresJobStore:
         )
         # 本副本最近写成或读到的行与解析好的作业（见 postgres_memory；_current_rows 先查它）
         self._memory = RowMemory(_REMEMBERED_ROWS)
-        self._batcher = CallBatcher(
-            self._apply,
-            max_in_flight=4,
-            max_batch=256,
-            urgent=URGENT_OPERATIONS,
-            urgent_in_flight=policy.admit_in_flight,
-        )
+        self._batcher = CallBatcher(self._apply, max_in_flight=4, max_batch=256)
         # 判定层（与 SQLite 账本共用）；作业从记住的解析结果取
         self._decide = Decisions(policy, job_of=self._memory.job_of)
 

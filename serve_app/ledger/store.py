@@ -142,5 +142,3 @@ OPERATIONS: frozenset[str] = frozenset(
     for name, member in vars(JobStore).items()
     if inspect.iscoroutinefunction(member) and not name.startswith("_") and name not in _LIFECYCLE
 )
-# 调用方在等的操作（受理：202 在等它）：合批时走自己的一条道（JobPolicy.admit_in_flight）
-URGENT_OPERATIONS: frozenset[str] = frozenset({"admit"}) & OPERATIONS

@@ -79,29 +79,3 @@ async def test_a_cancelled_caller_is_not_sent() -> None:
     with pytest.raises(asyncio.CancelledError):
         await dropped
     assert remote.batches == [[("get", (1,))], [("get", (3,))]]
-
-
-@pytest.mark.parametrize("urgent_in_flight", [1, 0])
-async def test_admissions_do_not_wait_behind_background_batches(urgent_in_flight: int) -> None:
-    """受理（202 在等）自己一条道：后台批次占满在途名额时照样立即发出；0 = 同道排队。"""
-    remote = _Remote(delay_s=0.2)
-    batcher = CallBatcher(
-        remote.send,
-        max_in_flight=1,
-        urgent=frozenset({"admit"}),
-        urgent_in_flight=urgent_in_flight,
-    )
-    background = asyncio.create_task(batcher.call("advance", 1))
-    await asyncio.sleep(0.01)  # 后台一批在途，名额占满
-    queued = asyncio.create_task(batcher.call("advance", 2))
-    await asyncio.sleep(0)  # 它先排进队
-    started = asyncio.get_running_loop().time()
-    assert await batcher.call("admit", "t") == ("admit", "t")
-    waited = asyncio.get_running_loop().time() - started
-    await asyncio.gather(background, queued)
-    if urgent_in_flight:
-        assert waited < 0.3  # 只等自己这一批
-        assert remote.batches[1] == [("admit", ("t",))]
-    else:
-        assert waited >= 0.35  # 等在途的一批返回，再与排队的一起发
-        assert remote.batches[1] == [("advance", (2,)), ("admit", ("t",))]
