@@ -64,6 +64,8 @@ class ColdStartGate:
         self._warming: asyncio.Task[None] | None = None
         self._watch: asyncio.Task[None] | None = None
         self._lost_at = float("-inf")
+        # 最近一次读到“没有运行中的副本”的时刻（定时刷新每 REPLICA_POLL_S 秒读一次）
+        self._zero_seen_at = float("-inf")
 
     def start(self) -> None:
         """启动副本数的定时刷新（须在事件循环内调用；重复调用无副作用）。"""
@@ -90,6 +92,8 @@ class ColdStartGate:
                 logger.warning("读取 {} 副本数失败：{!r}", self._what, exc)
                 return None
             self._snapshot, self._snapshot_at = snapshot, loop.time()
+            if snapshot.running == 0:
+                self._zero_seen_at = self._snapshot_at
         self._metrics.llm_replicas.set(snapshot.running, {"kind": "running"})
         self._metrics.llm_replicas.set(snapshot.starting, {"kind": "starting"})
         return snapshot
@@ -130,12 +134,15 @@ class ColdStartGate:
         self._lost_at = asyncio.get_running_loop().time()
 
     async def wait_replaced(self) -> bool:
-        """生成失败或超时之后：副本没了、Serve 正在补，就等新副本，返回 True；
-        失败与副本无关（有副本在跑、最近没见副本死）返回 False，照原样处理。
+        """生成失败或超时之后：副本没了、Serve 正在补（或刚补上），返回 True（没了就先等新副本）；
+        失败与副本无关返回 False，照原样处理。三种情形算“副本换过”：
 
-        刚见过副本死（note_replica_lost）时控制器可能还把它算作 RUNNING：先等控制器记下
-        （运行数为 0 或开始补副本，最多 LOSS_GRACE_S），再看要不要等冷启动；返回 True。
-        等待与冷启动共用一次（同样受 llm.cold_start_timeout_s 限制）；副本数现读，不用旧快照。
+        - 刚见过副本死（note_replica_lost）：控制器可能还把它算作 RUNNING，先等它记下（运行数为 0 或
+          开始补副本，最多 LOSS_GRACE_S），再看要不要等新副本；
+        - 此刻没有运行中的副本：等新副本（与冷启动共用一次等待，受 llm.cold_start_timeout_s 限制）；
+        - 此刻有副本，但这次尝试期间（最近 timeout_s 内）读到过零个：新副本恰在超时前后加载好
+          （真实引擎重新加载约一分钟，与 llm.timeout_s 相当），立即重发。
+        副本数现读，不用旧快照。
         """
         loop = asyncio.get_running_loop()
         snapshot = await self.replicas(max_age_s=0)
@@ -153,10 +160,12 @@ class ColdStartGate:
             if snapshot is not None and snapshot.running == 0:
                 await self.wait_warm()
             return True
-        if snapshot is None or snapshot.running > 0:
+        if snapshot is None:
             return False
-        await self.wait_warm()
-        return True
+        if snapshot.running == 0:
+            await self.wait_warm()
+            return True
+        return loop.time() - self._zero_seen_at <= self._policy.timeout_s + REPLICA_POLL_S
 
     async def _cold_start(self) -> None:
         started = time.monotonic()

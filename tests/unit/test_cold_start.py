@@ -307,6 +307,24 @@ async def test_a_death_with_another_replica_running_resends_at_once_and_is_forgo
     assert await gate.wait_replaced() is False
 
 
+async def test_a_replacement_that_came_up_just_before_the_timeout_still_counts(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """真实引擎上的 soak 找到的：新副本的加载（约一分钟）与生成超时（60 s）相当，超时那一刻新副本
+    刚好 RUNNING——请求其实一直在路由器里等副本，不该以 llm_timeout 失败。"""
+    monkeypatch.setattr(cold_start, "REPLICA_POLL_S", 0.05)
+    deployment, recorder = FakeDeployment(ZERO), RecordingMetricFactory()
+    gate = _gate(deployment, recorder, timeout_s=1.0)
+    assert await gate.replicas(max_age_s=0) == ZERO  # 定时刷新读到过零个副本
+    deployment.snapshot = WARM
+    # 这次尝试期间读到过零个：新副本刚换上，立即重发（不发健康检查）
+    assert await gate.wait_replaced() is True
+    assert deployment.answers == 0
+    # 过了一个超时（加一次刷新间隔）之后的失败与副本无关
+    await asyncio.sleep(1.1)
+    assert await gate.wait_replaced() is False
+
+
 def _policy(**fields: float) -> LLMCallPolicy:
     return LLMCallPolicy.model_validate(
         {"timeout_s": 0.2, "max_attempts": 2, "initial_backoff_s": 0.01, "max_backoff_s": 0.02}
