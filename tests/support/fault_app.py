@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -54,6 +55,7 @@ class BackendB:
         self.port = free_port()
         self._history: list[ReceivedCallback] = []
         self._receiver: CallbackReceiver | None = None
+        self._lock = threading.Lock()
         self.start()
 
     @property
@@ -66,18 +68,23 @@ class BackendB:
         return self._receiver
 
     def start(self) -> None:
-        if self._receiver is None:
-            self._receiver = CallbackReceiver(port=self.port).start()
+        with self._lock:
+            if self._receiver is None:
+                self._receiver = CallbackReceiver(port=self.port).start()
 
     def stop(self) -> None:
-        if self._receiver is not None:
-            self._history.extend(self._receiver.received)
-            self._receiver.stop()
-            self._receiver = None
+        # 先停服务、再收记录：停之前照样有回调进来并被答 2xx（30 分钟的 soak 撞上过：服务记为送达，
+        # 记录却没进历史，对账成了“丢失”）；锁让 received() 不会在中途看到一份记录两次或零次
+        with self._lock:
+            if self._receiver is not None:
+                self._receiver.stop()
+                self._history.extend(self._receiver.received)
+                self._receiver = None
 
     def received(self) -> list[ReceivedCallback]:
-        live = self._receiver.received if self._receiver is not None else []
-        return [*self._history, *live]
+        with self._lock:
+            live = self._receiver.received if self._receiver is not None else []
+            return [*self._history, *live]
 
     def accepted_for(self, trace_id: str) -> list[ReceivedCallback]:
         """该作业被 2xx 收下的回调。"""
