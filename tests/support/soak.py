@@ -308,6 +308,7 @@ class SoakReport:
     accept_to_callback_p50_s: float
     accept_to_callback_p99_s: float
     faults: list[dict[str, Any]] = field(default_factory=list)
+    lost_trace_ids: list[str] = field(default_factory=list)  # 丢失的作业（前 20 个，查账本用）
     timeline: list[int] = field(default_factory=list)  # 每 5 秒收下的回调数（第一次）
 
     def line(self) -> str:
@@ -516,11 +517,13 @@ class Soak:
         outcomes: Counter[str] = Counter()
         latencies: list[float] = []
         duplicates = inconsistent = violations = 0
+        lost_ids: list[str] = []
         last_fault_end = max((r.ended for r in self._records), default=self._started)
         for job in self.jobs:
             calls = delivered[job.trace_id]
             if not calls:
                 outcomes["lost"] += 1
+                lost_ids.append(job.trace_id)
                 continue
             statuses = {c.body["status"] for c in calls}
             webhook_ids = {c.headers.get("webhook-id") for c in calls}
@@ -554,6 +557,7 @@ class Soak:
                 latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))] if latencies else 0
             ),
             faults=self._fault_rows(delivered),
+            lost_trace_ids=lost_ids[:20],
             timeline=self._timeline(delivered),
         )
 
