@@ -21,12 +21,9 @@ TRANSIENT_HANDLE_ERRORS: tuple[type[Exception], ...] = (
     BackPressureError,
     DeploymentUnavailableError,
 )
-# 其中表示“副本死了”的：LLM 副本死了要等 Serve 补的新副本加载完（serve_app/llm/cold_start.py）
-REPLICA_LOST_ERRORS: tuple[type[Exception], ...] = (
-    ActorDiedError,
-    ActorUnavailableError,
-    RayActorError,
-)
+# 其中表示“副本死了”的（RayActorError 含 ActorDiedError、ActorUnavailableError）：LLM 副本死了要等
+# Serve 补的新副本加载完（serve_app/llm/cold_start.py）
+REPLICA_LOST_ERRORS: tuple[type[Exception], ...] = (RayActorError,)
 
 
 def _log_handle_retry(state: RetryCallState) -> None:

@@ -157,15 +157,13 @@ class ColdStartGate:
                 await asyncio.sleep(LOSS_POLL_S)
                 # 等着的作业共用一次读（过期才重读）
                 snapshot = await self.replicas(max_age_s=LOSS_POLL_S / 2)
-            if snapshot is not None and snapshot.running == 0:
-                await self.wait_warm()
-            return True
-        if snapshot is None:
+        elif snapshot is None:
             return False
-        if snapshot.running == 0:
+        elif snapshot.running > 0:
+            return loop.time() - self._zero_seen_at <= self._policy.timeout_s + REPLICA_POLL_S
+        if snapshot is not None and snapshot.running == 0:
             await self.wait_warm()
-            return True
-        return loop.time() - self._zero_seen_at <= self._policy.timeout_s + REPLICA_POLL_S
+        return True
 
     async def _cold_start(self) -> None:
         started = time.monotonic()
