@@ -84,6 +84,10 @@ class Measurement:
     # 回调超过时限才到（跑完后又等到了）：不算丢失，也不算进吞吐
     late: int = 0
     cpu_ms_per_report: dict[str, float] = field(default_factory=dict)
+    # 开环一批时 202 的 Server-Timing（app = 应用里的时间，ledger = 写账本）的 p50 / p99 毫秒
+    server_timing_ms: dict[str, float] = field(default_factory=dict)
+    # 开环定速（份/秒）；0 = 尽快交（受 64 个连接所限）
+    rate: float = 0.0
 
     @property
     def per_second(self) -> float:
@@ -132,6 +136,18 @@ class CallbackSink:
         self._server.should_exit = True
         if self._task is not None:
             await self._task
+
+
+def _server_timing(response: httpx.Response) -> dict[str, float]:
+    """`Server-Timing: app;dur=1.2, ledger;dur=0.8` → {"app": 1.2, "ledger": 0.8}（对照组没有）。"""
+    timings: dict[str, float] = {}
+    for header in response.headers.get_list("server-timing", split_commas=True):
+        name, _, params = header.strip().partition(";")
+        for param in params.split(";"):
+            key, _, value = param.strip().partition("=")
+            if key == "dur":
+                timings[name] = float(value)
+    return timings
 
 
 def _percentile(values: list[float], q: float) -> float:
@@ -194,20 +210,30 @@ async def _drive(
     }
 
 
-async def _batch(base_url: str, reports: int, submitters: int, timeout_s: float) -> dict[str, Any]:
+async def _batch(
+    base_url: str, reports: int, submitters: int, timeout_s: float, rate: float = 0.0
+) -> dict[str, Any]:
     """开环的一批：reports 份以 submitters 个并发连接尽快交上（429 按 Retry-After 再交），
-    不等回调；吞吐 = 份数 ÷（第一个 202 → 最后一个回调）。backend B 的夜间批量就是这样用的。"""
+    不等回调；吞吐 = 份数 ÷（第一个 202 → 最后一个回调）。backend B 的夜间批量就是这样用的。
+
+    尽快交时 64 个连接各自交完一份才交下一份，`202` 的延迟由利特尔定律定死：64 ÷ 受理速率
+    （每秒受理 120 份就是约 0.5 s），量的是受理的吞吐而不是排队。rate > 0 时改为定速：第 i 份在
+    i / rate 秒时交出，不等前面的答复——速率低于受理能力时，`202` 的延迟才是“引擎满载时受理
+    排在后台工作后面多久”。"""
     accept_ms: list[float] = []
+    timings: dict[str, list[float]] = {}
     arrivals: list[asyncio.Future[float]] = []
     first_accept: list[float] = []
     async with (
         CallbackSink() as sink,
         httpx.AsyncClient(
-            base_url=base_url, timeout=60, limits=httpx.Limits(max_connections=submitters)
+            base_url=base_url,
+            timeout=60,
+            limits=httpx.Limits(max_connections=submitters if rate <= 0 else 1000),
         ) as client,
     ):
         body = {**REQUEST, "callback_url": sink.url}
-        slots = asyncio.Semaphore(submitters)
+        slots = asyncio.Semaphore(submitters if rate <= 0 else reports)
 
         async def submit() -> None:
             async with slots:
@@ -221,14 +247,25 @@ async def _batch(base_url: str, reports: int, submitters: int, timeout_s: float)
                 response.raise_for_status()
                 first_accept.append(accepted)
                 accept_ms.append((accepted - began) * 1000)
+                for name, ms in _server_timing(response).items():
+                    timings.setdefault(name, []).append(ms)
                 arrivals.append(sink.expect(response.json()["trace_id"]))
 
         await asyncio.gather(*(submit() for _ in range(min(20, reports))))  # 预热
         await asyncio.wait(arrivals, timeout=timeout_s)
         accept_ms.clear()
+        timings.clear()
         arrivals.clear()
         first_accept.clear()
-        await asyncio.gather(*(submit() for _ in range(reports)))
+        if rate <= 0:
+            await asyncio.gather(*(submit() for _ in range(reports)))
+        else:
+            start = time.perf_counter()
+            tasks = []
+            for i in range(reports):
+                await asyncio.sleep(max(0.0, start + i / rate - time.perf_counter()))
+                tasks.append(asyncio.create_task(submit()))
+            await asyncio.gather(*tasks)
         submitted = time.perf_counter()
         await asyncio.wait(arrivals, timeout=timeout_s)
         done = [f.result() for f in arrivals if f.done()]
@@ -241,6 +278,11 @@ async def _batch(base_url: str, reports: int, submitters: int, timeout_s: float)
         "accept_p50_ms": _percentile(accept_ms, 0.5),
         "accept_p99_ms": _percentile(accept_ms, 0.99),
         "e2e_p50_ms": 0.0,
+        "server_timing_ms": {
+            f"{name}_{label}": round(_percentile(values, q), 1)
+            for name, values in sorted(timings.items())
+            for label, q in (("p50", 0.5), ("p99", 0.99))
+        },
     }
 
 
@@ -250,19 +292,24 @@ def measure_batch(
     reports: int,
     processes: dict[str, list[psutil.Process]],
     submitters: int = 64,
+    rate: float = 0.0,
 ) -> Measurement:
-    """开环一批的吞吐、202 延迟与各副本的 CPU（concurrency 记为 0 = 开环）。"""
+    """开环一批的吞吐、202 延迟与各副本的 CPU（concurrency 记为 0 = 开环；rate > 0 为定速）。"""
     before = _cpu_seconds(processes)
-    result = asyncio.run(_batch(base_url, reports, submitters, timeout_s=reports + 300.0))
+    result = asyncio.run(
+        _batch(base_url, reports, submitters, timeout_s=reports + 300.0, rate=rate)
+    )
     after = _cpu_seconds(processes)
     done = max(1, reports - result["lost"])
     cpu = {name: round((after[name] - before[name]) * 1000 / done, 2) for name in processes}
     submit_seconds = result.pop("submit_seconds")
-    measurement = Measurement(system, 0, reports, cpu_ms_per_report=cpu, **result)
+    measurement = Measurement(system, 0, reports, cpu_ms_per_report=cpu, rate=rate, **result)
+    pace = f"定速 {rate:g}/s" if rate > 0 else "尽快"
     sys.stdout.write(
-        f"{system:>14} 开环 {reports} 份：{measurement.per_second:7.2f} 个/秒（交完用了 "
+        f"{system:>14} 开环 {reports} 份（{pace}）：{measurement.per_second:7.2f} 个/秒（交完用了 "
         f"{submit_seconds:.1f} s）  202 p50 {measurement.accept_p50_ms:6.1f} ms "
-        f"p99 {measurement.accept_p99_ms:6.1f} ms  lost={measurement.lost}  CPU ms/报告 {cpu}\n"
+        f"p99 {measurement.accept_p99_ms:6.1f} ms  应用里 {measurement.server_timing_ms}  "
+        f"lost={measurement.lost}  CPU ms/报告 {cpu}\n"
     )
     sys.stdout.flush()
     return measurement
@@ -415,22 +462,33 @@ def _flame_graph(ingress: list[psutil.Process], *, enabled: bool) -> Iterator[No
         sys.stdout.write(f"入口副本火焰图：{out}\n")
 
 
-def _write_results(measurements: list[Measurement], reports: int) -> Path:
+def _write_results(
+    measurements: list[Measurement], reports: int, options: dict[str, Any] | None = None
+) -> Path:
     stamp = f"{datetime.now(UTC):%Y%m%dT%H%M%S}"
     rows = [asdict(m) | {"per_second": round(m.per_second, 1)} for m in measurements]
-    data = {"when": datetime.now(UTC).isoformat(), "reports": reports, "runs": rows}
+    data = {
+        "when": datetime.now(UTC).isoformat(),
+        "reports": reports,
+        "options": options or {},
+        "runs": rows,
+    }
     json_path = RESULTS / f"overhead-{stamp}.json"
     json_path.write_text(json.dumps(data, indent=2, ensure_ascii=False), encoding="utf-8")
     lines = [
         "| 系统 | 并发 | 报告/秒 | 202 p50 ms | 202 p99 ms | 提交→回调 p50 ms | 丢失 "
-        "| CPU ms/报告 |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
+        "| CPU ms/报告 | 202 在应用里 ms |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | --- | --- |",
     ]
     for m in measurements:
         cpu = "、".join(f"{k} {v}" for k, v in m.cpu_ms_per_report.items())
+        level = str(m.concurrency)
+        if m.concurrency == 0:
+            level = f"开环 {m.reports}" + (f" @ {m.rate:g}/s" if m.rate > 0 else "")
+        timing = "、".join(f"{k} {v}" for k, v in m.server_timing_ms.items())
         lines.append(
-            f"| {m.system} | {m.concurrency} | {m.per_second:.1f} | {m.accept_p50_ms:.1f} | "
-            f"{m.accept_p99_ms:.1f} | {m.e2e_p50_ms:.1f} | {m.lost} | {cpu} |"
+            f"| {m.system} | {level} | {m.per_second:.1f} | {m.accept_p50_ms:.1f} | "
+            f"{m.accept_p99_ms:.1f} | {m.e2e_p50_ms:.1f} | {m.lost} | {cpu} | {timing} |"
         )
     (RESULTS / f"overhead-{stamp}.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
     _plot(measurements, RESULTS / f"overhead-{stamp}.png")
@@ -446,7 +504,10 @@ def _plot(measurements: list[Measurement], path: Path) -> None:
 
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
     for system in dict.fromkeys(m.system for m in measurements):
-        runs = [m for m in measurements if m.system == system]
+        # 开环一批（concurrency 0）只进表，不上按并发画的线
+        runs = [m for m in measurements if m.system == system and m.concurrency > 0]
+        if not runs:
+            continue
         xs = [m.concurrency for m in runs]
         left.plot(xs, [m.per_second for m in runs], marker="o", label=system)
         right.plot(xs, [m.e2e_p50_ms for m in runs], marker="o", label=system)
@@ -459,6 +520,16 @@ def _plot(measurements: list[Measurement], path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
+
+
+def _open_loop(
+    system: str, url: str, procs: dict[str, list[psutil.Process]], args: argparse.Namespace
+) -> list[Measurement]:
+    """--batch 份尽快交一次，再按 --rates 的每个速率定速交一次。"""
+    if not args.batch:
+        return []
+    rates = [float(r) for r in args.rates.split(",") if r]
+    return [measure_batch(system, url, args.batch, procs, rate=rate) for rate in [0.0, *rates]]
 
 
 def _reports_at(level: int, reports: int) -> int:
@@ -517,6 +588,24 @@ def main(argv: list[str] | None = None) -> int:
         default=0,
         help="在流水线的这一档并发下用 py-spy 采样入口副本，火焰图存 results/ingress-flame.svg",
     )
+    parser.add_argument(
+        "--batch",
+        type=int,
+        default=0,
+        help="各系统在闭环各档之后再测开环一批（这么多份以 64 个连接尽快交上，不等回调）",
+    )
+    parser.add_argument(
+        "--rates",
+        default="",
+        help="开环定速（份/秒，逗号分隔）：每个速率交 --batch 份，不等答复（见 _batch）",
+    )
+    parser.add_argument(
+        "--engine-latency-s",
+        type=float,
+        default=0.0,
+        help="零成本引擎每个生成占用的秒数（像另一台机器上的 GPU 引擎：不花本机 CPU）",
+    )
+    parser.add_argument("--engine-slots", type=int, default=64, help="引擎同时生成的个数")
     args = parser.parse_args(argv)
     systems = set(args.systems.split(","))
     levels = [int(c) for c in args.concurrency.split(",")]
@@ -526,7 +615,8 @@ def main(argv: list[str] | None = None) -> int:
     engine_port, seed_port = free_port(), free_port()
     engine_url = f"http://127.0.0.1:{engine_port}/v1"
     measurements: list[Measurement] = []
-    with _companion("benchmarks.zero_engine", "--port", str(engine_port)) as engine:
+    engine_args = ("--latency-s", str(args.engine_latency_s), "--slots", str(args.engine_slots))
+    with _companion("benchmarks.zero_engine", "--port", str(engine_port), *engine_args) as engine:
         wait_http_ok(f"{engine_url}/models", timeout_s=60)
         seed_args = ("--port", str(seed_port), "--engine-url", engine_url)
         if "seed" in systems:
@@ -540,6 +630,7 @@ def main(argv: list[str] | None = None) -> int:
                 for level in levels:
                     count = _reports_at(level, args.reports)
                     measurements.append(_measure("seed-baseline", seed_url, count, level, procs))
+                measurements += _open_loop("seed-baseline", seed_url, procs, args)
         if "pipeline" in systems:
             transports = args.handle_transport.split(",")
             modes = args.serve_mode.split(",")
@@ -556,10 +647,11 @@ def main(argv: list[str] | None = None) -> int:
                         count = _reports_at(level, args.reports)
                         with _flame_graph(replicas["ReportIngress"], enabled=level == args.flame):
                             measurements.append(_measure(name, APP_URL, count, level, replicas))
+                    measurements += _open_loop(name, APP_URL, replicas, args)
         if "pg" in systems:
             for replicas_n in (int(n) for n in args.pg_ingress.split(",")):
                 measurements += _postgres_pipeline(engine_url, engine.pid, replicas_n, levels, args)
-    path = _write_results(measurements, args.reports)
+    path = _write_results(measurements, args.reports, vars(args))
     sys.stdout.write(f"结果：{path}（及同名 .md / .png，overhead-latest.*）\n")
     return 0
 

@@ -151,6 +151,8 @@ def _app_row(measurement: Measurement) -> Row:
             "e2e_p50_ms": measurement.e2e_p50_ms,
             "lost": measurement.lost,
             "cpu_ms_per_report": measurement.cpu_ms_per_report,
+            "server_timing_ms": measurement.server_timing_ms,
+            "rate": measurement.rate,
         },
     )
 
@@ -216,6 +218,15 @@ def _write(rows: list[Row], levels: list[int], meta: dict[str, Any]) -> Path:
             f"{detail['accept_p50_ms']:.0f} / {detail['accept_p99_ms']:.0f} ms，"
             f"丢失 {detail['lost']}。",
         ]
+    for paced in (r for r in rows if r.system == "pipeline-rate"):
+        detail = paced.detail
+        timing = "、".join(f"{k} {v}" for k, v in detail["server_timing_ms"].items())
+        lines += [
+            "",
+            f"定速 {detail['rate']:g} 份/秒交 {paced.requests} 份（引擎满载时的受理）：流水线 "
+            f"{paced.per_second:.2f} 个/秒，202 p50 / p99 {detail['accept_p50_ms']:.0f} / "
+            f"{detail['accept_p99_ms']:.0f} ms（应用里：{timing}），丢失 {detail['lost']}。",
+        ]
     (RESULTS / f"engine-{stamp}.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
     _plot(rows, levels, ratios, RESULTS / f"engine-{stamp}.png")
     publish_latest("engine", stamp)
@@ -277,6 +288,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--batch", type=int, default=500, help="开环一批的份数（0 = 不测）；对比引擎最好的一档"
     )
+    parser.add_argument(
+        "--rate",
+        type=float,
+        default=20.0,
+        help="再以这个速率（份/秒）定速交 --batch 份，量引擎满载时的 202（0 = 不测）",
+    )
     args = parser.parse_args(argv)
     levels = [int(c) for c in args.concurrency.split(",")]
     RUN_DIR.mkdir(parents=True, exist_ok=True)
@@ -313,6 +330,10 @@ def main(argv: list[str] | None = None) -> int:
                 rows.append(
                     _app_row(measure_batch("pipeline-batch", APP_URL, args.batch, replicas))
                 )
+            if args.batch and args.rate > 0:
+                rate = args.rate
+                paced = measure_batch("pipeline-rate", APP_URL, args.batch, replicas, rate=rate)
+                rows.append(_app_row(paced))
         for level in levels:
             summary = _engine_alone(server, model_dir, dataset, max_tokens, args.requests, level)
             rows.append(_engine_row("engine-A2", level, args.requests, summary))

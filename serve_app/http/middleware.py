@@ -1,6 +1,8 @@
-"""ASGI 中间件：请求体大小上限（超限 413，不把大包读进内存）；提交被拒的计数。"""
+"""ASGI 中间件：请求体大小上限（超限 413，不把大包读进内存）；提交被拒的计数与受理耗时。"""
 
 from __future__ import annotations
+
+import time
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -62,7 +64,9 @@ SUBMIT_PATH = "/v1/reports"
 class RejectionMetricsMiddleware:
     """提交请求（POST /v1/reports）答了 4xx / 5xx 时按状态码计数（reports_rejected{reason}）。
 
-    放在最外层：413（请求体过大）、401、422、429、503 都经过这里。
+    放在最外层：413（请求体过大）、401、422、429、503 都经过这里。答复带 `Server-Timing: app;dur=`
+    （应用里从收到请求到开始答复的毫秒数）：调用方看到的 202 延迟减去它，就是应用之外（代理、
+    连接、事件循环轮到这个请求之前）排的队。
     """
 
     def __init__(self, app: ASGIApp, rejected: Counter) -> None:
@@ -78,9 +82,15 @@ class RejectionMetricsMiddleware:
             await self._app(scope, receive, send)
             return
 
+        received = time.perf_counter()
+
         async def counting_send(message: Message) -> None:
-            if message["type"] == "http.response.start" and message["status"] >= 400:
-                self._rejected.inc(tags={"reason": str(message["status"])})
+            if message["type"] == "http.response.start":
+                if message["status"] >= 400:
+                    self._rejected.inc(tags={"reason": str(message["status"])})
+                elapsed_ms = (time.perf_counter() - received) * 1000
+                timing = (b"server-timing", f"app;dur={elapsed_ms:.1f}".encode())
+                message = {**message, "headers": [*message.get("headers", ()), timing]}
             await send(message)
 
         await self._app(scope, receive, counting_send)
