@@ -138,7 +138,7 @@ class CallbackSink:
             await self._task
 
 
-def _server_timing(response: httpx.Response) -> dict[str, float]:
+def server_timing(response: httpx.Response) -> dict[str, float]:
     """`Server-Timing: app;dur=1.2, ledger;dur=0.8` → {"app": 1.2, "ledger": 0.8}（对照组没有）。"""
     timings: dict[str, float] = {}
     for header in response.headers.get_list("server-timing", split_commas=True):
@@ -247,7 +247,7 @@ async def _batch(
                 response.raise_for_status()
                 first_accept.append(accepted)
                 accept_ms.append((accepted - began) * 1000)
-                for name, ms in _server_timing(response).items():
+                for name, ms in server_timing(response).items():
                     timings.setdefault(name, []).append(ms)
                 arrivals.append(sink.expect(response.json()["trace_id"]))
 

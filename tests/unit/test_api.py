@@ -12,6 +12,7 @@ import pytest
 from fastapi.dependencies.models import Dependant
 from fastapi.routing import APIRoute
 
+from benchmarks.overhead import server_timing
 from tests.support.harness import Harness
 from tests.support.sample import load_catalog, sales_request
 
@@ -52,6 +53,22 @@ async def test_accepts_and_runs_pipeline(client: httpx.AsyncClient, harness: Har
     [(trace_id, prompt)] = harness.llm.prompts
     assert trace_id == body["trace_id"]
     assert prompt.max_tokens == load_catalog().get("sales_weekly").lengths["short"].max_tokens
+
+
+async def test_202_says_how_long_the_app_and_the_ledger_took(
+    client: httpx.AsyncClient, harness: Harness
+) -> None:
+    """Server-Timing：调用方看到的 202 延迟减去 app，就是应用之外排的队（基准据此分解）。"""
+    response = await client.post("/v1/reports", json=sales_request(CALLBACK))
+    assert response.status_code == 202
+    timing = server_timing(response)
+    assert set(timing) == {"app", "ledger"}
+    assert 0 <= timing["ledger"] <= timing["app"]
+    await harness.settle()
+    # 被拒的提交也带 app（中间件在最外层）；没写账本就没有 ledger
+    rejected = await client.post("/v1/reports", json={"report_type": "nope"})
+    assert rejected.status_code == 422
+    assert set(server_timing(rejected)) == {"app"}
 
 
 async def test_each_submission_gets_its_own_trace_id(client: httpx.AsyncClient) -> None:
