@@ -320,7 +320,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--engine-nice",
-        default="15,19",
+        default="15",
         help="定速那一次依次把 vLLM 服务调到这些 nice 值（逗号分隔）：同一次运行里比较"
         "引擎让不让 CPU 给控制面",
     )
