@@ -224,16 +224,16 @@ async def _batch(
     timings: dict[str, list[float]] = {}
     arrivals: list[asyncio.Future[float]] = []
     first_accept: list[float] = []
+    # 同时在途的提交：尽快交时是连接数；定速时不设限（每份到点就交）
+    in_flight = submitters if rate <= 0 else reports
     async with (
         CallbackSink() as sink,
         httpx.AsyncClient(
-            base_url=base_url,
-            timeout=60,
-            limits=httpx.Limits(max_connections=submitters if rate <= 0 else 1000),
+            base_url=base_url, timeout=60, limits=httpx.Limits(max_connections=in_flight)
         ) as client,
     ):
         body = {**REQUEST, "callback_url": sink.url}
-        slots = asyncio.Semaphore(submitters if rate <= 0 else reports)
+        slots = asyncio.Semaphore(in_flight)
 
         async def submit() -> None:
             async with slots:

@@ -30,20 +30,13 @@ async def models(_: Request) -> JSONResponse:
     return JSONResponse({"object": "list", "data": [{"id": MODEL, "object": "model"}]})
 
 
-class _Generation:
-    """模拟的生成时间：slots 个名额、每个 latency_s 秒（0 = 立即回答）。"""
-
-    latency_s = 0.0
-    slots: asyncio.Semaphore | None = None
-
-
 async def chat(request: Request) -> JSONResponse:
     """给出一个完整的 chat completion（设了 --latency-s 时先占一个名额睡那么久）。"""
     body = await request.json()
-    if _Generation.latency_s > 0:
-        assert _Generation.slots is not None
-        async with _Generation.slots:
-            await asyncio.sleep(_Generation.latency_s)
+    latency_s: float = request.app.state.latency_s
+    if latency_s > 0:
+        async with request.app.state.slots:
+            await asyncio.sleep(latency_s)
     return JSONResponse(
         {
             "id": f"chatcmpl-{uuid.uuid4().hex}",
@@ -77,8 +70,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--latency-s", type=float, default=0.0, help="每个生成占用的秒数")
     parser.add_argument("--slots", type=int, default=64, help="同时生成的个数（设了 latency 时）")
     args = parser.parse_args(argv)
-    _Generation.latency_s = args.latency_s
-    _Generation.slots = asyncio.Semaphore(args.slots)
+    # 模拟的生成时间：slots 个名额、每个 latency_s 秒（0 = 立即回答）
+    app.state.latency_s = args.latency_s
+    app.state.slots = asyncio.Semaphore(args.slots)
     uvicorn.run(app, host="127.0.0.1", port=args.port, log_level="warning", access_log=False)
     return 0
 

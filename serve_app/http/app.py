@@ -8,7 +8,7 @@ from fastapi_offline import FastAPIOffline
 from serve_app.http.auth import require_api_key
 from serve_app.http.deps import IngressServices
 from serve_app.http.errors import install_error_handlers
-from serve_app.http.middleware import BodySizeLimitMiddleware, RejectionMetricsMiddleware
+from serve_app.http.middleware import BodySizeLimitMiddleware, SubmitObservabilityMiddleware
 from serve_app.http.openapi import error_responses, install_openapi, operation_id
 from serve_app.http.routers import health, ops, report_types, reports
 
@@ -35,6 +35,6 @@ def create_app(services: IngressServices) -> FastAPI:
     install_openapi(app, services.catalog)
     install_error_handlers(app)
     app.add_middleware(BodySizeLimitMiddleware, max_body_bytes=services.settings.max_body_bytes)
-    # 最后加的在最外层：看得到所有被拒的提交（含 413）
-    app.add_middleware(RejectionMetricsMiddleware, rejected=services.metrics.rejected)
+    # 最后加的在最外层：看得到所有被拒的提交（含 413），受理耗时也从最外层算起
+    app.add_middleware(SubmitObservabilityMiddleware, rejected=services.metrics.rejected)
     return app

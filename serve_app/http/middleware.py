@@ -61,8 +61,8 @@ class BodySizeLimitMiddleware:
 SUBMIT_PATH = "/v1/reports"
 
 
-class RejectionMetricsMiddleware:
-    """提交请求（POST /v1/reports）答了 4xx / 5xx 时按状态码计数（reports_rejected{reason}）。
+class SubmitObservabilityMiddleware:
+    """提交请求（POST /v1/reports）：4xx / 5xx 按状态码计数（reports_rejected），写受理耗时。
 
     放在最外层：413（请求体过大）、401、422、429、503 都经过这里。答复带 `Server-Timing: app;dur=`
     （应用里从收到请求到开始答复的毫秒数）：调用方看到的 202 延迟减去它，就是应用之外（代理、
