@@ -9,6 +9,7 @@ from typing import Any
 import httpx
 import pytest
 
+from benchmarks.overhead import server_timing
 from tests.integration.conftest import CALLBACK_ATTEMPTS, LLM_ATTEMPTS, ItApp
 from tests.support.cluster import free_port, read_json_logs
 from tests.support.receiver import ReceivedCallback
@@ -50,6 +51,19 @@ def test_report_is_delivered_with_trace_id_across_handles(it_app: ItApp) -> None
     assert body["report"]["model"] == "report-llm"
     assert body["metadata"] == {"order": 42, "tags": ["周报"]}
     assert body["report_type"] == "sales_weekly"
+
+
+def test_202_server_timing_reaches_the_caller_through_serve(it_app: ItApp) -> None:
+    """Serve 的入口（吞吐模式 + HAProxy）不吞 Server-Timing：调用方能据此分出应用之外排的队。"""
+    response = httpx.post(
+        it_app.base_url + "/v1/reports", json=sales_request(it_app.receiver.url), timeout=30
+    )
+    assert response.status_code == 202, response.text
+    timing = server_timing(response)
+    assert set(timing) == {"app", "ledger"}
+    # 写账本是真实的 Ledger 部署（SQLite、fsync）：花了时间，且在应用里的时间之内
+    assert 0 < timing["ledger"] <= timing["app"]
+    _callback_for(it_app, response.json()["trace_id"])
 
 
 @pytest.mark.parametrize(
