@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 from datetime import UTC, datetime
 
 from loguru import logger
@@ -253,22 +254,42 @@ class JobRunner:
     # ---- 后台循环 ----
 
     async def _heartbeat_loop(self) -> None:
-        while True:
-            await asyncio.sleep(self._policy.heartbeat_s)
-            try:
-                reply = await self._store.heartbeat(self.owner, list(self._tasks))
-            except Exception:  # noqa: BLE001 - 下一轮再试；租约比续租间隔长得多
-                logger.exception("续租失败")
-                continue
-            for trace_id in reply.cancel:
-                with logger.contextualize(trace_id=trace_id):
-                    if self.cancel_local(trace_id):
-                        logger.info("收到取消请求：中止生成")
-            for trace_id in reply.lost:
-                task = self._tasks.get(trace_id)
-                if task is not None:
-                    self._lost.add(trace_id)
-                    task.cancel()
+        """每 heartbeat_s 发一次续租，不等上一次的回复。
+
+        顺序续租时两次续租到达账本的间隔是 heartbeat_s 加一个往返：账本或本副本一忙、往返一长，
+        租约就在持有者还活着时过期，作业被别的副本再执行、回调送两次。按节拍发出，续租照样按节拍
+        到达账本。在途的最多 lease_s / heartbeat_s 个：再多也赶不上租约，只会压垮正慢着的账本。"""
+        limit = max(1, math.ceil(self._policy.lease_s / self._policy.heartbeat_s))
+        pending: set[asyncio.Task[None]] = set()
+        try:
+            while True:
+                await asyncio.sleep(self._policy.heartbeat_s)
+                if len(pending) >= limit:
+                    continue
+                renewal = asyncio.create_task(self._renew(), name="jobs-renew")
+                pending.add(renewal)
+                renewal.add_done_callback(pending.discard)
+        finally:
+            for renewal in pending:
+                renewal.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+
+    async def _renew(self) -> None:
+        """续租一次；回复里有取消的就中止生成，租约已归别人的就停下。"""
+        try:
+            reply = await self._store.heartbeat(self.owner, list(self._tasks))
+        except Exception:  # noqa: BLE001 - 下一拍再试；租约比续租间隔长得多
+            logger.exception("续租失败")
+            return
+        for trace_id in reply.cancel:
+            with logger.contextualize(trace_id=trace_id):
+                if self.cancel_local(trace_id):
+                    logger.info("收到取消请求：中止生成")
+        for trace_id in reply.lost:
+            task = self._tasks.get(trace_id)
+            if task is not None:
+                self._lost.add(trace_id)
+                task.cancel()
 
     async def _sweep_loop(self) -> None:
         next_purge = asyncio.get_running_loop().time()

@@ -30,9 +30,11 @@ def test_short_chaos_soak_loses_nothing(fault_app: FaultApp) -> None:
         logger.info("soak 故障：{}", fault)
     TALLY.soak_lines.append(report.line())
     assert report.accepted > 200
-    assert report.lost == 0, report.line()
+    assert report.lost == 0, f"{report.line()}\n{soak.stories(report.lost_trace_ids)}"
     assert report.inconsistent == 0, report.line()
-    assert report.exactly_once_violations == 0, report.line()
+    assert report.exactly_once_violations == 0, (
+        f"{report.line()}\n{soak.stories(report.violation_trace_ids)}"
+    )
     # 中途不停机轮换了 API key 与签名密钥：没有一个合法请求被拒（401 会记进 refused_4xx），
     # 每个回调都带当时有效的签名，删掉旧密钥之后的回调都有新密钥的签名
     assert report.refused_4xx == 0 and report.gave_up == 0, report.line()

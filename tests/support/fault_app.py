@@ -21,6 +21,7 @@ import httpx
 import psycopg
 import ray
 from ray import serve
+from ray.exceptions import GetTimeoutError, RayActorError
 
 from cluster.build_tiny_model import build_tiny_model
 from deployments.app import compose_app
@@ -304,11 +305,25 @@ class FaultApp:
             if a["name"].startswith(prefix)
         ]
 
-    def kill_replica(self, deployment: str) -> None:
-        """用 ray.kill 杀掉某个部署的一个副本（Serve 控制器会补一个新的）。"""
+    def kill_replica(self, deployment: str, timeout_s: float = 30) -> None:
+        """用 ray.kill 杀掉某个部署的一个副本（Serve 控制器会补一个新的），等它真的死了才返回。
+
+        ray.kill 只是发出请求：机器忙时副本可能还活一会儿、还在送回调。soak 按返回的时刻算故障结束，
+        之后交的作业要恰好一次，所以这里要等到对它的调用报 RayActorError。"""
         replicas = self._replicas(deployment)
         assert replicas, f"找不到 {deployment} 的副本"
-        ray.kill(replicas[0], no_restart=True)
+        victim = replicas[0]
+        ray.kill(victim, no_restart=True)
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            try:
+                ray.get(victim.__ray_ready__.remote(), timeout=5)
+            except RayActorError:
+                return
+            except GetTimeoutError:
+                pass  # 忙着或正在死：再问一次
+            time.sleep(0.1)
+        raise AssertionError(f"{deployment} 的副本 {timeout_s:g}s 内没有死")
 
     def replica_pids(self, deployment: str) -> set[int]:
         """某个部署全部副本的进程 PID（经各副本 actor 自己报告）。"""

@@ -9,8 +9,8 @@ SIGSTOP 一个入口副本过租约、整个应用重启一次；负载里混着
 对账按 backend B 真正以 2xx 收下的回调：
 - lost：受理了却没有一个 2xx 终态回调——必须为 0；
 - duplicates：收下不止一次的作业（同一个 webhook-id，接收方按它去重）：故障期间设计只承诺至少一次；
-- exactly_once_violations：最后一段没有故障的时间里受理的作业收到不止一次——设计承诺恰好一次，
-  必须为 0；
+- exactly_once_violations：第一次提交在最后一个故障结束之后的作业收到不止一次——设计承诺恰好一次，
+  必须为 0（按第一次提交算而不是按收到 202 算：故障中交出、故障后才拿到 202 的作业经历过故障）；
 - inconsistent：同一作业的几次回调状态或 webhook-id 不一致——必须为 0。
 """
 
@@ -110,7 +110,8 @@ class SoakJob:
 
     trace_id: str
     kind: str
-    accepted_at: float
+    accepted_at: float  # 收到 202 的时刻
+    submitted_at: float  # 第一次提交的时刻（重交前）：作业最早可能在这时已进账本
 
 
 @dataclass
@@ -309,6 +310,8 @@ class SoakReport:
     accept_to_callback_p99_s: float
     faults: list[dict[str, Any]] = field(default_factory=list)
     lost_trace_ids: list[str] = field(default_factory=list)  # 丢失的作业（前 20 个，查账本用）
+    # 违反恰好一次的作业（前 20 个）：测试失败时按它们从日志里取出经过
+    violation_trace_ids: list[str] = field(default_factory=list)
     timeline: list[int] = field(default_factory=list)  # 每 5 秒收下的回调数（第一次）
 
     def line(self) -> str:
@@ -443,13 +446,14 @@ class Soak:
             body["deadline_s"] = 2
         # 像 backend B 一样：带 Idempotency-Key，连接失败、5xx、429 就按原样重交
         key = str(uuid.uuid4())
+        submitted_at = time.monotonic()
         trace_id = await self._retrying(
             client, "POST", "/v1/reports", json=body, headers={"Idempotency-Key": key}
         )
         if trace_id is None:
             return
         with self._lock:
-            self.jobs.append(SoakJob(trace_id, kind, time.monotonic()))
+            self.jobs.append(SoakJob(trace_id, kind, time.monotonic(), submitted_at))
         if kind == "cancel":
             await asyncio.sleep(cancel_after)
             await self._retrying(client, "DELETE", f"/v1/reports/{trace_id}")
@@ -518,6 +522,7 @@ class Soak:
         latencies: list[float] = []
         duplicates = inconsistent = violations = 0
         lost_ids: list[str] = []
+        violation_ids: list[str] = []
         last_fault_end = max((r.ended for r in self._records), default=self._started)
         for job in self.jobs:
             calls = delivered[job.trace_id]
@@ -534,7 +539,9 @@ class Soak:
             latencies.append(min(c.received_at for c in calls) - job.accepted_at)
             if len(calls) > 1:
                 duplicates += 1
-                violations += job.accepted_at > last_fault_end
+                if job.submitted_at > last_fault_end:
+                    violations += 1
+                    violation_ids.append(job.trace_id)
         signature_failures, unsigned_after_drop = self._signatures(delivered)
         latencies.sort()
         return SoakReport(
@@ -558,8 +565,23 @@ class Soak:
             ),
             faults=self._fault_rows(delivered),
             lost_trace_ids=lost_ids[:20],
+            violation_trace_ids=violation_ids[:20],
             timeline=self._timeline(delivered),
         )
+
+    def stories(self, trace_ids: list[str], limit: int = 60) -> str:
+        """这几个作业在各副本日志里的经过（相对开始的秒数、进程、消息）：对账不过时看它们怎么了。"""
+        wanted = set(trace_ids)
+        started_wall = time.time() - (time.monotonic() - self._started)
+        lines = []
+        for record in self._app.json_logs():
+            trace_id = record["extra"].get("trace_id")
+            if trace_id in wanted:
+                at = record["time"]["timestamp"] - started_wall
+                lines.append(
+                    f"{at:7.1f}s {trace_id[:8]} pid={record['process']['id']} {record['message']}"
+                )
+        return "\n".join(lines[-limit:])
 
     def _signatures(self, delivered: dict[str, list[Any]]) -> tuple[int, int]:
         """(新旧哪把都验不过的回调数, 删掉旧密钥之后没有新密钥签名的回调数)。"""

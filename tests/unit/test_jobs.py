@@ -251,6 +251,30 @@ async def test_runner_that_lost_its_lease_stops_without_delivering(
     assert record is not None and record.state is JobState.GENERATING
 
 
+async def test_slow_ledger_replies_do_not_let_a_live_holders_lease_expire(
+    client: httpx.AsyncClient, harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # 账本的回复慢（去程 0.05 s、回程 0.3 s）：顺序续租到达账本的间隔是 0.1 + 0.35 s，
+    # 超过 0.4 s 的租约，另一个副本就会接手还在跑的作业。按节拍续租时每 0.1 s 到一次
+    renew = harness.store.heartbeat
+
+    async def slow_heartbeat(owner: str, trace_ids: list[str]) -> Any:
+        await asyncio.sleep(0.05)
+        reply = await renew(owner, trace_ids)
+        await asyncio.sleep(0.3)
+        return reply
+
+    monkeypatch.setattr(harness.store, "heartbeat", slow_heartbeat)
+    trace_id = await _submit_stuck_in_generation(client, harness)
+    loop = asyncio.get_running_loop()
+    until = loop.time() + 2.0
+    while loop.time() < until:
+        assert await harness.store.claim_due("other", 10) == [], "活着的持有者丢了租约"
+        await asyncio.sleep(0.02)
+    record = await harness.store.get(trace_id)
+    assert record is not None and record.runs == 1 and record.state is JobState.GENERATING
+
+
 async def test_unavailable_ledger_refuses_with_503_and_retry_after(
     client: httpx.AsyncClient, harness: Harness, monkeypatch: pytest.MonkeyPatch
 ) -> None:
