@@ -114,7 +114,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--fault-gap", type=float, help="故障的平均间隔（秒）；缺省按引擎")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--ledger", choices=("sqlite", "postgres"), default="sqlite")
-    parser.add_argument("--quiet-tail", type=float, default=60, help="最后这么多秒不注入故障")
+    parser.add_argument(
+        "--quiet-tail",
+        type=float,
+        default=60,
+        help="最后一个故障结束后负载再跑这么多秒（不注入故障）",
+    )
     args = parser.parse_args(argv)
     rate, fault_gap_s = ENGINE_DEFAULTS[args.engine]
     rate = args.rate or rate

@@ -9,8 +9,9 @@ SIGSTOP 一个入口副本过租约、整个应用重启一次；负载里混着
 对账按 backend B 真正以 2xx 收下的回调：
 - lost：受理了却没有一个 2xx 终态回调——必须为 0；
 - duplicates：收下不止一次的作业（同一个 webhook-id，接收方按它去重）：故障期间设计只承诺至少一次；
-- exactly_once_violations：第一次提交在最后一个故障结束之后的作业收到不止一次——设计承诺恰好一次，
-  必须为 0（按第一次提交算而不是按收到 202 算：故障中交出、故障后才拿到 202 的作业经历过故障）；
+- exactly_once_violations：在最后一个故障结束之后才进账本的作业收到不止一次——设计承诺恰好一次，
+  必须为 0。进账本的时刻按客户端能确定的最早时刻算（受理那次尝试的发出时刻；幂等重放则是第一次
+  提交的时刻），不按收到 202 算：故障中已落账、故障后才拿到 202 的作业经历过故障；
 - inconsistent：同一作业的几次回调状态或 webhook-id 不一致——必须为 0。
 """
 
@@ -111,7 +112,7 @@ class SoakJob:
     trace_id: str
     kind: str
     accepted_at: float  # 收到 202 的时刻
-    submitted_at: float  # 第一次提交的时刻（重交前）：作业最早可能在这时已进账本
+    submitted_at: float  # 作业最早可能进账本的时刻（见 Soak._retrying）
 
 
 @dataclass
@@ -299,6 +300,8 @@ class SoakReport:
     duplicates: int
     duplicate_share: float
     exactly_once_violations: int
+    # 最后一个故障结束之后才进账本的作业数：恰好一次查的是它们（0 就是这项没有查到任何作业）
+    exactly_once_checked: int
     inconsistent: int
     refused_4xx: int
     # 重交了 SUBMIT_PATIENCE_S 仍没被受理（一直 429 / 5xx / 连不上）而放弃的提交：没受理，不算丢
@@ -320,7 +323,8 @@ class SoakReport:
             f"soak seed={self.seed} {self.duration_s:g}s {self.rate_per_s:g}/s: "
             f"accepted={self.accepted} {dict(self.outcomes)} lost={self.lost} "
             f"duplicates={self.duplicates} ({self.duplicate_share:.1%}) "
-            f"exactly-once violations={self.exactly_once_violations} "
+            f"exactly-once violations={self.exactly_once_violations}"
+            f"/{self.exactly_once_checked} "
             f"inconsistent={self.inconsistent} refused={self.refused_4xx} "
             f"gave_up={self.gave_up} "
             f"signature failures={self.signature_failures}"
@@ -420,7 +424,7 @@ class Soak:
         async with httpx.AsyncClient(timeout=10, limits=limits) as client:
             tasks: list[asyncio.Task[None]] = []
             count = 0
-            while time.monotonic() - self._started < self._duration_s:
+            while not self._load_done(time.monotonic()):
                 kind = self._rng.choices([k for k, _ in MIX], [w for _, w in MIX])[0]
                 priority = self._rng.choice(PRIORITIES)
                 sleep_s = round(self._rng.uniform(0.2, 1.5), 2)
@@ -432,6 +436,22 @@ class Soak:
                 wake = self._started + count / self._rate
                 await asyncio.sleep(max(0.0, wake - time.monotonic()))
             await asyncio.gather(*tasks)
+
+    def _load_done(self, now: float) -> bool:
+        """负载跑满 duration_s，且时间表上的故障都做完、最后一个结束后又跑了 quiet_tail_s 秒。
+
+        整体重启在 2 核上要一分钟，排在它后面的故障常常到负载快结束才做完：只按 duration_s 停，
+        无故障的一段里几乎没有新作业，恰好一次就查不到什么。最多再多跑 SUBMIT_PATIENCE_S 秒。"""
+        elapsed = now - self._started
+        if elapsed < self._duration_s:
+            return False
+        if elapsed >= self._duration_s + SUBMIT_PATIENCE_S:
+            return True
+        with self._lock:
+            if len(self._records) < len(self._schedule):
+                return False
+            last_fault_end = max((r.ended for r in self._records), default=self._started)
+        return now - last_fault_end >= self._quiet_tail_s
 
     async def _one(
         self,
@@ -446,8 +466,7 @@ class Soak:
             body["deadline_s"] = 2
         # 像 backend B 一样：带 Idempotency-Key，连接失败、5xx、429 就按原样重交
         key = str(uuid.uuid4())
-        submitted_at = time.monotonic()
-        trace_id = await self._retrying(
+        trace_id, submitted_at = await self._retrying(
             client, "POST", "/v1/reports", json=body, headers={"Idempotency-Key": key}
         )
         if trace_id is None:
@@ -460,17 +479,22 @@ class Soak:
 
     async def _retrying(
         self, client: httpx.AsyncClient, method: str, path: str, **kwargs: Any
-    ) -> str | None:
-        """发到受理为止（最多 SUBMIT_PATIENCE_S 秒）；返回 trace_id，没受理返回 None。
+    ) -> tuple[str | None, float]:
+        """发到受理为止（最多 SUBMIT_PATIENCE_S 秒）；返回 (trace_id, 最早可能生效的时刻)，
+        没受理时 trace_id 为 None。
 
+        最早生效的时刻：答复不是幂等重放（`Idempotent-Replayed`）就是最后一次发出的时刻——之前的
+        尝试都没受理；是重放就是第一次发出的时刻（之前哪一次在服务端落了账不知道）。
         4xx（除 409、429 与整体重启时代理的 404）记为被拒；重交到时限仍没受理记为放弃
         （像 backend B 那样报给自己的运维，不让整个 soak 停下）。"""
-        deadline = time.monotonic() + SUBMIT_PATIENCE_S
+        first = time.monotonic()
+        deadline = first + SUBMIT_PATIENCE_S
         extra_headers: dict[str, str] = dict(kwargs.pop("headers", {}))
         while time.monotonic() < deadline:
             headers = dict(extra_headers)
             if self._rotation is not None:
                 headers["Authorization"] = f"Bearer {self._rotation.client_key}"
+            sent = time.monotonic()
             try:
                 response = await client.request(
                     method, self._app.base_url + path, headers=headers, **kwargs
@@ -481,7 +505,13 @@ class Soak:
             if response.status_code in (202, 409) or (
                 method == "POST" and response.status_code == 200
             ):
-                return str(response.json().get("trace_id", "")) or None
+                # 409：别的尝试已落账（或 DELETE 时已有结果）——与重放一样按第一次发出算
+                replayed = (
+                    response.status_code == 409
+                    or response.headers.get("Idempotent-Replayed") == "true"
+                )
+                trace_id = str(response.json().get("trace_id", "")) or None
+                return trace_id, first if replayed else sent
             # 整体重启（serve.delete 再 serve.run）期间代理对没有应用的路径答 404：与真实集群重启时
             # 连接被拒一样，是“暂时不可用”，照样重交
             restarting = response.status_code == 404 and "/-/routes" in response.text
@@ -493,11 +523,11 @@ class Soak:
             )
             with self._lock:
                 self.refused_4xx += 1
-            return None
+            return None, first
         logger.error("soak：{} {} {} 秒内没有被受理，放弃", method, path, SUBMIT_PATIENCE_S)
         with self._lock:
             self.gave_up += 1
-        return None
+        return None, first
 
     # ---- 对账 ----
 
@@ -524,6 +554,7 @@ class Soak:
         lost_ids: list[str] = []
         violation_ids: list[str] = []
         last_fault_end = max((r.ended for r in self._records), default=self._started)
+        checked = sum(job.submitted_at > last_fault_end for job in self.jobs)
         for job in self.jobs:
             calls = delivered[job.trace_id]
             if not calls:
@@ -554,6 +585,7 @@ class Soak:
             duplicates=duplicates,
             duplicate_share=duplicates / max(1, len(self.jobs)),
             exactly_once_violations=violations,
+            exactly_once_checked=checked,
             inconsistent=inconsistent,
             refused_4xx=self.refused_4xx,
             gave_up=self.gave_up,
