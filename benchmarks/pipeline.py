@@ -421,14 +421,8 @@ def main(argv: list[str] | None = None) -> int:
                 measured = _measure("pipeline", APP_URL, args.requests, level, replicas)
                 rows.append(_app_row(measured))
             if args.batch and args.batch_rounds > 0:
-                best = max(
-                    levels,
-                    key=lambda level: next(
-                        r.per_second
-                        for r in rows
-                        if r.system == "engine-A1" and r.concurrency == level
-                    ),
-                )
+                engine_a1 = {r.concurrency: r.per_second for r in rows if r.system == "engine-A1"}
+                best = max(engine_a1, key=lambda level: engine_a1[level])
                 rows += _batch_rounds(server, model_dir, dataset, max_tokens, replicas, args, best)
             if args.batch and args.rate > 0:
                 rows += _paced_runs(server.pid, replicas, args)

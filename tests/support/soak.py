@@ -112,7 +112,7 @@ class SoakJob:
     trace_id: str
     kind: str
     accepted_at: float  # 收到 202 的时刻
-    submitted_at: float  # 作业最早可能进账本的时刻（见 Soak._retrying）
+    admitted_after: float  # 作业最早可能进账本的时刻（见 Soak._retrying）
 
 
 @dataclass
@@ -450,8 +450,12 @@ class Soak:
         with self._lock:
             if len(self._records) < len(self._schedule):
                 return False
-            last_fault_end = max((r.ended for r in self._records), default=self._started)
-        return now - last_fault_end >= self._quiet_tail_s
+        return now - self._last_fault_end() >= self._quiet_tail_s
+
+    def _last_fault_end(self) -> float:
+        """最后一个做完的故障结束的时刻（还没有故障时是开始的时刻）。"""
+        with self._lock:
+            return max((r.ended for r in self._records), default=self._started)
 
     async def _one(
         self,
@@ -466,13 +470,13 @@ class Soak:
             body["deadline_s"] = 2
         # 像 backend B 一样：带 Idempotency-Key，连接失败、5xx、429 就按原样重交
         key = str(uuid.uuid4())
-        trace_id, submitted_at = await self._retrying(
+        trace_id, admitted_after = await self._retrying(
             client, "POST", "/v1/reports", json=body, headers={"Idempotency-Key": key}
         )
         if trace_id is None:
             return
         with self._lock:
-            self.jobs.append(SoakJob(trace_id, kind, time.monotonic(), submitted_at))
+            self.jobs.append(SoakJob(trace_id, kind, time.monotonic(), admitted_after))
         if kind == "cancel":
             await asyncio.sleep(cancel_after)
             await self._retrying(client, "DELETE", f"/v1/reports/{trace_id}")
@@ -553,8 +557,8 @@ class Soak:
         duplicates = inconsistent = violations = 0
         lost_ids: list[str] = []
         violation_ids: list[str] = []
-        last_fault_end = max((r.ended for r in self._records), default=self._started)
-        checked = sum(job.submitted_at > last_fault_end for job in self.jobs)
+        last_fault_end = self._last_fault_end()
+        checked = sum(job.admitted_after > last_fault_end for job in self.jobs)
         for job in self.jobs:
             calls = delivered[job.trace_id]
             if not calls:
@@ -570,7 +574,7 @@ class Soak:
             latencies.append(min(c.received_at for c in calls) - job.accepted_at)
             if len(calls) > 1:
                 duplicates += 1
-                if job.submitted_at > last_fault_end:
+                if job.admitted_after > last_fault_end:
                     violations += 1
                     violation_ids.append(job.trace_id)
         signature_failures, unsigned_after_drop = self._signatures(delivered)
