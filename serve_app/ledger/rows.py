@@ -94,34 +94,14 @@ def new_job_columns(job: ReportJob, owner: str, now: float, lease_until: float) 
     }
 
 
-# 生成的各阶段，按先后
-STAGES = (JobState.ACCEPTED, JobState.RENDERING, JobState.GENERATING)
-
-
-def passed_states(current: JobState | str, state: JobState) -> list[JobState]:
-    """从 current 推进到 state 要记进历史的状态：向前跳过的生成阶段一并补记。
-
-    受理时已渲染好提示词的作业从 accepted 直接推进到 generating（少一次账本往返），历史里
-    照样有 rendering 一条（与 generating 同一时刻）。其余（重跑时从 generating 回到 rendering、
-    进入 delivering 等）只记目标状态。"""
-    if current in STAGES and state in STAGES:
-        start, end = STAGES.index(JobState(current)), STAGES.index(state)
-        if end > start:
-            return list(STAGES[start + 1 : end + 1])
-    return [state]
-
-
 def state_columns(row: Row, state: JobState | None, now: float) -> dict[str, Any]:
-    """状态变化要写的列（state 与追加了记录的 history_json）；状态不变时为空。"""
+    """状态变化要写的列（state 与追加了一条的 history_json）；状态不变时为空。"""
     if state is None or state == row["state"]:
         return {}
-    # 历史是本模块写下的 JSON 数组（至少有受理那一条）：在结尾的 "]" 前接上新的几条，
+    # 历史是本模块写下的 JSON 数组（至少有受理那一条）：在结尾的 "]" 前接上新的一条，
     # 不必整段解析再序列化
-    stamp = at(now).isoformat()
-    entries = ", ".join(
-        json.dumps({"state": str(s), "at": stamp}) for s in passed_states(row["state"], state)
-    )
-    return {"state": str(state), "history_json": f"{row['history_json'][:-1]}, {entries}]"}
+    entry = json.dumps({"state": str(state), "at": at(now).isoformat()})
+    return {"state": str(state), "history_json": f"{row['history_json'][:-1]}, {entry}]"}
 
 
 def delivery_columns(

@@ -62,11 +62,6 @@ class JobQueue:
         self._seq = itertools.count()
 
     @property
-    def has_free_slot(self) -> bool:
-        """此刻进来的作业不用排队。"""
-        return self._free > 0 and not self._lanes
-
-    @property
     def waiting(self) -> int:
         """在队列里等名额的作业数。"""
         return sum(len(lane.waiters) for lane in self._lanes.values())

@@ -51,31 +51,11 @@ class JobService:
         self._metrics = metrics or ReportMetrics()
 
     async def admit(self, job: ReportJob, key: IdempotencyKey | None) -> tuple[JobRecord, bool]:
-        """写入账本（202 之前）并开始执行；返回 (记录, 是否幂等重放)。
-
-        本副本有空名额时渲染与写账本同时开始（见 JobRunner.render_early）；没受理成的作业
-        （幂等重放、冲突、限流、账本不可用）取消这次渲染。"""
-        early = self._runner.render_early(job)
-        try:
-            record, replayed = await self._admit(job, key)
-        except BaseException:
-            if early is not None:
-                early.cancel()
-            raise
-        if replayed:
-            if early is not None:
-                early.cancel()
-        else:
-            self._metrics.accepted.inc(tags={"report_type": record.job.report_type})
-            self._runner.submit(record, early=early)
-        return record, replayed
-
-    async def _admit(self, job: ReportJob, key: IdempotencyKey | None) -> tuple[JobRecord, bool]:
+        """写入账本（202 之前）并开始执行；返回 (记录, 是否幂等重放)。"""
         admission = await self._store.admit(job, self._runner.owner, key)
         taken = admission.record
         if taken is not None and not admission.replayed and taken.job != job:
             # trace_id 已属于另一个作业（调用方重复使用了同一个 X-Request-ID）：另发一个
-            # （提示词与 trace_id 无关，受理时开始的渲染照样可用）
             fresh = str(uuid.uuid4())
             logger.warning("trace_id {} 已被另一个作业使用，改用 {}", job.trace_id, fresh)
             job = job.model_copy(update={"trace_id": fresh})
@@ -91,6 +71,9 @@ class JobService:
                 retry_after_s=admission.retry_after_s,
             )
         assert admission.record is not None
+        if not admission.replayed:
+            self._metrics.accepted.inc(tags={"report_type": job.report_type})
+            self._runner.submit(admission.record)
         return admission.record, admission.replayed
 
     async def _owned(self, trace_id: str, caller: str | None) -> JobRecord:

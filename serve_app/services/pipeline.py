@@ -62,13 +62,6 @@ async def _alongside[T](stage: Awaitable[None], work: Awaitable[T]) -> T:
     return await task
 
 
-def _rendered(early: asyncio.Task[RenderedPrompt] | None) -> RenderedPrompt | None:
-    """受理时开始的渲染已经成功完成就是它的提示词；还没完成、失败或没有为 None。"""
-    if early is None or not early.done() or early.cancelled() or early.exception() is not None:
-        return None
-    return early.result()
-
-
 class ReportPipeline:
     """一个作业的两步：产生结果（成功或失败的回调载荷），投递回调。"""
 
@@ -96,24 +89,8 @@ class ReportPipeline:
                 time.perf_counter() - started, {"stage": stage, "priority": job.priority}
             )
 
-    def render_early(self, job: ReportJob) -> asyncio.Task[RenderedPrompt]:
-        """受理的同时开始渲染（与写账本并行）：作业拿到名额时提示词多半已经好了，
-        produce 不再等渲染、也不再为 rendering 单独写一次账本。"""
-        task = asyncio.ensure_future(self._timed("render", job, self._renderer.render(job)))
-        # 作业没走到 produce（受理失败、排队时取消或到期）时没人取结果：先取一次，免得
-        # asyncio 报“异常从未被取走”；produce 里照样能拿到同一个异常
-        task.add_done_callback(lambda t: t.cancelled() or t.exception())
-        return task
-
-    async def produce(
-        self,
-        job: ReportJob,
-        on_stage: StageHook = _no_hook,
-        early: asyncio.Task[RenderedPrompt] | None = None,
-    ) -> CallbackPayload:
-        """渲染并生成；任何失败都变成 failed 载荷（被打断时抛 StageInterrupted）。
-
-        early：受理时已开始的渲染（render_early）；没有就在这里渲染。"""
+    async def produce(self, job: ReportJob, on_stage: StageHook = _no_hook) -> CallbackPayload:
+        """渲染并生成；任何失败都变成 failed 载荷（被打断时抛 StageInterrupted）。"""
         logger.info("作业开始：report_type={} length={}", job.report_type, job.length)
         try:
             # LLM 缩到零时在这里等它冷启动：等待算进 queue_wait，不占生成的超时
@@ -122,12 +99,9 @@ class ReportPipeline:
                 max((datetime.now(UTC) - job.created_at).total_seconds(), 0.0),
                 {"stage": "queue_wait", "priority": job.priority},
             )
-            # 提示词在受理时已经渲染好：不为 rendering 单独写账本，直接推进到 generating，
-            # 账本在历史里补记 rendering
-            rendered = _rendered(early)
-            if rendered is None:
-                render = early or self._timed("render", job, self._renderer.render(job))
-                rendered = await _alongside(on_stage(JobState.RENDERING), render)
+            rendered = await _alongside(
+                on_stage(JobState.RENDERING), self._timed("render", job, self._renderer.render(job))
+            )
             prompt = rendered.model_copy(update={"engine_priority": ENGINE_PRIORITY[job.priority]})
             completion = await _alongside(
                 on_stage(JobState.GENERATING),

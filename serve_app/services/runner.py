@@ -25,7 +25,6 @@ from serve_app.core.settings import JobPolicy
 from serve_app.ledger.records import CallbackState, JobRecord, JobState, WorkItem
 from serve_app.ledger.store import JobStore
 from serve_app.models.reports import CallbackPayload, ReportJob
-from serve_app.models.templates import RenderedPrompt
 from serve_app.services.job_queue import JobQueue
 from serve_app.services.pipeline import ReportPipeline, StageHook, StageInterrupted
 
@@ -117,29 +116,13 @@ class JobRunner:
         """本副本在途的作业数。"""
         return len(self._tasks)
 
-    def render_early(self, job: ReportJob) -> asyncio.Task[RenderedPrompt] | None:
-        """受理时就开始渲染（与写账本并行），只在本副本此刻有空名额时：作业马上就能执行，
-        省下执行路上的一次渲染往返与一次账本往返。排队的作业照旧在拿到名额时渲染，
-        不为它们提前占着提示词的内存。"""
-        if self._draining or not self._queue.has_free_slot:
-            return None
-        return self._pipeline.render_early(job)
-
-    def submit(
-        self,
-        record: JobRecord,
-        *,
-        produce: bool = True,
-        early: asyncio.Task[RenderedPrompt] | None = None,
-    ) -> None:
-        """在后台执行作业（本副本已持有其租约）；early 是受理时已开始的渲染。"""
+    def submit(self, record: JobRecord, *, produce: bool = True) -> None:
+        """在后台执行作业（本副本已持有其租约）。"""
         self.start()
         trace_id = record.trace_id
         if trace_id in self._tasks:
-            if early is not None:
-                early.cancel()
             return
-        task = asyncio.create_task(self._execute(record, produce, early), name=trace_id)
+        task = asyncio.create_task(self._execute(record, produce), name=trace_id)
         self._tasks[trace_id] = task
         task.add_done_callback(lambda _: self._forget(trace_id))
 
@@ -155,13 +138,11 @@ class JobRunner:
         production.cancel()
         return True
 
-    async def _execute(
-        self, record: JobRecord, produce: bool, early: asyncio.Task[RenderedPrompt] | None
-    ) -> None:
+    async def _execute(self, record: JobRecord, produce: bool) -> None:
         job = record.job
         with logger.contextualize(trace_id=job.trace_id):
             try:
-                payload = await self._produce(job, early) if produce else record.outcome
+                payload = await self._produce(job) if produce else record.outcome
                 if payload is None:
                     return
                 if record.runs > 1 or not produce:
@@ -179,9 +160,6 @@ class JobRunner:
                 raise
             except Exception:  # noqa: BLE001 - 账本暂不可用等：租约到期后由扫描接手
                 logger.exception("作业执行中断，租约到期后由其他副本接手")
-            finally:
-                if early is not None:
-                    early.cancel()  # 没走到渲染就结束的（排队时取消、到期）：不再等它
 
     @staticmethod
     def _log_delivery(record: JobRecord | None) -> None:
@@ -222,14 +200,12 @@ class JobRunner:
             }
         )
 
-    async def _produce(
-        self, job: ReportJob, early: asyncio.Task[RenderedPrompt] | None
-    ) -> CallbackPayload | None:
+    async def _produce(self, job: ReportJob) -> CallbackPayload | None:
         """生成结果并记入账本；租约已丢返回 None。"""
         deadline = asyncio.timeout(_seconds_left(job))
         try:
             async with deadline:
-                payload = await self._queued_production(job, early)
+                payload = await self._queued_production(job)
         except TimeoutError:
             if not deadline.expired():
                 raise  # 不是期限到了（别处的超时）：照原样交给 _execute
@@ -244,13 +220,11 @@ class JobRunner:
             self._observe_finished(job, final)
         return final
 
-    async def _queued_production(
-        self, job: ReportJob, early: asyncio.Task[RenderedPrompt] | None
-    ) -> CallbackPayload | None:
+    async def _queued_production(self, job: ReportJob) -> CallbackPayload | None:
         """排队拿到名额后生成；期限到了由外层的 timeout 取消（生成任务随之取消，引擎中止）。"""
         async with self._queue.slot(job.priority, job.caller):
             # queue_wait 由流水线在开始渲染前记下（含 LLM 冷启动的等待）
-            task = asyncio.create_task(self._pipeline.produce(job, self._stage_hook(job), early))
+            task = asyncio.create_task(self._pipeline.produce(job, self._stage_hook(job)))
             self._production[job.trace_id] = task
             try:
                 return await task
