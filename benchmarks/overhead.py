@@ -496,27 +496,56 @@ def _write_results(
     return json_path
 
 
+def _load_label(m: Measurement) -> str:
+    """一档负载在图上的名字：闭环并发、开环尽快交、开环定速。"""
+    if m.concurrency > 0:
+        return f"C={m.concurrency}"
+    return f"{m.reports} @ {m.rate:g}/s" if m.rate > 0 else f"batch {m.reports}"
+
+
 def _plot(measurements: list[Measurement], path: Path) -> None:
+    """左：报告/秒（柱上写相对对照组的倍数）；中：202 p99（对数轴，虚线是 issue #27 的 100 ms）；
+    右：提交 → 回调 p50（对数轴；并发 1 时减去对照组即“多出的延迟”）。
+
+    每档负载一组柱，闭环、开环一批、定速都画；图例放在图外，不压住柱子。"""
     import matplotlib
 
     matplotlib.use("Agg")
     from matplotlib import pyplot as plt
 
-    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
-    for system in dict.fromkeys(m.system for m in measurements):
-        # 开环一批（concurrency 0）只进表，不上按并发画的线
-        runs = [m for m in measurements if m.system == system and m.concurrency > 0]
-        if not runs:
-            continue
-        xs = [m.concurrency for m in runs]
-        left.plot(xs, [m.per_second for m in runs], marker="o", label=system)
-        right.plot(xs, [m.e2e_p50_ms for m in runs], marker="o", label=system)
-    left.set(xscale="log", xlabel="concurrency", ylabel="reports/s (callback received)")
-    right.set(xscale="log", yscale="log", xlabel="concurrency", ylabel="submit→callback p50 (ms)")
-    for axis in (left, right):
-        axis.grid(True, alpha=0.3)
-        axis.legend()
-    fig.suptitle("control-plane overhead on a zero-cost engine (2 cores)")
+    loads = list(dict.fromkeys(_load_label(m) for m in measurements))
+    systems = list(dict.fromkeys(m.system for m in measurements))
+    at = {(m.system, _load_label(m)): m for m in measurements}
+    seed = {load: at[("seed-baseline", load)] for load in loads if ("seed-baseline", load) in at}
+    fig, (left, right, latency) = plt.subplots(1, 3, figsize=(16, 4.5))
+    width = 0.8 / len(systems)
+    for index, system in enumerate(systems):
+        present = [(i, at[(system, load)]) for i, load in enumerate(loads) if (system, load) in at]
+        xs = [i + index * width for i, _ in present]
+        bars = left.bar(xs, [m.per_second for _, m in present], width=width, label=system)
+        if system != "seed-baseline":
+            labels = [
+                f"{m.per_second / seed[loads[i]].per_second:.2f}x"
+                if loads[i] in seed and seed[loads[i]].per_second
+                else ""
+                for i, m in present
+            ]
+            left.bar_label(bars, labels=labels, fontsize=8)
+        p99 = right.bar(xs, [m.accept_p99_ms for _, m in present], width=width, label=system)
+        right.bar_label(p99, labels=[f"{m.accept_p99_ms:.0f}" for _, m in present], fontsize=7)
+        e2e = latency.bar(xs, [m.e2e_p50_ms for _, m in present], width=width, label=system)
+        latency.bar_label(e2e, labels=[f"{m.e2e_p50_ms:.0f}" for _, m in present], fontsize=7)
+    ticks = [i + 0.4 - width / 2 for i in range(len(loads))]
+    left.set(ylabel="reports/s (callback received); x = vs seed")
+    right.set(yscale="log", ylabel="202 p99 (ms, log)")
+    right.axhline(100, color="grey", linestyle="--", linewidth=1, label="202 p99 target")
+    latency.set(yscale="log", ylabel="submit→callback p50 (ms, log)")
+    for axis in (left, right, latency):
+        axis.set_xticks(ticks, loads, fontsize=8)
+        axis.grid(True, axis="y", alpha=0.3)
+    handles, labels = right.get_legend_handles_labels()
+    latency.legend(handles, labels, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    fig.suptitle("control plane on a zero-cost engine (2 cores), one run side by side")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
