@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from loguru import logger
 from pydantic import JsonValue
 from ray import serve
@@ -13,6 +15,9 @@ from serve_app.models.reports import ReportLength
 from serve_app.models.templates import RenderedPrompt
 from serve_app.prompting.catalog import TemplateCatalog
 from serve_app.prompting.renderer import PromptRenderer
+
+# render 的参数：(trace_id, report_type, inputs, length, output_schema)
+RenderArgs = tuple[str, str, dict[str, JsonValue], ReportLength, dict[str, JsonValue] | None]
 
 
 class TemplateRenderer:
@@ -38,6 +43,17 @@ class TemplateRenderer:
             prompt = self._renderer.render(report_type, inputs, length, output_schema)
             logger.info("提示词已渲染：{} 字符，max_tokens={}", len(prompt.user), prompt.max_tokens)
             return prompt
+
+    async def render_many(self, requests: list[RenderArgs]) -> list[tuple[bool, Any]]:
+        """一批渲染（入口经 CallBatcher 合并而来）：按顺序返回 (成功, 提示词) 或 (失败, 异常)，
+        一个作业的模板错误不影响同批的别的作业。"""
+        outcomes: list[tuple[bool, Any]] = []
+        for args in requests:
+            try:
+                outcomes.append((True, await self.render(*args)))
+            except Exception as exc:  # noqa: BLE001 - 异常交回给这个作业的调用方
+                outcomes.append((False, exc))
+        return outcomes
 
     async def check_health(self) -> None:
         """渲染器是纯内存对象，能响应即健康。"""
