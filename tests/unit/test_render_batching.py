@@ -14,9 +14,9 @@ from ray.serve.handle import DeploymentHandle
 from deployments.handles.stages import HandleRenderStage
 from deployments.render import TemplateRenderer
 from serve_app.core.errors import RenderError
-from serve_app.models.reports import ReportJob, ReportRequest, utc_now
+from serve_app.models.reports import ReportJob, utc_now
 from serve_app.prompting.renderer import PromptRenderer
-from tests.support.sample import load_catalog, make_settings, sales_request
+from tests.support.sample import load_catalog, make_settings
 
 
 class _Method:
@@ -37,12 +37,12 @@ class _Handle:
         self.render_many = _Method(renderer)
 
 
-def _job(index: int, **inputs: Any) -> ReportJob:
-    request = ReportRequest.model_validate(sales_request("http://127.0.0.1:9/hooks"))
+def _job(index: int) -> ReportJob:
+    inputs = load_catalog().get("sales_weekly").sample_inputs
     return ReportJob(
         trace_id=f"trace-{index}",
-        report_type=request.report_type,
-        inputs={**request.inputs, **inputs, "sales_data": f"第 {index} 份"},
+        report_type="sales_weekly",
+        inputs={**inputs, "sales_data": f"第 {index} 份"},
         length="short",
         callback_url="http://127.0.0.1:9/hooks",
         created_at=utc_now(),
