@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from urllib.parse import urlsplit
@@ -84,6 +85,38 @@ class HostSlots:
             del self._hosts[host]
 
 
+# 响应体只为复用连接而读：状态码就是全部信息，超过这么多字节、这么久没读完的就不读了（连接随之关掉）
+_MAX_DRAINED_BODY = 64 * 1024
+_DRAIN_TIMEOUT_S = 1.0
+
+
+async def _drain_small_body(resp: httpx.Response) -> None:
+    """把小的响应体读完再关响应：没读完的 HTTP/1.1 响应关掉时连接也被关掉，下一次投递要重新握手。
+
+    状态码此刻已经定了：体太大、太慢或读的时候断了都只是这条连接不复用，不改变投递的结果
+    （收到 2xx 却因为响应体算作失败，会让接收方收到重复的回调）。"""
+    received = 0
+    with contextlib.suppress(httpx.HTTPError, TimeoutError):
+        async with asyncio.timeout(_DRAIN_TIMEOUT_S):
+            async for chunk in resp.aiter_raw():
+                received += len(chunk)
+                if received > _MAX_DRAINED_BODY:
+                    return
+
+
+def _pool_limits(policy: CallbackPolicy) -> httpx.Limits:
+    """连接池上限：总数不另设（同时在投的已按主机有名额，作业数又有执行器的并发上限）。
+
+    以前换上的 httpcore 连接池用的是它自己的默认：总共只有 10 个连接。10 个挂起的回调就把池子
+    占光，别的调用方的回调排在池子里等到超时（每主机 64 个名额形同虚设），按调用方隔离失效；
+    忙的时候并发多出的投递也都在池子里排队。
+    """
+    return httpx.Limits(
+        max_connections=None,
+        max_keepalive_connections=max(policy.max_concurrent_per_host, 100),
+    )
+
+
 class CallbackClient:
     """把回调载荷 POST 给 backend B。"""
 
@@ -116,7 +149,7 @@ class CallbackClient:
             follow_redirects=False,
             # 不走环境变量里的代理：代理会绕过按 IP 的 SSRF 检查
             trust_env=False,
-            transport=transport or guarded_transport(targets),
+            transport=transport or guarded_transport(targets, _pool_limits(policy)),
             headers={"User-Agent": USER_AGENT},
         )
 
@@ -211,15 +244,19 @@ class CallbackClient:
         return headers
 
     async def _post_once(self, url: str, body: bytes, headers: dict[str, str]) -> int:
+        request = self._client.build_request("POST", url, content=body, headers=headers)
         try:
             async with asyncio.timeout(self._deadline_s):
-                async with self._client.stream("POST", url, content=body, headers=headers) as resp:
-                    # 不读响应体：状态码就是全部信息；离开 with 即关闭响应、归还连接
-                    status = resp.status_code
-                    retry_after = parse_retry_after(resp.headers.get("Retry-After"))
+                resp = await self._client.send(request, stream=True)
         except TimeoutError as exc:
             # 当作一次超时（可重试）：接收方慢慢吐字节也占不住投递名额
             raise httpx.ReadTimeout(f"一次尝试超过 {self._deadline_s:g} 秒的总时限") from exc
+        try:
+            status = resp.status_code
+            retry_after = parse_retry_after(resp.headers.get("Retry-After"))
+            await _drain_small_body(resp)
+        finally:
+            await resp.aclose()
         if 200 <= status < 300:
             return status
         if is_retryable_status(status):

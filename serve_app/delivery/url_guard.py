@@ -282,17 +282,24 @@ class GuardedNetworkBackend(httpcore.AsyncNetworkBackend):
         await self._inner.sleep(seconds)
 
 
-def guarded_transport(policy: CallbackTargetPolicy) -> httpx.AsyncHTTPTransport:
-    """一个所有连接都经 GuardedNetworkBackend 的 httpx 传输层。
+def guarded_transport(
+    policy: CallbackTargetPolicy, limits: httpx.Limits | None = None
+) -> httpx.AsyncHTTPTransport:
+    """所有连接都经 GuardedNetworkBackend 的 httpx 传输层；连接池按 limits（默认同 httpx）。
 
     httpx 0.28 的 AsyncHTTPTransport 不接受 network_backend 参数：构造后换掉其连接池，
     沿用它按 verify 等参数建好的 SSL 上下文（httpx / httpcore 版本由 uv.lock 固定，有测试覆盖）。
+    换上的池子要把 limits 带过去：httpcore 连接池自己的默认只有 10 个连接。
     """
-    transport = httpx.AsyncHTTPTransport(retries=0)
+    limits = limits or httpx.Limits()
+    transport = httpx.AsyncHTTPTransport(retries=0, limits=limits)
     default_pool = transport._pool
     assert isinstance(default_pool, httpcore.AsyncConnectionPool)
     transport._pool = httpcore.AsyncConnectionPool(
         ssl_context=default_pool._ssl_context,
+        max_connections=limits.max_connections,
+        max_keepalive_connections=limits.max_keepalive_connections,
+        keepalive_expiry=limits.keepalive_expiry,
         network_backend=GuardedNetworkBackend(policy),
     )
     return transport

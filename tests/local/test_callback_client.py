@@ -270,3 +270,119 @@ async def test_host_slots_are_reclaimed_when_no_delivery_holds_or_waits() -> Non
         await cancelled
     slots.release("b.example")
     assert len(slots) == 0
+
+
+async def _keepalive_server(
+    host: str, *, delay_s: float, hang: bool = False
+) -> tuple[asyncio.Server, str, list[int]]:
+    """HTTP/1.1 保持连接的最小接收方：记下接受了几条 TCP 连接；hang 时收到请求后不答。"""
+    accepted: list[int] = []
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        accepted.append(1)
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                length = 0
+                for line in head.decode().split("\r\n"):
+                    name, _, value = line.partition(":")
+                    if name.lower() == "content-length":
+                        length = int(value)
+                await reader.readexactly(length)
+                await asyncio.sleep(30 if hang else delay_s)
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError, asyncio.CancelledError):
+            pass
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(serve, host, 0)
+    return server, f"http://{host}:{server.sockets[0].getsockname()[1]}/hook", accepted
+
+
+async def test_connections_to_a_busy_host_are_kept_for_the_next_deliveries() -> None:
+    """并发到同一主机的投递用完连接留着给下一轮：响应体读完才归还连接，以前每次投递都重新握手。"""
+    server, url, accepted = await _keepalive_server("127.0.0.1", delay_s=0.1)
+    client = CallbackClient(FAST, LOOPBACK_OK)
+    try:
+        for round_ in range(3):
+            outcomes = await asyncio.gather(
+                *(client.deliver(url, failed_payload(f"t-{round_}-{i}")) for i in range(60))
+            )
+            assert all(o.delivered for o in outcomes)
+    finally:
+        await client.aclose()
+        server.close()
+    # 第一轮开 60 条，之后两轮全部复用（以前是 180 条：不读完的响应关掉时连接跟着关；
+    # 池子还只有 10 个连接，60 个投递分批排队）
+    assert len(accepted) == 60, len(accepted)
+
+
+async def test_slow_backends_filling_their_slots_do_not_starve_other_hosts() -> None:
+    """两个挂起的主机各占满自己的 64 个名额（共 128 条连接）：第三个主机的回调照常立刻送达。
+
+    以前的连接池总共 10 个连接：池子被慢主机占光，别的调用方的回调在池子里等到超时。
+    """
+    slow_a, url_a, _ = await _keepalive_server("127.0.0.1", delay_s=0, hang=True)
+    slow_b, url_b, _ = await _keepalive_server("127.0.0.2", delay_s=0, hang=True)
+    fast, fast_url, _ = await _keepalive_server("127.0.0.3", delay_s=0)
+    policy = FAST.model_copy(update={"attempt_deadline_s": 3.0, "max_attempts": 1})
+    client = CallbackClient(policy, LOOPBACK_OK)
+    try:
+        hanging = [
+            asyncio.create_task(client.deliver(url, failed_payload(f"t-slow-{i}")))
+            for url in (url_a, url_b)
+            for i in range(policy.max_concurrent_per_host)
+        ]
+        await asyncio.sleep(0.5)  # 128 个都连上、发出请求，在等响应
+        started = time.monotonic()
+        outcome = await client.deliver(fast_url, failed_payload("t-fast"))
+        elapsed = time.monotonic() - started
+        slow_outcomes = await asyncio.gather(*hanging)
+    finally:
+        await client.aclose()
+        for server in (slow_a, slow_b, fast):
+            server.close()
+    assert outcome.delivered and elapsed < 0.5, (outcome, elapsed)
+    assert not any(o.delivered for o in slow_outcomes)
+
+
+@pytest.mark.parametrize("body", ["stalled", "huge"])
+async def test_a_2xx_counts_whatever_the_response_body_does(body: str) -> None:
+    """响应体只为复用连接而读：体停着不来、或大得离谱，2xx 仍算送达、只投一次、不等到尝试时限。"""
+    requests: list[int] = []
+
+    async def respond(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        requests.append(1)
+        try:
+            if body == "stalled":
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc")
+                await writer.drain()
+                await asyncio.sleep(30)
+            else:
+                size = 10 * 1024 * 1024
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % size)
+                for _ in range(size // 65536):
+                    writer.write(b"x" * 65536)
+                    await writer.drain()
+        except (ConnectionError, asyncio.CancelledError):
+            pass
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(respond, "127.0.0.1", 0)
+    url = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}/hook"
+    policy = FAST.model_copy(update={"attempt_deadline_s": 10.0})
+    client = CallbackClient(policy, LOOPBACK_OK)
+    try:
+        started = time.monotonic()
+        outcome = await client.deliver(url, failed_payload("t-body"))
+        elapsed = time.monotonic() - started
+    finally:
+        await client.aclose()
+        server.close()
+    assert outcome.delivered and outcome.attempts == 1 and outcome.status_code == 200
+    assert requests == [1]
+    assert elapsed < 3, elapsed
