@@ -31,6 +31,7 @@ from loguru import logger
 
 from serve_app.core.errors import UnsafeCallbackUrl
 from serve_app.core.settings import Settings
+from serve_app.delivery.connection_pool import LinearConnectionPool
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 Resolver = Callable[[str, int], Awaitable[list[str]]]
@@ -289,13 +290,14 @@ def guarded_transport(
 
     httpx 0.28 的 AsyncHTTPTransport 不接受 network_backend 参数：构造后换掉其连接池，
     沿用它按 verify 等参数建好的 SSL 上下文（httpx / httpcore 版本由 uv.lock 固定，有测试覆盖）。
-    换上的池子要把 limits 带过去：httpcore 连接池自己的默认只有 10 个连接。
+    换上的池子要把 limits 带过去：httpcore 连接池自己的默认只有 10 个连接；分连接那一步用线性的
+    LinearConnectionPool（httpcore 自己的对连接数是平方的，见 connection_pool.py）。
     """
     limits = limits or httpx.Limits()
     transport = httpx.AsyncHTTPTransport(retries=0, limits=limits)
     default_pool = transport._pool
     assert isinstance(default_pool, httpcore.AsyncConnectionPool)
-    transport._pool = httpcore.AsyncConnectionPool(
+    transport._pool = LinearConnectionPool(
         ssl_context=default_pool._ssl_context,
         max_connections=limits.max_connections,
         max_keepalive_connections=limits.max_keepalive_connections,

@@ -386,3 +386,44 @@ async def test_a_2xx_counts_whatever_the_response_body_does(body: str) -> None:
     assert outcome.delivered and outcome.attempts == 1 and outcome.status_code == 200
     assert requests == [1]
     assert elapsed < 3, elapsed
+
+
+async def test_a_connection_the_receiver_closed_while_idle_is_not_reused() -> None:
+    """接收方答完后把保持着的连接关了（没说 Connection: close）：下一次投递换新连接，第一次就送达。
+
+    空闲连接平时不挨个 poll（见 serve_app/delivery/connection_pool.py），要复用的那个在取出时查；
+    不查的话请求会发到已关的连接上，这一次尝试算失败、多投一次。
+    """
+    accepted: list[int] = []
+
+    async def answer_then_hang_up(
+        reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        accepted.append(1)
+        try:
+            head = await reader.readuntil(b"\r\n\r\n")
+            length = next(
+                int(line.split(":", 1)[1])
+                for line in head.decode().split("\r\n")
+                if line.lower().startswith("content-length:")
+            )
+            await reader.readexactly(length)
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+            await writer.drain()
+            await asyncio.sleep(0.05)
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(answer_then_hang_up, "127.0.0.1", 0)
+    url = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}/hook"
+    client = CallbackClient(FAST, LOOPBACK_OK)
+    try:
+        first = await client.deliver(url, failed_payload("t-first"))
+        await asyncio.sleep(0.3)  # 接收方已把那条连接关了，客户端还当它空闲着
+        second = await client.deliver(url, failed_payload("t-second"))
+    finally:
+        await client.aclose()
+        server.close()
+    assert first.delivered and first.attempts == 1
+    assert second.delivered and second.attempts == 1, second
+    assert len(accepted) == 2
