@@ -29,9 +29,9 @@ import httpcore
 import httpx
 from loguru import logger
 
+from serve_app.core.connection_pool import linear_transport
 from serve_app.core.errors import UnsafeCallbackUrl
 from serve_app.core.settings import Settings
-from serve_app.delivery.connection_pool import LinearConnectionPool
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 Resolver = Callable[[str, int], Awaitable[list[str]]]
@@ -288,23 +288,10 @@ def guarded_transport(
 ) -> httpx.AsyncHTTPTransport:
     """所有连接都经 GuardedNetworkBackend 的 httpx 传输层；连接池按 limits（默认同 httpx）。
 
-    httpx 0.28 的 AsyncHTTPTransport 不接受 network_backend 参数：构造后换掉其连接池，
-    沿用它按 verify 等参数建好的 SSL 上下文（httpx / httpcore 版本由 uv.lock 固定，有测试覆盖）。
-    换上的池子要把 limits 带过去：httpcore 连接池自己的默认只有 10 个连接；分连接那一步用线性的
-    LinearConnectionPool（httpcore 自己的对连接数是平方的，见 connection_pool.py）。
+    httpx 0.28 的 AsyncHTTPTransport 不接受 network_backend 参数：连接池由 linear_transport 换掉
+    （见 connection_pool.py）。
     """
-    limits = limits or httpx.Limits()
-    transport = httpx.AsyncHTTPTransport(retries=0, limits=limits)
-    default_pool = transport._pool
-    assert isinstance(default_pool, httpcore.AsyncConnectionPool)
-    transport._pool = LinearConnectionPool(
-        ssl_context=default_pool._ssl_context,
-        max_connections=limits.max_connections,
-        max_keepalive_connections=limits.max_keepalive_connections,
-        keepalive_expiry=limits.keepalive_expiry,
-        network_backend=GuardedNetworkBackend(policy),
-    )
-    return transport
+    return linear_transport(limits or httpx.Limits(), GuardedNetworkBackend(policy))
 
 
 def callback_target_policy(

@@ -3,34 +3,22 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
-from serve_app.core.settings import PROJECT_ROOT
+from tests.support.benchmarks import run_benchmark
 from tests.support.postgres import PostgresServer
 
 
 def test_ledger_benchmark_runs_every_store_loop_and_process_count(
     tmp_path: Path, postgres_server: PostgresServer
 ) -> None:
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "benchmarks.ledger",
-            *("--jobs", "40", "--concurrency", "8"),
-            *("--postgres-url", postgres_server.create_database()),
-            *("--pg-processes", "1", "2", "--loops", "uvloop", "asyncio"),
-            *("--out-dir", str(tmp_path)),
-        ],
-        cwd=PROJECT_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
+    stdout = run_benchmark(
+        "ledger",
+        *("--jobs", "40", "--concurrency", "8"),
+        *("--postgres-url", postgres_server.create_database()),
+        *("--pg-processes", "1", "2", "--loops", "uvloop", "asyncio"),
+        *("--out-dir", str(tmp_path)),
     )
-    assert result.returncode == 0, result.stderr
     (saved,) = tmp_path.glob("ledger-*.json")
     results = json.loads(saved.read_text(encoding="utf-8"))
     expected = {
@@ -44,4 +32,4 @@ def test_ledger_benchmark_runs_every_store_loop_and_process_count(
     assert expected <= results.keys()
     for name in expected:
         assert results[name]["jobs"] == 40 and results[name]["jobs_per_s"] > 0
-        assert name in result.stdout
+        assert name in stdout

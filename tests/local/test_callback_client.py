@@ -391,7 +391,7 @@ async def test_a_2xx_counts_whatever_the_response_body_does(body: str) -> None:
 async def test_a_connection_the_receiver_closed_while_idle_is_not_reused() -> None:
     """接收方答完后把保持着的连接关了（没说 Connection: close）：下一次投递换新连接，第一次就送达。
 
-    空闲连接平时不挨个 poll（见 serve_app/delivery/connection_pool.py），要复用的那个在取出时查；
+    空闲连接平时不挨个 poll（见 serve_app/core/connection_pool.py），要复用的那个在取出时查；
     不查的话请求会发到已关的连接上，这一次尝试算失败、多投一次。
     """
     accepted: list[int] = []

@@ -11,8 +11,8 @@ import pytest
 from httpcore._async.connection_pool import AsyncPoolRequest
 from httpcore._async.interfaces import AsyncConnectionInterface
 
-from serve_app.delivery import connection_pool
-from serve_app.delivery.connection_pool import LinearConnectionPool
+from serve_app.core import connection_pool
+from serve_app.core.connection_pool import LinearConnectionPool
 
 A = httpcore.URL("http://a.example/hook")
 B = httpcore.URL("http://b.example/hook")

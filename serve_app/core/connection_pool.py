@@ -1,16 +1,17 @@
-"""回调用的 httpcore 连接池：把“给请求分连接”这一步改成线性的。
+"""httpx 用的 httpcore 连接池：把“给请求分连接”这一步改成线性的（回调副本与外部引擎的客户端共用）。
 
 httpcore 1.0.9 的 AsyncConnectionPool 每来一个请求、每归还一个连接都整理一遍池子，
 这一步对连接数是平方的（清理多余空闲连接时每个连接都重新数一遍全部连接，再为每个排队请求
 重新筛一遍全部连接），还会把同一个空闲连接同时分给好几个排队请求（输的那些再排一次队、
-再整理一遍）。回调副本对一个忙的 backend B 保持几十个连接时，这一步就是大头：
+再整理一遍）。回调副本对一个忙的 backend B、入口对外部引擎保持几十个连接时，这一步就是大头：
 并发 64 的微基准里每次投递 2.4 ms CPU，一半在这里（上游的修补 encode/httpcore#1035 还没合入）。
 
 这里只换掉这一个方法，语义不变：关掉已关闭 / 过期的连接、空闲连接超过 keepalive 上限时关掉最早的，
 排队的请求优先复用同一 origin 的空闲连接，否则在上限内新建，满了就关一个空闲的腾位置。
 另外三点：空闲连接的过期检查（每个连接 poll 一次 socket）每秒整体做一次，要复用的那个每次都查；
 一个空闲连接一轮只分给一个请求；已分给某个请求、那个请求还没开始发送的连接不当作空闲
-（不被关掉，也不再分给别人）。只用 HTTP/1.1（客户端没开 HTTP/2），一个连接同时只服务一个请求。
+（不被关掉，也不再分给别人）。只用于 HTTP/1.1（两个客户端都没开 HTTP/2）：一个连接同时只服务
+一个请求。
 依赖 httpcore 的内部属性，版本由 uv.lock 固定；tests/unit/test_connection_pool.py 盯着版本与行为。
 """
 
@@ -19,6 +20,7 @@ from __future__ import annotations
 import time
 
 import httpcore
+import httpx
 from httpcore._async.interfaces import AsyncConnectionInterface
 
 # 空闲连接的过期检查（要对每个连接的 socket 做一次 poll）多久整体做一次；要复用的那个连接每次都查
@@ -104,3 +106,25 @@ class LinearConnectionPool(httpcore.AsyncConnectionPool):
                 continue
             return connection
         return None
+
+
+def linear_transport(
+    limits: httpx.Limits, network_backend: httpcore.AsyncNetworkBackend | None = None
+) -> httpx.AsyncHTTPTransport:
+    """连接池换成 LinearConnectionPool 的 httpx 传输层（不重试）。
+
+    network_backend 为空时用 httpcore 默认的。httpx 0.28 的 AsyncHTTPTransport 没有换连接池的参数：
+    构造后换掉其连接池，沿用它按 verify 等参数建好的 SSL 上下文（httpx / httpcore 版本由 uv.lock
+    固定，有测试覆盖）。limits 要带过去：httpcore 连接池自己的默认只有 10 个连接。
+    """
+    transport = httpx.AsyncHTTPTransport(retries=0, limits=limits)
+    default_pool = transport._pool
+    assert isinstance(default_pool, httpcore.AsyncConnectionPool)
+    transport._pool = LinearConnectionPool(
+        ssl_context=default_pool._ssl_context,
+        max_connections=limits.max_connections,
+        max_keepalive_connections=limits.max_keepalive_connections,
+        keepalive_expiry=limits.keepalive_expiry,
+        network_backend=network_backend,
+    )
+    return transport
