@@ -1,17 +1,18 @@
-"""httpx 用的 httpcore 连接池：把“给请求分连接”这一步改成线性的（回调副本与外部引擎的客户端共用）。
+"""httpx 用的 httpcore 连接池：把“给请求分连接”这一步改成线性的（回调客户端用它）。
 
 httpcore 1.0.9 的 AsyncConnectionPool 每来一个请求、每归还一个连接都整理一遍池子，
 这一步对连接数是平方的（清理多余空闲连接时每个连接都重新数一遍全部连接，再为每个排队请求
 重新筛一遍全部连接），还会把同一个空闲连接同时分给好几个排队请求（输的那些再排一次队、
-再整理一遍）。回调副本对一个忙的 backend B、入口对外部引擎保持几十个连接时，这一步就是大头：
-并发 64 的微基准里每次投递 2.4 ms CPU，一半在这里（上游的修补 encode/httpcore#1035 还没合入）。
+再整理一遍）。回调副本对一个忙的 backend B 保持几十个连接时，这一步就是大头：
+并发 64 的微基准里每次投递 2.4 ms CPU，一半在这里（上游的修补 encode/httpcore#1035 还没合入；
+OpenAI SDK 用的 httpx2 分支已修，见 docs/performance.md 为什么不换用它）。
 
 这里只换掉这一个方法，语义不变：关掉已关闭 / 过期的连接、空闲连接超过 keepalive 上限时关掉最早的，
 排队的请求优先复用同一 origin 的空闲连接，否则在上限内新建，满了就关一个空闲的腾位置。
-另外三点：空闲连接的过期检查（每个连接 poll 一次 socket）每秒整体做一次，要复用的那个每次都查；
+另外四点：空闲连接的过期检查（每个连接 poll 一次 socket）每秒整体做一次，要复用的那个每次都查；
 一个空闲连接一轮只分给一个请求；已分给某个请求、那个请求还没开始发送的连接不当作空闲
-（不被关掉，也不再分给别人）。只用于 HTTP/1.1（两个客户端都没开 HTTP/2）：一个连接同时只服务
-一个请求。
+（不被关掉，也不再分给别人）；分给的请求还没发送就被取消、从此没人用的连接关掉（httpcore 留着它）。
+只用于 HTTP/1.1（回调客户端没开 HTTP/2）：一个连接同时只服务一个请求。
 依赖 httpcore 的内部属性，版本由 uv.lock 固定；tests/unit/test_connection_pool.py 盯着版本与行为。
 """
 
@@ -60,7 +61,7 @@ class LinearConnectionPool(httpcore.AsyncConnectionPool):
     def _tidy(
         self, reserved: set[int], closing: list[AsyncConnectionInterface]
     ) -> list[AsyncConnectionInterface]:
-        """去掉已关的连接，关掉过期的与超出 keepalive 上限的空闲连接。
+        """去掉已关的连接，关掉过期的、没人要的与超出 keepalive 上限的空闲连接。
 
         返回可分的空闲连接（旧的在前）。空闲连接的过期检查要 poll 一次 socket：
         每秒整体查一次，平时只查要复用的那个（_take_idle）。"""
@@ -73,15 +74,19 @@ class LinearConnectionPool(httpcore.AsyncConnectionPool):
         for connection in self._connections:
             if connection.is_closed():
                 continue
-            spoken_for = id(connection) in reserved
-            free = not spoken_for and connection.is_idle()
+            if id(connection) in reserved:
+                kept.append(connection)
+                continue
+            if not connection.is_idle():
+                # 没有请求用着、又不空闲：分给的请求还没开始发送就被取消了，以后没人用它、也没人关它
+                closing.append(connection)
+                continue
             # 空闲连接的 has_expired 要 poll 一次 socket（对端关了没有）：平时只查要复用的那个
-            if not spoken_for and (sweep or not free) and connection.has_expired():
+            if sweep and connection.has_expired():
                 closing.append(connection)
                 continue
             kept.append(connection)
-            if free:
-                idle.append(connection)
+            idle.append(connection)
         surplus = len(idle) - self._max_keepalive_connections
         if surplus > 0:
             dropped = {id(c) for c in idle[:surplus]}

@@ -159,10 +159,18 @@ async def test_a_sweep_probes_every_idle_connection_and_closes_the_expired(
     assert fresh.expiry_checks == 1
 
 
+def _in_use(pool: Pool, connection: FakeConnection) -> None:
+    """一个正在这个连接上收发的请求。"""
+    request = AsyncPoolRequest(httpcore.Request("POST", A))
+    request.assign_to_connection(connection)
+    pool._requests.append(request)
+
+
 async def test_surplus_idle_connections_beyond_keepalive_close_oldest_first() -> None:
     old, mid, new = FakeConnection(A), FakeConnection(A), FakeConnection(A)
     busy = FakeConnection(A, idle=False)
     pool = _pool(old, busy, mid, new, max_keepalive_connections=2)
+    _in_use(pool, busy)
     assert pool._assign_requests_to_connections() == [old]
     # 正在用的连接不算在 keepalive 上限里（httpcore 1.0.9 拿全部连接数去比）
     assert pool._connections == [busy, mid, new]
@@ -172,6 +180,7 @@ async def test_at_the_connection_limit_an_idle_connection_makes_room_or_the_requ
     on_b = FakeConnection(B)
     busy = FakeConnection(A, idle=False)
     pool = _pool(busy, on_b, max_connections=2)
+    _in_use(pool, busy)
     first = _queue(pool, A)
     assert pool._assign_requests_to_connections() == [on_b]
     assert first.connection is pool.created[0]
@@ -186,3 +195,13 @@ async def test_closed_connections_are_dropped_without_closing_them_again() -> No
     pool = _pool(gone)
     assert pool._assign_requests_to_connections() == []
     assert pool._connections == []
+
+
+async def test_a_connection_nobody_uses_or_will_close_is_closed() -> None:
+    # 分给它的请求在开始发送前被取消：连接还没连上（不空闲、没关），也没有请求再指着它
+    orphan = FakeConnection(A, idle=False)
+    busy = FakeConnection(A, idle=False)
+    pool = _pool(orphan, busy)
+    _in_use(pool, busy)
+    assert pool._assign_requests_to_connections() == [orphan]
+    assert pool._connections == [busy]
