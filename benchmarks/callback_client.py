@@ -41,7 +41,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from benchmarks.common import NICE, RESULTS
+from benchmarks.common import NICE, RESULTS, publish_latest
 from serve_app.core.connection_pool import LinearConnectionPool
 from serve_app.core.settings import CallbackPolicy
 from serve_app.delivery.client import CallbackClient, _pool_limits
@@ -195,9 +195,7 @@ def _write(rows: list[dict[str, Any]], meta: dict[str, Any], out_dir: Path) -> P
     ]
     base.with_suffix(".md").write_text("\n".join(lines), encoding="utf-8")
     _plot(rows, base.with_suffix(".png"))
-    for suffix in ("json", "md", "png"):
-        latest = out_dir / f"callback-client-latest.{suffix}"
-        latest.write_bytes(base.with_suffix(f".{suffix}").read_bytes())
+    publish_latest("callback-client", stamp, out_dir)
     sys.stdout.write("\n".join(lines) + "\n")
     return base.with_suffix(".json")
 
@@ -241,7 +239,7 @@ def _plot(rows: list[dict[str, Any]], path: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """三种连接池交替测，打印并保存结果。"""
+    """各种连接池交替测，打印并保存结果。"""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--deliveries", type=int, default=3000)
     parser.add_argument("--concurrency", default="1,16,64")

@@ -6,6 +6,7 @@ import os
 import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 from cluster.build_tiny_model import build_tiny_model
 from serve_app.core.settings import PROJECT_ROOT
@@ -18,11 +19,11 @@ RUN_DIR = PROJECT_ROOT / ".run" / "bench"
 NICE = 15
 
 
-def publish_latest(prefix: str, stamp: str) -> None:
+def publish_latest(prefix: str, stamp: str, directory: Path = RESULTS) -> None:
     """<prefix>-<stamp>.{json,md,png} 另存为 <prefix>-latest.*（docs 引用带时间的那份）。"""
     for suffix in ("json", "md", "png"):
         shutil.copyfile(
-            RESULTS / f"{prefix}-{stamp}.{suffix}", RESULTS / f"{prefix}-latest.{suffix}"
+            directory / f"{prefix}-{stamp}.{suffix}", directory / f"{prefix}-latest.{suffix}"
         )
 
 
