@@ -100,7 +100,7 @@ class JobService:
             )
         with logger.contextualize(trace_id=trace_id):
             if self._runner.cancel_local(trace_id):
-                logger.info("已取消：中止本副本上的生成")
+                logger.info("已取消：本副本上的作业离开队列或中止生成")
             else:
                 # 在别的副本上：其续租时得知；无人持有：扫描时直接投递 cancelled
                 logger.info("已登记取消")

@@ -131,7 +131,7 @@ class JobRunner:
         self._lost.discard(trace_id)
 
     def cancel_local(self, trace_id: str) -> bool:
-        """作业正在本副本生成：取消生成任务（随后投递 cancelled 回调）。"""
+        """作业在本副本排队或生成：让它离开队列或中止生成（随后投递 cancelled 回调）。"""
         production = self._production.get(trace_id)
         if production is None:
             return False
@@ -221,26 +221,32 @@ class JobRunner:
         return final
 
     async def _queued_production(self, job: ReportJob) -> CallbackPayload | None:
-        """排队拿到名额后生成；期限到了由外层的 timeout 取消（生成任务随之取消，引擎中止）。"""
+        """排队拿到名额后生成；期限到了由外层的 timeout 取消（生成任务随之取消，引擎中止）。
+
+        排队与生成是同一个登记在 _production 的任务：取消（DELETE、续租回复）在排队时就让作业
+        离开队列、立即以 cancelled 收尾，不必等到名额再在第一次推进阶段时发现。"""
+        task = asyncio.create_task(self._slotted_production(job))
+        self._production[job.trace_id] = task
+        try:
+            return await task
+        except StageInterrupted as exc:
+            if exc.reason == "lost":
+                logger.warning("作业租约已归其他副本，本副本停止执行")
+                return None
+            return CallbackPayload.cancelled(job)
+        except asyncio.CancelledError:
+            current = asyncio.current_task()
+            if job.trace_id in self._lost or (current is not None and current.cancelling()):
+                raise
+            logger.info("作业已取消：排队中的离开队列，生成中的已中止")
+            return CallbackPayload.cancelled(job)
+        finally:
+            self._production.pop(job.trace_id, None)
+
+    async def _slotted_production(self, job: ReportJob) -> CallbackPayload:
         async with self._queue.slot(job.priority, job.caller):
             # queue_wait 由流水线在开始渲染前记下（含 LLM 冷启动的等待）
-            task = asyncio.create_task(self._pipeline.produce(job, self._stage_hook(job)))
-            self._production[job.trace_id] = task
-            try:
-                return await task
-            except StageInterrupted as exc:
-                if exc.reason == "lost":
-                    logger.warning("作业租约已归其他副本，本副本停止执行")
-                    return None
-                return CallbackPayload.cancelled(job)
-            except asyncio.CancelledError:
-                current = asyncio.current_task()
-                if job.trace_id in self._lost or (current is not None and current.cancelling()):
-                    raise
-                logger.info("作业已取消：生成已中止")
-                return CallbackPayload.cancelled(job)
-            finally:
-                self._production.pop(job.trace_id, None)
+            return await self._pipeline.produce(job, self._stage_hook(job))
 
     def _stage_hook(self, job: ReportJob) -> StageHook:
         async def on_stage(state: JobState) -> None:
@@ -284,7 +290,7 @@ class JobRunner:
         for trace_id in reply.cancel:
             with logger.contextualize(trace_id=trace_id):
                 if self.cancel_local(trace_id):
-                    logger.info("收到取消请求：中止生成")
+                    logger.info("收到取消请求：离开队列或中止生成")
         for trace_id in reply.lost:
             task = self._tasks.get(trace_id)
             if task is not None:

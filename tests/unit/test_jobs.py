@@ -151,6 +151,56 @@ async def test_cancel_during_generation_aborts_it(
     assert (await client.delete("/v1/reports/nope")).status_code == 404
 
 
+async def _submit_queued_behind_a_stuck_job(harness: Harness) -> tuple[str, str]:
+    """名额只有 1 个：第一个作业卡在生成，第二个在副本的队列里等名额。"""
+    async with harness.client() as client:
+        stuck = await _submit_stuck_in_generation(client, harness)
+        queued = await _submit(client)
+        assert harness.runner.running == 2
+        assert (await _status(client, queued))["status"] == "accepted"
+    return stuck, queued
+
+
+async def _wait_cancelled_while_the_other_generates(harness: Harness, queued: str) -> None:
+    """排队的作业 5 秒内以 cancelled 收尾（不等卡住的那个让出名额），卡住的那个照旧在生成。"""
+
+    async def sent() -> bool:
+        return any(p.trace_id == queued for _, p in harness.delivery.sent)
+
+    await wait_until_async(sent, what="排队作业的 cancelled 回调", timeout_s=5)
+    [(_, payload)] = harness.delivery.sent
+    assert payload.status == "cancelled" and payload.error is not None
+    record = await harness.store.get(queued)
+    assert record is not None and record.state is JobState.CANCELLED
+    # 没进过 rendering：在队列里就收尾了
+    states = [h.state for h in record.history]
+    assert states == [JobState.ACCEPTED, JobState.DELIVERING, JobState.CANCELLED]
+    assert harness.runner.running == 1 and len(harness.llm.prompts) == 1
+
+
+async def test_cancelling_a_queued_job_ends_it_without_waiting_for_a_slot() -> None:
+    harness = Harness(jobs={**FAST_JOBS, "max_concurrent_per_replica": 1})
+    try:
+        _, queued = await _submit_queued_behind_a_stuck_job(harness)
+        async with harness.client() as client:
+            response = await client.delete(f"/v1/reports/{queued}")
+        assert response.status_code == 202
+        await _wait_cancelled_while_the_other_generates(harness, queued)
+    finally:
+        await harness.aclose()
+
+
+async def test_a_queued_job_cancelled_on_another_replica_leaves_the_queue() -> None:
+    harness = Harness(jobs={**FAST_JOBS, "max_concurrent_per_replica": 1})
+    try:
+        _, queued = await _submit_queued_behind_a_stuck_job(harness)
+        # DELETE 落在另一个入口副本：本副本从续租回复得知
+        assert (await harness.store.request_cancel(queued)).accepted
+        await _wait_cancelled_while_the_other_generates(harness, queued)
+    finally:
+        await harness.aclose()
+
+
 async def test_undelivered_round_is_redelivered_from_the_ledger(
     client: httpx.AsyncClient, harness: Harness
 ) -> None:
