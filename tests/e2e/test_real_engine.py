@@ -254,6 +254,7 @@ def _frozen_mid_generation(stack: E2EStack) -> Iterator[tuple[str, dict[str, flo
     冻住后引擎一个 token 也不生成，之后的提交与取消不再和生成速度赛跑（慢机器上控制面可能
     被饿住几秒）。看到 token 与冻住之间若恰好生成完了，就换一份重来。
     """
+    attempts: list[str] = []
     for _ in range(5):
         base = _engine_metrics(stack)
         [trace_id] = _submit_long(stack, stack.external_url, 1)
@@ -272,8 +273,14 @@ def _frozen_mid_generation(stack: E2EStack) -> Iterator[tuple[str, dict[str, flo
                 assert _status(stack.external_url, trace_id)["status"] == "generating"
                 yield trace_id, metrics
                 return
+        # 留下每次为什么没成，再失败时能看出是这份报告生成得太短（提前 EOS）还是别的请求恰好结束
+        generated = metrics["generated"] - base["generated"]
+        finished = metrics["completed"] - base["completed"]
+        attempts.append(f"冻住时已生成 {generated:g} 个 token、结束了 {finished:g} 个请求")
         _wait_callbacks(stack, {trace_id})
-    raise AssertionError(f"5 次都没能在生成中冻住引擎（loadavg={os.getloadavg()}）")
+    raise AssertionError(
+        f"5 次都没能在生成中冻住引擎（loadavg={os.getloadavg()}）：{'；'.join(attempts)}"
+    )
 
 
 def test_cancel_aborts_generation_in_the_real_engine(e2e_stack: E2EStack) -> None:
