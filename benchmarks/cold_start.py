@@ -28,7 +28,7 @@ import httpx
 import yaml
 from loguru import logger
 
-from benchmarks.common import RESULTS, RUN_DIR, publish_latest
+from benchmarks.common import RESULTS, RUN_DIR, fresh_ledger, publish_latest
 from serve_app.core.settings import PROJECT_ROOT
 from tests.support.ray_nodes import ClusterApi
 from tests.support.receiver import CallbackReceiver
@@ -233,7 +233,11 @@ def main(argv: list[str] | None = None) -> int:
     RUN_DIR.mkdir(parents=True, exist_ok=True)
     RESULTS.mkdir(parents=True, exist_ok=True)
     config = _config(RUN_DIR, args.idle_delay)
-    env = {**os.environ, "SERVE_CONFIG": str(config)}
+    env = {
+        **os.environ,
+        "SERVE_CONFIG": str(config),
+        "REPORTS_JOBS__LEDGER_PATH": str(fresh_ledger("ledger-cold-start.sqlite3")),
+    }
     subprocess.run(["bash", str(LOCAL_RUN), "start"], env=env, check=True)
     rows: list[dict[str, Any]] = []
     try:

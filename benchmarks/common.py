@@ -1,4 +1,4 @@
-"""基准共用的两件事：把一次运行的结果另存为 *-latest.*，起一个小模型的 vLLM 服务。"""
+"""基准共用的：结果另存为 *-latest.*，每次一个新的账本，起一个小模型的 vLLM 服务。"""
 
 from __future__ import annotations
 
@@ -25,6 +25,18 @@ def publish_latest(prefix: str, stamp: str, directory: Path = RESULTS) -> None:
         shutil.copyfile(
             directory / f"{prefix}-{stamp}.{suffix}", directory / f"{prefix}-latest.{suffix}"
         )
+
+
+def fresh_ledger(name: str, directory: Path = RUN_DIR) -> Path:
+    """基准专用的 SQLite 账本：起应用前删掉上一次的（连同 -wal / -shm），返回路径。
+
+    留着上一次的作业，A/B/A 里后跑的一方面对更大的库；用 make run 的 .run/ledger.sqlite3，
+    还会把用户没投完的回调接过来重投。"""
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / name
+    for suffix in ("", "-wal", "-shm", "-journal"):
+        path.with_name(path.name + suffix).unlink(missing_ok=True)
+    return path
 
 
 @contextmanager

@@ -39,7 +39,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from benchmarks.common import NICE, RESULTS, RUN_DIR, publish_latest
+from benchmarks.common import NICE, RESULTS, RUN_DIR, fresh_ledger, publish_latest
 from serve_app.core.settings import PROJECT_ROOT
 from tests.support.local_http import free_port, wait_http_ok
 
@@ -429,7 +429,7 @@ def _pipeline(
         "SERVE_CONFIG": str(_pipeline_config(ingress_replicas).relative_to(PROJECT_ROOT)),
         "VLLM_API_URL": engine_url,
         "REPORTS_ENGINE__MODEL_SOURCE": "unused-in-external-mode",
-        "REPORTS_JOBS__LEDGER_PATH": str(RUN_DIR / "ledger-overhead.sqlite3"),
+        "REPORTS_JOBS__LEDGER_PATH": str(fresh_ledger("ledger-overhead.sqlite3")),
     }
     if ledger_url is not None:
         env["REPORTS_JOBS__LEDGER_URL"] = ledger_url
