@@ -35,6 +35,16 @@ def _callback_for(app: ItApp, trace_id: str, timeout_s: float = WAIT_S) -> Recei
     )
 
 
+def _ended_status(app: ItApp, trace_id: str) -> dict[str, Any]:
+    """收到回调后等账本里也结束，返回状态（账本在接收方答 2xx 之后才记下送达）。"""
+
+    def ended() -> dict[str, Any] | None:
+        body: dict[str, Any] = httpx.get(f"{app.base_url}/v1/reports/{trace_id}", timeout=30).json()
+        return None if body["status"] == "delivering" else body
+
+    return wait_until(ended, what=f" {trace_id} 在账本里结束", timeout_s=WAIT_S, interval_s=0.1)
+
+
 def _callbacks_for(app: ItApp, trace_id: str) -> list[ReceivedCallback]:
     return [r for r in app.receiver.received if r.body.get("trace_id") == trace_id]
 
@@ -204,7 +214,7 @@ def test_a_deadline_during_generation_ends_expired_with_one_callback(it_app: ItA
     callback = _callback_for(it_app, trace_id)
     assert callback.body["status"] == "expired" and callback.body["report"] is None
     assert callback.body["error"]["code"] == "deadline_exceeded"
-    status = httpx.get(f"{it_app.base_url}/v1/reports/{trace_id}", timeout=30).json()
+    status = _ended_status(it_app, trace_id)
     assert status["status"] == "expired" and status["priority"] == "low"
     assert [h["state"] for h in status["history"]][-2:] == ["delivering", "expired"]
     time.sleep(0.5)
