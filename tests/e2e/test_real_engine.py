@@ -13,6 +13,7 @@ import httpx
 from jsonschema import Draft202012Validator
 
 from tests.e2e.conftest import E2EStack
+from tests.support.local_http import wait_job_ended
 from tests.support.process_freeze import frozen_descendants
 from tests.support.receiver import ReceivedCallback
 from tests.support.sample import SCORE_SCHEMA
@@ -215,17 +216,6 @@ def _submit_long(
     return trace_ids
 
 
-def _ended(base_url: str, trace_id: str) -> dict[str, Any]:
-    """回调收到后等账本里也结束，返回状态：账本在接收方答 2xx 之后才记下送达，收到回调的那一刻
-    状态可能还是 delivering。"""
-
-    def ended() -> bool:
-        return _status(base_url, trace_id)["status"] in TERMINAL
-
-    _wait_until(ended, f"{trace_id} 的回调已送到，账本里却没有结束")
-    return _status(base_url, trace_id)
-
-
 def _wait_generating(base_url: str, trace_ids: list[str]) -> None:
     _wait_until(
         lambda: all(_status(base_url, t)["status"] == "generating" for t in trace_ids),
@@ -242,7 +232,7 @@ def _cancel_all(stack: E2EStack, base_url: str, trace_ids: list[str]) -> None:
     for trace_id in trace_ids:
         body = callbacks[trace_id].body
         assert body["status"] == "cancelled" and body["report"] is None, body
-        status = _ended(base_url, trace_id)
+        status = wait_job_ended(base_url, trace_id, WAIT_S)
         assert status["status"] == "cancelled" and status["callback"]["state"] == "delivered"
 
 
@@ -378,7 +368,7 @@ def test_deadline_aborts_generation_in_the_in_cluster_engine(e2e_stack: E2EStack
             body = callbacks[trace_id].body
             assert body["status"] == "expired", body
             assert body["error"]["code"] == "deadline_exceeded", body
-            status = _ended(stack.internal_url, trace_id)
+            status = wait_job_ended(stack.internal_url, trace_id, WAIT_S)
             assert status["status"] == "expired" and status["deadline_at"] is not None
         _wait_until(
             lambda: _log_shows(stack.llm_replica_log(replica), "aborted", trace_ids),

@@ -12,6 +12,7 @@ import pytest
 from benchmarks.overhead import server_timing
 from tests.integration.conftest import CALLBACK_ATTEMPTS, LLM_ATTEMPTS, ItApp
 from tests.support.cluster import free_port, read_json_logs
+from tests.support.local_http import wait_job_ended
 from tests.support.receiver import ReceivedCallback
 from tests.support.sample import sales_request
 from tests.support.waiting import wait_until
@@ -33,16 +34,6 @@ def _callback_for(app: ItApp, trace_id: str, timeout_s: float = WAIT_S) -> Recei
         what=f" {trace_id} 的回调",
         timeout_s=timeout_s,
     )
-
-
-def _ended_status(app: ItApp, trace_id: str) -> dict[str, Any]:
-    """收到回调后等账本里也结束，返回状态（账本在接收方答 2xx 之后才记下送达）。"""
-
-    def ended() -> dict[str, Any] | None:
-        body: dict[str, Any] = httpx.get(f"{app.base_url}/v1/reports/{trace_id}", timeout=30).json()
-        return None if body["status"] == "delivering" else body
-
-    return wait_until(ended, what=f" {trace_id} 在账本里结束", timeout_s=WAIT_S, interval_s=0.1)
 
 
 def _callbacks_for(app: ItApp, trace_id: str) -> list[ReceivedCallback]:
@@ -214,7 +205,7 @@ def test_a_deadline_during_generation_ends_expired_with_one_callback(it_app: ItA
     callback = _callback_for(it_app, trace_id)
     assert callback.body["status"] == "expired" and callback.body["report"] is None
     assert callback.body["error"]["code"] == "deadline_exceeded"
-    status = _ended_status(it_app, trace_id)
+    status = wait_job_ended(it_app.base_url, trace_id, WAIT_S)
     assert status["status"] == "expired" and status["priority"] == "low"
     assert [h["state"] for h in status["history"]][-2:] == ["delivering", "expired"]
     time.sleep(0.5)

@@ -151,14 +151,14 @@ async def test_cancel_during_generation_aborts_it(
     assert (await client.delete("/v1/reports/nope")).status_code == 404
 
 
-async def _submit_queued_behind_a_stuck_job(harness: Harness) -> tuple[str, str]:
+async def _submit_queued_behind_a_stuck_job(harness: Harness) -> str:
     """名额只有 1 个：第一个作业卡在生成，第二个在副本的队列里等名额。"""
     async with harness.client() as client:
-        stuck = await _submit_stuck_in_generation(client, harness)
+        await _submit_stuck_in_generation(client, harness)
         queued = await _submit(client)
         assert harness.runner.running == 2
         assert (await _status(client, queued))["status"] == "accepted"
-    return stuck, queued
+    return queued
 
 
 async def _wait_cancelled_while_the_other_generates(harness: Harness, queued: str) -> None:
@@ -181,7 +181,7 @@ async def _wait_cancelled_while_the_other_generates(harness: Harness, queued: st
 async def test_cancelling_a_queued_job_ends_it_without_waiting_for_a_slot() -> None:
     harness = Harness(jobs={**FAST_JOBS, "max_concurrent_per_replica": 1})
     try:
-        _, queued = await _submit_queued_behind_a_stuck_job(harness)
+        queued = await _submit_queued_behind_a_stuck_job(harness)
         async with harness.client() as client:
             response = await client.delete(f"/v1/reports/{queued}")
         assert response.status_code == 202
@@ -193,7 +193,7 @@ async def test_cancelling_a_queued_job_ends_it_without_waiting_for_a_slot() -> N
 async def test_a_queued_job_cancelled_on_another_replica_leaves_the_queue() -> None:
     harness = Harness(jobs={**FAST_JOBS, "max_concurrent_per_replica": 1})
     try:
-        _, queued = await _submit_queued_behind_a_stuck_job(harness)
+        queued = await _submit_queued_behind_a_stuck_job(harness)
         # DELETE 落在另一个入口副本：本副本从续租回复得知
         assert (await harness.store.request_cancel(queued)).accepted
         await _wait_cancelled_while_the_other_generates(harness, queued)
