@@ -13,7 +13,13 @@ from typing import Any
 
 from serve_app.core.settings import JobPolicy
 from serve_app.ledger import rules
-from serve_app.ledger.records import Admission, CallbackState, CancelResult, JobState
+from serve_app.ledger.records import (
+    Admission,
+    CallbackState,
+    CancelResult,
+    JobState,
+    StateChange,
+)
 from serve_app.ledger.rows import Row, delivery_columns, record_from_row, state_columns
 from serve_app.ledger.store import HeartbeatReply, IdempotencyKey
 from serve_app.models.reports import CallbackPayload, DeliveryOutcome, ReportJob
@@ -31,11 +37,12 @@ class Step:
     columns: dict[str, Any] | None = None
     state: JobState | None = None
     written: Callable[[Row], Any] | None = None
+    passed: StateChange | None = None
 
     def changes(self, row: Row, now: float) -> dict[str, Any]:
-        """这次写入改动的全部列（含 updated_at；状态变化时连同追加了一条的历史）。"""
+        """这次写入改动的全部列（含 updated_at；状态变化时连同追加了的历史）。"""
         assert self.columns is not None
-        return self.columns | {"updated_at": now} | state_columns(row, self.state, now)
+        return self.columns | {"updated_at": now} | state_columns(row, self.state, now, self.passed)
 
     @property
     def needs_row(self) -> bool:
@@ -94,8 +101,16 @@ class Decisions:
         """从 now 起的租约到期时间。"""
         return rules.lease_until(now, self._policy)
 
-    def advance(self, row: Row | None, now: float, owner: str, state: JobState) -> Step:
-        """进入下一个生成阶段：已请求取消答 cancelled，租约已丢答 lost。"""
+    def advance(
+        self,
+        row: Row | None,
+        now: float,
+        owner: str,
+        state: JobState,
+        passed: StateChange | None = None,
+    ) -> Step:
+        """进入下一个生成阶段：已请求取消答 cancelled，租约已丢答 lost。passed 是途经而没有
+        单独写过的阶段（见 rows.state_columns），与 state 一起记进历史。"""
         if row is None:
             return Step(reply="lost")
         verdict = rules.advance_verdict(
@@ -103,7 +118,9 @@ class Decisions:
         )
         if verdict != "ok":
             return Step(reply=verdict)
-        return Step(columns={"lease_until": self.lease(now)}, state=state, reply="ok")
+        return Step(
+            columns={"lease_until": self.lease(now)}, state=state, reply="ok", passed=passed
+        )
 
     def finish(self, row: Row | None, now: float, owner: str, outcome: CallbackPayload) -> Step:
         """记录结果并进入 delivering：已登记取消时结果改为 cancelled；owner 的重试答已记的结果。"""

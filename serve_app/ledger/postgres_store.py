@@ -34,6 +34,7 @@ from serve_app.ledger.records import (
     CancelResult,
     JobRecord,
     JobState,
+    StateChange,
     WorkItem,
 )
 from serve_app.ledger.rows import COUNTS_SQL, record_from_row
@@ -139,9 +140,13 @@ class PostgresJobStore:
         """受理（见 JobStore.admit）。带 Idempotency-Key 的在事务里由咨询锁串行同一个键。"""
         return cast(Admission, await self._batcher.call("admit", job, owner, idempotency))
 
-    async def advance(self, trace_id: str, owner: str, state: JobState) -> AdvanceResult:
-        """进入 rendering / generating。"""
-        return cast(AdvanceResult, await self._batcher.call("advance", trace_id, owner, state))
+    async def advance(
+        self, trace_id: str, owner: str, state: JobState, passed: StateChange | None = None
+    ) -> AdvanceResult:
+        """进入 rendering / generating（passed 见 JobStore.advance）。"""
+        return cast(
+            AdvanceResult, await self._batcher.call("advance", trace_id, owner, state, passed)
+        )
 
     async def finish(
         self, trace_id: str, owner: str, outcome: CallbackPayload

@@ -94,14 +94,24 @@ def new_job_columns(job: ReportJob, owner: str, now: float, lease_until: float) 
     }
 
 
-def state_columns(row: Row, state: JobState | None, now: float) -> dict[str, Any]:
-    """状态变化要写的列（state 与追加了一条的 history_json）；状态不变时为空。"""
+def state_columns(
+    row: Row, state: JobState | None, now: float, passed: StateChange | None = None
+) -> dict[str, Any]:
+    """状态变化要写的列（state 与追加了的 history_json）；状态不变时为空。
+
+    passed：途经而没有单独写过的阶段（渲染很快时 rendering 与 generating 一次写下），
+    按它自己的时刻排在新状态之前。"""
     if state is None or state == row["state"]:
         return {}
-    # 历史是本模块写下的 JSON 数组（至少有受理那一条）：在结尾的 "]" 前接上新的一条，
+    # 历史是本模块写下的 JSON 数组（至少有受理那一条）：在结尾的 "]" 前接上新的条目，
     # 不必整段解析再序列化
-    entry = json.dumps({"state": str(state), "at": at(now).isoformat()})
-    return {"state": str(state), "history_json": f"{row['history_json'][:-1]}, {entry}]"}
+    current = at(now)
+    entries = [] if passed is None else [(passed.state, min(passed.at.astimezone(UTC), current))]
+    entries.append((state, current))
+    tail = "".join(
+        ", " + json.dumps({"state": str(s), "at": when.isoformat()}) for s, when in entries
+    )
+    return {"state": str(state), "history_json": f"{row['history_json'][:-1]}{tail}]"}
 
 
 def delivery_columns(

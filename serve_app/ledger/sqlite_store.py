@@ -21,6 +21,7 @@ from serve_app.ledger.records import (
     CancelResult,
     JobRecord,
     JobState,
+    StateChange,
     WorkItem,
 )
 from serve_app.ledger.rows import COUNTS_SQL, new_job_columns, record_from_row
@@ -169,9 +170,13 @@ class SqliteJobStore:
         row: sqlite3.Row | None = await self._db.run(lambda db: self._row(db, trace_id))
         return record_from_row(row) if row is not None else None
 
-    async def advance(self, trace_id: str, owner: str, state: JobState) -> AdvanceResult:
-        """进入 rendering / generating。"""
-        return cast(AdvanceResult, await self._now(self._mutate, "advance", trace_id, owner, state))
+    async def advance(
+        self, trace_id: str, owner: str, state: JobState, passed: StateChange | None = None
+    ) -> AdvanceResult:
+        """进入 rendering / generating（passed 见 JobStore.advance）。"""
+        return cast(
+            AdvanceResult, await self._now(self._mutate, "advance", trace_id, owner, state, passed)
+        )
 
     async def finish(
         self, trace_id: str, owner: str, outcome: CallbackPayload

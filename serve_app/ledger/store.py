@@ -18,7 +18,14 @@ from typing import Protocol
 
 from pydantic import BaseModel, Field
 
-from serve_app.ledger.records import Admission, CancelResult, JobRecord, JobState, WorkItem
+from serve_app.ledger.records import (
+    Admission,
+    CancelResult,
+    JobRecord,
+    JobState,
+    StateChange,
+    WorkItem,
+)
 from serve_app.ledger.rules import AdvanceResult
 from serve_app.models.reports import CallbackPayload, DeliveryOutcome, ReportJob
 
@@ -72,8 +79,13 @@ class JobStore(Protocol):
         """按 trace_id 取作业。"""
         ...
 
-    async def advance(self, trace_id: str, owner: str, state: JobState) -> AdvanceResult:
-        """进入下一个生成阶段；已请求取消返回 cancelled，租约已丢返回 lost。"""
+    async def advance(
+        self, trace_id: str, owner: str, state: JobState, passed: StateChange | None = None
+    ) -> AdvanceResult:
+        """进入下一个生成阶段；已请求取消返回 cancelled，租约已丢返回 lost。
+
+        passed：途经而没有单独写过的阶段（渲染很快时不单为 rendering 写一次账本），按它自己的
+        时刻与 state 一起记进历史。"""
         ...
 
     async def finish(

@@ -17,7 +17,7 @@ from serve_app.core.errors import (
     error_info,
 )
 from serve_app.core.metrics import ReportMetrics
-from serve_app.ledger.records import JobState
+from serve_app.ledger.records import JobState, StateChange
 from serve_app.llm.port import LLMClient
 from serve_app.models.reports import (
     ENGINE_PRIORITY,
@@ -30,8 +30,12 @@ from serve_app.models.templates import RenderedPrompt
 from serve_app.prompting.output_check import checked
 from serve_app.services.stages import DeliveryStage, RenderStage
 
-# 记录进入某个阶段（与该阶段的工作并行；作业被取消或租约丢失时抛 StageInterrupted）
-StageHook = Callable[[JobState], Awaitable[None]]
+# 记录进入某个阶段（与该阶段的工作并行；作业被取消或租约丢失时抛 StageInterrupted）。
+# 第二个参数是途经而没有单独记下的阶段（见 ReportPipeline._render），与这一次一起记
+StageHook = Callable[[JobState, StateChange | None], Awaitable[None]]
+
+# 渲染在这么久之内完成的（几乎总是：毫秒级）不单为 rendering 写一次账本
+RENDERING_NOTE_AFTER_S = 0.5
 
 
 class StageInterrupted(Exception):
@@ -42,7 +46,7 @@ class StageInterrupted(Exception):
         self.reason = reason
 
 
-async def _no_hook(_: JobState) -> None:
+async def _no_hook(_: JobState, __: StateChange | None) -> None:
     return None
 
 
@@ -72,8 +76,10 @@ class ReportPipeline:
         delivery: DeliveryStage,
         metrics: ReportMetrics | None = None,
         output_retries: int = 1,
+        rendering_note_after_s: float = RENDERING_NOTE_AFTER_S,
     ) -> None:
         self._renderer = renderer
+        self._rendering_note_after_s = rendering_note_after_s
         self._llm = llm
         self._delivery = delivery
         self._metrics = metrics or ReportMetrics()
@@ -99,12 +105,10 @@ class ReportPipeline:
                 max((datetime.now(UTC) - job.created_at).total_seconds(), 0.0),
                 {"stage": "queue_wait", "priority": job.priority},
             )
-            rendered = await _alongside(
-                on_stage(JobState.RENDERING), self._timed("render", job, self._renderer.render(job))
-            )
+            rendered, passed = await self._render(job, on_stage)
             prompt = rendered.model_copy(update={"engine_priority": ENGINE_PRIORITY[job.priority]})
             completion = await _alongside(
-                on_stage(JobState.GENERATING),
+                on_stage(JobState.GENERATING, passed),
                 self._timed("generate", job, self._generate_checked(job, prompt)),
             )
         except (StageInterrupted, LedgerUnavailable):
@@ -116,6 +120,27 @@ class ReportPipeline:
             logger.exception("作业失败：{} - {}", code, message)
             return CallbackPayload.failed(job, code, message)
         return CallbackPayload.succeeded(job, completion)
+
+    async def _render(
+        self, job: ReportJob, on_stage: StageHook
+    ) -> tuple[RenderedPrompt, StateChange | None]:
+        """渲染 → (提示词, 途经而没有单独记下的 rendering)。
+
+        渲染在 rendering_note_after_s 内完成的，不单为 rendering 写一次账本：它的时刻由进入
+        generating 的那次一起记进历史（每个作业少一次账本往返，低负载时就是少一跳）。渲染慢了
+        才先记 rendering（记下的时刻晚于渲染开始 rendering_note_after_s），状态查询看得到作业
+        卡在哪一步。取消与租约照样在进入 generating 时判定。"""
+        started = datetime.now(UTC)
+        render = asyncio.ensure_future(self._timed("render", job, self._renderer.render(job)))
+        try:
+            done, _ = await asyncio.wait({render}, timeout=self._rendering_note_after_s)
+        except BaseException:
+            render.cancel()
+            await asyncio.gather(render, return_exceptions=True)
+            raise
+        if done:
+            return render.result(), StateChange(state=JobState.RENDERING, at=started)
+        return await _alongside(on_stage(JobState.RENDERING, None), render), None
 
     async def _generate_checked(self, job: ReportJob, prompt: RenderedPrompt) -> Completion:
         """生成并按输出格式检查：不符合的重新生成 output_retries 次；截断不重试（同样的 max_tokens

@@ -22,7 +22,7 @@ from loguru import logger
 
 from serve_app.core.metrics import ReportMetrics
 from serve_app.core.settings import JobPolicy
-from serve_app.ledger.records import CallbackState, JobRecord, JobState, WorkItem
+from serve_app.ledger.records import CallbackState, JobRecord, JobState, StateChange, WorkItem
 from serve_app.ledger.store import JobStore
 from serve_app.models.reports import CallbackPayload, ReportJob
 from serve_app.services.job_queue import JobQueue
@@ -249,8 +249,8 @@ class JobRunner:
             return await self._pipeline.produce(job, self._stage_hook(job))
 
     def _stage_hook(self, job: ReportJob) -> StageHook:
-        async def on_stage(state: JobState) -> None:
-            result = await self._store.advance(job.trace_id, self.owner, state)
+        async def on_stage(state: JobState, passed: StateChange | None) -> None:
+            result = await self._store.advance(job.trace_id, self.owner, state, passed)
             if result != "ok":
                 raise StageInterrupted(result)
             logger.debug("进入阶段 {}", state)

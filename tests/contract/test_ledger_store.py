@@ -20,7 +20,8 @@ from serve_app.core.errors import ErrorCode, LedgerUnavailable
 from serve_app.core.settings import PROJECT_ROOT, JobPolicy
 from serve_app.ledger import postgres_store
 from serve_app.ledger.postgres_store import PostgresJobStore
-from serve_app.ledger.records import CallbackState, JobState
+from serve_app.ledger.records import CallbackState, JobState, StateChange
+from serve_app.ledger.rows import at
 from serve_app.ledger.sqlite_store import SqliteJobStore
 from serve_app.ledger.store import IdempotencyKey, JobStore, LedgerSchemaError
 from serve_app.models.reports import (
@@ -129,6 +130,38 @@ async def test_full_lifecycle_is_recorded(store: JobStore) -> None:
     assert record.callback.webhook_id == "msg_t-1"
     assert record.outcome is not None and record.outcome.report is not None
     assert await store.get("missing") is None
+
+
+async def test_a_passed_stage_is_written_with_the_next_in_its_own_order(
+    store: JobStore, clock: Clock
+) -> None:
+    """渲染很快时 rendering 随进入 generating 的那一次写下（少一次账本往返）：历史按各自的时刻排好；
+    途经阶段的时刻晚于账本的时钟（别的节点时钟快）时按写下的时刻记，历史不倒序。"""
+    accepted = clock.now
+    for trace_id in ("t-1", "t-2", "t-3"):
+        assert (await store.admit(_job(trace_id), "a", None)).record is not None
+    clock.now += 2
+    rendering = StateChange(state=JobState.RENDERING, at=at(accepted + 1))
+    assert await store.advance("t-1", "a", JobState.GENERATING, rendering) == "ok"
+    record = await store.get("t-1")
+    assert record is not None and record.state is JobState.GENERATING
+    assert [(h.state, h.at) for h in record.history] == [
+        (JobState.ACCEPTED, at(accepted)),
+        (JobState.RENDERING, at(accepted + 1)),
+        (JobState.GENERATING, at(clock.now)),
+    ]
+
+    ahead = StateChange(state=JobState.RENDERING, at=at(clock.now + 60))
+    assert await store.advance("t-2", "a", JobState.GENERATING, ahead) == "ok"
+    record = await store.get("t-2")
+    assert record is not None
+    assert [h.at for h in record.history[1:]] == [at(clock.now), at(clock.now)]
+
+    # 被拒绝的推进（已登记取消）什么也不写，途经的阶段也不写
+    assert (await store.request_cancel("t-3")).accepted
+    assert await store.advance("t-3", "a", JobState.GENERATING, rendering) == "cancelled"
+    record = await store.get("t-3")
+    assert record is not None and [h.state for h in record.history] == [JobState.ACCEPTED]
 
 
 async def test_records_returned_by_writes_equal_what_is_read_back(store: JobStore) -> None:

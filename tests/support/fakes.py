@@ -71,12 +71,17 @@ class FakeLLM:
 class LocalRenderStage:
     """进程内渲染（不经 Ray 句柄）。"""
 
-    def __init__(self, catalog: TemplateCatalog, error: BaseException | None = None) -> None:
+    def __init__(
+        self, catalog: TemplateCatalog, error: BaseException | None = None, delay_s: float = 0.0
+    ) -> None:
         self._renderer = PromptRenderer(catalog)
         self.error = error
+        self.delay_s = delay_s
 
     async def render(self, job: ReportJob) -> RenderedPrompt:
-        """渲染或按脚本抛错。"""
+        """渲染或按脚本抛错（delay_s：像渲染副本忙着时那样慢）。"""
+        if self.delay_s:
+            await asyncio.sleep(self.delay_s)
         if self.error is not None:
             raise self.error
         return self._renderer.render(job.report_type, job.inputs, job.length, job.output_schema)

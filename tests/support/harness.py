@@ -40,12 +40,13 @@ class Harness:
         self.settings = settings or make_settings(**overrides)
         self.llm = FakeLLM()
         self.delivery = RecordingDelivery()
+        self.render = LocalRenderStage(load_catalog())
         # 内存账本（每个 Harness 一个）；执行器在第一次受理时于当前事件循环里启动
         self.store = SqliteJobStore(Path(":memory:"), self.settings.jobs)
         # 与 Serve 副本同一个工厂（IngressServices.build），只是阶段换成进程内的假实现
         self.services = IngressServices.build(
             self.settings,
-            render=LocalRenderStage(load_catalog()),
+            render=self.render,
             llm=self.llm,
             delivery=self.delivery,
             store=self.store,

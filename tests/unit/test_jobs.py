@@ -16,6 +16,7 @@ from serve_app.core.errors import LedgerUnavailable
 from serve_app.core.settings import JobPolicy
 from serve_app.ledger.records import JobState
 from serve_app.models.reports import DeliveryOutcome, ReportJob
+from serve_app.services.pipeline import RENDERING_NOTE_AFTER_S
 from tests.support.harness import Harness
 from tests.support.sample import SUCCEEDED_HISTORY, sales_request
 from tests.support.waiting import wait_until_async
@@ -97,6 +98,47 @@ async def test_status_reports_every_stage_and_the_result(
     assert body["metadata"] == {"order": 42, "tags": ["周报"]} and body["error"] is None
     missing = await client.get("/v1/reports/no-such-job")
     assert missing.status_code == 404 and missing.json()["error"]["code"] == "not_found"
+
+
+async def test_a_job_takes_four_ledger_writes_and_a_slow_render_still_shows(
+    client: httpx.AsyncClient, harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """每个作业写四次账本：受理、进入 generating（渲染很快，rendering 随它一起记下）、结果、投递。
+    渲染慢了才多写一次：渲染还没完，状态查询就是 rendering。历史两种情况都完整、按时刻排好。"""
+    writes: list[str] = []
+    for op in ("admit", "advance", "finish", "record_delivery"):
+        real = getattr(harness.store, op)
+
+        async def counted(*args: Any, _op: str = op, _real: Any = real) -> Any:
+            writes.append(_op)
+            return await _real(*args)
+
+        monkeypatch.setattr(harness.store, op, counted)
+
+    async def history_of(trace_id: str) -> list[dict[str, Any]]:
+        body = await _status(client, trace_id)
+        assert body["status"] == "succeeded"
+        history: list[dict[str, Any]] = body["history"]
+        assert [h["state"] for h in history] == SUCCEEDED_HISTORY
+        times = [datetime.fromisoformat(h["at"]) for h in history]
+        assert times == sorted(times)
+        return history
+
+    fast = await _submit(client)
+    await harness.settle()
+    assert writes == ["admit", "advance", "finish", "record_delivery"]
+    await history_of(fast)
+
+    writes.clear()
+    harness.render.delay_s = 1.0
+    slow = await _submit(client)
+    await _wait_state(client, slow, "rendering")
+    await harness.settle()
+    assert writes == ["admit", "advance", "advance", "finish", "record_delivery"]
+    history = await history_of(slow)
+    # 慢的渲染在开始 RENDERING_NOTE_AFTER_S 秒后记下 rendering，余下的渲染时间在它与 generating 之间
+    rendering, generating = (datetime.fromisoformat(h["at"]) for h in history[1:3])
+    assert (generating - rendering).total_seconds() >= 1.0 - RENDERING_NOTE_AFTER_S - 0.05
 
 
 async def test_idempotency_key_replays_the_first_202(

@@ -14,7 +14,9 @@ from serve_app.core.errors import (
     LLMTimeout,
     RenderError,
 )
+from serve_app.ledger.records import JobState, StateChange
 from serve_app.models.reports import DeliveryOutcome, ReportJob
+from serve_app.models.templates import RenderedPrompt
 from serve_app.services.pipeline import ReportPipeline
 from tests.support.fakes import FakeLLM, LocalRenderStage, RecordingDelivery
 from tests.support.logs import captured_logs
@@ -103,3 +105,54 @@ async def test_callback_stage_crash_does_not_escape() -> None:
         outcome = await _run(_pipeline(FakeLLM(), delivery), _job())
     assert not outcome.delivered
     assert any("本轮未送达" in r["message"] and r["exception"] for r in logs)
+
+
+class _StageLog:
+    """记下流水线每次要求记录阶段：(阶段, 途经的阶段, 那时渲染是否已完成)。"""
+
+    def __init__(self) -> None:
+        self.rendered = 0
+        self.calls: list[tuple[JobState, StateChange | None, int]] = []
+
+    async def __call__(self, state: JobState, passed: StateChange | None) -> None:
+        self.calls.append((state, passed, self.rendered))
+
+
+class _CountingRender(LocalRenderStage):
+    def __init__(self, delay_s: float) -> None:
+        super().__init__(load_catalog(), delay_s=delay_s)
+        self.log: _StageLog | None = None
+
+    async def render(self, job: ReportJob) -> RenderedPrompt:
+        rendered = await super().render(job)
+        assert self.log is not None
+        self.log.rendered += 1
+        return rendered
+
+
+async def _stages(render_delay_s: float, note_after_s: float) -> _StageLog:
+    render = _CountingRender(render_delay_s)
+    log = _StageLog()
+    render.log = log
+    pipeline = ReportPipeline(
+        render, FakeLLM(), RecordingDelivery(), rendering_note_after_s=note_after_s
+    )
+    payload = await pipeline.produce(_job(), log)
+    assert payload.status == "succeeded"
+    return log
+
+
+async def test_a_fast_render_is_recorded_together_with_generating() -> None:
+    """渲染很快：不单为 rendering 写账本，它的时刻随进入 generating 的那一次记下（少一次往返）。"""
+    before = datetime.now(UTC)
+    log = await _stages(render_delay_s=0.0, note_after_s=5.0)
+    [(state, passed, rendered)] = log.calls
+    assert state is JobState.GENERATING and rendered == 1
+    assert passed is not None and passed.state is JobState.RENDERING
+    assert before <= passed.at <= datetime.now(UTC)
+
+
+async def test_a_slow_render_is_recorded_while_it_runs() -> None:
+    """渲染慢了：先记 rendering（状态查询看得到卡在渲染），之后再记 generating。"""
+    log = await _stages(render_delay_s=0.3, note_after_s=0.05)
+    assert log.calls == [(JobState.RENDERING, None, 0), (JobState.GENERATING, None, 1)]
