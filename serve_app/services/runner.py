@@ -20,6 +20,7 @@ from datetime import UTC, datetime
 
 from loguru import logger
 
+from serve_app.core.errors import LedgerUnavailable
 from serve_app.core.metrics import ReportMetrics
 from serve_app.core.settings import JobPolicy
 from serve_app.ledger.records import CallbackState, JobRecord, JobState, StateChange, WorkItem
@@ -250,7 +251,14 @@ class JobRunner:
 
     def _stage_hook(self, job: ReportJob) -> StageHook:
         async def on_stage(state: JobState, passed: StateChange | None) -> None:
-            result = await self._store.advance(job.trace_id, self.owner, state, passed)
+            try:
+                result = await self._store.advance(job.trace_id, self.owner, state, passed)
+            except LedgerUnavailable:
+                raise
+            except Exception as exc:
+                # 记不下阶段不是作业的错（如升级窗口里旧的 Ledger 副本不认新参数）：不出 failed
+                # 结果，照账本不可用处理，租约到期后重跑
+                raise LedgerUnavailable(f"记录阶段 {state} 失败：{exc!r}") from exc
             if result != "ok":
                 raise StageInterrupted(result)
             logger.debug("进入阶段 {}", state)

@@ -419,10 +419,23 @@ async def test_runner_purges_finished_jobs_after_retention_off_the_request_path(
         await h.aclose()
 
 
+@pytest.mark.parametrize(
+    "error",
+    [
+        LedgerUnavailable("作业账本暂不可用（advance）"),
+        # 升级窗口里旧的 Ledger 副本不认新入口多传的参数
+        TypeError("advance() takes 4 positional arguments but 5 were given"),
+    ],
+    ids=["unavailable", "old-ledger-replica"],
+)
 async def test_a_ledger_outage_mid_job_reruns_it_instead_of_failing_it(
-    client: httpx.AsyncClient, harness: Harness, monkeypatch: pytest.MonkeyPatch
+    client: httpx.AsyncClient,
+    harness: Harness,
+    monkeypatch: pytest.MonkeyPatch,
+    error: Exception,
 ) -> None:
-    """账本在作业中途暂不可用（推进阶段写不进去）：不出 failed 结果；租约到期后重跑、成功。
+    """账本在作业中途记不下阶段（暂不可用，或升级窗口里旧副本不认参数）：不出 failed 结果；
+    租约到期后重跑、成功。
 
     chaos soak 在真实引擎上找到的：Ledger 副本重启那几秒里的作业以 ledger_unavailable 失败。
     """
@@ -433,7 +446,7 @@ async def test_a_ledger_outage_mid_job_reruns_it_instead_of_failing_it(
         nonlocal failures
         if failures == 0:
             failures += 1
-            raise LedgerUnavailable("作业账本暂不可用（advance）")
+            raise error
         return await real_advance(*args)
 
     monkeypatch.setattr(harness.store, "advance", flaky)
