@@ -69,10 +69,15 @@ def record_from_row(
     )
 
 
+def _history_entry(state: JobState, when: datetime) -> str:
+    """历史的一条（JSON；state_columns 按这个写法判断某一条是否已在历史里）。"""
+    return json.dumps({"state": str(state), "at": when.astimezone(UTC).isoformat()})
+
+
 @functools.lru_cache(maxsize=1)
 def _first_history(now: float) -> str:
     # 一批受理共用同一个 now：历史的第一条只序列化一次
-    return json.dumps([{"state": str(JobState.ACCEPTED), "at": at(now).isoformat()}])
+    return f"[{_history_entry(JobState.ACCEPTED, at(now))}]"
 
 
 def new_job_columns(job: ReportJob, owner: str, now: float, lease_until: float) -> dict[str, Any]:
@@ -97,21 +102,29 @@ def new_job_columns(job: ReportJob, owner: str, now: float, lease_until: float) 
 def state_columns(
     row: Row, state: JobState | None, now: float, passed: StateChange | None = None
 ) -> dict[str, Any]:
-    """状态变化要写的列（state 与追加了的 history_json）；状态不变时为空。
+    """状态变化要写的列（state 与追加了的 history_json）；没有变化时为空。
 
-    passed：途经而没有单独写过的阶段（渲染很快时 rendering 与 generating 一次写下），
-    按它自己的时刻排在新状态之前。"""
-    if state is None or state == row["state"]:
+    passed：途经而没有单独写过的阶段（渲染很快时 rendering 与 generating 一次写下），按它自己的
+    时刻排在新状态之前。重新执行时（已在 generating）它照样追加，历史里看得到第二次执行；
+    历史里已有这一条（同一次推进被句柄整批重试）就不再追加，推进保持幂等。新状态的时刻不早于
+    途经阶段（入口与账本不在一台机器、时钟有偏差时历史也不倒序）。"""
+    if state is None:
         return {}
     # 历史是本模块写下的 JSON 数组（至少有受理那一条）：在结尾的 "]" 前接上新的条目，
     # 不必整段解析再序列化
-    current = at(now)
-    entries = [] if passed is None else [(passed.state, min(passed.at.astimezone(UTC), current))]
-    entries.append((state, current))
-    tail = "".join(
-        ", " + json.dumps({"state": str(s), "at": when.isoformat()}) for s, when in entries
-    )
-    return {"state": str(state), "history_json": f"{row['history_json'][:-1]}{tail}]"}
+    history: str = row["history_json"]
+    entries: list[str] = []
+    current, latest = JobState(row["state"]), at(now)
+    if passed is not None:
+        entry = _history_entry(passed.state, passed.at)
+        if entry not in history:
+            entries.append(entry)
+            current, latest = passed.state, max(latest, passed.at)
+    if state != current:
+        entries.append(_history_entry(state, latest))
+    if not entries:
+        return {}
+    return {"state": str(state), "history_json": f"{history[:-1]}, {', '.join(entries)}]"}
 
 
 def delivery_columns(

@@ -136,7 +136,8 @@ async def test_a_passed_stage_is_written_with_the_next_in_its_own_order(
     store: JobStore, clock: Clock
 ) -> None:
     """渲染很快时 rendering 随进入 generating 的那一次写下（少一次账本往返）：历史按各自的时刻排好；
-    途经阶段的时刻晚于账本的时钟（别的节点时钟快）时按写下的时刻记，历史不倒序。"""
+    同一次推进重放（句柄整批重试）不重复追加；途经阶段的时刻晚于账本的时钟（别的节点时钟快）时，
+    generating 记在它之后，历史不倒序。"""
     accepted = clock.now
     for trace_id in ("t-1", "t-2", "t-3"):
         assert (await store.admit(_job(trace_id), "a", None)).record is not None
@@ -150,18 +151,46 @@ async def test_a_passed_stage_is_written_with_the_next_in_its_own_order(
         (JobState.RENDERING, at(accepted + 1)),
         (JobState.GENERATING, at(clock.now)),
     ]
+    clock.now += 1
+    assert await store.advance("t-1", "a", JobState.GENERATING, rendering) == "ok"
+    replayed = await store.get("t-1")
+    assert replayed is not None and replayed.history == record.history
 
     ahead = StateChange(state=JobState.RENDERING, at=at(clock.now + 60))
     assert await store.advance("t-2", "a", JobState.GENERATING, ahead) == "ok"
     record = await store.get("t-2")
     assert record is not None
-    assert [h.at for h in record.history[1:]] == [at(clock.now), at(clock.now)]
+    assert [h.at for h in record.history[1:]] == [at(clock.now + 60), at(clock.now + 60)]
 
     # 被拒绝的推进（已登记取消）什么也不写，途经的阶段也不写
     assert (await store.request_cancel("t-3")).accepted
     assert await store.advance("t-3", "a", JobState.GENERATING, rendering) == "cancelled"
     record = await store.get("t-3")
     assert record is not None and [h.state for h in record.history] == [JobState.ACCEPTED]
+
+
+async def test_a_rerun_shows_its_second_rendering_in_the_history(
+    store: JobStore, clock: Clock
+) -> None:
+    """租约过期、别的副本领取后重新执行：作业已在 generating，途经的 rendering 照样追加，
+    历史里看得到第二次执行（故障层按 rendering 的次数数执行了几次）。"""
+    await store.admit(_job(), "dead", None)
+    first = StateChange(state=JobState.RENDERING, at=at(clock.now))
+    assert await store.advance("t-1", "dead", JobState.GENERATING, first) == "ok"
+    clock.now += POLICY.lease_s + 1
+    [item] = await store.claim_due("b", 10)
+    assert item.produce and item.record.runs == 2
+    second = StateChange(state=JobState.RENDERING, at=at(clock.now))
+    assert await store.advance("t-1", "b", JobState.GENERATING, second) == "ok"
+    record = await store.get("t-1")
+    assert record is not None
+    assert [h.state for h in record.history] == [
+        JobState.ACCEPTED,
+        JobState.RENDERING,
+        JobState.GENERATING,
+        JobState.RENDERING,
+        JobState.GENERATING,
+    ]
 
 
 async def test_records_returned_by_writes_equal_what_is_read_back(store: JobStore) -> None:
