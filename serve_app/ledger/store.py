@@ -85,7 +85,7 @@ class JobStore(Protocol):
         """进入下一个生成阶段；已请求取消返回 cancelled，租约已丢返回 lost。
 
         passed：途经而没有单独写过的阶段（渲染很快时不单为 rendering 写一次账本），按它自己的
-        时刻与 state 一起记进历史。"""
+        时刻与 state 一起记进历史；与 state 是同一阶段时，它就是 state 的那一条（时刻取它的）。"""
         ...
 
     async def finish(

@@ -31,7 +31,8 @@ from serve_app.prompting.output_check import checked
 from serve_app.services.stages import DeliveryStage, RenderStage
 
 # 记录进入某个阶段（与该阶段的工作并行；作业被取消或租约丢失时抛 StageInterrupted）。
-# 第二个参数是途经而没有单独记下的阶段（见 ReportPipeline._render），与这一次一起记
+# 第二个参数是途经而没有单独记下的阶段（见 ReportPipeline._render），与这一次一起记；
+# 与第一个参数是同一阶段时，它就是这一阶段自己的那一条（带着真实的开始时刻）
 StageHook = Callable[[JobState, StateChange | None], Awaitable[None]]
 
 # 渲染在这么久之内完成的（几乎总是：毫秒级）不单为 rendering 写一次账本
@@ -128,9 +129,9 @@ class ReportPipeline:
 
         渲染在 rendering_note_after_s 内完成的，不单为 rendering 写一次账本：它的时刻由进入
         generating 的那次一起记进历史（每个作业少一次账本往返，低负载时就是少一跳）。渲染慢了
-        才先记 rendering（记下的时刻晚于渲染开始 rendering_note_after_s），状态查询看得到作业
-        卡在哪一步。取消与租约照样在进入 generating 时判定。"""
-        started = datetime.now(UTC)
+        才先记 rendering（时刻同样是渲染开始的那一刻），状态查询看得到作业卡在哪一步。取消与
+        租约照样在进入 generating 时判定。"""
+        started = StateChange(state=JobState.RENDERING, at=datetime.now(UTC))
         render = asyncio.ensure_future(self._timed("render", job, self._renderer.render(job)))
         try:
             done, _ = await asyncio.wait({render}, timeout=self._rendering_note_after_s)
@@ -139,8 +140,8 @@ class ReportPipeline:
             await asyncio.gather(render, return_exceptions=True)
             raise
         if done:
-            return render.result(), StateChange(state=JobState.RENDERING, at=started)
-        return await _alongside(on_stage(JobState.RENDERING, None), render), None
+            return render.result(), started
+        return await _alongside(on_stage(JobState.RENDERING, started), render), None
 
     async def _generate_checked(self, job: ReportJob, prompt: RenderedPrompt) -> Completion:
         """生成并按输出格式检查：不符合的重新生成 output_retries 次；截断不重试（同样的 max_tokens

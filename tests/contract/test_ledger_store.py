@@ -162,11 +162,19 @@ async def test_a_passed_stage_is_written_with_the_next_in_its_own_order(
     assert record is not None
     assert [h.at for h in record.history[1:]] == [at(clock.now + 60), at(clock.now + 60)]
 
+    # 渲染慢时先单独记 rendering：passed 就是它自己的那一条，时刻取渲染开始的那一刻
+    own = StateChange(state=JobState.RENDERING, at=at(accepted + 1))
+    assert await store.advance("t-3", "a", JobState.RENDERING, own) == "ok"
+    record = await store.get("t-3")
+    assert record is not None and record.state is JobState.RENDERING
+    assert [(h.state, h.at) for h in record.history[1:]] == [(JobState.RENDERING, at(accepted + 1))]
+
     # 被拒绝的推进（已登记取消）什么也不写，途经的阶段也不写
     assert (await store.request_cancel("t-3")).accepted
     assert await store.advance("t-3", "a", JobState.GENERATING, rendering) == "cancelled"
     record = await store.get("t-3")
-    assert record is not None and [h.state for h in record.history] == [JobState.ACCEPTED]
+    assert record is not None
+    assert [h.state for h in record.history] == [JobState.ACCEPTED, JobState.RENDERING]
 
 
 async def test_a_rerun_shows_its_second_rendering_in_the_history(

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from loguru import logger
@@ -154,5 +154,11 @@ async def test_a_fast_render_is_recorded_together_with_generating() -> None:
 
 async def test_a_slow_render_is_recorded_while_it_runs() -> None:
     """渲染慢了：先记 rendering（状态查询看得到卡在渲染），之后再记 generating。"""
+    before = datetime.now(UTC)
     log = await _stages(render_delay_s=0.3, note_after_s=0.05)
-    assert log.calls == [(JobState.RENDERING, None, 0), (JobState.GENERATING, None, 1)]
+    [(rendering, own, rendered), (generating, passed, after)] = log.calls
+    assert (rendering, rendered) == (JobState.RENDERING, 0)
+    assert (generating, passed, after) == (JobState.GENERATING, None, 1)
+    # rendering 的时刻是渲染开始的那一刻，不是记下它的时候
+    assert own is not None and own.state is JobState.RENDERING
+    assert before <= own.at < before + timedelta(seconds=0.05)
