@@ -151,8 +151,11 @@ async def test_external_client_retries_5xx_and_sends_trace_id(
     assert len(fake_server.requests) == 3
     headers, body = fake_server.requests[-1]
     assert headers["x-request-id"] == "trace-xyz"
+    assert headers["authorization"] == "Bearer EMPTY"
     assert body["request_id"] == "trace-xyz"
     assert body["model"] == "tiny" and body["max_tokens"] == 16
+    assert body["temperature"] == 0.1 and body["top_p"] == 1.0
+    assert "response_format" not in body  # 文本报告不约束输出
     assert [m["role"] for m in body["messages"]] == ["system", "user"]
 
 
@@ -180,6 +183,63 @@ async def test_external_client_unreachable_is_not_ready() -> None:
             await client.generate(PROMPT, trace_id="t")
     finally:
         await client.aclose()
+
+
+class _HangingUpServer:
+    """127.0.0.1 上读完请求头就断开（或一直不答）的 TCP 服务：数它收到了几个连接。"""
+
+    def __init__(self, *, answer_after_s: float | None) -> None:
+        self.answer_after_s = answer_after_s
+        self.connections = 0
+        self._server: asyncio.Server | None = None
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        await reader.readuntil(b"\r\n\r\n")
+        if self.answer_after_s is not None:
+            await asyncio.sleep(self.answer_after_s)
+        writer.close()
+
+    async def __aenter__(self) -> int:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        port: int = self._server.sockets[0].getsockname()[1]
+        return port
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._server is not None
+        self._server.close()
+
+
+async def test_external_client_retries_a_server_that_hangs_up() -> None:
+    """对端读了请求就断开：算连接错误、重试（aiohttp 传输把它报成超时，客户端要认出来）。"""
+    hangs_up = _HangingUpServer(answer_after_s=None)
+    async with hangs_up as port:
+        client = OpenAICompatClient(
+            base_url=f"http://127.0.0.1:{port}/v1", api_key="EMPTY", model="m", policy=POLICY
+        )
+        try:
+            with pytest.raises(TransientLLMError, match="暂不可用"):
+                await client.generate(PROMPT, trace_id="t")
+        finally:
+            await client.aclose()
+    assert hangs_up.connections == POLICY.max_attempts
+
+
+async def test_external_client_times_out_once_on_a_silent_server() -> None:
+    """引擎一直不答：超过 timeout_s 算生成超时，不重试。"""
+    silent = _HangingUpServer(answer_after_s=30)
+    policy = POLICY.model_copy(update={"timeout_s": 0.5})
+    async with silent as port:
+        client = OpenAICompatClient(
+            base_url=f"http://127.0.0.1:{port}/v1", api_key="EMPTY", model="m", policy=policy
+        )
+        started = time.monotonic()
+        try:
+            with pytest.raises(LLMTimeout):
+                await client.generate(PROMPT, trace_id="t")
+        finally:
+            await client.aclose()
+    assert silent.connections == 1 and time.monotonic() - started < 5
 
 
 @pytest.mark.parametrize(
