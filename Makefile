@@ -10,7 +10,7 @@ RUN_DIR := .run
 TINY_MODEL := .cache/tiny-model
 export PYTHONPATH := $(CURDIR)
 
-.PHONY: help install run deploy stop metrics demo bench bench-ledger bench-overhead bench-callback bench-structured bench-priority bench-cold-start soak test test-unit test-local test-contract test-integration test-fault test-e2e test-metrics test-cluster test-quickstart lint fmt clean
+.PHONY: help install run deploy stop metrics demo bench bench-ledger bench-overhead bench-callback bench-llm-client bench-structured bench-priority bench-cold-start soak test test-unit test-local test-contract test-integration test-fault test-e2e test-metrics test-cluster test-quickstart lint fmt clean
 
 help:
 	@echo "make run | deploy | stop | metrics | demo | test | test-unit | test-local | test-contract | test-integration | test-fault | test-e2e | test-metrics | test-cluster | test-quickstart | lint"
@@ -60,6 +60,9 @@ bench-overhead: install
 
 bench-callback: install
 	$(PY) -m benchmarks.callback_client $(ARGS)
+
+bench-llm-client: install
+	$(PY) -m benchmarks.llm_client $(ARGS)
 
 bench-structured: install
 	$(PY) -m benchmarks.structured $(ARGS)

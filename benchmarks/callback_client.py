@@ -20,14 +20,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
-import statistics
 import subprocess
 import sys
-import time
-from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +37,16 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from benchmarks.common import NICE, RESULTS, publish_latest
+from benchmarks.common import (
+    NICE,
+    RESULTS,
+    ClientReport,
+    Close,
+    Send,
+    alternate,
+    client_cpu,
+    write_client_results,
+)
 from serve_app.core.connection_pool import LinearConnectionPool
 from serve_app.core.settings import CallbackPolicy
 from serve_app.delivery.client import CallbackClient, _pool_limits
@@ -51,7 +56,6 @@ from tests.support.sample import failed_payload
 
 TARGETS = CallbackTargetPolicy(allow_loopback=True)
 POLICY = CallbackPolicy()
-WARMUP = 200
 
 
 def _stock_pool(limits: httpx.Limits | None) -> Callable[[], httpx.AsyncHTTPTransport]:
@@ -73,10 +77,6 @@ def _stock_pool(limits: httpx.Limits | None) -> Callable[[], httpx.AsyncHTTPTran
         return transport
 
     return build
-
-
-Send = Callable[[], Awaitable[None]]
-Close = Callable[[], Awaitable[None]]
 
 
 def _via_client(
@@ -155,87 +155,21 @@ def _serve(port: int) -> None:
 async def _measure(variant: str, url: str, deliveries: int, concurrency: int) -> dict[str, float]:
     """一轮：预热后计 deliveries 次投递的本进程 CPU 与墙钟。"""
     send, close = VARIANTS[variant](url)
-    gate = asyncio.Semaphore(concurrency)
-
-    async def one() -> None:
-        async with gate:
-            await send()
-
-    try:
-        await asyncio.gather(*(one() for _ in range(WARMUP)))
-        cpu, wall = time.process_time(), time.perf_counter()
-        await asyncio.gather(*(one() for _ in range(deliveries)))
-        cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
-    finally:
-        await close()
-    return {"cpu_ms": cpu / deliveries * 1000, "per_s": deliveries / wall}
+    return await client_cpu(send, close, deliveries, concurrency)
 
 
-def _write(rows: list[dict[str, Any]], meta: dict[str, Any], out_dir: Path) -> Path:
-    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
-    base = out_dir / f"callback-client-{stamp}"
-    base.with_suffix(".json").write_text(
-        json.dumps({"meta": meta, "rows": rows}, ensure_ascii=False, indent=2) + "\n",
-        encoding="utf-8",
-    )
-    lines = [
-        f"# 回调客户端的连接池（{stamp}，每档 {meta['deliveries']} 次投递 × "
-        f"{meta['rounds']} 轮，中位数）",
-        "",
-        f"命令：`{meta['command']}`",
-        "",
-        "| 并发 | 连接池 | CPU ms/投递 | 投递/秒 | 各轮 CPU ms |",
-        "| ---: | --- | ---: | ---: | --- |",
-        *(
-            f"| {r['concurrency']} | {r['pool']} | {r['cpu_ms']:.3f} | {r['per_s']:.0f} "
-            f"| {' / '.join(f'{x:.3f}' for x in r['rounds_cpu_ms'])} |"
-            for r in rows
-        ),
-        "",
-    ]
-    base.with_suffix(".md").write_text("\n".join(lines), encoding="utf-8")
-    _plot(rows, base.with_suffix(".png"))
-    publish_latest("callback-client", stamp, out_dir)
-    sys.stdout.write("\n".join(lines) + "\n")
-    return base.with_suffix(".json")
-
-
-def _plot(rows: list[dict[str, Any]], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    levels = sorted({r["concurrency"] for r in rows})
-    names = list(dict.fromkeys(r["pool"] for r in rows))
-    panels = [
-        (
-            "CallbackClient (signing, SSRF-checked connections)",
-            [n for n in names if "pool-" not in n],
-        ),
-        ("bare connection pool, same request", [n for n in names if n.startswith("pool-")]),
-    ]
-    panels = [(title, group) for title, group in panels if group]
-    fig, axes = plt.subplots(1, len(panels), figsize=(7 * len(panels), 4), squeeze=False)
-    top = max(r["cpu_ms"] for r in rows) * 1.3
-    for ax, (title, group) in zip(axes[0], panels, strict=True):
-        width = 0.8 / len(group)
-        for i, name in enumerate(group):
-            values = {r["concurrency"]: r for r in rows if r["pool"] == name}
-            xs = [j + (i - (len(group) - 1) / 2) * width for j in range(len(levels))]
-            heights = [values[c]["cpu_ms"] for c in levels]
-            ax.bar(xs, heights, width=width, label=name)
-            for x, c, h in zip(xs, levels, heights, strict=True):
-                label = f"{h:.2f}\n{values[c]['per_s']:.0f}/s"
-                ax.text(x, h, label, ha="center", va="bottom", fontsize=8)
-        ax.set_xticks(range(len(levels)), [f"concurrency {c}" for c in levels])
-        ax.set_ylabel("client CPU ms per delivery (lower is better)")
-        ax.set_ylim(0, top)
-        ax.set_title(title)
-        ax.legend(loc="upper left", fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+REPORT = ClientReport(
+    prefix="callback-client",
+    title="回调客户端的连接池",
+    call="投递",
+    key="pool",
+    key_title="连接池",
+    plot_call="delivery",
+    panels=(
+        ("CallbackClient (signing, SSRF-checked connections)", lambda n: "pool-" not in n),
+        ("bare connection pool, same request", lambda n: n.startswith("pool-")),
+    ),
+)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -262,41 +196,28 @@ def main(argv: list[str] | None = None) -> int:
     receiver = subprocess.Popen(
         [sys.executable, "-m", "benchmarks.callback_client", "--serve", str(port)]
     )
-    samples: dict[tuple[int, str], list[dict[str, float]]] = {}
     try:
         wait_http_ok(f"http://127.0.0.1:{port}/", timeout_s=60)
         url = f"http://127.0.0.1:{port}/hook"
-        for level in levels:
-            for round_ in range(args.rounds):
-                for pool in pools:
-                    result = asyncio.run(_measure(pool, url, args.deliveries, level))
-                    samples.setdefault((level, pool), []).append(result)
-                    sys.stdout.write(
-                        f"并发 {level:>3} 第 {round_ + 1} 轮 {pool:<17} "
-                        f"{result['cpu_ms']:.3f} ms CPU/投递  {result['per_s']:.0f}/s\n"
-                    )
+        rows = alternate(
+            pools,
+            levels,
+            args.rounds,
+            lambda pool, level: asyncio.run(_measure(pool, url, args.deliveries, level)),
+            key="pool",
+        )
     finally:
         receiver.terminate()
         receiver.wait(timeout=30)
-    rows = [
-        {
-            "concurrency": level,
-            "pool": pool,
-            "cpu_ms": statistics.median(s["cpu_ms"] for s in runs),
-            "per_s": statistics.median(s["per_s"] for s in runs),
-            "rounds_cpu_ms": [s["cpu_ms"] for s in runs],
-        }
-        for (level, pool), runs in samples.items()
-    ]
     extra = argv if argv is not None else sys.argv[1:]
     meta = {
-        "deliveries": args.deliveries,
+        "count": args.deliveries,
         "rounds": args.rounds,
         "command": "make bench-callback" + (f' ARGS="{" ".join(extra)}"' if extra else ""),
         "machine": f"{os.cpu_count()} 核",
         "httpcore": httpcore.__version__,
     }
-    _write(rows, meta, args.out_dir)
+    write_client_results(REPORT, rows, meta, args.out_dir)
     return 0
 
 

@@ -1,12 +1,21 @@
-"""基准共用的：结果另存为 *-latest.*，每次一个新的账本，起一个小模型的 vLLM 服务。"""
+"""基准共用的：结果另存为 *-latest.*，每次一个新的账本，起一个小模型的 vLLM 服务，
+客户端微基准（每次调用花本进程多少 CPU，几种写法交替测）。"""
 
 from __future__ import annotations
 
+import asyncio
+import json
 import os
 import shutil
-from collections.abc import Iterator
+import statistics
+import sys
+import time
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from cluster.build_tiny_model import build_tiny_model
 from serve_app.core.settings import PROJECT_ROOT
@@ -56,3 +65,137 @@ def tiny_engine(log_name: str) -> Iterator[VLLMServer]:
         yield server
     finally:
         server.stop()
+
+
+# 客户端微基准：一次调用（失败时抛异常）与用完关掉客户端
+Send = Callable[[], Awaitable[None]]
+Close = Callable[[], Awaitable[None]]
+WARMUP = 200
+
+
+async def client_cpu(send: Send, close: Close, count: int, concurrency: int) -> dict[str, float]:
+    """一轮：预热后计 count 次调用的本进程 CPU（ms/次）与每秒次数，最后关掉客户端。"""
+    gate = asyncio.Semaphore(concurrency)
+
+    async def one() -> None:
+        async with gate:
+            await send()
+
+    try:
+        await asyncio.gather(*(one() for _ in range(WARMUP)))
+        cpu, wall = time.process_time(), time.perf_counter()
+        await asyncio.gather(*(one() for _ in range(count)))
+        cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
+    finally:
+        await close()
+    return {"cpu_ms": cpu / count * 1000, "per_s": count / wall}
+
+
+def alternate(
+    variants: list[str],
+    levels: list[int],
+    rounds: int,
+    measure: Callable[[str, int], dict[str, float]],
+    key: str,
+) -> list[dict[str, Any]]:
+    """每档并发里各写法交替测 rounds 轮（机器的起伏落在各写法上一样多），取中位数。
+
+    measure(写法, 并发) 量一轮；每行：concurrency、key（写法）、cpu_ms、per_s、rounds_cpu_ms。"""
+    samples: dict[tuple[int, str], list[dict[str, float]]] = {}
+    for level in levels:
+        for round_ in range(rounds):
+            for variant in variants:
+                result = measure(variant, level)
+                samples.setdefault((level, variant), []).append(result)
+                sys.stdout.write(
+                    f"并发 {level:>3} 第 {round_ + 1} 轮 {variant:<20} "
+                    f"{result['cpu_ms']:.3f} ms CPU/次  {result['per_s']:.0f}/s\n"
+                )
+    return [
+        {
+            "concurrency": level,
+            key: variant,
+            "cpu_ms": statistics.median(s["cpu_ms"] for s in runs),
+            "per_s": statistics.median(s["per_s"] for s in runs),
+            "rounds_cpu_ms": [s["cpu_ms"] for s in runs],
+        }
+        for (level, variant), runs in samples.items()
+    ]
+
+
+@dataclass(frozen=True)
+class ClientReport:
+    """客户端微基准的结果怎么写：文件名前缀、标题、一次调用叫什么、写法那一列，图分几栏。"""
+
+    prefix: str
+    title: str
+    call: str
+    key: str
+    key_title: str
+    plot_call: str
+    # 每栏：(标题, 哪些写法画在这一栏)
+    panels: tuple[tuple[str, Callable[[str], bool]], ...]
+
+
+def write_client_results(
+    report: ClientReport, rows: list[dict[str, Any]], meta: dict[str, Any], out_dir: Path
+) -> Path:
+    """写出 <prefix>-<时间>.json / .md / .png、另存 -latest.*，打印表；返回 JSON 的路径。"""
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
+    base = out_dir / f"{report.prefix}-{stamp}"
+    base.with_suffix(".json").write_text(
+        json.dumps({"meta": meta, "rows": rows}, ensure_ascii=False, indent=2) + "\n",
+        encoding="utf-8",
+    )
+    key, call = report.key, report.call
+    lines = [
+        f"# {report.title}（{stamp}，每档 {meta['count']} 次{call} × {meta['rounds']} 轮，中位数）",
+        "",
+        f"命令：`{meta['command']}`",
+        "",
+        f"| 并发 | {report.key_title} | CPU ms/{call} | {call}/秒 | 各轮 CPU ms |",
+        "| ---: | --- | ---: | ---: | --- |",
+        *(
+            f"| {r['concurrency']} | {r[key]} | {r['cpu_ms']:.3f} | {r['per_s']:.0f} "
+            f"| {' / '.join(f'{x:.3f}' for x in r['rounds_cpu_ms'])} |"
+            for r in rows
+        ),
+        "",
+    ]
+    base.with_suffix(".md").write_text("\n".join(lines), encoding="utf-8")
+    _plot_client(report, rows, base.with_suffix(".png"))
+    publish_latest(report.prefix, stamp, out_dir)
+    sys.stdout.write("\n".join(lines) + "\n")
+    return base.with_suffix(".json")
+
+
+def _plot_client(report: ClientReport, rows: list[dict[str, Any]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    levels = sorted({r["concurrency"] for r in rows})
+    names = list(dict.fromkeys(r[report.key] for r in rows))
+    panels = [(title, [n for n in names if wanted(n)]) for title, wanted in report.panels]
+    panels = [(title, group) for title, group in panels if group]
+    fig, axes = plt.subplots(1, len(panels), figsize=(7 * len(panels), 4), squeeze=False)
+    top = max(r["cpu_ms"] for r in rows) * 1.3
+    for ax, (title, group) in zip(axes[0], panels, strict=True):
+        width = 0.8 / len(group)
+        for i, name in enumerate(group):
+            values = {r["concurrency"]: r for r in rows if r[report.key] == name}
+            xs = [j + (i - (len(group) - 1) / 2) * width for j in range(len(levels))]
+            heights = [values[c]["cpu_ms"] for c in levels]
+            ax.bar(xs, heights, width=width, label=name)
+            for x, c, h in zip(xs, levels, heights, strict=True):
+                label = f"{h:.2f}\n{values[c]['per_s']:.0f}/s"
+                ax.text(x, h, label, ha="center", va="bottom", fontsize=8)
+        ax.set_xticks(range(len(levels)), [f"concurrency {c}" for c in levels])
+        ax.set_ylabel(f"client CPU ms per {report.plot_call} (lower is better)")
+        ax.set_ylim(0, top)
+        ax.set_title(title)
+        ax.legend(loc="upper left", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
