@@ -19,10 +19,7 @@ uvicorn，另一个进程：它的 CPU 不算进来）投递，只换连接池�
 from __future__ import annotations
 
 import argparse
-import asyncio
 import os
-import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -43,15 +40,15 @@ from benchmarks.common import (
     ClientReport,
     Close,
     Send,
-    alternate,
-    client_cpu,
-    write_client_results,
+    client_meta,
+    measure_variant,
+    run_client_benchmark,
 )
 from serve_app.core.connection_pool import LinearConnectionPool
 from serve_app.core.settings import CallbackPolicy
 from serve_app.delivery.client import CallbackClient, _pool_limits
 from serve_app.delivery.url_guard import CallbackTargetPolicy, guarded_transport
-from tests.support.local_http import free_port, wait_http_ok
+from tests.support.local_http import free_port
 from tests.support.sample import failed_payload
 
 TARGETS = CallbackTargetPolicy(allow_loopback=True)
@@ -152,12 +149,6 @@ def _serve(port: int) -> None:
     uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning")
 
 
-async def _measure(variant: str, url: str, deliveries: int, concurrency: int) -> dict[str, float]:
-    """一轮：预热后计 deliveries 次投递的本进程 CPU 与墙钟。"""
-    send, close = VARIANTS[variant](url)
-    return await client_cpu(send, close, deliveries, concurrency)
-
-
 REPORT = ClientReport(
     prefix="callback-client",
     title="回调客户端的连接池",
@@ -193,31 +184,20 @@ def main(argv: list[str] | None = None) -> int:
     pools = args.pools.split(",")
     levels = [int(c) for c in args.concurrency.split(",")]
     port = free_port()
-    receiver = subprocess.Popen(
-        [sys.executable, "-m", "benchmarks.callback_client", "--serve", str(port)]
+    url = f"http://127.0.0.1:{port}/hook"
+    meta = client_meta(
+        args.deliveries, args.rounds, "bench-callback", argv, httpcore=httpcore.__version__
     )
-    try:
-        wait_http_ok(f"http://127.0.0.1:{port}/", timeout_s=60)
-        url = f"http://127.0.0.1:{port}/hook"
-        rows = alternate(
-            pools,
-            levels,
-            args.rounds,
-            lambda pool, level: asyncio.run(_measure(pool, url, args.deliveries, level)),
-            key="pool",
-        )
-    finally:
-        receiver.terminate()
-        receiver.wait(timeout=30)
-    extra = argv if argv is not None else sys.argv[1:]
-    meta = {
-        "count": args.deliveries,
-        "rounds": args.rounds,
-        "command": "make bench-callback" + (f' ARGS="{" ".join(extra)}"' if extra else ""),
-        "machine": f"{os.cpu_count()} 核",
-        "httpcore": httpcore.__version__,
-    }
-    write_client_results(REPORT, rows, meta, args.out_dir)
+    receiver = ["benchmarks.callback_client", "--serve", str(port)]
+    run_client_benchmark(
+        REPORT,
+        (receiver, f"http://127.0.0.1:{port}/"),
+        pools,
+        levels,
+        lambda pool, level: measure_variant(VARIANTS, pool, url, args.deliveries, level),
+        meta,
+        args.out_dir,
+    )
     return 0
 
 

@@ -8,6 +8,7 @@ import json
 import os
 import shutil
 import statistics
+import subprocess
 import sys
 import time
 from collections.abc import Awaitable, Callable, Iterator
@@ -19,6 +20,7 @@ from typing import Any
 
 from cluster.build_tiny_model import build_tiny_model
 from serve_app.core.settings import PROJECT_ROOT
+from tests.support.local_http import wait_http_ok
 from tests.support.vllm_server import VLLMServer
 
 SERVED_NAME = "report-llm"
@@ -67,6 +69,33 @@ def tiny_engine(log_name: str) -> Iterator[VLLMServer]:
         server.stop()
 
 
+@contextmanager
+def local_server(module_args: list[str], ready_url: str) -> Iterator[None]:
+    """起 python -m <module_args>（127.0.0.1 上的替身服务，另一个进程），等 ready_url 答 200；
+    用完经它自己的 PID 停掉。"""
+    server = subprocess.Popen([sys.executable, "-m", *module_args], stdout=subprocess.DEVNULL)
+    try:
+        wait_http_ok(ready_url, timeout_s=60)
+        yield
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+def client_meta(
+    count: int, rounds: int, target: str, argv: list[str] | None, **versions: str
+) -> dict[str, Any]:
+    """结果文件里的运行说明：份数、轮数、重跑的命令（带上给的参数）、机器与相关库的版本。"""
+    extra = argv if argv is not None else sys.argv[1:]
+    return {
+        "count": count,
+        "rounds": rounds,
+        "command": f"make {target}" + (f' ARGS="{" ".join(extra)}"' if extra else ""),
+        "machine": f"{os.cpu_count()} 核",
+        **versions,
+    }
+
+
 # 客户端微基准：一次调用（失败时抛异常）与用完关掉客户端
 Send = Callable[[], Awaitable[None]]
 Close = Callable[[], Awaitable[None]]
@@ -89,6 +118,18 @@ async def client_cpu(send: Send, close: Close, count: int, concurrency: int) -> 
     finally:
         await close()
     return {"cpu_ms": cpu / count * 1000, "per_s": count / wall}
+
+
+def measure_variant(
+    variants: dict[str, Callable[[str], tuple[Send, Close]]],
+    variant: str,
+    target: str,
+    count: int,
+    concurrency: int,
+) -> dict[str, float]:
+    """在新的事件循环里量某种写法的一轮：variants[写法](目标地址) 给出一次调用与关闭。"""
+    send, close = variants[variant](target)
+    return asyncio.run(client_cpu(send, close, count, concurrency))
 
 
 def alternate(
@@ -135,6 +176,21 @@ class ClientReport:
     plot_call: str
     # 每栏：(标题, 哪些写法画在这一栏)
     panels: tuple[tuple[str, Callable[[str], bool]], ...]
+
+
+def run_client_benchmark(
+    report: ClientReport,
+    server: tuple[list[str], str],
+    variants: list[str],
+    levels: list[int],
+    measure: Callable[[str, int], dict[str, float]],
+    meta: dict[str, Any],
+    out_dir: Path,
+) -> Path:
+    """起替身服务（server：python -m 的参数、就绪地址），各写法交替测若干轮，写出结果。"""
+    with local_server(*server):
+        rows = alternate(variants, levels, meta["rounds"], measure, key=report.key)
+    return write_client_results(report, rows, meta, out_dir)
 
 
 def write_client_results(

@@ -16,10 +16,7 @@ chat 请求（内置报告类型 sales_weekly 渲染出的提示词），只换�
 from __future__ import annotations
 
 import argparse
-import asyncio
 import os
-import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -35,36 +32,26 @@ from benchmarks.common import (
     ClientReport,
     Close,
     Send,
-    alternate,
-    client_cpu,
-    write_client_results,
+    client_meta,
+    measure_variant,
+    run_client_benchmark,
 )
 from serve_app.core.settings import LLMCallPolicy
-from serve_app.llm.openai_compat import OpenAICompatClient
+from serve_app.llm.openai_compat import OpenAICompatClient, chat_body
+from serve_app.models.templates import RenderedPrompt
 from serve_app.prompting.renderer import PromptRenderer
-from tests.support.local_http import free_port, wait_http_ok
+from tests.support.local_http import free_port
 from tests.support.sample import load_catalog
 
 POLICY = LLMCallPolicy()
 MODEL = "zero-cost"
 
 
-def _prompt() -> tuple[dict[str, Any], Any]:
-    """同一份请求：sales_weekly 的示例输入渲染出的提示词。"""
+def _body() -> tuple[dict[str, Any], RenderedPrompt]:
+    """同一份请求：sales_weekly 的示例输入渲染出的提示词，与入口发的请求体相同。"""
     spec = load_catalog().get("sales_weekly")
     prompt = PromptRenderer(load_catalog()).render("sales_weekly", spec.sample_inputs, "short")
-    body = {
-        "model": MODEL,
-        "messages": [
-            {"role": "system", "content": prompt.system},
-            {"role": "user", "content": prompt.user},
-        ],
-        "max_tokens": prompt.max_tokens,
-        "temperature": prompt.temperature,
-        "top_p": prompt.top_p,
-        "request_id": "t-bench",
-    }
-    return body, prompt
+    return chat_body(MODEL, prompt, "t-bench", engine_priority=False), prompt
 
 
 def _sdk(transport: str, call: str) -> Callable[[str], tuple[Send, Close]]:
@@ -80,7 +67,7 @@ def _sdk(transport: str, call: str) -> Callable[[str], tuple[Send, Close]]:
             timeout=timeout,
             http_client=http_client,
         )
-        body, _ = _prompt()
+        body, _ = _body()
         headers = {"X-Request-Id": "t-bench"}
         fields = {k: v for k, v in body.items() if k != "request_id"}
 
@@ -107,7 +94,7 @@ def _sdk(transport: str, call: str) -> Callable[[str], tuple[Send, Close]]:
 def _today(base_url: str) -> tuple[Send, Close]:
     """今天入口副本里的 OpenAICompatClient。"""
     client = OpenAICompatClient(base_url=base_url, api_key="EMPTY", model=MODEL, policy=POLICY)
-    _, prompt = _prompt()
+    _, prompt = _body()
 
     async def send() -> None:
         completion = await client.generate(prompt, trace_id="t-bench")
@@ -135,13 +122,6 @@ REPORT = ClientReport(
 )
 
 
-async def _measure(
-    variant: str, base_url: str, requests: int, concurrency: int
-) -> dict[str, float]:
-    send, close = VARIANTS[variant](base_url)
-    return await client_cpu(send, close, requests, concurrency)
-
-
 def main(argv: list[str] | None = None) -> int:
     """各种写法交替测，打印并保存结果。"""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
@@ -157,32 +137,19 @@ def main(argv: list[str] | None = None) -> int:
     os.nice(NICE)
     args.out_dir.mkdir(parents=True, exist_ok=True)
     port = free_port()
-    engine = subprocess.Popen(
-        [sys.executable, "-m", "benchmarks.zero_engine", "--port", str(port)],
-        stdout=subprocess.DEVNULL,
+    base_url = f"http://127.0.0.1:{port}/v1"
+    meta = client_meta(
+        args.requests, args.rounds, "bench-llm-client", argv, openai=openai.__version__
     )
-    try:
-        wait_http_ok(f"http://127.0.0.1:{port}/v1/models", timeout_s=60)
-        base_url = f"http://127.0.0.1:{port}/v1"
-        rows = alternate(
-            args.clients.split(","),
-            [int(c) for c in args.concurrency.split(",")],
-            args.rounds,
-            lambda name, level: asyncio.run(_measure(name, base_url, args.requests, level)),
-            key="client",
-        )
-    finally:
-        engine.terminate()
-        engine.wait(timeout=30)
-    extra = argv if argv is not None else sys.argv[1:]
-    meta = {
-        "count": args.requests,
-        "rounds": args.rounds,
-        "command": "make bench-llm-client" + (f' ARGS="{" ".join(extra)}"' if extra else ""),
-        "machine": f"{os.cpu_count()} 核",
-        "openai": openai.__version__,
-    }
-    write_client_results(REPORT, rows, meta, args.out_dir)
+    run_client_benchmark(
+        REPORT,
+        (["benchmarks.zero_engine", "--port", str(port)], f"{base_url}/models"),
+        args.clients.split(","),
+        [int(c) for c in args.concurrency.split(",")],
+        lambda name, level: measure_variant(VARIANTS, name, base_url, args.requests, level),
+        meta,
+        args.out_dir,
+    )
     return 0
 
 
