@@ -117,7 +117,9 @@ class OpenAICompatClient:
             )
         except openai.APITimeoutError as exc:
             if not _timed_out(exc):
-                raise TransientLLMError(f"外部 LLM 服务暂不可用：{exc.__cause__!r}") from exc
+                # 对外（回调里的错误消息）不带地址与端口，详情写日志
+                logger.warning("外部 LLM 服务连接失败或中途断开：{!r}", exc.__cause__)
+                raise TransientLLMError("外部 LLM 服务暂不可用：连接失败或对端中途断开") from exc
             raise TimeoutError from exc
         except (
             openai.APIConnectionError,

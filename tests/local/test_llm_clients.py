@@ -218,11 +218,13 @@ async def test_external_client_retries_a_server_that_hangs_up() -> None:
             base_url=f"http://127.0.0.1:{port}/v1", api_key="EMPTY", model="m", policy=POLICY
         )
         try:
-            with pytest.raises(TransientLLMError, match="暂不可用"):
+            with pytest.raises(TransientLLMError, match="暂不可用") as info:
                 await client.generate(PROMPT, trace_id="t")
         finally:
             await client.aclose()
     assert hangs_up.connections == POLICY.max_attempts
+    # 消息会进回调的 error.message：不带引擎的地址与端口
+    assert "127.0.0.1" not in str(info.value) and str(port) not in str(info.value)
 
 
 async def test_external_client_times_out_once_on_a_silent_server() -> None:
