@@ -19,29 +19,26 @@ uvicorn，另一个进程：它的 CPU 不算进来）投递，只换连接池�
 from __future__ import annotations
 
 import argparse
-import os
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import httpcore
 import httpcore2
 import httpx
 import uvicorn
-from loguru import logger
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
 from benchmarks.common import (
-    NICE,
-    RESULTS,
     ClientReport,
     Close,
     Send,
     client_meta,
+    client_parser,
     measure_variant,
+    prepare_client_run,
     run_client_benchmark,
 )
 from serve_app.core.connection_pool import LinearConnectionPool
@@ -165,22 +162,13 @@ REPORT = ClientReport(
 
 def main(argv: list[str] | None = None) -> int:
     """各种连接池交替测，打印并保存结果。"""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--deliveries", type=int, default=3000)
-    parser.add_argument("--concurrency", default="1,16,64")
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument(
-        "--pools", default=",".join(VARIANTS), help="逗号分隔，取自 " + "、".join(VARIANTS)
-    )
-    parser.add_argument("--out-dir", type=Path, default=RESULTS)
+    parser = client_parser(__doc__, "deliveries", "pools", VARIANTS)
     parser.add_argument("--serve", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.serve:
         _serve(args.serve)
         return 0
-    logger.remove()
-    os.nice(NICE)
-    args.out_dir.mkdir(parents=True, exist_ok=True)
+    prepare_client_run(args.out_dir)
     pools = args.pools.split(",")
     levels = [int(c) for c in args.concurrency.split(",")]
     port = free_port()

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import json
 import os
@@ -11,12 +12,14 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+
+from loguru import logger
 
 from cluster.build_tiny_model import build_tiny_model
 from serve_app.core.settings import PROJECT_ROOT
@@ -80,6 +83,30 @@ def local_server(module_args: list[str], ready_url: str) -> Iterator[None]:
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+def client_parser(
+    doc: str | None, count: str, variants_flag: str, variants: Iterable[str]
+) -> argparse.ArgumentParser:
+    """客户端微基准共用的参数：--<count>（每轮次数）、--concurrency、--rounds、
+    --<variants_flag>（写法）、--out-dir。"""
+    names = list(variants)
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0] if doc else None)
+    parser.add_argument(f"--{count}", type=int, default=3000)
+    parser.add_argument("--concurrency", default="1,16,64")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument(
+        f"--{variants_flag}", default=",".join(names), help="逗号分隔，取自 " + "、".join(names)
+    )
+    parser.add_argument("--out-dir", type=Path, default=RESULTS)
+    return parser
+
+
+def prepare_client_run(out_dir: Path) -> None:
+    """量之前：日志不输出（量的是客户端，不是写日志），降到 nice 15，建好结果目录。"""
+    logger.remove()
+    os.nice(NICE)
+    out_dir.mkdir(parents=True, exist_ok=True)
 
 
 def client_meta(

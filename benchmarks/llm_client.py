@@ -15,25 +15,21 @@ chat 请求（内置报告类型 sales_weekly 渲染出的提示词），只换�
 
 from __future__ import annotations
 
-import argparse
-import os
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import openai
-from loguru import logger
 from openai import AsyncOpenAI, DefaultAioHttpClient
 from openai.types.chat import ChatCompletion
 
 from benchmarks.common import (
-    NICE,
-    RESULTS,
     ClientReport,
     Close,
     Send,
     client_meta,
+    client_parser,
     measure_variant,
+    prepare_client_run,
     run_client_benchmark,
 )
 from serve_app.core.settings import LLMCallPolicy
@@ -124,18 +120,8 @@ REPORT = ClientReport(
 
 def main(argv: list[str] | None = None) -> int:
     """各种写法交替测，打印并保存结果。"""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--requests", type=int, default=3000)
-    parser.add_argument("--concurrency", default="1,16,64")
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument(
-        "--clients", default=",".join(VARIANTS), help="逗号分隔，取自 " + "、".join(VARIANTS)
-    )
-    parser.add_argument("--out-dir", type=Path, default=RESULTS)
-    args = parser.parse_args(argv)
-    logger.remove()
-    os.nice(NICE)
-    args.out_dir.mkdir(parents=True, exist_ok=True)
+    args = client_parser(__doc__, "requests", "clients", VARIANTS).parse_args(argv)
+    prepare_client_run(args.out_dir)
     port = free_port()
     base_url = f"http://127.0.0.1:{port}/v1"
     meta = client_meta(

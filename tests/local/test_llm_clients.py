@@ -24,6 +24,7 @@ from serve_app.llm.port import EngineState, TransientLLMError, call_with_policy
 from serve_app.models.reports import Completion, Usage
 from serve_app.models.templates import RenderedPrompt
 from tests.support.asgi_server import ServedApp
+from tests.support.local_http import HangingUpServer
 
 POLICY = LLMCallPolicy(timeout_s=2.0, max_attempts=3, initial_backoff_s=0.01, max_backoff_s=0.02)
 PROMPT = RenderedPrompt(system="系统", user="用户", max_tokens=16, temperature=0.1, top_p=1.0)
@@ -185,34 +186,9 @@ async def test_external_client_unreachable_is_not_ready() -> None:
         await client.aclose()
 
 
-class _HangingUpServer:
-    """127.0.0.1 上读完请求头就断开（或一直不答）的 TCP 服务：数它收到了几个连接。"""
-
-    def __init__(self, *, answer_after_s: float | None) -> None:
-        self.answer_after_s = answer_after_s
-        self.connections = 0
-        self._server: asyncio.Server | None = None
-
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.connections += 1
-        await reader.readuntil(b"\r\n\r\n")
-        if self.answer_after_s is not None:
-            await asyncio.sleep(self.answer_after_s)
-        writer.close()
-
-    async def __aenter__(self) -> int:
-        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
-        port: int = self._server.sockets[0].getsockname()[1]
-        return port
-
-    async def __aexit__(self, *exc: object) -> None:
-        assert self._server is not None
-        self._server.close()
-
-
 async def test_external_client_retries_a_server_that_hangs_up() -> None:
     """对端读了请求就断开：算连接错误、重试（aiohttp 传输把它报成超时，客户端要认出来）。"""
-    hangs_up = _HangingUpServer(answer_after_s=None)
+    hangs_up = HangingUpServer(answer_after_s=None)
     async with hangs_up as port:
         client = OpenAICompatClient(
             base_url=f"http://127.0.0.1:{port}/v1", api_key="EMPTY", model="m", policy=POLICY
@@ -229,7 +205,7 @@ async def test_external_client_retries_a_server_that_hangs_up() -> None:
 
 async def test_external_client_times_out_once_on_a_silent_server() -> None:
     """引擎一直不答：超过 timeout_s 算生成超时，不重试。"""
-    silent = _HangingUpServer(answer_after_s=30)
+    silent = HangingUpServer(answer_after_s=30)
     policy = POLICY.model_copy(update={"timeout_s": 0.5})
     async with silent as port:
         client = OpenAICompatClient(

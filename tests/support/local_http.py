@@ -1,7 +1,9 @@
-"""本机（127.0.0.1）上的小工具：空闲端口、等 HTTP 端点就绪、等作业在账本里结束。测试与基准共用。"""
+"""本机（127.0.0.1）上的小工具：空闲端口、等 HTTP 端点就绪、等作业在账本里结束、读完请求就断开
+（或一直不答）的服务。测试与基准共用。"""
 
 from __future__ import annotations
 
+import asyncio
 import socket
 from typing import Any
 
@@ -45,3 +47,28 @@ def wait_job_ended(base_url: str, trace_id: str, timeout_s: float) -> dict[str, 
         return body if body["status"] in _ENDED else None
 
     return wait_until(ended, what=f" {trace_id} 在账本里结束", timeout_s=timeout_s, interval_s=0.1)
+
+
+class HangingUpServer:
+    """127.0.0.1 上读完请求头就断开（或一直不答）的 TCP 服务：数它收到了几个连接。"""
+
+    def __init__(self, *, answer_after_s: float | None) -> None:
+        self.answer_after_s = answer_after_s
+        self.connections = 0
+        self._server: asyncio.Server | None = None
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        await reader.readuntil(b"\r\n\r\n")
+        if self.answer_after_s is not None:
+            await asyncio.sleep(self.answer_after_s)
+        writer.close()
+
+    async def __aenter__(self) -> int:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        port: int = self._server.sockets[0].getsockname()[1]
+        return port
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._server is not None
+        self._server.close()
