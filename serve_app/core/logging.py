@@ -23,6 +23,9 @@ _FORMAT = (
 )
 
 _configured: tuple[str, str | None] | None = None
+# 每个请求记一行 INFO 的 HTTP 客户端库：回调客户端的 httpx，OpenAI SDK（外部引擎模式）带进来的
+# httpx2 分支——两者的 logger 名不同，漏掉一个，入口副本每次生成就多一行重复的日志
+_PER_REQUEST_LOGGERS = ("httpx", "httpx2")
 # URL 的查询串常带令牌（回调地址里的 ?token=…）：写进任何日志前都隐去
 _URL_QUERY = re.compile(r"(\bhttps?://[^\s?#'\"]+)\?[^\s#'\"]*", re.IGNORECASE)
 REDACTED = "<已隐去>"
@@ -94,13 +97,14 @@ def configure_logging(level: str = "INFO", json_path: Path | None = None) -> Non
         )
     # 其余会向上传播的标准库日志统一经根 logger 进入 loguru
     logging.basicConfig(handlers=[InterceptHandler()], level=logging.INFO, force=True)
-    for name in ("uvicorn", "uvicorn.error", "fastapi", "httpx", "openai"):
+    for name in ("uvicorn", "uvicorn.error", "fastapi", *_PER_REQUEST_LOGGERS, "openai"):
         std = logging.getLogger(name)
         std.handlers = [InterceptHandler()]
         std.propagate = False
     # httpx 每个请求一行 INFO（“HTTP Request: POST …”）：与我们自己的阶段日志重复，
     # 高负载时是入口副本可观的 CPU；失败与重试照样由调用方以 WARNING/ERROR 记下
-    logging.getLogger("httpx").setLevel(logging.WARNING)
+    for name in _PER_REQUEST_LOGGERS:
+        logging.getLogger(name).setLevel(logging.WARNING)
     _route_serve_stderr()
     _configured = key
 

@@ -97,6 +97,16 @@ def test_url_query_strings_are_redacted_in_every_sink(tmp_path: Path) -> None:
     assert "http://hooks.example.com/h?<已隐去>" in logs[0]["message"]
 
 
+def test_http_clients_do_not_log_every_request() -> None:
+    """httpx 与 OpenAI SDK 的 httpx2 分支每个请求一行 INFO：与阶段日志重复，不输出；警告照常。"""
+    configure_logging("INFO")
+    with captured_logs() as logs:
+        for name in ("httpx", "httpx2"):
+            logging.getLogger(name).info("HTTP Request: POST http://127.0.0.1:9/v1 200 OK")
+            logging.getLogger(name).warning(f"{name} 重试")
+    assert [r["message"] for r in logs] == ["httpx 重试", "httpx2 重试"]
+
+
 def test_tracebacks_carry_no_local_variable_values(tmp_path: Path) -> None:
     json_path = tmp_path / "jobs.jsonl"
     configure_logging("INFO", json_path)
