@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+from typing import Any
+
 from loguru import logger
 from ray import serve
 from ray.serve.deployment import Deployment
@@ -32,6 +35,25 @@ class CallbackSender:
         with logger.contextualize(trace_id=payload.trace_id):
             logger.info("开始回调：status={}", payload.status)
             return await self._client.deliver(url, payload)
+
+    async def send_many(
+        self, requests: list[tuple[str, CallbackPayload]]
+    ) -> list[tuple[bool, Any]]:
+        """一批投递（入口按接收方合并而来）：各自并发投递，按顺序返回 (成功, 结果) 或 (失败, 异常)。
+
+        批的 Serve request_id 是批里第一个作业的 trace_id；每个投递的日志带它自己的 trace_id。"""
+        results = await asyncio.gather(
+            *(self.send(url, payload) for url, payload in requests), return_exceptions=True
+        )
+        outcomes: list[tuple[bool, Any]] = []
+        for result in results:
+            if isinstance(result, Exception):
+                outcomes.append((False, result))
+            elif isinstance(result, BaseException):
+                raise result
+            else:
+                outcomes.append((True, result))
+        return outcomes
 
     async def __del__(self) -> None:
         await self._client.aclose()

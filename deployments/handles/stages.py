@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import urlsplit
 
 from ray.serve.handle import DeploymentHandle
 
@@ -42,18 +43,63 @@ class HandleRenderStage:
         return await handle_retrying()(attempt)
 
 
-class HandleDeliveryStage:
-    """DeliveryStage：经句柄调用 CallbackSender。"""
+# 一个接收方（调用方 + 回调地址的 origin）一个合批器；超过这么多个时回收没有在途批次的
+_DELIVERY_BATCHERS_PRUNE_AT = 1024
 
-    def __init__(self, handle: DeploymentHandle[Any]) -> None:
+
+def _receiver(job: ReportJob) -> tuple[str, str]:
+    """合批的键：同一调用方、同一 origin（scheme://host:port）的回调才合进一批。"""
+    parts = urlsplit(job.callback_url)
+    return job.caller, f"{parts.scheme}://{parts.netloc}".lower()
+
+
+class HandleDeliveryStage:
+    """DeliveryStage：经句柄调用 CallbackSender。
+
+    同一副本里同一轮事件循环结束的作业，回调按接收方合成一次 send_many（负载下账本的一批结果
+    一起回来，它们的回调也就一起走）：每份报告分摊的句柄调用少，副本里照样各自并发投递。
+    一批要等批里最慢的一次投递才一起返回结果（送达本身不等：每个回调到了就是到了），所以只把
+    同一接收方的合在一起——一个挂起的 backend B 拖不住别的接收方、别的调用方的投递记账。
+    不限在途批次数（不像账本那样攒批）：回调不为合批多等，单个作业的延迟不变。"""
+
+    def __init__(self, handle: DeploymentHandle[Any], *, max_batch: int = 64) -> None:
         self._handle = handle
+        self._max_batch = max_batch
+        self._batchers: dict[tuple[str, str], CallBatcher] = {}
 
     async def send(self, job: ReportJob, payload: CallbackPayload) -> DeliveryOutcome:
-        """投递（副本暂时不可用时重试）。"""
+        """投递（副本暂时不可用时整批重试）。"""
         use_trace_id(job.trace_id)
+        outcome: DeliveryOutcome = await self._batcher(_receiver(job)).call(
+            "send", job.callback_url, payload
+        )
+        return outcome
 
-        async def attempt() -> DeliveryOutcome:
-            outcome: DeliveryOutcome = await self._handle.send.remote(job.callback_url, payload)
-            return outcome
+    @property
+    def batchers(self) -> dict[tuple[str, str], CallBatcher]:
+        """各接收方的合批器（测试与基准读它的统计）。"""
+        return self._batchers
+
+    def _batcher(self, key: tuple[str, str]) -> CallBatcher:
+        batcher = self._batchers.get(key)
+        if batcher is None:
+            if len(self._batchers) >= _DELIVERY_BATCHERS_PRUNE_AT:
+                self._batchers = {k: b for k, b in self._batchers.items() if not b.idle}
+            batcher = CallBatcher(
+                self._send_many, max_in_flight=_UNBOUNDED, max_batch=self._max_batch
+            )
+            self._batchers[key] = batcher
+        return batcher
+
+    async def _send_many(self, calls: list[Call]) -> list[Outcome]:
+        async def attempt() -> list[Outcome]:
+            outcomes: list[Outcome] = await self._handle.send_many.remote(
+                [args for _, args in calls]
+            )
+            return outcomes
 
         return await handle_retrying()(attempt)
+
+
+# 回调合批不限在途批次（见 HandleDeliveryStage）
+_UNBOUNDED = 1 << 30

@@ -31,6 +31,11 @@ class CallBatcher:
         self.batches = 0
         self.calls = 0
 
+    @property
+    def idle(self) -> bool:
+        """没有排队、也没有在途的批次（按键分设合批器的调用方据此回收不用的）。"""
+        return not self._queue and not self._in_flight and not self._scheduled
+
     async def call(self, method: str, *args: Any) -> Any:
         """排入下一批并等它的结果（失败时抛出该调用自己的异常，或整批的异常）。"""
         loop = asyncio.get_running_loop()
