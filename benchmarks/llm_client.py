@@ -7,7 +7,8 @@ chat 请求（内置报告类型 sales_weekly 渲染出的提示词），只换�
   httpx2-create：AsyncOpenAI 的默认传输（httpx2）+ chat.completions.create（2026-12-06 之前）；
   aiohttp-create：SDK 的 aiohttp 传输（DefaultAioHttpClient）+ chat.completions.create；
   httpx2-post：默认传输 + SDK 的通用 post（请求体原样发，不按 TypedDict 逐字段转换）；
-  today：今天的 OpenAICompatClient.generate（aiohttp 传输 + post，连同重试与超时的包装）。
+  aiohttp-post：SDK 的 aiohttp 传输 + 通用 post（2026-12-06 下午到晚上的 OpenAICompatClient）；
+  today：今天的 OpenAICompatClient.generate（不经 SDK，aiohttp 直发，连同重试与超时的包装）。
 每档并发、每种写法交替跑 --rounds 轮，每轮先预热再计 --requests 次，取 CPU ms/请求的中位数。
 日志不输出。结果写到 benchmarks/results/llm-client-<时间>.json / .md / .png（--out-dir 改位置），
 并更新同目录的 llm-client-latest.*。只访问 127.0.0.1。
@@ -104,6 +105,7 @@ VARIANTS: dict[str, Callable[[str], tuple[Send, Close]]] = {
     "httpx2-create": _sdk("httpx2", "create"),
     "aiohttp-create": _sdk("aiohttp", "create"),
     "httpx2-post": _sdk("httpx2", "post"),
+    "aiohttp-post": _sdk("aiohttp", "post"),
     "today": _today,
 }
 

@@ -111,7 +111,7 @@ async def call_with_policy(
 
 
 def completion_from_chat(response: Any) -> Completion:
-    """OpenAI 形状的 chat 响应（openai SDK 对象或 vLLM 协议对象）→ Completion。"""
+    """OpenAI 形状的 chat 响应（外部客户端的 ChatReply 或 vLLM 协议对象）→ Completion。"""
     if not response.choices:
         raise LLMError("引擎返回了空的 choices")
     choice = response.choices[0]

@@ -77,7 +77,9 @@ async def test_timeout_becomes_llm_timeout_without_retry() -> None:
 
 
 class FakeOpenAIServer:
-    """127.0.0.1 上的 OpenAI 兼容假服务：先按脚本返回错误，再返回补全。"""
+    """127.0.0.1 上的 OpenAI 兼容假服务：先按脚本返回错误，再返回补全。
+
+    脚本里的 0 表示答 200 却不是 chat 响应。"""
 
     def __init__(self, failures: list[int]) -> None:
         self.failures = failures
@@ -98,6 +100,8 @@ class FakeOpenAIServer:
         self.requests.append((dict(request.headers), await request.json()))
         if self.failures:
             status = self.failures.pop(0)
+            if status == 0:
+                return JSONResponse({"object": "list", "data": []})
             return JSONResponse({"error": {"message": "boom"}}, status_code=status)
         return JSONResponse(
             {
@@ -164,11 +168,36 @@ async def test_external_client_retries_5xx_and_sends_trace_id(
 async def test_external_client_does_not_retry_4xx(fake_server: FakeOpenAIServer) -> None:
     client = _client(fake_server)
     try:
-        with pytest.raises(LLMError, match="HTTP 400"):
+        # 消息带上服务端说的原因（OpenAI 形状的 error.message）
+        with pytest.raises(LLMError, match="HTTP 400.*boom"):
             await client.generate(PROMPT, trace_id="t")
     finally:
         await client.aclose()
     assert len(fake_server.requests) == 1
+
+
+@pytest.mark.parametrize("fake_server", [[429, 502]], indirect=True)
+async def test_external_client_retries_backpressure(fake_server: FakeOpenAIServer) -> None:
+    client = _client(fake_server)
+    try:
+        completion = await client.generate(PROMPT, trace_id="t")
+    finally:
+        await client.aclose()
+    assert completion.content == "报告" and len(fake_server.requests) == 3
+
+
+@pytest.mark.parametrize("fake_server", [[0]], indirect=True)
+async def test_external_client_rejects_a_reply_that_is_not_a_chat_completion(
+    fake_server: FakeOpenAIServer,
+) -> None:
+    client = _client(fake_server)
+    try:
+        with pytest.raises(LLMError, match="无法解析") as info:
+            await client.generate(PROMPT, trace_id="t")
+    finally:
+        await client.aclose()
+    # 答非所问不是瞬时错误：不重试
+    assert not isinstance(info.value, TransientLLMError) and len(fake_server.requests) == 1
 
 
 async def test_external_client_unreachable_is_not_ready() -> None:
@@ -187,7 +216,7 @@ async def test_external_client_unreachable_is_not_ready() -> None:
 
 
 async def test_external_client_retries_a_server_that_hangs_up() -> None:
-    """对端读了请求就断开：算连接错误、重试（aiohttp 传输把它报成超时，客户端要认出来）。"""
+    """对端读了请求就断开：算连接错误、重试（不是生成超时：超时不重试）。"""
     hangs_up = HangingUpServer(answer_after_s=None)
     async with hangs_up as port:
         client = OpenAICompatClient(
