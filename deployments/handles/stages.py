@@ -9,9 +9,25 @@ from ray.serve.handle import DeploymentHandle
 
 from deployments.handles.ray_errors import handle_retrying
 from deployments.handles.request_context import use_trace_id
-from serve_app.ledger.call_batcher import Call, CallBatcher, Outcome
+from serve_app.ledger.call_batcher import Call, CallBatcher, Outcome, SendBatch
 from serve_app.models.reports import CallbackPayload, DeliveryOutcome, ReportJob
 from serve_app.models.templates import RenderedPrompt
+
+
+def _remote_batch(handle: DeploymentHandle[Any], method: str) -> SendBatch:
+    """一批调用经句柄的 method（参数是各调用的参数列表，按序返回各自的结果）一次发出；
+    副本暂时不可用时整批重试。"""
+
+    async def send(calls: list[Call]) -> list[Outcome]:
+        async def attempt() -> list[Outcome]:
+            outcomes: list[Outcome] = await getattr(handle, method).remote(
+                [args for _, args in calls]
+            )
+            return outcomes
+
+        return await handle_retrying()(attempt)
+
+    return send
 
 
 class HandleRenderStage:
@@ -23,8 +39,7 @@ class HandleRenderStage:
     trace_id；每个作业自己的渲染日志照样带它自己的 trace_id。"""
 
     def __init__(self, handle: DeploymentHandle[Any]) -> None:
-        self._handle = handle
-        self.batcher = CallBatcher(self._render_many)
+        self.batcher = CallBatcher(_remote_batch(handle, "render_many"))
 
     async def render(self, job: ReportJob) -> RenderedPrompt:
         """渲染（副本暂时不可用时整批重试）。"""
@@ -32,15 +47,6 @@ class HandleRenderStage:
         args = (job.trace_id, job.report_type, job.inputs, job.length, job.output_schema)
         prompt: RenderedPrompt = await self.batcher.call("render", *args)
         return prompt
-
-    async def _render_many(self, calls: list[Call]) -> list[Outcome]:
-        async def attempt() -> list[Outcome]:
-            outcomes: list[Outcome] = await self._handle.render_many.remote(
-                [args for _, args in calls]
-            )
-            return outcomes
-
-        return await handle_retrying()(attempt)
 
 
 # 一个接收方（调用方 + 回调地址的 origin）一个合批器；超过这么多个时回收没有在途批次的
@@ -60,10 +66,12 @@ class HandleDeliveryStage:
     一起回来，它们的回调也就一起走）：每份报告分摊的句柄调用少，副本里照样各自并发投递。
     一批要等批里最慢的一次投递才一起返回结果（送达本身不等：每个回调到了就是到了），所以只把
     同一接收方的合在一起——一个挂起的 backend B 拖不住别的接收方、别的调用方的投递记账。
-    不限在途批次数（不像账本那样攒批）：回调不为合批多等，单个作业的延迟不变。"""
+    不限在途批次数（不像账本那样攒批）：回调不为合批多等，单个作业的延迟不变。
+    副本暂时不可用时整批重发：与以前单个重发一样，投到一半的回调可能再送一次（同一个 webhook-id，
+    接收方按它去重）。"""
 
     def __init__(self, handle: DeploymentHandle[Any], *, max_batch: int = 64) -> None:
-        self._handle = handle
+        self._send_many = _remote_batch(handle, "send_many")
         self._max_batch = max_batch
         self._batchers: dict[tuple[str, str], CallBatcher] = {}
 
@@ -90,15 +98,6 @@ class HandleDeliveryStage:
             )
             self._batchers[key] = batcher
         return batcher
-
-    async def _send_many(self, calls: list[Call]) -> list[Outcome]:
-        async def attempt() -> list[Outcome]:
-            outcomes: list[Outcome] = await self._handle.send_many.remote(
-                [args for _, args in calls]
-            )
-            return outcomes
-
-        return await handle_retrying()(attempt)
 
 
 # 回调合批不限在途批次（见 HandleDeliveryStage）
