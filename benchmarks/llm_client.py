@@ -116,7 +116,7 @@ REPORT = ClientReport(
     key="client",
     key_title="写法",
     plot_call="request",
-    panels=(("OpenAI SDK against a zero-cost engine (127.0.0.1)", lambda _: True),),
+    panels=(("OpenAI SDK variants vs today (aiohttp, no SDK), zero-cost engine", lambda _: True),),
 )
 
 
