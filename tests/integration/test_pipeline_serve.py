@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import httpx
@@ -13,7 +14,7 @@ from benchmarks.overhead import server_timing
 from tests.integration.conftest import CALLBACK_ATTEMPTS, LLM_ATTEMPTS, ItApp
 from tests.support.cluster import free_port, read_json_logs
 from tests.support.local_http import wait_job_ended
-from tests.support.receiver import ReceivedCallback
+from tests.support.receiver import CallbackReceiver, ReceivedCallback
 from tests.support.sample import sales_request
 from tests.support.waiting import wait_until
 
@@ -52,6 +53,32 @@ def test_report_is_delivered_with_trace_id_across_handles(it_app: ItApp) -> None
     assert body["report"]["model"] == "report-llm"
     assert body["metadata"] == {"order": 42, "tags": ["周报"]}
     assert body["report_type"] == "sales_weekly"
+
+
+def _status(app: ItApp, trace_id: str) -> str:
+    response = httpx.get(f"{app.base_url}/v1/reports/{trace_id}", timeout=30)
+    assert response.status_code == 200, response.text
+    status: str = response.json()["status"]
+    return status
+
+
+def test_a_slow_receiver_does_not_hold_other_receivers_bookkeeping(it_app: ItApp) -> None:
+    """回调按接收方合批（真实 Serve、真实接收方）：同时结束的作业里，慢接收方（每次答复前等 4 秒）
+    那一批还在途时，别的接收方的作业已在账本里结束——不和慢的合成一批、等它一起返回。"""
+    with CallbackReceiver() as slow:
+        slow.script(delay_s=4.0)
+        bodies = [sales_request(slow.url) for _ in range(6)]
+        bodies += [sales_request(it_app.receiver.url) for _ in range(6)]
+        with ThreadPoolExecutor(len(bodies)) as pool:
+            ids = list(pool.map(lambda body: _submit(it_app, body), bodies))
+        slow_ids, fast_ids = ids[:6], ids[6:]
+        for trace_id in fast_ids:
+            assert wait_job_ended(it_app.base_url, trace_id, WAIT_S)["status"] == "succeeded"
+        # 快接收方的作业都结束时，慢接收方的一个都还没结束（还在等它答复）
+        assert "succeeded" not in {_status(it_app, trace_id) for trace_id in slow_ids}
+        for trace_id in slow_ids:
+            assert wait_job_ended(it_app.base_url, trace_id, WAIT_S)["status"] == "succeeded"
+    assert len(slow.delivered()) == 6
 
 
 def test_202_server_timing_reaches_the_caller_through_serve(it_app: ItApp) -> None:
