@@ -51,6 +51,8 @@ class HandleRenderStage:
 
 # 一个接收方（调用方 + 回调地址的 origin）一个合批器；超过这么多个时回收没有在途批次的
 _DELIVERY_BATCHERS_PRUNE_AT = 1024
+# 回调合批不限在途批次（见 HandleDeliveryStage）
+_UNBOUNDED = 1 << 30
 
 
 def _receiver(job: ReportJob) -> tuple[str, str]:
@@ -98,7 +100,3 @@ class HandleDeliveryStage:
             )
             self._batchers[key] = batcher
         return batcher
-
-
-# 回调合批不限在途批次（见 HandleDeliveryStage）
-_UNBOUNDED = 1 << 30

@@ -23,8 +23,8 @@ _FORMAT = (
 )
 
 _configured: tuple[str, str | None] | None = None
-# 每个请求记一行 INFO 的 HTTP 客户端库：回调客户端的 httpx，OpenAI SDK（外部引擎模式）带进来的
-# httpx2 分支——两者的 logger 名不同，漏掉一个，入口副本每次生成就多一行重复的日志
+# 每个请求记一行 INFO 的 HTTP 客户端库：回调客户端的 httpx，OpenAI SDK 带进来的 httpx2 分支（vLLM
+# 导入 SDK；基准的 SDK 写法）——两者的 logger 名不同，漏掉一个，每个请求就多一行重复的日志
 _PER_REQUEST_LOGGERS = ("httpx", "httpx2")
 # URL 的查询串常带令牌（回调地址里的 ?token=…）：写进任何日志前都隐去
 _URL_QUERY = re.compile(r"(\bhttps?://[^\s?#'\"]+)\?[^\s#'\"]*", re.IGNORECASE)

@@ -63,9 +63,9 @@ class _ModelList(BaseModel):
     data: list[_ModelEntry]
 
 
-def _error_message(status: int, raw: bytes) -> str:
+def _error_message(raw: bytes) -> str:
     """错误响应的消息：OpenAI 的 {"error": {"message"}} 或 vLLM 旧版的 {"message"}，
-    都不是时取原文开头。"""
+    都不是时取原文开头（状态码由调用方写进消息）。"""
     try:
         body = json.loads(raw)
     except ValueError:
@@ -75,7 +75,15 @@ def _error_message(status: int, raw: bytes) -> str:
         error = body.get("error")
         message = error.get("message") if isinstance(error, dict) else body.get("message")
     text = str(message) if message else raw.decode(errors="replace").strip()
-    return text[:_ERROR_MESSAGE_CHARS] or f"HTTP {status}"
+    return text[:_ERROR_MESSAGE_CHARS] or "（响应体为空）"
+
+
+def _parsed[T: BaseModel](model: type[T], raw: bytes, what: str) -> T:
+    """按 model 校验服务端的答复；答非所问是 LLMError（不是瞬时错误，不重试）。"""
+    try:
+        return model.model_validate_json(raw)
+    except ValidationError as exc:
+        raise LLMError(f"外部 LLM 服务的{what}答复无法解析：{exc.errors()[0]['msg']}") from exc
 
 
 def chat_body(
@@ -149,10 +157,10 @@ class OpenAICompatClient:
             raise TransientLLMError("外部 LLM 服务暂不可用：连接失败或对端中途断开") from exc
         if status == 429 or status >= 500:
             raise TransientLLMError(
-                f"外部 LLM 服务暂不可用（HTTP {status}）：{_error_message(status, raw)}"
+                f"外部 LLM 服务暂不可用（HTTP {status}）：{_error_message(raw)}"
             )
         if status >= 300:
-            raise LLMError(f"外部 LLM 服务拒绝请求（HTTP {status}）：{_error_message(status, raw)}")
+            raise LLMError(f"外部 LLM 服务拒绝请求（HTTP {status}）：{_error_message(raw)}")
         return raw
 
     async def _model_name(self) -> str:
@@ -168,13 +176,7 @@ class OpenAICompatClient:
         return self._model
 
     async def _list_models(self) -> _ModelList:
-        raw = await self._request("GET", "/models")
-        try:
-            return _ModelList.model_validate_json(raw)
-        except ValidationError as exc:
-            raise LLMError(
-                f"外部 LLM 服务的 /models 答复无法解析：{exc.errors()[0]['msg']}"
-            ) from exc
+        return _parsed(_ModelList, await self._request("GET", "/models"), " /models ")
 
     async def generate(self, prompt: RenderedPrompt, *, trace_id: str) -> Completion:
         """生成一份报告。"""
@@ -185,11 +187,7 @@ class OpenAICompatClient:
         logger.info("提交外部 LLM 生成：model={} max_tokens={}", model, prompt.max_tokens)
         body = chat_body(model, prompt, trace_id, self._policy.engine_priority)
         raw = await self._request("POST", "/chat/completions", body, trace_id)
-        try:
-            reply = ChatReply.model_validate_json(raw)
-        except ValidationError as exc:
-            raise LLMError(f"外部 LLM 服务的答复无法解析：{exc.errors()[0]['msg']}") from exc
-        return completion_from_chat(reply)
+        return completion_from_chat(_parsed(ChatReply, raw, " chat "))
 
     async def state(self) -> EngineState:
         """/models 在时限内能列出即 warm；外部服务的扩缩不归本服务管，没有 cold。"""
