@@ -37,7 +37,7 @@ class Step:
     columns: dict[str, Any] | None = None
     state: JobState | None = None
     written: Callable[[Row], Any] | None = None
-    passed: StateChange | None = None
+    passed: tuple[StateChange, ...] = ()
 
     def changes(self, row: Row, now: float) -> dict[str, Any]:
         """这次写入改动的全部列（含 updated_at；状态变化时连同追加了的历史）。"""
@@ -107,7 +107,7 @@ class Decisions:
         now: float,
         owner: str,
         state: JobState,
-        passed: StateChange | None = None,
+        passed: tuple[StateChange, ...] = (),
     ) -> Step:
         """进入下一个生成阶段：已请求取消答 cancelled，租约已丢答 lost。passed 是途经而没有
         单独写过的阶段（见 rows.state_columns），与 state 一起记进历史。"""
@@ -122,8 +122,16 @@ class Decisions:
             columns={"lease_until": self.lease(now)}, state=state, reply="ok", passed=passed
         )
 
-    def finish(self, row: Row | None, now: float, owner: str, outcome: CallbackPayload) -> Step:
-        """记录结果并进入 delivering：已登记取消时结果改为 cancelled；owner 的重试答已记的结果。"""
+    def finish(
+        self,
+        row: Row | None,
+        now: float,
+        owner: str,
+        outcome: CallbackPayload,
+        passed: tuple[StateChange, ...] = (),
+    ) -> Step:
+        """记录结果并进入 delivering：已登记取消时结果改为 cancelled；owner 的重试答已记的结果。
+        passed 同 advance：很快做完、没有单独写下的渲染与生成，随结果一起记进历史。"""
         if row is None:
             return Step(reply=None)
         if rules.finish_replayed(row["state"], row["owner"], owner) and row["outcome_json"]:
@@ -132,7 +140,7 @@ class Decisions:
             return Step(reply=None)
         final = rules.final_outcome(self._job_of(row), outcome, bool(row["cancel_requested"]))
         columns = outcome_columns(now, final) | {"lease_until": self.lease(now)}
-        return Step(columns=columns, state=JobState.DELIVERING, reply=final)
+        return Step(columns=columns, state=JobState.DELIVERING, reply=final, passed=passed)
 
     def record_delivery(
         self, row: Row | None, now: float, owner: str, result: DeliveryOutcome

@@ -141,7 +141,7 @@ class PostgresJobStore:
         return cast(Admission, await self._batcher.call("admit", job, owner, idempotency))
 
     async def advance(
-        self, trace_id: str, owner: str, state: JobState, passed: StateChange | None = None
+        self, trace_id: str, owner: str, state: JobState, passed: tuple[StateChange, ...] = ()
     ) -> AdvanceResult:
         """进入 rendering / generating（passed 见 JobStore.advance）。"""
         return cast(
@@ -149,10 +149,14 @@ class PostgresJobStore:
         )
 
     async def finish(
-        self, trace_id: str, owner: str, outcome: CallbackPayload
+        self,
+        trace_id: str,
+        owner: str,
+        outcome: CallbackPayload,
+        passed: tuple[StateChange, ...] = (),
     ) -> CallbackPayload | None:
         """记录结果（见 JobStore.finish）。"""
-        result = await self._batcher.call("finish", trace_id, owner, outcome)
+        result = await self._batcher.call("finish", trace_id, owner, outcome, passed)
         return cast(CallbackPayload | None, result)
 
     async def record_delivery(

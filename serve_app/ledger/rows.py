@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
@@ -100,15 +101,15 @@ def new_job_columns(job: ReportJob, owner: str, now: float, lease_until: float) 
 
 
 def state_columns(
-    row: Row, state: JobState | None, now: float, passed: StateChange | None = None
+    row: Row, state: JobState | None, now: float, passed: Sequence[StateChange] = ()
 ) -> dict[str, Any]:
     """状态变化要写的列（state 与追加了的 history_json）；没有变化时为空。
 
-    passed：途经而没有单独写过的阶段（渲染很快时 rendering 与 generating 一次写下），按它自己的
-    时刻排在新状态之前；与新状态是同一阶段时，它就是新状态的那一条。重新执行时（已在
-    generating）它照样追加，历史里看得到第二次执行；历史里已有这一条（同一次推进被句柄整批
-    重试）就不再追加，推进保持幂等。新状态的时刻不早于途经阶段（入口与账本不在一台机器、
-    时钟有偏差时历史也不倒序）。"""
+    passed：途经而没有单独写过的阶段（渲染、生成很快时不单为它们写账本，随下一次写入一起记），
+    按各自的时刻依次排在新状态之前；最后一条与新状态是同一阶段时，它就是新状态的那一条。
+    重新执行时（已在 generating）它们照样追加，历史里看得到第二次执行；历史里已有的条目（同一次
+    写入被句柄整批重试）不再追加，写入保持幂等。新状态的时刻不早于途经阶段（入口与账本不在一台
+    机器、时钟有偏差时历史也不倒序）。"""
     if state is None:
         return {}
     # 历史是本模块写下的 JSON 数组（至少有受理那一条）：在结尾的 "]" 前接上新的条目，
@@ -116,11 +117,11 @@ def state_columns(
     history: str = row["history_json"]
     entries: list[str] = []
     current, latest = JobState(row["state"]), at(now)
-    if passed is not None:
-        entry = _history_entry(passed.state, passed.at)
+    for change in passed:
+        entry = _history_entry(change.state, change.at)
         if entry not in history:
             entries.append(entry)
-            current, latest = passed.state, max(latest, passed.at)
+            current, latest = change.state, max(latest, change.at)
     if state != current:
         entries.append(_history_entry(state, latest))
     if not entries:

@@ -171,7 +171,7 @@ class SqliteJobStore:
         return record_from_row(row) if row is not None else None
 
     async def advance(
-        self, trace_id: str, owner: str, state: JobState, passed: StateChange | None = None
+        self, trace_id: str, owner: str, state: JobState, passed: tuple[StateChange, ...] = ()
     ) -> AdvanceResult:
         """进入 rendering / generating（passed 见 JobStore.advance）。"""
         return cast(
@@ -179,10 +179,14 @@ class SqliteJobStore:
         )
 
     async def finish(
-        self, trace_id: str, owner: str, outcome: CallbackPayload
+        self,
+        trace_id: str,
+        owner: str,
+        outcome: CallbackPayload,
+        passed: tuple[StateChange, ...] = (),
     ) -> CallbackPayload | None:
         """记录结果。"""
-        reply = await self._now(self._mutate, "finish", trace_id, owner, outcome)
+        reply = await self._now(self._mutate, "finish", trace_id, owner, outcome, passed)
         return cast(CallbackPayload | None, reply)
 
     async def record_delivery(

@@ -80,18 +80,24 @@ class JobStore(Protocol):
         ...
 
     async def advance(
-        self, trace_id: str, owner: str, state: JobState, passed: StateChange | None = None
+        self, trace_id: str, owner: str, state: JobState, passed: tuple[StateChange, ...] = ()
     ) -> AdvanceResult:
         """进入下一个生成阶段；已请求取消返回 cancelled，租约已丢返回 lost。
 
-        passed：途经而没有单独写过的阶段（渲染很快时不单为 rendering 写一次账本），按它自己的
-        时刻与 state 一起记进历史；与 state 是同一阶段时，它就是 state 的那一条（时刻取它的）。"""
+        passed：途经而没有单独写过的阶段（渲染、生成很快时不单为它们写账本），按各自的时刻
+        依次与 state 一起记进历史；最后一条与 state 是同一阶段时，它就是 state 的那一条。"""
         ...
 
     async def finish(
-        self, trace_id: str, owner: str, outcome: CallbackPayload
+        self,
+        trace_id: str,
+        owner: str,
+        outcome: CallbackPayload,
+        passed: tuple[StateChange, ...] = (),
     ) -> CallbackPayload | None:
-        """记录结果并进入 delivering；已请求取消时结果改为 cancelled。租约已丢返回 None。"""
+        """记录结果并进入 delivering；已请求取消时结果改为 cancelled。租约已丢返回 None。
+
+        passed 同 advance：很快做完、没有单独写下的渲染与生成，随结果一起记进历史。"""
         ...
 
     async def record_delivery(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from loguru import logger
@@ -31,12 +32,13 @@ from serve_app.prompting.output_check import checked
 from serve_app.services.stages import DeliveryStage, RenderStage
 
 # 记录进入某个阶段（与该阶段的工作并行；作业被取消或租约丢失时抛 StageInterrupted）。
-# 第二个参数是途经而没有单独记下的阶段（见 ReportPipeline._render），与这一次一起记；
-# 与第一个参数是同一阶段时，它就是这一阶段自己的那一条（带着真实的开始时刻）
-StageHook = Callable[[JobState, StateChange | None], Awaitable[None]]
+# 第二个参数是途经而还没有写下的阶段（见 ReportPipeline._noted），按序与这一次一起记；
+# 最后一条与第一个参数是同一阶段时，它就是这一阶段自己的那一条（带着真实的开始时刻）
+StageHook = Callable[[JobState, tuple[StateChange, ...]], Awaitable[None]]
 
-# 渲染在这么久之内完成的（几乎总是：毫秒级）不单为 rendering 写一次账本
-RENDERING_NOTE_AFTER_S = 0.5
+# 渲染、生成在这么久之内完成的（渲染几乎总是：毫秒级；生成在快引擎、短报告时）不单为它们
+# 写一次账本：随下一次写入（记录结果）一起记
+STAGE_NOTE_AFTER_S = 0.5
 
 
 class StageInterrupted(Exception):
@@ -47,24 +49,17 @@ class StageInterrupted(Exception):
         self.reason = reason
 
 
-async def _no_hook(_: JobState, __: StateChange | None) -> None:
+async def _no_hook(_: JobState, __: tuple[StateChange, ...]) -> None:
     return None
 
 
-async def _alongside[T](stage: Awaitable[None], work: Awaitable[T]) -> T:
-    """记录阶段（一次账本往返）与这一步的工作并行，不让往返挡在每个作业的路上。
+@dataclass
+class StageNotes:
+    """一个作业的阶段记录（执行器每次执行建一个）：慢的阶段由 write 立即写进账本；很快做完的
+    留在 passed 里，执行器记录结果（成功、失败、取消或到期）时一起记进历史。"""
 
-    阶段判定为打断（已取消、租约已丢）时取消工作并抛 StageInterrupted：生成刚开始就被中止，
-    vLLM 随之中止请求。
-    """
-    task = asyncio.ensure_future(work)
-    try:
-        await stage
-    except BaseException:
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
-        raise
-    return await task
+    write: StageHook = _no_hook
+    passed: list[StateChange] = field(default_factory=list)
 
 
 class ReportPipeline:
@@ -77,10 +72,10 @@ class ReportPipeline:
         delivery: DeliveryStage,
         metrics: ReportMetrics | None = None,
         output_retries: int = 1,
-        rendering_note_after_s: float = RENDERING_NOTE_AFTER_S,
+        stage_note_after_s: float = STAGE_NOTE_AFTER_S,
     ) -> None:
         self._renderer = renderer
-        self._rendering_note_after_s = rendering_note_after_s
+        self._stage_note_after_s = stage_note_after_s
         self._llm = llm
         self._delivery = delivery
         self._metrics = metrics or ReportMetrics()
@@ -96,9 +91,10 @@ class ReportPipeline:
                 time.perf_counter() - started, {"stage": stage, "priority": job.priority}
             )
 
-    async def produce(self, job: ReportJob, on_stage: StageHook = _no_hook) -> CallbackPayload:
+    async def produce(self, job: ReportJob, notes: StageNotes | None = None) -> CallbackPayload:
         """渲染并生成；任何失败都变成 failed 载荷（被打断时抛 StageInterrupted）。"""
         logger.info("作业开始：report_type={} length={}", job.report_type, job.length)
+        notes = notes or StageNotes()
         try:
             # LLM 缩到零时在这里等它冷启动：等待算进 queue_wait，不占生成的超时
             await self._llm.wait_warm()
@@ -106,11 +102,16 @@ class ReportPipeline:
                 max((datetime.now(UTC) - job.created_at).total_seconds(), 0.0),
                 {"stage": "queue_wait", "priority": job.priority},
             )
-            rendered, passed = await self._render(job, on_stage)
+            rendered = await self._noted(
+                JobState.RENDERING,
+                self._timed("render", job, self._renderer.render(job)),
+                notes,
+            )
             prompt = rendered.model_copy(update={"engine_priority": ENGINE_PRIORITY[job.priority]})
-            completion = await _alongside(
-                on_stage(JobState.GENERATING, passed),
+            completion = await self._noted(
+                JobState.GENERATING,
                 self._timed("generate", job, self._generate_checked(job, prompt)),
+                notes,
             )
         except (StageInterrupted, LedgerUnavailable):
             # 账本暂不可用（推进阶段写不进去）不是作业的错：不出 failed 结果，由执行器中断本次
@@ -122,26 +123,27 @@ class ReportPipeline:
             return CallbackPayload.failed(job, code, message)
         return CallbackPayload.succeeded(job, completion)
 
-    async def _render(
-        self, job: ReportJob, on_stage: StageHook
-    ) -> tuple[RenderedPrompt, StateChange | None]:
-        """渲染 → (提示词, 途经而没有单独记下的 rendering)。
+    async def _noted[T](self, state: JobState, work: Awaitable[T], notes: StageNotes) -> T:
+        """做一步（渲染或生成），按它花的时间决定何时把进入这一步写进账本。
 
-        渲染在 rendering_note_after_s 内完成的，不单为 rendering 写一次账本：它的时刻由进入
-        generating 的那次一起记进历史（每个作业少一次账本往返，低负载时就是少一跳）。渲染慢了
-        才先记 rendering（时刻同样是渲染开始的那一刻），状态查询看得到作业卡在哪一步。取消与
-        租约照样在进入 generating 时判定。"""
-        started = StateChange(state=JobState.RENDERING, at=datetime.now(UTC))
-        render = asyncio.ensure_future(self._timed("render", job, self._renderer.render(job)))
+        stage_note_after_s 内做完的（渲染几乎总是，生成在快引擎、短报告时）不单为它写账本：它的
+        开始时刻留在 notes.passed 里，随下一次写入（进入生成或记录结果）一起记，低负载时每个作业少
+        一跳，结果也不必排在一次与生成并行的账本往返后面。做得慢的，写下它（连同之前途经的阶段，
+        时刻都是各自开始的那一刻），与工作并行：状态查询看得到作业卡在哪一步，已登记的取消与丢了的
+        租约在这里被发现，工作随之取消（vLLM 中止请求）后抛 StageInterrupted；快的那些由续租回复与
+        记录结果时发现。写成之后才从 passed 里去掉（写到一半被取消的，结果那次再记，历史去重）。"""
+        notes.passed.append(StateChange(state=state, at=datetime.now(UTC)))
+        task = asyncio.ensure_future(work)
         try:
-            done, _ = await asyncio.wait({render}, timeout=self._rendering_note_after_s)
+            done, _ = await asyncio.wait({task}, timeout=self._stage_note_after_s)
+            if not done:
+                await notes.write(state, tuple(notes.passed))
+                notes.passed.clear()
         except BaseException:
-            render.cancel()
-            await asyncio.gather(render, return_exceptions=True)
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
             raise
-        if done:
-            return render.result(), started
-        return await _alongside(on_stage(JobState.RENDERING, started), render), None
+        return await task
 
     async def _generate_checked(self, job: ReportJob, prompt: RenderedPrompt) -> Completion:
         """生成并按输出格式检查：不符合的重新生成 output_retries 次；截断不重试（同样的 max_tokens

@@ -27,7 +27,12 @@ from serve_app.ledger.records import CallbackState, JobRecord, JobState, StateCh
 from serve_app.ledger.store import JobStore
 from serve_app.models.reports import CallbackPayload, ReportJob
 from serve_app.services.job_queue import JobQueue
-from serve_app.services.pipeline import ReportPipeline, StageHook, StageInterrupted
+from serve_app.services.pipeline import (
+    ReportPipeline,
+    StageHook,
+    StageInterrupted,
+    StageNotes,
+)
 
 
 def _seconds_left(job: ReportJob) -> float | None:
@@ -204,9 +209,10 @@ class JobRunner:
     async def _produce(self, job: ReportJob) -> CallbackPayload | None:
         """生成结果并记入账本；租约已丢返回 None。"""
         deadline = asyncio.timeout(_seconds_left(job))
+        notes = StageNotes(self._stage_writer(job))
         try:
             async with deadline:
-                payload = await self._queued_production(job)
+                payload = await self._queued_production(job, notes)
         except TimeoutError:
             if not deadline.expired():
                 raise  # 不是期限到了（别处的超时）：照原样交给 _execute
@@ -214,19 +220,20 @@ class JobRunner:
             payload = CallbackPayload.expired(job)
         if payload is None:
             return None
-        final = await self._store.finish(job.trace_id, self.owner, payload)
+        # 很快做完、没有单独写下的渲染与生成随结果一起记进历史（取消、到期的也记：做到了哪一步）
+        final = await self._store.finish(job.trace_id, self.owner, payload, tuple(notes.passed))
         if final is None:
             logger.warning("记录结果时租约已归其他副本，放弃本次结果")
         else:
             self._observe_finished(job, final)
         return final
 
-    async def _queued_production(self, job: ReportJob) -> CallbackPayload | None:
+    async def _queued_production(self, job: ReportJob, notes: StageNotes) -> CallbackPayload | None:
         """排队拿到名额后生成；期限到了由外层的 timeout 取消（生成任务随之取消，引擎中止）。
 
         排队与生成是同一个登记在 _production 的任务：取消（DELETE、续租回复）在排队时就让作业
         离开队列、立即以 cancelled 收尾，不必等到名额再在第一次推进阶段时发现。"""
-        task = asyncio.create_task(self._slotted_production(job))
+        task = asyncio.create_task(self._slotted_production(job, notes))
         self._production[job.trace_id] = task
         try:
             return await task
@@ -244,13 +251,13 @@ class JobRunner:
         finally:
             self._production.pop(job.trace_id, None)
 
-    async def _slotted_production(self, job: ReportJob) -> CallbackPayload:
+    async def _slotted_production(self, job: ReportJob, notes: StageNotes) -> CallbackPayload:
         async with self._queue.slot(job.priority, job.caller):
             # queue_wait 由流水线在开始渲染前记下（含 LLM 冷启动的等待）
-            return await self._pipeline.produce(job, self._stage_hook(job))
+            return await self._pipeline.produce(job, notes)
 
-    def _stage_hook(self, job: ReportJob) -> StageHook:
-        async def on_stage(state: JobState, passed: StateChange | None) -> None:
+    def _stage_writer(self, job: ReportJob) -> StageHook:
+        async def on_stage(state: JobState, passed: tuple[StateChange, ...]) -> None:
             try:
                 result = await self._store.advance(job.trace_id, self.owner, state, passed)
             except LedgerUnavailable:

@@ -143,7 +143,7 @@ async def test_a_passed_stage_is_written_with_the_next_in_its_own_order(
         assert (await store.admit(_job(trace_id), "a", None)).record is not None
     clock.now += 2
     rendering = StateChange(state=JobState.RENDERING, at=at(accepted + 1))
-    assert await store.advance("t-1", "a", JobState.GENERATING, rendering) == "ok"
+    assert await store.advance("t-1", "a", JobState.GENERATING, (rendering,)) == "ok"
     record = await store.get("t-1")
     assert record is not None and record.state is JobState.GENERATING
     assert [(h.state, h.at) for h in record.history] == [
@@ -152,26 +152,26 @@ async def test_a_passed_stage_is_written_with_the_next_in_its_own_order(
         (JobState.GENERATING, at(clock.now)),
     ]
     clock.now += 1
-    assert await store.advance("t-1", "a", JobState.GENERATING, rendering) == "ok"
+    assert await store.advance("t-1", "a", JobState.GENERATING, (rendering,)) == "ok"
     replayed = await store.get("t-1")
     assert replayed is not None and replayed.history == record.history
 
     ahead = StateChange(state=JobState.RENDERING, at=at(clock.now + 60))
-    assert await store.advance("t-2", "a", JobState.GENERATING, ahead) == "ok"
+    assert await store.advance("t-2", "a", JobState.GENERATING, (ahead,)) == "ok"
     record = await store.get("t-2")
     assert record is not None
     assert [h.at for h in record.history[1:]] == [at(clock.now + 60), at(clock.now + 60)]
 
     # 渲染慢时先单独记 rendering：passed 就是它自己的那一条，时刻取渲染开始的那一刻
     own = StateChange(state=JobState.RENDERING, at=at(accepted + 1))
-    assert await store.advance("t-3", "a", JobState.RENDERING, own) == "ok"
+    assert await store.advance("t-3", "a", JobState.RENDERING, (own,)) == "ok"
     record = await store.get("t-3")
     assert record is not None and record.state is JobState.RENDERING
     assert [(h.state, h.at) for h in record.history[1:]] == [(JobState.RENDERING, at(accepted + 1))]
 
     # 被拒绝的推进（已登记取消）什么也不写，途经的阶段也不写
     assert (await store.request_cancel("t-3")).accepted
-    assert await store.advance("t-3", "a", JobState.GENERATING, rendering) == "cancelled"
+    assert await store.advance("t-3", "a", JobState.GENERATING, (rendering,)) == "cancelled"
     record = await store.get("t-3")
     assert record is not None
     assert [h.state for h in record.history] == [JobState.ACCEPTED, JobState.RENDERING]
@@ -184,16 +184,49 @@ async def test_a_rerun_shows_its_second_rendering_in_the_history(
     历史里看得到第二次执行（故障层按 rendering 的次数数执行了几次）。"""
     await store.admit(_job(), "dead", None)
     first = StateChange(state=JobState.RENDERING, at=at(clock.now))
-    assert await store.advance("t-1", "dead", JobState.GENERATING, first) == "ok"
+    assert await store.advance("t-1", "dead", JobState.GENERATING, (first,)) == "ok"
     clock.now += POLICY.lease_s + 1
     [item] = await store.claim_due("b", 10)
     assert item.produce and item.record.runs == 2
     second = StateChange(state=JobState.RENDERING, at=at(clock.now))
-    assert await store.advance("t-1", "b", JobState.GENERATING, second) == "ok"
+    assert await store.advance("t-1", "b", JobState.GENERATING, (second,)) == "ok"
     record = await store.get("t-1")
     assert record is not None
     twice = [JobState.RENDERING, JobState.GENERATING] * 2
     assert [h.state for h in record.history] == [JobState.ACCEPTED, *twice]
+
+
+async def test_fast_stages_are_written_with_the_result(store: JobStore, clock: Clock) -> None:
+    """渲染与生成都很快时它们随结果一起写下（每个作业 3 次账本写）：历史按各自的时刻排好，
+    delivering 不早于它们；记录结果被重试时答已记的结果、不重复追加；租约已丢时什么也不写。"""
+    accepted = clock.now
+    job = _job()
+    await store.admit(job, "a", None)
+    clock.now += 2
+    passed = (
+        StateChange(state=JobState.RENDERING, at=at(accepted + 0.5)),
+        StateChange(state=JobState.GENERATING, at=at(accepted + 1)),
+    )
+    final = await store.finish("t-1", "a", _succeeded(job), passed)
+    assert final is not None and final.status == "succeeded"
+    record = await store.get("t-1")
+    assert record is not None and record.state is JobState.DELIVERING
+    assert [(h.state, h.at) for h in record.history] == [
+        (JobState.ACCEPTED, at(accepted)),
+        (JobState.RENDERING, at(accepted + 0.5)),
+        (JobState.GENERATING, at(accepted + 1)),
+        (JobState.DELIVERING, at(clock.now)),
+    ]
+    assert await store.finish("t-1", "a", _succeeded(job), passed) == final
+    replayed = await store.get("t-1")
+    assert replayed is not None and replayed.history == record.history
+
+    await store.admit(_job("t-2"), "dead", None)
+    clock.now += POLICY.lease_s + 1
+    assert [i.record.trace_id for i in await store.claim_due("b", 10)] == ["t-2"]
+    assert await store.finish("t-2", "dead", _succeeded(_job("t-2")), passed) is None
+    lost = await store.get("t-2")
+    assert lost is not None and [h.state for h in lost.history] == [JobState.ACCEPTED]
 
 
 async def test_records_returned_by_writes_equal_what_is_read_back(store: JobStore) -> None:

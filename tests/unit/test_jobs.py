@@ -99,11 +99,11 @@ async def test_status_reports_every_stage_and_the_result(
     assert missing.status_code == 404 and missing.json()["error"]["code"] == "not_found"
 
 
-async def test_a_job_takes_four_ledger_writes_and_a_slow_render_still_shows(
+async def test_a_fast_job_takes_three_ledger_writes_and_slow_stages_still_show(
     client: httpx.AsyncClient, harness: Harness, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """每个作业写四次账本：受理、进入 generating（渲染很快，rendering 随它一起记下）、结果、投递。
-    渲染慢了才多写一次：渲染还没完，状态查询就是 rendering。历史两种情况都完整、按时刻排好。"""
+    """渲染与生成都很快的作业写三次账本：受理、结果（rendering 与 generating 随它一起记下）、投递。
+    哪一步慢了才为它多写一次：还没做完时状态查询就是那一步。历史几种情况都完整、按时刻排好。"""
     writes: list[str] = []
     for op in ("admit", "advance", "finish", "record_delivery"):
         real = getattr(harness.store, op)
@@ -114,30 +114,41 @@ async def test_a_job_takes_four_ledger_writes_and_a_slow_render_still_shows(
 
         monkeypatch.setattr(harness.store, op, counted)
 
-    async def history_of(trace_id: str) -> list[dict[str, Any]]:
+    async def history_of(trace_id: str) -> list[datetime]:
         body = await _status(client, trace_id)
         assert body["status"] == "succeeded"
         history: list[dict[str, Any]] = body["history"]
         assert [h["state"] for h in history] == SUCCEEDED_HISTORY
         times = [datetime.fromisoformat(h["at"]) for h in history]
         assert times == sorted(times)
-        return history
+        return times
 
     fast = await _submit(client)
     await harness.settle()
-    assert writes == ["admit", "advance", "finish", "record_delivery"]
+    assert writes == ["admit", "finish", "record_delivery"]
     await history_of(fast)
 
     writes.clear()
     harness.render.delay_s = 1.0
-    slow = await _submit(client)
-    await _wait_state(client, slow, "rendering")
+    slow_render = await _submit(client)
+    await _wait_state(client, slow_render, "rendering")
     await harness.settle()
-    assert writes == ["admit", "advance", "advance", "finish", "record_delivery"]
-    history = await history_of(slow)
+    assert writes == ["admit", "advance", "finish", "record_delivery"]
     # 慢的渲染在开始 0.5 秒后才记下 rendering，时刻仍是渲染开始的那一刻
-    rendering, generating = (datetime.fromisoformat(h["at"]) for h in history[1:3])
+    _, rendering, generating, *_ = await history_of(slow_render)
     assert (generating - rendering).total_seconds() >= 0.95
+
+    writes.clear()
+    harness.render.delay_s = 0.0
+    harness.llm.delay_s = 1.0
+    slow_generation = await _submit(client)
+    await _wait_state(client, slow_generation, "generating")
+    await harness.settle()
+    assert writes == ["admit", "advance", "finish", "record_delivery"]
+    # generating 的时刻是生成开始的那一刻（不是 0.5 秒后记下它的时候）
+    _, rendering, generating, delivering, _ = await history_of(slow_generation)
+    assert (generating - rendering).total_seconds() < 0.5
+    assert (delivering - generating).total_seconds() >= 0.95
 
 
 async def test_idempotency_key_replays_the_first_202(
@@ -418,12 +429,13 @@ async def test_runner_purges_finished_jobs_after_retention_off_the_request_path(
         await h.aclose()
 
 
+@pytest.mark.parametrize("op", ["advance", "finish"])
 @pytest.mark.parametrize(
     "error",
     [
-        LedgerUnavailable("作业账本暂不可用（advance）"),
+        LedgerUnavailable("作业账本暂不可用"),
         # 升级窗口里旧的 Ledger 副本不认新入口多传的参数
-        TypeError("advance() takes 4 positional arguments but 5 were given"),
+        TypeError("takes 4 positional arguments but 5 were given"),
     ],
     ids=["unavailable", "old-ledger-replica"],
 )
@@ -432,13 +444,17 @@ async def test_a_ledger_outage_mid_job_reruns_it_instead_of_failing_it(
     harness: Harness,
     monkeypatch: pytest.MonkeyPatch,
     error: Exception,
+    op: str,
 ) -> None:
-    """账本在作业中途记不下阶段（暂不可用，或升级窗口里旧副本不认参数）：不出 failed 结果；
-    租约到期后重跑、成功。
+    """账本在作业中途记不下阶段或结果（暂不可用，或升级窗口里旧副本不认参数）：不出 failed
+    结果；租约到期后重跑、成功。advance：生成慢，进入 generating 那次写不进；finish：快作业
+    唯一的中途写入。
 
     chaos soak 在真实引擎上找到的：Ledger 副本重启那几秒里的作业以 ledger_unavailable 失败。
     """
-    real_advance = harness.store.advance
+    if op == "advance":
+        harness.llm.delay_s = 0.6
+    real = getattr(harness.store, op)
     failures = 0
 
     async def flaky(*args: Any) -> Any:
@@ -446,9 +462,9 @@ async def test_a_ledger_outage_mid_job_reruns_it_instead_of_failing_it(
         if failures == 0:
             failures += 1
             raise error
-        return await real_advance(*args)
+        return await real(*args)
 
-    monkeypatch.setattr(harness.store, "advance", flaky)
+    monkeypatch.setattr(harness.store, op, flaky)
     trace_id = await _submit(client)
     await _wait_sent(harness, 1)
     [(_, payload)] = harness.delivery.sent

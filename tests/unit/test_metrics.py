@@ -54,6 +54,8 @@ async def _submit(client: httpx.AsyncClient) -> str:
 async def test_a_succeeded_job_is_counted_once_per_stage(
     harness: Harness, client: httpx.AsyncClient, recorder: RecordingMetricFactory
 ) -> None:
+    # 生成慢过 0.5 秒：进入 generating 单独写一次账本（快作业没有这一次），四种写入都走到
+    harness.llm.delay_s = 0.6
     await _submit(client)
     await harness.settle()
     assert recorder.count("reports_accepted", report_type="sales_weekly") == 1

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -15,9 +16,9 @@ from serve_app.core.errors import (
     RenderError,
 )
 from serve_app.ledger.records import JobState, StateChange
-from serve_app.models.reports import DeliveryOutcome, ReportJob
+from serve_app.models.reports import CallbackPayload, Completion, DeliveryOutcome, ReportJob
 from serve_app.models.templates import RenderedPrompt
-from serve_app.services.pipeline import ReportPipeline
+from serve_app.services.pipeline import ReportPipeline, StageInterrupted, StageNotes
 from tests.support.fakes import FakeLLM, LocalRenderStage, RecordingDelivery
 from tests.support.logs import captured_logs
 from tests.support.sample import load_catalog
@@ -108,57 +109,123 @@ async def test_callback_stage_crash_does_not_escape() -> None:
 
 
 class _StageLog:
-    """记下流水线每次要求记录阶段：(阶段, 途经的阶段, 那时渲染是否已完成)。"""
+    """记下流水线每次要求记录阶段：(阶段, 途经的阶段, 那时渲染了几次, 那时生成了几次)。"""
 
     def __init__(self) -> None:
         self.rendered = 0
-        self.calls: list[tuple[JobState, StateChange | None, int]] = []
+        self.generated = 0
+        self.calls: list[tuple[JobState, tuple[StateChange, ...], int, int]] = []
+        self.called_at: list[datetime] = []
 
-    async def __call__(self, state: JobState, passed: StateChange | None) -> None:
-        self.calls.append((state, passed, self.rendered))
+    async def __call__(self, state: JobState, passed: tuple[StateChange, ...]) -> None:
+        self.calls.append((state, passed, self.rendered, self.generated))
+        self.called_at.append(datetime.now(UTC))
 
 
 class _CountingRender(LocalRenderStage):
-    def __init__(self, delay_s: float) -> None:
+    def __init__(self, delay_s: float, log: _StageLog) -> None:
         super().__init__(load_catalog(), delay_s=delay_s)
-        self.log: _StageLog | None = None
+        self.log = log
 
     async def render(self, job: ReportJob) -> RenderedPrompt:
         rendered = await super().render(job)
-        assert self.log is not None
         self.log.rendered += 1
         return rendered
 
 
-async def _stages(render_delay_s: float, note_after_s: float) -> _StageLog:
-    render = _CountingRender(render_delay_s)
+class _CountingLLM(FakeLLM):
+    log: _StageLog | None = None
+
+    async def generate(self, prompt: RenderedPrompt, *, trace_id: str) -> Completion:
+        completion = await super().generate(prompt, trace_id=trace_id)
+        assert self.log is not None
+        self.log.generated += 1
+        return completion
+
+
+async def _stages(
+    render_delay_s: float = 0.0,
+    generate_delay_s: float = 0.0,
+    note_after_s: float = 5.0,
+    error: BaseException | None = None,
+) -> tuple[_StageLog, CallbackPayload, tuple[StateChange, ...]]:
     log = _StageLog()
-    render.log = log
+    llm = _CountingLLM(delay_s=generate_delay_s, error=error)
+    llm.log = log
     pipeline = ReportPipeline(
-        render, FakeLLM(), RecordingDelivery(), rendering_note_after_s=note_after_s
+        _CountingRender(render_delay_s, log),
+        llm,
+        RecordingDelivery(),
+        stage_note_after_s=note_after_s,
     )
-    payload = await pipeline.produce(_job(), log)
-    assert payload.status == "succeeded"
-    return log
+    notes = StageNotes(log)
+    payload = await pipeline.produce(_job(), notes)
+    return log, payload, tuple(notes.passed)
 
 
-async def test_a_fast_render_is_recorded_together_with_generating() -> None:
-    """渲染很快：不单为 rendering 写账本，它的时刻随进入 generating 的那一次记下（少一次往返）。"""
+def _states(changes: tuple[StateChange, ...]) -> list[JobState]:
+    return [c.state for c in changes]
+
+
+async def test_fast_stages_are_recorded_together_with_the_result() -> None:
+    """渲染与生成都很快：不单为它们写账本，各自开始的时刻随结果一起记（每个作业少两次往返）。"""
     before = datetime.now(UTC)
-    log = await _stages(render_delay_s=0.0, note_after_s=5.0)
-    [(state, passed, rendered)] = log.calls
-    assert state is JobState.GENERATING and rendered == 1
-    assert passed is not None and passed.state is JobState.RENDERING
-    assert before <= passed.at <= datetime.now(UTC)
+    log, payload, passed = await _stages()
+    assert log.calls == []
+    assert payload.status == "succeeded"
+    assert _states(passed) == [JobState.RENDERING, JobState.GENERATING]
+    rendering, generating = passed
+    assert before <= rendering.at <= generating.at <= datetime.now(UTC)
+
+
+async def test_a_fast_failure_still_carries_the_stages_it_passed() -> None:
+    """生成很快就失败：failed 结果的历史里照样有 rendering 与 generating。"""
+    log, payload, passed = await _stages(error=LLMError("boom"))
+    assert log.calls == []
+    assert payload.status == "failed"
+    assert _states(passed) == [JobState.RENDERING, JobState.GENERATING]
 
 
 async def test_a_slow_render_is_recorded_while_it_runs() -> None:
-    """渲染慢了：先记 rendering（状态查询看得到卡在渲染），之后再记 generating。"""
-    before = datetime.now(UTC)
-    log = await _stages(render_delay_s=0.3, note_after_s=0.05)
-    [(rendering, own, rendered), (generating, passed, after)] = log.calls
-    assert (rendering, rendered) == (JobState.RENDERING, 0)
-    assert (generating, passed, after) == (JobState.GENERATING, None, 1)
-    # rendering 的时刻是渲染开始的那一刻，不是记下它的时候
-    assert own is not None and own.state is JobState.RENDERING
-    assert before <= own.at < before + timedelta(seconds=0.05)
+    """渲染慢了：先记 rendering（状态查询看得到卡在渲染）；之后很快的生成随结果一起记。"""
+    log, payload, passed = await _stages(render_delay_s=0.3, note_after_s=0.05)
+    [(state, own, rendered, _)] = log.calls
+    assert (state, rendered) == (JobState.RENDERING, 0)
+    # rendering 的时刻是渲染开始的那一刻，不是（至少 0.05 秒后）记下它的时候
+    assert _states(own) == [JobState.RENDERING]
+    [called_at] = log.called_at
+    assert own[0].at <= called_at - timedelta(seconds=0.05)
+    assert _states(passed) == [JobState.GENERATING]
+
+
+async def test_a_slow_generation_is_recorded_while_it_runs() -> None:
+    """生成慢了：生成还在进行时记下 generating，连同途经的 rendering，时刻都是各自开始的那一刻；
+    结果那次就没有要补记的了。"""
+    log, payload, passed = await _stages(generate_delay_s=0.3, note_after_s=0.05)
+    [(state, noted, rendered, generated)] = log.calls
+    assert (state, rendered, generated) == (JobState.GENERATING, 1, 0)
+    assert _states(noted) == [JobState.RENDERING, JobState.GENERATING]
+    # generating 的时刻是生成开始的那一刻，不是（至少 0.05 秒后）记下它的时候
+    [called_at] = log.called_at
+    assert noted[0].at <= noted[1].at <= called_at - timedelta(seconds=0.05)
+    assert passed == ()
+    assert payload.status == "succeeded"
+
+
+async def test_an_interrupted_slow_generation_is_aborted() -> None:
+    """慢的生成在记下 generating 时发现作业已取消：生成被中止（不再完成），
+    StageInterrupted 交给执行器。"""
+    log = _StageLog()
+    llm = _CountingLLM(delay_s=0.3)
+    llm.log = log
+
+    async def cancelled(_: JobState, __: tuple[StateChange, ...]) -> None:
+        raise StageInterrupted("cancelled")
+
+    pipeline = ReportPipeline(
+        LocalRenderStage(load_catalog()), llm, RecordingDelivery(), stage_note_after_s=0.05
+    )
+    with pytest.raises(StageInterrupted):
+        await pipeline.produce(_job(), StageNotes(cancelled))
+    await asyncio.sleep(0.4)
+    assert len(llm.prompts) == 1 and log.generated == 0
