@@ -4,7 +4,8 @@
                                 [--postgres-url postgresql://…] [--pg-processes 1 2]
 
 每个作业：admit → advance(generating，rendering 途经一起记) → finish → record_delivery，
-与真实流水线在渲染很快时对账本的写入相同（续租与扫描另计；渲染慢时多一次 advance(rendering)）。
+与真实流水线在渲染很快、生成超过 0.5 秒（真实引擎上几乎总是）时对账本的写入相同（续租与扫描
+另计；渲染慢时多一次 advance(rendering)，生成也很快时没有这次 advance、途经的随 finish 记）。
 打印 jobs/s 与 admit 的 p50/p99 延迟，
 结果写到 .run/bench/ledger-<时间>.json。SQLite 文件放在临时目录；Postgres 默认在本机临时起一个
 （Debian 的 postgresql 包，数据目录在临时目录，只听 127.0.0.1，fsync 与 synchronous_commit
@@ -79,7 +80,7 @@ async def _one(store: JobStore, index: int, admit_ms: list[float], prefix: str =
     await store.admit(job, OWNER, None)
     admit_ms.append((time.perf_counter() - started) * 1000)
     rendering = StateChange(state=JobState.RENDERING, at=utc_now())
-    await store.advance(job.trace_id, OWNER, JobState.GENERATING, rendering)
+    await store.advance(job.trace_id, OWNER, JobState.GENERATING, (rendering,))
     await store.finish(job.trace_id, OWNER, CallbackPayload.succeeded(job, REPORT))
     await store.record_delivery(job.trace_id, OWNER, DELIVERED)
 

@@ -223,7 +223,7 @@ async def test_fast_stages_are_written_with_the_result(store: JobStore, clock: C
 
     await store.admit(_job("t-2"), "dead", None)
     clock.now += POLICY.lease_s + 1
-    assert [i.record.trace_id for i in await store.claim_due("b", 10)] == ["t-2"]
+    assert "t-2" in {i.record.trace_id for i in await store.claim_due("b", 10)}
     assert await store.finish("t-2", "dead", _succeeded(_job("t-2")), passed) is None
     lost = await store.get("t-2")
     assert lost is not None and [h.state for h in lost.history] == [JobState.ACCEPTED]
