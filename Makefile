@@ -10,7 +10,7 @@ RUN_DIR := .run
 TINY_MODEL := .cache/tiny-model
 export PYTHONPATH := $(CURDIR)
 
-.PHONY: help install run deploy stop metrics demo bench bench-ledger bench-overhead bench-callback bench-llm-client bench-structured bench-priority bench-cold-start soak test test-unit test-local test-contract test-integration test-fault test-e2e test-metrics test-cluster test-quickstart lint fmt clean
+.PHONY: help install run deploy stop metrics demo bench bench-ledger bench-overhead bench-callback bench-llm-client bench-hop bench-structured bench-priority bench-cold-start soak test test-unit test-local test-contract test-integration test-fault test-e2e test-metrics test-cluster test-quickstart lint fmt clean
 
 help:
 	@echo "make run | deploy | stop | metrics | demo | test | test-unit | test-local | test-contract | test-integration | test-fault | test-e2e | test-metrics | test-cluster | test-quickstart | lint"
@@ -63,6 +63,9 @@ bench-callback: install
 
 bench-llm-client: install
 	$(PY) -m benchmarks.llm_client $(ARGS)
+
+bench-hop: install
+	$(PY) -m benchmarks.hop $(ARGS)
 
 bench-structured: install
 	$(PY) -m benchmarks.structured $(ARGS)

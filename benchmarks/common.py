@@ -179,12 +179,12 @@ def alternate(
                     f"并发 {level:>3} 第 {round_ + 1} 轮 {variant:<20} "
                     f"{result['cpu_ms']:.3f} ms CPU/次  {result['per_s']:.0f}/s\n"
                 )
+    # measure 另给的数（如被调方的 CPU）同样取中位数
     return [
         {
             "concurrency": level,
             key: variant,
-            "cpu_ms": statistics.median(s["cpu_ms"] for s in runs),
-            "per_s": statistics.median(s["per_s"] for s in runs),
+            **{name: statistics.median(s[name] for s in runs) for name in runs[0]},
             "rounds_cpu_ms": [s["cpu_ms"] for s in runs],
         }
         for (level, variant), runs in samples.items()
@@ -203,6 +203,8 @@ class ClientReport:
     plot_call: str
     # 每栏：(标题, 哪些写法画在这一栏)
     panels: tuple[tuple[str, Callable[[str], bool]], ...]
+    # 表里另加的列：(measure 给的键, 列名)
+    extra: tuple[tuple[str, str], ...] = ()
 
 
 def run_client_benchmark(
@@ -236,11 +238,14 @@ def write_client_results(
         "",
         f"命令：`{meta['command']}`",
         "",
-        f"| 并发 | {report.key_title} | CPU ms/{call} | {call}/秒 | 各轮 CPU ms |",
-        "| ---: | --- | ---: | ---: | --- |",
+        f"| 并发 | {report.key_title} | CPU ms/{call} | {call}/秒 | "
+        + "".join(f"{title} | " for _, title in report.extra)
+        + "各轮 CPU ms |",
+        "| ---: | --- | ---: | ---: | " + "---: | " * len(report.extra) + "--- |",
         *(
-            f"| {r['concurrency']} | {r[key]} | {r['cpu_ms']:.3f} | {r['per_s']:.0f} "
-            f"| {' / '.join(f'{x:.3f}' for x in r['rounds_cpu_ms'])} |"
+            f"| {r['concurrency']} | {r[key]} | {r['cpu_ms']:.3f} | {r['per_s']:.0f} | "
+            + "".join(f"{r[name]:.3f} | " for name, _ in report.extra)
+            + f"{' / '.join(f'{x:.3f}' for x in r['rounds_cpu_ms'])} |"
             for r in rows
         ),
         "",
@@ -278,7 +283,14 @@ def _plot_client(report: ClientReport, rows: list[dict[str, Any]], path: Path) -
         ax.set_ylabel(f"client CPU ms per {report.plot_call} (lower is better)")
         ax.set_ylim(0, top)
         ax.set_title(title)
-        ax.legend(loc="upper left", fontsize=8)
+        # 图例放在坐标轴下面：不压住柱子与柱上的数
+        ax.legend(
+            loc="upper center",
+            bbox_to_anchor=(0.5, -0.1),
+            ncol=min(len(group), 5),
+            fontsize=8,
+            frameon=False,
+        )
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

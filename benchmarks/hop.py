@@ -1,0 +1,194 @@
+"""基准：一跳（部署之间的一次跨进程往返）本身要多少时间与 CPU——流水线在并发 1 时的下限。
+
+    python -m benchmarks.hop [--calls 2000] [--concurrency 1,16] [--rounds 3] [--hops ...]
+
+本机起一个 Ray 集群（与 make run 一样开 Serve 的吞吐模式），两个部署：Caller 在自己的副本里
+（像入口副本那样）对 Echo 连续调用，每次带约 2 KB 的参数（与一个作业相当），Echo 原样返回。
+只换一跳的方式：
+  serve-grpc：部署句柄经副本的内部 gRPC、路由器在本副本的事件循环里（入口 → 渲染 / 账本 / 回调）；
+  serve-actor：部署句柄经 Ray actor 调用（入口 → 集群内的 LLMServer）；
+  ray-actor：不经 Serve、直接调 Echo 进程里的一个 Ray actor（Serve 句柄之下的那一层）；
+  http：aiohttp 对 Echo 进程里的 HTTP 服务（127.0.0.1；对照组对引擎与 backend B 就是这样一跳）。
+并发 1 时 1000 / 每秒调用数 就是一跳的往返毫秒；CPU 分调用方（Caller 副本）与被调方（Echo 进程）。
+每档并发、每种方式交替跑 --rounds 轮取中位数。结果写到 benchmarks/results/hop-<时间>.json / .md /
+.png（--out-dir 改位置）并更新 hop-latest.*。只访问 127.0.0.1。
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+import psutil
+import ray
+from aiohttp import ClientSession, TCPConnector, web
+from ray import serve
+from ray.serve.handle import DeploymentHandle
+
+from benchmarks.common import (
+    WARMUP,
+    ClientReport,
+    alternate,
+    client_cpu,
+    client_meta,
+    client_parser,
+    prepare_client_run,
+    write_client_results,
+)
+from deployments.ray_private import by_reference, route_in_this_loop
+from serve_app.core.settings import PROJECT_ROOT
+from tests.support.local_http import free_port
+
+HOPS = ("serve-grpc", "serve-actor", "ray-actor", "http")
+PAYLOAD = "作" * 680  # 约 2 KB（UTF-8）
+
+
+@ray.remote(num_cpus=0)
+class _EchoActor:
+    """普通的 Ray actor（不经 Serve，自己一个进程）。"""
+
+    async def echo(self, payload: str) -> str:
+        return payload
+
+    def pid(self) -> int:
+        return os.getpid()
+
+
+class Echo:
+    """被调的一方：Serve 方法与本副本里的一个 HTTP 服务，都原样返回参数；另带一个普通 Ray actor。"""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self._runner: web.AppRunner | None = None
+        self.actor = _EchoActor.remote()  # type: ignore[attr-defined]
+
+    async def echo(self, payload: str) -> str:
+        return payload
+
+    async def _http_echo(self, request: web.Request) -> web.Response:
+        return web.Response(body=await request.read())
+
+    async def endpoints(self) -> dict[str, Any]:
+        """HTTP 服务（第一次调用时在本副本的事件循环里起）、actor、本进程与 actor 进程的 PID。"""
+        if self._runner is None:
+            app = web.Application()
+            app.router.add_post("/echo", self._http_echo)
+            self._runner = web.AppRunner(app, access_log=None)
+            await self._runner.setup()
+            await web.TCPSite(self._runner, "127.0.0.1", self.port).start()
+        actor_pid = await self.actor.pid.remote()
+        return {"port": self.port, "actor": self.actor, "pid": os.getpid(), "actor_pid": actor_pid}
+
+
+class Caller:
+    """调用的一方：在本副本里按某种方式连续调用 Echo，量本进程与 Echo 进程的 CPU。"""
+
+    def __init__(self, echo: DeploymentHandle[Any]) -> None:
+        # 与入口副本相同的两种句柄（deployments/ingress.py 的 light_handles 与 llm_handle）
+        self._grpc = by_reference(route_in_this_loop(echo), False)
+        self._actor_handle = by_reference(echo, True)
+
+    async def run(self, hop: str, calls: int, concurrency: int) -> dict[str, float]:
+        """量一轮：调用方 CPU ms/次、次/秒、被调方 CPU ms/次。"""
+        endpoints = await self._grpc.endpoints.remote()
+        callee = psutil.Process(endpoints["actor_pid" if hop == "ray-actor" else "pid"])
+        send, close = await self._sender(hop, endpoints)
+        before = sum(callee.cpu_times()[:2])
+        result = await client_cpu(send, close, calls, concurrency)
+        # 被调方的 CPU 连预热的那些调用一起量，按总次数平均（每次的代价相同）
+        callee_s = sum(callee.cpu_times()[:2]) - before
+        result["callee_cpu_ms"] = callee_s / (calls + WARMUP) * 1000
+        return result
+
+    async def _sender(self, hop: str, endpoints: dict[str, Any]) -> tuple[Any, Any]:
+        async def nothing() -> None:
+            return None
+
+        if hop == "serve-grpc":
+
+            async def grpc() -> None:
+                await self._grpc.echo.remote(PAYLOAD)
+
+            return grpc, nothing
+        if hop == "serve-actor":
+
+            async def actor_handle() -> None:
+                await self._actor_handle.echo.remote(PAYLOAD)
+
+            return actor_handle, nothing
+        if hop == "ray-actor":
+            actor = endpoints["actor"]
+
+            async def raw() -> None:
+                await actor.echo.remote(PAYLOAD)
+
+            return raw, nothing
+        session = ClientSession(connector=TCPConnector(limit=0))
+        url = f"http://127.0.0.1:{endpoints['port']}/echo"
+        body = PAYLOAD.encode()
+
+        async def http() -> None:
+            async with session.post(url, data=body) as response:
+                await response.read()
+
+        return http, session.close
+
+
+REPORT = ClientReport(
+    prefix="hop",
+    title="一跳的代价（部署之间的一次往返）",
+    call="调用",
+    key="hop",
+    key_title="一跳的方式",
+    plot_call="round trip",
+    panels=(
+        ("One hop between two processes (Serve throughput mode, ~2 KB payload)", lambda _: True),
+    ),
+    extra=(("callee_cpu_ms", "被调方 CPU ms/调用"),),
+)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """各种一跳交替测，打印并保存结果。"""
+    parser = client_parser(__doc__, "calls", "hops", HOPS)
+    parser.set_defaults(concurrency="1,16")
+    args = parser.parse_args(argv)
+    prepare_client_run(args.out_dir)
+    # 与 make run 相同的 Serve 模式；Ray 的 worker 从这个环境起，找得到本仓库的模块
+    os.environ["RAY_SERVE_THROUGHPUT_OPTIMIZED"] = "1"
+    os.environ["PYTHONPATH"] = os.pathsep.join(
+        p for p in (str(PROJECT_ROOT), os.environ.get("PYTHONPATH")) if p
+    )
+    meta = client_meta(args.calls, args.rounds, "bench-hop", argv, ray=ray.__version__)
+    ray.init(address="local", include_dashboard=False, logging_level=logging.WARNING)
+    try:
+        # 在途上限与应用里的轻量部署同一量级（serve_config.yaml：512–2000）：量的是一跳本身，
+        # 不是 Serve 默认的 5 个在途上限下路由器的排队与退避
+        echo = serve.deployment(ray_actor_options={"num_cpus": 0.1}, max_ongoing_requests=1000)(
+            Echo
+        )
+        caller = serve.deployment(ray_actor_options={"num_cpus": 0.1})(Caller)
+        handle = serve.run(caller.bind(echo.bind()), name="hop", route_prefix=None)
+
+        def measure(hop: str, level: int) -> dict[str, float]:
+            result: dict[str, float] = handle.run.remote(hop, args.calls, level).result()
+            return result
+
+        rows = alternate(
+            args.hops.split(","),
+            [int(c) for c in args.concurrency.split(",")],
+            args.rounds,
+            measure,
+            key=REPORT.key,
+        )
+    finally:
+        # 集群是本进程起的：ray.shutdown 连同 Serve 的控制器与副本一起停掉（serve.shutdown 在这里
+        # 要等满 30 秒的超时）
+        ray.shutdown()
+    write_client_results(REPORT, rows, meta, args.out_dir)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
