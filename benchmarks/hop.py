@@ -8,7 +8,10 @@
   serve-grpc：部署句柄经副本的内部 gRPC、路由器在本副本的事件循环里（入口 → 渲染 / 账本 / 回调）；
   serve-actor：部署句柄经 Ray actor 调用（入口 → 集群内的 LLMServer）；
   ray-actor：不经 Serve、直接调 Echo 进程里的一个 Ray actor（Serve 句柄之下的那一层）；
-  http：aiohttp 对 Echo 进程里的 HTTP 服务（127.0.0.1；对照组对引擎与 backend B 就是这样一跳）。
+  http：aiohttp 对 Echo 进程里的 HTTP 服务（127.0.0.1；对照组对引擎与 backend B 就是这样一跳）；
+  ledger-write：同样的 gRPC 句柄调真的 Ledger 部署（SQLite 账本，临时目录），每次推进同一个作业一次
+  （读一行、判定、写租约，组提交与 fsync；行数不增长）——与 serve-grpc 并排，差值就是我们自己在一次
+  账本写里花的。
 并发 1 时 1000 / 每秒调用数 就是一跳的往返毫秒；CPU 分调用方（Caller 副本）与被调方（Echo 进程）。
 每档并发、每种方式交替跑 --rounds 轮取中位数。结果写到 benchmarks/results/hop-<时间>.json / .md /
 .png（--out-dir 改位置）并更新 hop-latest.*。只访问 127.0.0.1。
@@ -18,6 +21,9 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
+import tempfile
+from datetime import UTC, datetime
 from typing import Any
 
 import psutil
@@ -36,12 +42,19 @@ from benchmarks.common import (
     prepare_client_run,
     write_client_results,
 )
+from deployments.ledger import ledger_deployment
 from deployments.ray_private import by_reference, route_in_this_loop
-from serve_app.core.settings import PROJECT_ROOT
+from serve_app.core.settings import PROJECT_ROOT, Settings
+from serve_app.ledger.records import JobState
+from serve_app.models.reports import ReportJob
 from tests.support.local_http import free_port
+from tests.support.sample import load_catalog
 
-HOPS = ("serve-grpc", "serve-actor", "ray-actor", "http")
+HOPS = ("serve-grpc", "serve-actor", "ray-actor", "http", "ledger-write")
 PAYLOAD = "作" * 680  # 约 2 KB（UTF-8）
+# ledger-write 反复推进的那个作业与它的持有者
+LEDGER_JOB = "hop-ledger-write"
+LEDGER_OWNER = "bench-hop"
 
 
 @ray.remote(num_cpus=0)
@@ -84,16 +97,22 @@ class Echo:
 class Caller:
     """调用的一方：在本副本里按某种方式连续调用 Echo，量本进程与 Echo 进程的 CPU。"""
 
-    def __init__(self, echo: DeploymentHandle[Any]) -> None:
+    def __init__(self, echo: DeploymentHandle[Any], ledger: DeploymentHandle[Any]) -> None:
         # 与入口副本相同的两种句柄（deployments/ingress.py 的 light_handles 与 llm_handle）
         self._grpc = by_reference(route_in_this_loop(echo), False)
         self._actor_handle = by_reference(echo, True)
+        self._ledger = by_reference(route_in_this_loop(ledger), False)
+        self._admitted = False
 
     async def run(self, hop: str, calls: int, concurrency: int) -> dict[str, float]:
         """量一轮：调用方 CPU ms/次、次/秒、被调方 CPU ms/次。"""
-        endpoints = await self._grpc.endpoints.remote()
-        callee = psutil.Process(endpoints["actor_pid" if hop == "ray-actor" else "pid"])
-        send, close = await self._sender(hop, endpoints)
+        if hop == "ledger-write":
+            callee = psutil.Process(_ledger_pid())
+            send, close = await self._ledger_sender()
+        else:
+            endpoints = await self._grpc.endpoints.remote()
+            callee = psutil.Process(endpoints["actor_pid" if hop == "ray-actor" else "pid"])
+            send, close = await self._sender(hop, endpoints)
         before = sum(callee.cpu_times()[:2])
         result = await client_cpu(send, close, calls, concurrency)
         # 被调方的 CPU 连预热的那些调用一起量，按总次数平均（每次的代价相同）
@@ -101,29 +120,44 @@ class Caller:
         result["callee_cpu_ms"] = callee_s / (calls + WARMUP) * 1000
         return result
 
-    async def _sender(self, hop: str, endpoints: dict[str, Any]) -> tuple[Any, Any]:
-        async def nothing() -> None:
-            return None
+    async def _ledger_sender(self) -> tuple[Any, Any]:
+        """对 Ledger 部署推进同一个作业（第一次先受理它）：每次一个真的单行写，账本不变大。"""
+        if not self._admitted:
+            [(ok, admission)] = await self._ledger.apply.remote(
+                [("admit", (_job(LEDGER_JOB), LEDGER_OWNER, None))]
+            )
+            if not ok or admission.record is None:
+                raise RuntimeError(f"受理没有写进账本：{admission!r}")
+            self._admitted = True
+        call = ("advance", (LEDGER_JOB, LEDGER_OWNER, JobState.GENERATING, ()))
 
+        async def advance() -> None:
+            [(ok, verdict)] = await self._ledger.apply.remote([call])
+            if not ok or verdict != "ok":
+                raise RuntimeError(f"推进没有写进账本：{verdict!r}")
+
+        return advance, _nothing
+
+    async def _sender(self, hop: str, endpoints: dict[str, Any]) -> tuple[Any, Any]:
         if hop == "serve-grpc":
 
             async def grpc() -> None:
                 await self._grpc.echo.remote(PAYLOAD)
 
-            return grpc, nothing
+            return grpc, _nothing
         if hop == "serve-actor":
 
             async def actor_handle() -> None:
                 await self._actor_handle.echo.remote(PAYLOAD)
 
-            return actor_handle, nothing
+            return actor_handle, _nothing
         if hop == "ray-actor":
             actor = endpoints["actor"]
 
             async def raw() -> None:
                 await actor.echo.remote(PAYLOAD)
 
-            return raw, nothing
+            return raw, _nothing
         session = ClientSession(connector=TCPConnector(limit=0))
         url = f"http://127.0.0.1:{endpoints['port']}/echo"
         body = PAYLOAD.encode()
@@ -133,6 +167,31 @@ class Caller:
                 await response.read()
 
         return http, session.close
+
+
+async def _nothing() -> None:
+    return None
+
+
+def _ledger_pid() -> int:
+    """本机 Ledger 副本的进程（Ray 给副本进程起的名字里带部署名）。"""
+    for process in psutil.process_iter(["cmdline"]):
+        if "ServeReplica:hop:Ledger" in " ".join(process.info["cmdline"] or []):
+            return int(process.pid)
+    raise RuntimeError("找不到 Ledger 副本的进程")
+
+
+def _job(trace_id: str) -> ReportJob:
+    """一个示例作业（内置报告类型 sales_weekly 的示例输入）。"""
+    spec = load_catalog().get("sales_weekly")
+    return ReportJob(
+        trace_id=trace_id,
+        report_type="sales_weekly",
+        inputs=dict(spec.sample_inputs),
+        length="short",
+        callback_url="http://127.0.0.1:9/hooks/reports",
+        created_at=datetime.now(UTC),
+    )
 
 
 REPORT = ClientReport(
@@ -160,6 +219,16 @@ def main(argv: list[str] | None = None) -> int:
     os.environ["PYTHONPATH"] = os.pathsep.join(
         p for p in (str(PROJECT_ROOT), os.environ.get("PYTHONPATH")) if p
     )
+    # Ledger 部署读 Settings：账本放临时目录；本基准不经 HTTP、不调引擎，鉴权与模型来源只为过校验
+    ledger_dir = tempfile.mkdtemp(prefix="bench-hop-")
+    os.environ.update(
+        {
+            "REPORTS_JOBS__LEDGER_PATH": os.path.join(ledger_dir, "ledger.sqlite3"),
+            "REPORTS_AUTH_DISABLED": "true",
+            "REPORTS_ENGINE__MODEL_SOURCE": "unused-by-bench-hop",
+            "REPORTS_LOG_LEVEL": "WARNING",
+        }
+    )
     meta = client_meta(args.calls, args.rounds, "bench-hop", argv, ray=ray.__version__)
     ray.init(address="local", include_dashboard=False, logging_level=logging.WARNING)
     try:
@@ -169,7 +238,10 @@ def main(argv: list[str] | None = None) -> int:
             Echo
         )
         caller = serve.deployment(ray_actor_options={"num_cpus": 0.1})(Caller)
-        handle = serve.run(caller.bind(echo.bind()), name="hop", route_prefix=None)
+        ledger = ledger_deployment.options(ray_actor_options={"num_cpus": 0.1})
+        handle = serve.run(
+            caller.bind(echo.bind(), ledger.bind(Settings())), name="hop", route_prefix=None
+        )
 
         def measure(hop: str, level: int) -> dict[str, float]:
             result: dict[str, float] = handle.run.remote(hop, args.calls, level).result()
@@ -186,6 +258,7 @@ def main(argv: list[str] | None = None) -> int:
         # 集群是本进程起的：ray.shutdown 连同 Serve 的控制器与副本一起停掉（serve.shutdown 在这里
         # 要等满 30 秒的超时）
         ray.shutdown()
+        shutil.rmtree(ledger_dir, ignore_errors=True)
     write_client_results(REPORT, rows, meta, args.out_dir)
     return 0
 
