@@ -7,12 +7,13 @@
 只换一跳的方式：
   serve-grpc：部署句柄经副本的内部 gRPC、路由器在本副本的事件循环里（入口 → 渲染 / 账本 / 回调）；
   serve-actor：部署句柄经 Ray actor 调用（入口 → 集群内的 LLMServer）；
-  ray-actor：不经 Serve、直接调 Echo 进程里的一个 Ray actor（Serve 句柄之下的那一层）；
+  ray-actor：不经 Serve、直接调一个普通 Ray actor（自己一个进程；Serve 句柄之下的那一层）；
   http：aiohttp 对 Echo 进程里的 HTTP 服务（127.0.0.1；对照组对引擎与 backend B 就是这样一跳）；
   ledger-write：同样的 gRPC 句柄调真的 Ledger 部署（SQLite 账本，临时目录），每次推进同一个作业一次
   （读一行、判定、写租约，组提交与 fsync；行数不增长）——与 serve-grpc 并排，差值就是我们自己在一次
   账本写里花的。
-并发 1 时 1000 / 每秒调用数 就是一跳的往返毫秒；CPU 分调用方（Caller 副本）与被调方（Echo 进程）。
+并发 1 时 1000 / 每秒调用数 就是一跳的往返毫秒；CPU 分调用方（Caller 副本）与被调方（Echo 副本、
+actor 或 Ledger 副本的进程）。
 每档并发、每种方式交替跑 --rounds 轮取中位数。结果写到 benchmarks/results/hop-<时间>.json / .md /
 .png（--out-dir 改位置）并更新 hop-latest.*。只访问 127.0.0.1。
 """
