@@ -22,7 +22,7 @@ from serve_app.ledger.store import JobStore
 from serve_app.llm.port import LLMClient
 from serve_app.prompting.catalog import TemplateCatalog
 from serve_app.services.jobs import JobService
-from serve_app.services.pipeline import ReportPipeline
+from serve_app.services.pipeline import STAGE_NOTE_AFTER_S, ReportPipeline
 from serve_app.services.runner import JobRunner
 from serve_app.services.stages import DeliveryStage, RenderStage
 from serve_app.services.submission import ReportSubmissions
@@ -104,7 +104,13 @@ class IngressServices:
         catalog = TemplateCatalog.from_file(settings.resolved_templates_path)
         store = metered(store, metrics)
         pipeline = ReportPipeline(
-            render, llm, delivery, metrics, output_retries=settings.llm.output_retries
+            render,
+            llm,
+            delivery,
+            metrics,
+            output_retries=settings.llm.output_retries,
+            # 慢的阶段要在租约的一小部分之内写下（写入同时续租）：租约很短时（测试）不靠续租撑过去
+            stage_note_after_s=min(STAGE_NOTE_AFTER_S, settings.jobs.lease_s / 4),
         )
         runner = JobRunner(store, pipeline, settings.jobs, owner, metrics)
         return cls(
