@@ -1,6 +1,7 @@
 """基准：一跳（部署之间的一次跨进程往返）本身要多少时间与 CPU——流水线在并发 1 时的下限。
 
     python -m benchmarks.hop [--calls 2000] [--concurrency 1,16] [--rounds 3] [--hops ...]
+                             [--idle-gap-ms 20] [--idle-calls 300]
 
 本机起一个 Ray 集群（与 make run 一样开 Serve 的吞吐模式），两个部署：Caller 在自己的副本里
 （像入口副本那样）对 Echo 连续调用，每次带约 2 KB 的参数（与一个作业相当），Echo 原样返回。
@@ -15,16 +16,25 @@
 并发 1 时 1000 / 每秒调用数 就是一跳的往返毫秒；CPU 分调用方（Caller 副本）与被调方（Echo 副本、
 actor 或 Ledger 副本的进程）。
 每档并发、每种方式交替跑 --rounds 轮取中位数。结果写到 benchmarks/results/hop-<时间>.json / .md /
-.png（--out-dir 改位置）并更新 hop-latest.*。只访问 127.0.0.1。
+.png（--out-dir 改位置）并更新 hop-latest.*。
+再量孤立的一次：一次一个地调用，每次之前空闲 --idle-gap-ms 毫秒，与一个接一个交替，记往返的
+p50 / p90（hop-idle-<时间>.*、hop-idle-latest.*）——两边的线程睡下之后被唤醒要多久，backend B
+偶尔交一份报告时每一跳等的就是这个。只访问 127.0.0.1。
 """
 
 from __future__ import annotations
 
+import asyncio
+import json
 import logging
 import os
 import shutil
+import statistics
+import sys
 import tempfile
+import time
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import psutil
@@ -36,11 +46,14 @@ from ray.serve.handle import DeploymentHandle
 from benchmarks.common import (
     WARMUP,
     ClientReport,
+    Close,
+    Send,
     alternate,
     client_cpu,
     client_meta,
     client_parser,
     prepare_client_run,
+    publish_latest,
     write_client_results,
 )
 from deployments.ledger import ledger_deployment
@@ -56,6 +69,8 @@ PAYLOAD = "作" * 680  # 约 2 KB（UTF-8）
 # ledger-write 反复推进的那个作业与它的持有者
 LEDGER_JOB = "hop-ledger-write"
 LEDGER_OWNER = "bench-hop"
+# 量空闲之后的往返前，先连续调用几次（建连接、各自的第一次调用）
+IDLE_WARMUP = 20
 
 
 @ray.remote(num_cpus=0)
@@ -107,13 +122,7 @@ class Caller:
 
     async def run(self, hop: str, calls: int, concurrency: int) -> dict[str, float]:
         """量一轮：调用方 CPU ms/次、次/秒、被调方 CPU ms/次。"""
-        if hop == "ledger-write":
-            callee = psutil.Process(_ledger_pid())
-            send, close = await self._ledger_sender()
-        else:
-            endpoints = await self._grpc.endpoints.remote()
-            callee = psutil.Process(endpoints["actor_pid" if hop == "ray-actor" else "pid"])
-            send, close = await self._sender(hop, endpoints)
+        callee, send, close = await self._prepare(hop)
         before = sum(callee.cpu_times()[:2])
         result = await client_cpu(send, close, calls, concurrency)
         # 被调方的 CPU 连预热的那些调用一起量，按总次数平均（每次的代价相同）
@@ -121,7 +130,37 @@ class Caller:
         result["callee_cpu_ms"] = callee_s / (calls + WARMUP) * 1000
         return result
 
-    async def _ledger_sender(self) -> tuple[Any, Any]:
+    async def round_trips(self, hop: str, calls: int, gap_s: float) -> list[float]:
+        """一次一个地调用，每次之前空闲 gap_s 秒（0 = 一个接一个），返回各次往返的毫秒。
+
+        空闲之后的一次才是一个孤立请求（backend B 偶尔交一份报告）在每一跳上等的：两边的线程已睡下，
+        要被唤醒。"""
+        _, send, close = await self._prepare(hop)
+        try:
+            for _ in range(IDLE_WARMUP):
+                await send()
+            times: list[float] = []
+            for _ in range(calls):
+                if gap_s:
+                    await asyncio.sleep(gap_s)
+                began = time.perf_counter()
+                await send()
+                times.append((time.perf_counter() - began) * 1000)
+        finally:
+            await close()
+        return times
+
+    async def _prepare(self, hop: str) -> tuple[psutil.Process, Send, Close]:
+        """这一跳的一次调用与关闭，以及被调方的进程（量它的 CPU）。"""
+        if hop == "ledger-write":
+            send, close = await self._ledger_sender()
+            return psutil.Process(_ledger_pid()), send, close
+        endpoints = await self._grpc.endpoints.remote()
+        callee = psutil.Process(endpoints["actor_pid" if hop == "ray-actor" else "pid"])
+        send, close = await self._sender(hop, endpoints)
+        return callee, send, close
+
+    async def _ledger_sender(self) -> tuple[Send, Close]:
         """对 Ledger 部署推进同一个作业（第一次先受理它）：每次一个真的单行写，账本不变大。"""
         if not self._admitted:
             [(ok, admission)] = await self._ledger.apply.remote(
@@ -139,7 +178,7 @@ class Caller:
 
         return advance, _nothing
 
-    async def _sender(self, hop: str, endpoints: dict[str, Any]) -> tuple[Any, Any]:
+    async def _sender(self, hop: str, endpoints: dict[str, Any]) -> tuple[Send, Close]:
         if hop == "serve-grpc":
 
             async def grpc() -> None:
@@ -213,6 +252,13 @@ def main(argv: list[str] | None = None) -> int:
     """各种一跳交替测，打印并保存结果。"""
     parser = client_parser(__doc__, "calls", "hops", HOPS)
     parser.set_defaults(concurrency="1,16")
+    parser.add_argument(
+        "--idle-gap-ms",
+        type=float,
+        default=20.0,
+        help="再量一次一个的往返：每次之前空闲这么多毫秒，与一个接一个并排（0 = 不量）",
+    )
+    parser.add_argument("--idle-calls", type=int, default=300, help="每种一跳、每轮量几次往返")
     args = parser.parse_args(argv)
     prepare_client_run(args.out_dir)
     # 与 make run 相同的 Serve 模式；Ray 的 worker 从这个环境起，找得到本仓库的模块
@@ -255,13 +301,123 @@ def main(argv: list[str] | None = None) -> int:
             measure,
             key=REPORT.key,
         )
+        idle = (
+            _idle_round_trips(
+                handle, args.hops.split(","), args.idle_calls, args.idle_gap_ms, args.rounds
+            )
+            if args.idle_gap_ms > 0
+            else []
+        )
     finally:
         # 集群是本进程起的：ray.shutdown 连同 Serve 的控制器与副本一起停掉（serve.shutdown 在这里
         # 要等满 30 秒的超时）
         ray.shutdown()
         shutil.rmtree(ledger_dir, ignore_errors=True)
     write_client_results(REPORT, rows, meta, args.out_dir)
+    if idle:
+        _write_idle(idle, meta | {"idle_calls": args.idle_calls}, args.idle_gap_ms, args.out_dir)
     return 0
+
+
+def _idle_round_trips(
+    handle: DeploymentHandle[Any], hops: list[str], calls: int, gap_ms: float, rounds: int
+) -> list[dict[str, Any]]:
+    """每种一跳：一个接一个与每次前空闲 gap_ms 交替量 rounds 轮，合起来取往返的 p50 / p90。"""
+    samples: dict[tuple[str, float], list[float]] = {}
+    for round_ in range(rounds):
+        for hop in hops:
+            for gap in (0.0, gap_ms):
+                times: list[float] = handle.round_trips.remote(hop, calls, gap / 1000).result()
+                samples.setdefault((hop, gap), []).extend(times)
+                sys.stdout.write(
+                    f"空闲 {gap:>4g} ms 第 {round_ + 1} 轮 {hop:<14} "
+                    f"往返 p50 {statistics.median(times):.2f} ms\n"
+                )
+    return [
+        {
+            "hop": hop,
+            "gap_ms": gap,
+            "calls": len(times),
+            "p50_ms": round(_quantile(times, 0.5), 3),
+            "p90_ms": round(_quantile(times, 0.9), 3),
+        }
+        for (hop, gap), times in samples.items()
+    ]
+
+
+def _quantile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def _write_idle(
+    rows: list[dict[str, Any]], meta: dict[str, Any], gap_ms: float, out_dir: Path
+) -> None:
+    """空闲之后的往返另存为 hop-idle-<时间>.json / .md / .png，更新 hop-idle-latest.*，并打印表。"""
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
+    base = out_dir / f"hop-idle-{stamp}"
+    base.with_suffix(".json").write_text(
+        json.dumps({"meta": meta, "rows": rows}, ensure_ascii=False, indent=2) + "\n",
+        encoding="utf-8",
+    )
+    by = {(r["hop"], r["gap_ms"]): r for r in rows}
+    hops = list(dict.fromkeys(r["hop"] for r in rows))
+    lines = [
+        f"# 空闲之后的一跳（{stamp}，每种一跳每轮 {meta['idle_calls']} 次 × {meta['rounds']} 轮）",
+        "",
+        f"命令：`{meta['command']}`",
+        "",
+        "| 一跳的方式 | 一个接一个：往返 p50 / p90 ms "
+        f"| 每次前空闲 {gap_ms:g} ms：往返 p50 / p90 ms | 倍数（p50） |",
+        "| --- | ---: | ---: | ---: |",
+    ]
+    for hop in hops:
+        busy, idle = by[(hop, 0.0)], by[(hop, gap_ms)]
+        lines.append(
+            f"| {hop} | {busy['p50_ms']:.2f} / {busy['p90_ms']:.2f} | "
+            f"{idle['p50_ms']:.2f} / {idle['p90_ms']:.2f} | {idle['p50_ms'] / busy['p50_ms']:.1f} |"
+        )
+    lines.append("")
+    base.with_suffix(".md").write_text("\n".join(lines), encoding="utf-8")
+    _plot_idle(by, hops, gap_ms, base.with_suffix(".png"))
+    publish_latest("hop-idle", stamp, out_dir)
+    sys.stdout.write("\n".join(lines) + "\n")
+
+
+def _plot_idle(
+    by: dict[tuple[str, float], dict[str, Any]], hops: list[str], gap_ms: float, path: Path
+) -> None:
+    """每种一跳两根柱：一个接一个 / 空闲之后的往返 p50，柱上写 p50 与 p90。"""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(9, 4))
+    width = 0.38
+    for i, (gap, label) in enumerate(
+        ((0.0, "back to back"), (gap_ms, f"after {gap_ms:g} ms idle"))
+    ):
+        xs = [j + (i - 0.5) * width for j in range(len(hops))]
+        heights = [by[(hop, gap)]["p50_ms"] for hop in hops]
+        ax.bar(xs, heights, width=width, label=label)
+        for x, hop, h in zip(xs, hops, heights, strict=True):
+            ax.text(
+                x,
+                h,
+                f"{h:.2f}\np90 {by[(hop, gap)]['p90_ms']:.2f}",
+                ha="center",
+                va="bottom",
+                fontsize=8,
+            )
+    ax.set_xticks(range(len(hops)), hops)
+    ax.set_ylabel("round trip p50, ms (lower is better)")
+    ax.set_ylim(0, max(r["p90_ms"] for r in by.values()) * 1.3)
+    ax.set_title("One hop, one call at a time: back to back vs after the machine idles")
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.1), ncol=2, frameon=False)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
 
 
 if __name__ == "__main__":

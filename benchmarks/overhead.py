@@ -1,12 +1,14 @@
 """控制面开销基准：零成本引擎上，对照组（朴素实现）与本项目流水线并排测量。
 
-    python -m benchmarks.overhead [--reports 600] [--concurrency 1,8,32,64]
+    python -m benchmarks.overhead [--reports 600] [--concurrency 1,8,32,64] [--idle-gap-ms 20]
 
 1. 起零成本引擎（benchmarks/zero_engine.py，立即回答的 OpenAI 兼容服务）；
 2. 对照组（benchmarks/seed_baseline.py）：各并发下提交 N 份报告，记 reports/s（以回调收到为准）、
    202 的 p50/p99、提交 → 回调收到的 p50，以及进程 CPU 时间 / 报告；
 3. 流水线：cluster/local_run.sh 以外部引擎模式起整个应用（与 make run 同一套脚本），同样测量，
    CPU 按副本（ReportIngress、Ledger、TemplateRenderer、CallbackSender、Serve 代理）分开记；
+   两组闭环各档之后都再测孤立的请求（并发 1，每份之前空闲 --idle-gap-ms）：一个接一个时机器
+   一直醒着，孤立的一份要等各进程被唤醒——backend B 偶尔交一份时看到的是后者；
 4. 结果写到 benchmarks/results/：overhead-<时间>.json / .md / .png，并更新 overhead-latest.*。
 
 所有进程（含本进程）以 nice 15 运行，与 Ray 的 worker 同级，谁也不饿着谁。只访问 127.0.0.1。
@@ -88,6 +90,8 @@ class Measurement:
     server_timing_ms: dict[str, float] = field(default_factory=dict)
     # 开环定速（份/秒）；0 = 尽快交（受 64 个连接所限）
     rate: float = 0.0
+    # 闭环里每份报告交出之前空闲的毫秒（0 = 上一份的回调一到就交下一份）
+    gap_ms: float = 0.0
 
     @property
     def per_second(self) -> float:
@@ -156,9 +160,17 @@ def _percentile(values: list[float], q: float) -> float:
 
 
 async def _drive(
-    base_url: str, reports: int, concurrency: int, timeout_s: float, grace_s: float = 300
+    base_url: str,
+    reports: int,
+    concurrency: int,
+    timeout_s: float,
+    grace_s: float = 300,
+    gap_s: float = 0.0,
 ) -> dict[str, Any]:
     """以固定并发（在途 = 已提交、回调未到）提交 reports 份报告。
+
+    gap_s > 0 时每份交出之前先空闲这么久（占着名额）：并发 1 时就是孤立的请求——各进程已睡下，
+    backend B 偶尔交一份报告时等的是这个；一个接一个时机器一直醒着，量到的比孤立的请求快。
 
     回调 timeout_s 内没到的先让出名额（算进 late 或 lost），跑完后再给它们 grace_s：到了的记 late
     （迟到，不是丢失），仍没到的才是 lost。以前两者都记成 lost。
@@ -174,6 +186,8 @@ async def _drive(
         async def one() -> None:
             nonlocal refused
             async with slots:
+                if gap_s:
+                    await asyncio.sleep(gap_s)
                 began = time.perf_counter()
                 response = await client.post("/v1/reports", json=body)
                 accepted = time.perf_counter()
@@ -335,15 +349,18 @@ def _measure(
     reports: int,
     concurrency: int,
     processes: dict[str, list[psutil.Process]],
+    gap_ms: float = 0.0,
 ) -> Measurement:
     before = _cpu_seconds(processes)
-    result = asyncio.run(_drive(base_url, reports, concurrency, timeout_s=120))
+    result = asyncio.run(_drive(base_url, reports, concurrency, timeout_s=120, gap_s=gap_ms / 1000))
     after = _cpu_seconds(processes)
     done = max(1, reports - result["lost"] - result["late"])
     cpu = {name: round((after[name] - before[name]) * 1000 / done, 2) for name in processes}
-    measurement = Measurement(system, concurrency, reports, cpu_ms_per_report=cpu, **result)
+    measurement = Measurement(
+        system, concurrency, reports, cpu_ms_per_report=cpu, gap_ms=gap_ms, **result
+    )
     sys.stdout.write(
-        f"{system:>14} c={concurrency:<3} {measurement.per_second:7.1f} 个/秒  "
+        f"{system:>14} {_load_label(measurement):<14} {measurement.per_second:7.1f} 个/秒  "
         f"202 p50 {measurement.accept_p50_ms:6.1f} ms p99 {measurement.accept_p99_ms:6.1f} ms  "
         f"e2e p50 {measurement.e2e_p50_ms:6.1f} ms  "
         f"late={measurement.late} lost={measurement.lost}  CPU ms/报告 {cpu}\n"
@@ -463,7 +480,10 @@ def _flame_graph(ingress: list[psutil.Process], *, enabled: bool) -> Iterator[No
 
 
 def _write_results(
-    measurements: list[Measurement], reports: int, options: dict[str, Any] | None = None
+    measurements: list[Measurement],
+    reports: int,
+    options: dict[str, Any] | None = None,
+    out_dir: Path = RESULTS,
 ) -> Path:
     stamp = f"{datetime.now(UTC):%Y%m%dT%H%M%S}"
     rows = [asdict(m) | {"per_second": round(m.per_second, 1)} for m in measurements]
@@ -473,7 +493,7 @@ def _write_results(
         "options": options or {},
         "runs": rows,
     }
-    json_path = RESULTS / f"overhead-{stamp}.json"
+    json_path = out_dir / f"overhead-{stamp}.json"
     json_path.write_text(json.dumps(data, indent=2, ensure_ascii=False), encoding="utf-8")
     lines = [
         "| 系统 | 并发 | 报告/秒 | 202 p50 ms | 202 p99 ms | 提交→回调 p50 ms | 丢失 "
@@ -482,7 +502,7 @@ def _write_results(
     ]
     for m in measurements:
         cpu = "、".join(f"{k} {v}" for k, v in m.cpu_ms_per_report.items())
-        level = str(m.concurrency)
+        level = str(m.concurrency) + (f"，每份前空闲 {m.gap_ms:g} ms" if m.gap_ms else "")
         if m.concurrency == 0:
             level = f"开环 {m.reports}" + (f" @ {m.rate:g}/s" if m.rate > 0 else "")
         timing = "、".join(f"{k} {v}" for k, v in m.server_timing_ms.items())
@@ -490,16 +510,16 @@ def _write_results(
             f"| {m.system} | {level} | {m.per_second:.1f} | {m.accept_p50_ms:.1f} | "
             f"{m.accept_p99_ms:.1f} | {m.e2e_p50_ms:.1f} | {m.lost} | {cpu} | {timing} |"
         )
-    (RESULTS / f"overhead-{stamp}.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
-    _plot(measurements, RESULTS / f"overhead-{stamp}.png")
-    publish_latest("overhead", stamp)
+    (out_dir / f"overhead-{stamp}.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    _plot(measurements, out_dir / f"overhead-{stamp}.png")
+    publish_latest("overhead", stamp, out_dir)
     return json_path
 
 
 def _load_label(m: Measurement) -> str:
-    """一档负载在图上的名字：闭环并发、开环尽快交、开环定速。"""
+    """一档负载在图上的名字：闭环并发（每份前空闲时带上间隔）、开环尽快交、开环定速。"""
     if m.concurrency > 0:
-        return f"C={m.concurrency}"
+        return f"C={m.concurrency}" + (f" idle {m.gap_ms:g}ms" if m.gap_ms else "")
     return f"{m.reports} @ {m.rate:g}/s" if m.rate > 0 else f"batch {m.reports}"
 
 
@@ -564,6 +584,18 @@ def _open_loop(
     return [measure_batch(system, url, args.batch, procs, rate=rate) for rate in [0.0, *rates]]
 
 
+def _lone(
+    system: str, url: str, procs: dict[str, list[psutil.Process]], args: argparse.Namespace
+) -> list[Measurement]:
+    """孤立的请求：并发 1，每份交出之前空闲 --idle-gap-ms（0 = 不测）。
+
+    这一档的 CPU ms/报告 连空闲时各进程自己的周期性工作一起算，比一个接一个时大。"""
+    if not args.idle_gap_ms:
+        return []
+    count = _reports_at(1, args.reports)
+    return [_measure(system, url, count, 1, procs, gap_ms=args.idle_gap_ms)]
+
+
 def _reports_at(level: int, reports: int) -> int:
     """并发 1 时每份报告都是串行的：最多 200 份，免得这一档占掉大半时间。"""
     return reports if level > 1 else min(reports, 200)
@@ -586,6 +618,7 @@ def _postgres_pipeline(
                 replicas["postgres"] = [postgres, *postgres.children()]
                 count = _reports_at(level, args.reports)
                 measured.append(_measure(f"pipeline-pg-{ingress}", APP_URL, count, level, replicas))
+            measured += _lone(f"pipeline-pg-{ingress}", APP_URL, replicas, args)
     finally:
         server.cleanup()
     return measured
@@ -621,6 +654,12 @@ def main(argv: list[str] | None = None) -> int:
         help="在流水线的这一档并发下用 py-spy 采样入口副本，火焰图存 results/ingress-flame.svg",
     )
     parser.add_argument(
+        "--idle-gap-ms",
+        type=float,
+        default=20.0,
+        help="闭环各档之后再测孤立的请求：并发 1，每份交出之前空闲这么多毫秒（0 = 不测）",
+    )
+    parser.add_argument(
         "--batch",
         type=int,
         default=0,
@@ -638,11 +677,12 @@ def main(argv: list[str] | None = None) -> int:
         help="零成本引擎每个生成占用的秒数（像另一台机器上的 GPU 引擎：不花本机 CPU）",
     )
     parser.add_argument("--engine-slots", type=int, default=64, help="引擎同时生成的个数")
+    parser.add_argument("--out-dir", type=Path, default=RESULTS, help="结果写到这里")
     args = parser.parse_args(argv)
     systems = set(args.systems.split(","))
     levels = [int(c) for c in args.concurrency.split(",")]
     RUN_DIR.mkdir(parents=True, exist_ok=True)
-    RESULTS.mkdir(parents=True, exist_ok=True)
+    args.out_dir.mkdir(parents=True, exist_ok=True)
     os.nice(NICE)
     engine_port, seed_port = free_port(), free_port()
     engine_url = f"http://127.0.0.1:{engine_port}/v1"
@@ -662,6 +702,7 @@ def main(argv: list[str] | None = None) -> int:
                 for level in levels:
                     count = _reports_at(level, args.reports)
                     measurements.append(_measure("seed-baseline", seed_url, count, level, procs))
+                measurements += _lone("seed-baseline", seed_url, procs, args)
                 measurements += _open_loop("seed-baseline", seed_url, procs, args)
         if "pipeline" in systems:
             transports = args.handle_transport.split(",")
@@ -679,11 +720,13 @@ def main(argv: list[str] | None = None) -> int:
                         count = _reports_at(level, args.reports)
                         with _flame_graph(replicas["ReportIngress"], enabled=level == args.flame):
                             measurements.append(_measure(name, APP_URL, count, level, replicas))
+                    measurements += _lone(name, APP_URL, replicas, args)
                     measurements += _open_loop(name, APP_URL, replicas, args)
         if "pg" in systems:
             for replicas_n in (int(n) for n in args.pg_ingress.split(",")):
                 measurements += _postgres_pipeline(engine_url, engine.pid, replicas_n, levels, args)
-    path = _write_results(measurements, args.reports, vars(args))
+    options = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
+    path = _write_results(measurements, args.reports, options, args.out_dir)
     sys.stdout.write(f"结果：{path}（及同名 .md / .png，overhead-latest.*）\n")
     return 0
 

@@ -1,0 +1,31 @@
+"""控制面开销基准（make bench-overhead）小规模跑通对照组一路：零成本引擎与朴素实现都是真的进程，
+一个接一个与孤立的请求（每份前空闲）各一档，写出 JSON / 表 / 图（流水线一路由 make bench-overhead
+与 docs/performance.md 的数字覆盖，起整个 Ray 应用太慢，不放进这里）。"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from tests.support.benchmarks import run_benchmark
+
+
+def test_overhead_benchmark_measures_back_to_back_and_lone_requests(tmp_path: Path) -> None:
+    stdout = run_benchmark(
+        "overhead",
+        *("--systems", "seed", "--concurrency", "1", "--reports", "30"),
+        *("--idle-gap-ms", "5", "--out-dir", str(tmp_path)),
+    )
+    (saved,) = tmp_path.glob("overhead-2*.json")
+    runs = json.loads(saved.read_text(encoding="utf-8"))["runs"]
+    assert [(r["system"], r["concurrency"], r["gap_ms"]) for r in runs] == [
+        ("seed-baseline", 1, 0.0),
+        ("seed-baseline", 1, 5.0),
+    ]
+    # 每份都收到了回调，延迟与 CPU 都是量出来的
+    assert all(r["lost"] == 0 and r["late"] == 0 and r["e2e_p50_ms"] > 0 for r in runs)
+    assert all(r["cpu_ms_per_report"]["seed-app"] > 0 for r in runs)
+    table = (tmp_path / "overhead-latest.md").read_text(encoding="utf-8")
+    assert "| seed-baseline | 1，每份前空闲 5 ms |" in table
+    assert (tmp_path / "overhead-latest.png").stat().st_size > 0
+    assert "C=1 idle 5ms" in stdout
