@@ -123,6 +123,12 @@ def client_meta(
     }
 
 
+def percentile(values: list[float], q: float) -> float:
+    """排好序后第 q 分位的那个值（没有值时为 0）。"""
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else 0.0
+
+
 # 客户端微基准：一次调用（失败时抛异常）与用完关掉客户端
 Send = Callable[[], Awaitable[None]]
 Close = Callable[[], Awaitable[None]]

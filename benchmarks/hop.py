@@ -52,6 +52,7 @@ from benchmarks.common import (
     client_cpu,
     client_meta,
     client_parser,
+    percentile,
     prepare_client_run,
     publish_latest,
     write_client_results,
@@ -338,16 +339,11 @@ def _idle_round_trips(
             "hop": hop,
             "gap_ms": gap,
             "calls": len(times),
-            "p50_ms": round(_quantile(times, 0.5), 3),
-            "p90_ms": round(_quantile(times, 0.9), 3),
+            "p50_ms": round(percentile(times, 0.5), 3),
+            "p90_ms": round(percentile(times, 0.9), 3),
         }
         for (hop, gap), times in samples.items()
     ]
-
-
-def _quantile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
 def _write_idle(

@@ -30,8 +30,7 @@ from typing import Any
 import httpx
 from loguru import logger
 
-from benchmarks.common import RESULTS, SERVED_NAME, publish_latest, tiny_engine
-from benchmarks.overhead import _percentile
+from benchmarks.common import RESULTS, SERVED_NAME, percentile, publish_latest, tiny_engine
 from serve_app.core.settings import Settings
 from serve_app.http.app import create_app
 from serve_app.http.deps import IngressServices
@@ -147,8 +146,8 @@ def _summary(waits: dict[str, list[float]]) -> dict[str, dict[str, float]]:
     return {"_submit": {"count": 0, "p50_s": round(submit_s, 3), "p99_s": round(submit_s, 3)}} | {
         group: {
             "count": len(values),
-            "p50_s": round(_percentile(values, 0.5), 3),
-            "p99_s": round(_percentile(values, 0.99), 3),
+            "p50_s": round(percentile(values, 0.5), 3),
+            "p99_s": round(percentile(values, 0.99), 3),
         }
         for group, values in waits.items()
     }

@@ -34,8 +34,7 @@ from typing import Any
 import httpx
 from pydantic import JsonValue
 
-from benchmarks.common import RESULTS, SERVED_NAME, publish_latest, tiny_engine
-from benchmarks.overhead import _percentile
+from benchmarks.common import RESULTS, SERVED_NAME, percentile, publish_latest, tiny_engine
 from serve_app.core.settings import PROJECT_ROOT
 from serve_app.models.output import OutputSpec
 from serve_app.models.reports import Completion, Usage
@@ -180,7 +179,7 @@ async def _load(
         step=step,
         requests=len(bodies),
         per_second=len(bodies) / elapsed,
-        latency_p50_ms=_percentile([ms for ms, _ in results], 0.5),
+        latency_p50_ms=percentile([ms for ms, _ in results], 0.5),
         output_tokens_mean=statistics.fmean(lengths),
         output_tokens_per_second=sum(lengths) / elapsed,
         finished=finished,
