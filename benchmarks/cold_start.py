@@ -28,7 +28,7 @@ import httpx
 import yaml
 from loguru import logger
 
-from benchmarks.common import RESULTS, RUN_DIR, fresh_ledger, publish_latest
+from benchmarks.common import RESULTS, RUN_DIR, exit_on_sigterm, fresh_ledger, publish_latest
 from serve_app.core.settings import PROJECT_ROOT
 from tests.support.ray_nodes import ClusterApi
 from tests.support.receiver import CallbackReceiver
@@ -227,6 +227,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--idle-delay", type=int, default=10, help="LLMServer 的 downscale_delay_s")
     args = parser.parse_args(argv)
+    exit_on_sigterm()
     if _head_alive():
         sys.stderr.write("make run 的集群在运行（端口相同）：先 make stop\n")
         return 2

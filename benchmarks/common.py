@@ -8,6 +8,7 @@ import asyncio
 import json
 import os
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -39,6 +40,16 @@ def publish_latest(prefix: str, stamp: str, directory: Path = RESULTS) -> None:
         shutil.copyfile(
             directory / f"{prefix}-{stamp}.{suffix}", directory / f"{prefix}-latest.{suffix}"
         )
+
+
+def exit_on_sigterm() -> None:
+    """SIGTERM 当作 SystemExit(143)：基准被停下时 finally 与 with 照样执行，停掉它起的集群、引擎与
+    替身服务（Ray 的 worker 自成进程组，对 make 的进程组发 SIGTERM 停不到它们）。"""
+    signal.signal(signal.SIGTERM, _raise_exit)
+
+
+def _raise_exit(signum: int, _frame: object) -> None:
+    raise SystemExit(128 + signum)
 
 
 def fresh_ledger(name: str, directory: Path = RUN_DIR) -> Path:
@@ -103,7 +114,9 @@ def client_parser(
 
 
 def prepare_client_run(out_dir: Path) -> None:
-    """量之前：日志不输出（量的是客户端，不是写日志），降到 nice 15，建好结果目录。"""
+    """量之前：日志不输出（量的是客户端，不是写日志），降到 nice 15，建好结果目录；
+    SIGTERM 时照样收尾。"""
+    exit_on_sigterm()
     logger.remove()
     os.nice(NICE)
     out_dir.mkdir(parents=True, exist_ok=True)

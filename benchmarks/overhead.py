@@ -41,7 +41,15 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from benchmarks.common import NICE, RESULTS, RUN_DIR, fresh_ledger, percentile, publish_latest
+from benchmarks.common import (
+    NICE,
+    RESULTS,
+    RUN_DIR,
+    exit_on_sigterm,
+    fresh_ledger,
+    percentile,
+    publish_latest,
+)
 from serve_app.core.settings import PROJECT_ROOT
 from tests.support.local_http import free_port, wait_http_ok
 
@@ -675,6 +683,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--engine-slots", type=int, default=64, help="引擎同时生成的个数")
     parser.add_argument("--out-dir", type=Path, default=RESULTS, help="结果写到这里")
     args = parser.parse_args(argv)
+    exit_on_sigterm()
     systems = set(args.systems.split(","))
     levels = [int(c) for c in args.concurrency.split(",")]
     RUN_DIR.mkdir(parents=True, exist_ok=True)

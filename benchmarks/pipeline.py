@@ -34,7 +34,7 @@ from typing import Any
 
 import psutil
 
-from benchmarks.common import NICE, RESULTS, RUN_DIR, publish_latest
+from benchmarks.common import NICE, RESULTS, RUN_DIR, exit_on_sigterm, publish_latest
 from benchmarks.overhead import (
     APP_URL,
     REQUEST,
@@ -389,6 +389,7 @@ def main(argv: list[str] | None = None) -> int:
         help="再以这个速率（份/秒）定速交 --batch 份，量引擎满载时的 202（0 = 不测）",
     )
     args = parser.parse_args(argv)
+    exit_on_sigterm()
     levels = [int(c) for c in args.concurrency.split(",")]
     RUN_DIR.mkdir(parents=True, exist_ok=True)
     RESULTS.mkdir(parents=True, exist_ok=True)

@@ -30,7 +30,14 @@ from typing import Any
 import httpx
 from loguru import logger
 
-from benchmarks.common import RESULTS, SERVED_NAME, percentile, publish_latest, tiny_engine
+from benchmarks.common import (
+    RESULTS,
+    SERVED_NAME,
+    exit_on_sigterm,
+    percentile,
+    publish_latest,
+    tiny_engine,
+)
 from serve_app.core.settings import Settings
 from serve_app.http.app import create_app
 from serve_app.http.deps import IngressServices
@@ -236,6 +243,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--burst", type=int, default=100)
     parser.add_argument("--slots", type=int, default=8)
     args = parser.parse_args(argv)
+    exit_on_sigterm()
     # 作业路径上每一步都记 INFO：基准只要结果，日志只留警告以上
     logger.remove()
     logger.add(sys.stderr, level="WARNING")

@@ -22,7 +22,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import RESULTS, publish_latest
+from benchmarks.common import RESULTS, exit_on_sigterm, publish_latest
 from tests.support.fault_app import running_fault_app
 from tests.support.soak import Soak, SoakReport
 
@@ -121,6 +121,7 @@ def main(argv: list[str] | None = None) -> int:
         help="最后一个故障结束后负载再跑这么多秒（不注入故障）",
     )
     args = parser.parse_args(argv)
+    exit_on_sigterm()
     rate, fault_gap_s = ENGINE_DEFAULTS[args.engine]
     rate = args.rate or rate
     fault_gap_s = args.fault_gap or fault_gap_s

@@ -34,7 +34,14 @@ from typing import Any
 import httpx
 from pydantic import JsonValue
 
-from benchmarks.common import RESULTS, SERVED_NAME, percentile, publish_latest, tiny_engine
+from benchmarks.common import (
+    RESULTS,
+    SERVED_NAME,
+    exit_on_sigterm,
+    percentile,
+    publish_latest,
+    tiny_engine,
+)
 from serve_app.core.settings import PROJECT_ROOT
 from serve_app.models.output import OutputSpec
 from serve_app.models.reports import Completion, Usage
@@ -360,6 +367,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--concurrency", default="1,4,4")
     parser.add_argument("--schemas", type=int, default=3)
     args = parser.parse_args(argv)
+    exit_on_sigterm()
     levels = [int(c) for c in args.concurrency.split(",")]
     prompt = _prompt()
     with tiny_engine("vllm-structured.log") as server:
