@@ -38,6 +38,7 @@ from typing import Any
 
 import uvloop
 
+from benchmarks.common import exit_on_sigterm
 from serve_app.core.settings import PROJECT_ROOT, JobPolicy
 from serve_app.ledger.postgres_store import PostgresJobStore
 from serve_app.ledger.records import JobState, StateChange
@@ -176,11 +177,18 @@ def _pg_processes(
         )
         for index in range(processes)
     ]
-    for worker in workers:
-        worker.start()
-    runs = [results.get(timeout=600) for _ in workers]
-    for worker in workers:
-        worker.join(timeout=60)
+    try:
+        for worker in workers:
+            worker.start()
+        runs = [results.get(timeout=600) for _ in workers]
+        for worker in workers:
+            worker.join(timeout=60)
+    finally:
+        # 被打断（SIGTERM、超时）时客户端进程还在写：先停掉它们，否则退出时 multiprocessing 要等它们
+        for worker in workers:
+            if worker.is_alive():
+                worker.terminate()
+                worker.join(timeout=10)
     return _summary(runs, args.jobs // processes * processes, args.concurrency, processes)
 
 
@@ -246,6 +254,7 @@ def main(argv: list[str] | None = None) -> int:
         help="结果 JSON 写到这里",
     )
     args = parser.parse_args(argv)
+    exit_on_sigterm()
     results: dict[str, dict[str, float]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         for kind in args.store:

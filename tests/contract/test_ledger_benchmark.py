@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from tests.support.benchmarks import run_benchmark
+from tests.support.benchmarks import process_title, run_benchmark, stop_midway
 from tests.support.postgres import PostgresServer
 
 
@@ -33,3 +33,14 @@ def test_ledger_benchmark_runs_every_store_loop_and_process_count(
     for name in expected:
         assert results[name]["jobs"] == 40 and results[name]["jobs_per_s"] > 0
         assert name in stdout
+
+
+def test_a_stopped_ledger_benchmark_stops_the_postgres_it_started(tmp_path: Path) -> None:
+    """SIGTERM 只发给基准自己：它照样停掉自己临时起的 Postgres（连同各客户端进程），不留孤儿。"""
+    left = stop_midway(
+        "ledger",
+        *("--store", "postgres", "--jobs", "10000000", "--pg-processes", "1"),
+        *("--out-dir", str(tmp_path)),
+        started=lambda children: sum("postgres" in process_title(p) for p in children) > 1,
+    )
+    assert not left, f"基准停下后仍在的进程：{left}"

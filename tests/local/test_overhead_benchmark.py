@@ -4,18 +4,10 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
-import psutil
-
-from serve_app.core.settings import PROJECT_ROOT
-from tests.support.benchmarks import run_benchmark
+from tests.support.benchmarks import process_title, run_benchmark, stop_midway
 
 
 def test_overhead_benchmark_measures_back_to_back_and_lone_requests(tmp_path: Path) -> None:
@@ -42,40 +34,11 @@ def test_overhead_benchmark_measures_back_to_back_and_lone_requests(tmp_path: Pa
 def test_a_stopped_overhead_benchmark_stops_what_it_started(tmp_path: Path) -> None:
     """SIGTERM 只发给基准自己（不发进程组）：它照样停掉自己起的零成本引擎与对照组应用，不留孤儿进程
     （流水线一路同样经 finally 里的 local_run.sh stop 关掉 Ray 集群）。"""
-    command = [sys.executable, "-m", "benchmarks.overhead", "--systems", "seed"]
-    command += ["--concurrency", "8", "--reports", "10000000", "--idle-gap-ms", "0"]
-    process = subprocess.Popen(
-        [*command, "--out-dir", str(tmp_path)],
-        cwd=PROJECT_ROOT,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
+    left = stop_midway(
+        "overhead",
+        *("--systems", "seed", "--concurrency", "8", "--reports", "10000000"),
+        *("--idle-gap-ms", "0", "--out-dir", str(tmp_path)),
+        started=lambda children: any("seed_baseline" in process_title(p) for p in children),
     )
-    benchmark = psutil.Process(process.pid)
-    started: list[psutil.Process] = []
-    try:
-        deadline = time.monotonic() + 60
-        # 引擎与对照组应用都起来之后再等一会儿：已在交报告
-        while not any("seed_baseline" in _title(p) for p in started):
-            assert time.monotonic() < deadline, "一分钟内没有起来对照组应用"
-            assert process.poll() is None, "基准提前退出了"
-            time.sleep(0.2)
-            started = benchmark.children(recursive=True)
-        time.sleep(3)
-        assert process.poll() is None
-        process.send_signal(signal.SIGTERM)
-        assert process.wait(timeout=60) != 0
-        _, alive = psutil.wait_procs(started, timeout=30)
-        assert not alive, f"基准停下后仍在的进程：{[_title(p) for p in alive]}"
-        assert not list(tmp_path.glob("overhead-*.json"))  # 没量完，不写结果
-    finally:
-        for leftover in [benchmark, *started]:
-            with contextlib.suppress(psutil.NoSuchProcess):
-                leftover.kill()
-
-
-def _title(process: psutil.Process) -> str:
-    try:
-        return " ".join(process.cmdline())
-    except (psutil.NoSuchProcess, psutil.AccessDenied):
-        return ""
+    assert not left, f"基准停下后仍在的进程：{left}"
+    assert not list(tmp_path.glob("overhead-*.json"))  # 没量完，不写结果
