@@ -12,7 +12,10 @@
   http：aiohttp 对 Echo 进程里的 HTTP 服务（127.0.0.1；对照组对引擎与 backend B 就是这样一跳）；
   ledger-write：同样的 gRPC 句柄调真的 Ledger 部署（SQLite 账本，临时目录），每次推进同一个作业一次
   （读一行、判定、写租约，组提交与 fsync；行数不增长）——与 serve-grpc 并排，差值就是我们自己在一次
-  账本写里花的。
+  账本写里花的；
+  callback-send：同样的句柄调真的 CallbackSender 部署 send_many，一批一个成功回调（约 2 KB 的
+  报告），它签名、过 SSRF 检查、经 httpx 投给 Echo 副本里的 HTTP 服务——与 serve-grpc + http 并排，
+  差值就是我们自己在一次投递里花的（被调方 CPU 量的是 CallbackSender 的进程）。
 并发 1 时 1000 / 每秒调用数 就是一跳的往返毫秒；CPU 分调用方（Caller 副本）与被调方（Echo 副本、
 actor 或 Ledger 副本的进程）。
 每档并发、每种方式交替跑 --rounds 轮取中位数。结果写到 benchmarks/results/hop-<时间>.json / .md /
@@ -25,6 +28,7 @@ p50 / p90（hop-idle-<时间>.*、hop-idle-latest.*）——两边的线程睡�
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import logging
 import os
@@ -57,15 +61,16 @@ from benchmarks.common import (
     publish_latest,
     write_client_results,
 )
+from deployments.callback import callback_sender_deployment
 from deployments.ledger import ledger_deployment
 from deployments.ray_private import by_reference, route_in_this_loop
 from serve_app.core.settings import PROJECT_ROOT, Settings
 from serve_app.ledger.records import JobState
-from serve_app.models.reports import ReportJob
+from serve_app.models.reports import CallbackPayload, Completion, ReportJob, Usage
 from tests.support.local_http import free_port
 from tests.support.sample import load_catalog
 
-HOPS = ("serve-grpc", "serve-actor", "ray-actor", "http", "ledger-write")
+HOPS = ("serve-grpc", "serve-actor", "ray-actor", "http", "ledger-write", "callback-send")
 PAYLOAD = "作" * 680  # 约 2 KB（UTF-8）
 # ledger-write 反复推进的那个作业与它的持有者
 LEDGER_JOB = "hop-ledger-write"
@@ -114,11 +119,17 @@ class Echo:
 class Caller:
     """调用的一方：在本副本里按某种方式连续调用 Echo，量本进程与 Echo 进程的 CPU。"""
 
-    def __init__(self, echo: DeploymentHandle[Any], ledger: DeploymentHandle[Any]) -> None:
+    def __init__(
+        self,
+        echo: DeploymentHandle[Any],
+        ledger: DeploymentHandle[Any],
+        callback: DeploymentHandle[Any],
+    ) -> None:
         # 与入口副本相同的两种句柄（deployments/ingress.py 的 light_handles 与 llm_handle）
         self._grpc = by_reference(route_in_this_loop(echo), False)
         self._actor_handle = by_reference(echo, True)
         self._ledger = by_reference(route_in_this_loop(ledger), False)
+        self._callback = by_reference(route_in_this_loop(callback), False)
         self._admitted = False
 
     async def run(self, hop: str, calls: int, concurrency: int) -> dict[str, float]:
@@ -155,8 +166,11 @@ class Caller:
         """这一跳的一次调用与关闭，以及被调方的进程（量它的 CPU）。"""
         if hop == "ledger-write":
             send, close = await self._ledger_sender()
-            return psutil.Process(_ledger_pid()), send, close
+            return psutil.Process(_replica_pid("Ledger")), send, close
         endpoints = await self._grpc.endpoints.remote()
+        if hop == "callback-send":
+            send, close = self._callback_sender(endpoints)
+            return psutil.Process(_replica_pid("CallbackSender")), send, close
         callee = psutil.Process(endpoints["actor_pid" if hop == "ray-actor" else "pid"])
         send, close = await self._sender(hop, endpoints)
         return callee, send, close
@@ -178,6 +192,21 @@ class Caller:
                 raise RuntimeError(f"推进没有写进账本：{verdict!r}")
 
         return advance, _nothing
+
+    def _callback_sender(self, endpoints: dict[str, Any]) -> tuple[Send, Close]:
+        """对 CallbackSender 部署投一批一个成功回调，收方是 Echo 副本里的 HTTP 服务（答 200）。"""
+        url = f"http://127.0.0.1:{endpoints['port']}/echo"
+        job = _job("hop-callback-send")
+        usage = Usage(prompt_tokens=64, completion_tokens=256)
+        report = Completion(content=PAYLOAD, model="hop", finish_reason="stop", usage=usage)
+        batch = [(url, CallbackPayload.succeeded(job, report))]
+
+        async def deliver() -> None:
+            [(ok, outcome)] = await self._callback.send_many.remote(batch)
+            if not ok or not outcome.delivered:
+                raise RuntimeError(f"回调没有送达：{outcome!r}")
+
+        return deliver, _nothing
 
     async def _sender(self, hop: str, endpoints: dict[str, Any]) -> tuple[Send, Close]:
         if hop == "serve-grpc":
@@ -214,12 +243,12 @@ async def _nothing() -> None:
     return None
 
 
-def _ledger_pid() -> int:
-    """本机 Ledger 副本的进程（Ray 给副本进程起的名字里带部署名）。"""
+def _replica_pid(deployment: str) -> int:
+    """本机某个部署的副本进程（Ray 给副本进程起的名字里带部署名）。"""
     for process in psutil.process_iter(["cmdline"]):
-        if "ServeReplica:hop:Ledger" in " ".join(process.info["cmdline"] or []):
+        if f"ServeReplica:hop:{deployment}" in " ".join(process.info["cmdline"] or []):
             return int(process.pid)
-    raise RuntimeError("找不到 Ledger 副本的进程")
+    raise RuntimeError(f"找不到 {deployment} 副本的进程")
 
 
 def _job(trace_id: str) -> ReportJob:
@@ -267,13 +296,17 @@ def main(argv: list[str] | None = None) -> int:
     os.environ["PYTHONPATH"] = os.pathsep.join(
         p for p in (str(PROJECT_ROOT), os.environ.get("PYTHONPATH")) if p
     )
-    # Ledger 部署读 Settings：账本放临时目录；本基准不经 HTTP、不调引擎，鉴权与模型来源只为过校验
+    # Ledger 与 CallbackSender 部署读 Settings：账本放临时目录；本基准不经 HTTP、不调引擎，鉴权与
+    # 模型来源只为过校验
     ledger_dir = tempfile.mkdtemp(prefix="bench-hop-")
     os.environ.update(
         {
             "REPORTS_JOBS__LEDGER_PATH": os.path.join(ledger_dir, "ledger.sqlite3"),
             "REPORTS_AUTH_DISABLED": "true",
             "REPORTS_ENGINE__MODEL_SOURCE": "unused-by-bench-hop",
+            # CallbackSender 投给本机的 Echo：放行回环地址，签名用一把一次性的密钥
+            "REPORTS_CALLBACK_ALLOW_LOOPBACK": "true",
+            "CALLBACK_SIGNING_SECRET": "whsec_" + base64.b64encode(os.urandom(24)).decode(),
             "REPORTS_LOG_LEVEL": "WARNING",
         }
     )
@@ -287,8 +320,12 @@ def main(argv: list[str] | None = None) -> int:
         )
         caller = serve.deployment(ray_actor_options={"num_cpus": 0.1})(Caller)
         ledger = ledger_deployment.options(ray_actor_options={"num_cpus": 0.1})
+        callback = callback_sender_deployment.options(ray_actor_options={"num_cpus": 0.1})
+        settings = Settings()
         handle = serve.run(
-            caller.bind(echo.bind(), ledger.bind(Settings())), name="hop", route_prefix=None
+            caller.bind(echo.bind(), ledger.bind(settings), callback.bind(settings)),
+            name="hop",
+            route_prefix=None,
         )
 
         def measure(hop: str, level: int) -> dict[str, float]:
