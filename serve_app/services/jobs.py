@@ -51,27 +51,7 @@ class JobService:
         self._metrics = metrics or ReportMetrics()
 
     async def admit(self, job: ReportJob, key: IdempotencyKey | None) -> tuple[JobRecord, bool]:
-        """写入账本（202 之前）并开始执行；返回 (记录, 是否幂等重放)。
-
-        本副本闲着时渲染与写账本同时开始（见 JobRunner.render_early）；没受理成的作业
-        （幂等重放、冲突、排队已满、账本不可用）取消这次渲染。"""
-        early = self._runner.render_early(job)
-        try:
-            record, replayed = await self._admit(job, key)
-        except BaseException:
-            if early is not None:
-                early.cancel()
-            raise
-        if replayed or record.job != job:
-            if early is not None:
-                early.cancel()  # 重放不再执行；换了 trace_id 的按新的 trace_id 渲染（日志对得上）
-            early = None
-        if not replayed:
-            self._metrics.accepted.inc(tags={"report_type": record.job.report_type})
-            self._runner.submit(record, early=early)
-        return record, replayed
-
-    async def _admit(self, job: ReportJob, key: IdempotencyKey | None) -> tuple[JobRecord, bool]:
+        """写入账本（202 之前）并开始执行；返回 (记录, 是否幂等重放)。"""
         admission = await self._store.admit(job, self._runner.owner, key)
         taken = admission.record
         if taken is not None and not admission.replayed and taken.job != job:
@@ -91,6 +71,9 @@ class JobService:
                 retry_after_s=admission.retry_after_s,
             )
         assert admission.record is not None
+        if not admission.replayed:
+            self._metrics.accepted.inc(tags={"report_type": job.report_type})
+            self._runner.submit(admission.record)
         return admission.record, admission.replayed
 
     async def _owned(self, trace_id: str, caller: str | None) -> JobRecord:

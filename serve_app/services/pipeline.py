@@ -91,23 +91,8 @@ class ReportPipeline:
                 time.perf_counter() - started, {"stage": stage, "priority": job.priority}
             )
 
-    def render_early(self, job: ReportJob) -> asyncio.Task[RenderedPrompt]:
-        """受理的同时开始渲染（与写账本并行）：produce 开始时提示词多半已经好了，少等一跳。"""
-        task = asyncio.ensure_future(self._timed("render", job, self._renderer.render(job)))
-        # 作业没走到 produce（受理失败、排队时取消或到期）时没人取结果：先取一次，免得 asyncio
-        # 报“异常从未被取走”；produce 里照样拿到同一个异常
-        task.add_done_callback(lambda t: t.cancelled() or t.exception())
-        return task
-
-    async def produce(
-        self,
-        job: ReportJob,
-        notes: StageNotes | None = None,
-        early: asyncio.Task[RenderedPrompt] | None = None,
-    ) -> CallbackPayload:
-        """渲染并生成；任何失败都变成 failed 载荷（被打断时抛 StageInterrupted）。
-
-        early：受理时已开始的渲染（render_early）；没有就在这里渲染。"""
+    async def produce(self, job: ReportJob, notes: StageNotes | None = None) -> CallbackPayload:
+        """渲染并生成；任何失败都变成 failed 载荷（被打断时抛 StageInterrupted）。"""
         logger.info("作业开始：report_type={} length={}", job.report_type, job.length)
         notes = notes or StageNotes()
         try:
@@ -117,8 +102,11 @@ class ReportPipeline:
                 max((datetime.now(UTC) - job.created_at).total_seconds(), 0.0),
                 {"stage": "queue_wait", "priority": job.priority},
             )
-            render = early or self._timed("render", job, self._renderer.render(job))
-            rendered = await self._noted(JobState.RENDERING, render, notes)
+            rendered = await self._noted(
+                JobState.RENDERING,
+                self._timed("render", job, self._renderer.render(job)),
+                notes,
+            )
             prompt = rendered.model_copy(update={"engine_priority": ENGINE_PRIORITY[job.priority]})
             completion = await self._noted(
                 JobState.GENERATING,

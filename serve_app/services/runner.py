@@ -26,7 +26,6 @@ from serve_app.core.settings import JobPolicy
 from serve_app.ledger.records import CallbackState, JobRecord, JobState, StateChange, WorkItem
 from serve_app.ledger.store import JobStore
 from serve_app.models.reports import CallbackPayload, ReportJob
-from serve_app.models.templates import RenderedPrompt
 from serve_app.services.job_queue import JobQueue
 from serve_app.services.pipeline import (
     ReportPipeline,
@@ -123,32 +122,13 @@ class JobRunner:
         """本副本在途的作业数。"""
         return len(self._tasks)
 
-    def render_early(self, job: ReportJob) -> asyncio.Task[RenderedPrompt] | None:
-        """受理时就开始渲染（与写账本并行），只在本副本此刻没有在途作业时。
-
-        闲着的机器上每一跳都要等进程被唤醒（这台虚拟机上空闲之后一跳约 3 ms，忙时 1.2 ms），
-        把渲染那一跳藏在受理那一跳后面，孤立的一份少等一跳；忙的时候核本来就满、渲染按轮合批，
-        并行只是换个次序、还让 202 与渲染抢事件循环（12-03 试过，见 docs/performance.md），照旧
-        拿到名额时渲染。"""
-        if self._draining or self._tasks:
-            return None
-        return self._pipeline.render_early(job)
-
-    def submit(
-        self,
-        record: JobRecord,
-        *,
-        produce: bool = True,
-        early: asyncio.Task[RenderedPrompt] | None = None,
-    ) -> None:
-        """在后台执行作业（本副本已持有其租约）；early 是受理时已开始的渲染。"""
+    def submit(self, record: JobRecord, *, produce: bool = True) -> None:
+        """在后台执行作业（本副本已持有其租约）。"""
         self.start()
         trace_id = record.trace_id
         if trace_id in self._tasks:
-            if early is not None:
-                early.cancel()
             return
-        task = asyncio.create_task(self._execute(record, produce, early), name=trace_id)
+        task = asyncio.create_task(self._execute(record, produce), name=trace_id)
         self._tasks[trace_id] = task
         task.add_done_callback(lambda _: self._forget(trace_id))
 
@@ -164,13 +144,11 @@ class JobRunner:
         production.cancel()
         return True
 
-    async def _execute(
-        self, record: JobRecord, produce: bool, early: asyncio.Task[RenderedPrompt] | None
-    ) -> None:
+    async def _execute(self, record: JobRecord, produce: bool) -> None:
         job = record.job
         with logger.contextualize(trace_id=job.trace_id):
             try:
-                payload = await self._produce(job, early) if produce else record.outcome
+                payload = await self._produce(job) if produce else record.outcome
                 if payload is None:
                     return
                 if record.runs > 1 or not produce:
@@ -188,9 +166,6 @@ class JobRunner:
                 raise
             except Exception:  # noqa: BLE001 - 账本暂不可用等：租约到期后由扫描接手
                 logger.exception("作业执行中断，租约到期后由其他副本接手")
-            finally:
-                if early is not None:
-                    early.cancel()  # 没走到渲染就结束的（排队时取消、到期）：不再等它
 
     @staticmethod
     def _log_delivery(record: JobRecord | None) -> None:
@@ -231,15 +206,13 @@ class JobRunner:
             }
         )
 
-    async def _produce(
-        self, job: ReportJob, early: asyncio.Task[RenderedPrompt] | None = None
-    ) -> CallbackPayload | None:
+    async def _produce(self, job: ReportJob) -> CallbackPayload | None:
         """生成结果并记入账本；租约已丢返回 None。"""
         deadline = asyncio.timeout(_seconds_left(job))
         notes = StageNotes(self._stage_writer(job))
         try:
             async with deadline:
-                payload = await self._queued_production(job, notes, early)
+                payload = await self._queued_production(job, notes)
         except TimeoutError:
             if not deadline.expired():
                 raise  # 不是期限到了（别处的超时）：照原样交给 _execute
@@ -255,14 +228,12 @@ class JobRunner:
             self._observe_finished(job, final)
         return final
 
-    async def _queued_production(
-        self, job: ReportJob, notes: StageNotes, early: asyncio.Task[RenderedPrompt] | None
-    ) -> CallbackPayload | None:
+    async def _queued_production(self, job: ReportJob, notes: StageNotes) -> CallbackPayload | None:
         """排队拿到名额后生成；期限到了由外层的 timeout 取消（生成任务随之取消，引擎中止）。
 
         排队与生成是同一个登记在 _production 的任务：取消（DELETE、续租回复）在排队时就让作业
         离开队列、立即以 cancelled 收尾，不必等到名额再在第一次推进阶段时发现。"""
-        task = asyncio.create_task(self._slotted_production(job, notes, early))
+        task = asyncio.create_task(self._slotted_production(job, notes))
         self._production[job.trace_id] = task
         try:
             return await task
@@ -280,12 +251,10 @@ class JobRunner:
         finally:
             self._production.pop(job.trace_id, None)
 
-    async def _slotted_production(
-        self, job: ReportJob, notes: StageNotes, early: asyncio.Task[RenderedPrompt] | None
-    ) -> CallbackPayload:
+    async def _slotted_production(self, job: ReportJob, notes: StageNotes) -> CallbackPayload:
         async with self._queue.slot(job.priority, job.caller):
             # queue_wait 由流水线在开始渲染前记下（含 LLM 冷启动的等待）
-            return await self._pipeline.produce(job, notes, early)
+            return await self._pipeline.produce(job, notes)
 
     def _stage_writer(self, job: ReportJob) -> StageHook:
         async def on_stage(state: JobState, passed: tuple[StateChange, ...]) -> None:
