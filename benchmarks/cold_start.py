@@ -14,13 +14,11 @@ max_tokens 为 1：受理 → 回调的时间就是“提交 → 第一个 token
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import subprocess
 import sys
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +26,7 @@ import httpx
 import yaml
 from loguru import logger
 
-from benchmarks.common import RESULTS, RUN_DIR, exit_on_sigterm, fresh_ledger, publish_latest
+from benchmarks.common import RESULTS, RUN_DIR, ResultFiles, exit_on_sigterm, fresh_ledger
 from serve_app.core.settings import PROJECT_ROOT
 from tests.support.ray_nodes import ClusterApi
 from tests.support.receiver import CallbackReceiver
@@ -164,13 +162,9 @@ def _summary(rows: list[dict[str, Any]]) -> dict[str, float]:
 
 
 def _write(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
-    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
+    files = ResultFiles("cold-start")
+    stamp = files.stamp
     summary = _summary(rows)
-    (RESULTS / f"cold-start-{stamp}.json").write_text(
-        json.dumps({"meta": meta, "rounds": rows, "median": summary}, ensure_ascii=False, indent=2)
-        + "\n",
-        encoding="utf-8",
-    )
     lines = [
         f"# 缩到零的代价（{stamp}，{meta['rounds']} 轮，中位数）",
         "",
@@ -186,12 +180,9 @@ def _write(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
         ),
         f"| 中位数 | {summary['cold_start_s']:.1f} s | {summary['cold_first_token_s']:.1f} s "
         f"| {summary['warm_first_token_s'] * 1000:.0f} ms |",
-        "",
     ]
-    (RESULTS / f"cold-start-{stamp}.md").write_text("\n".join(lines), encoding="utf-8")
-    _plot(rows, summary, RESULTS / f"cold-start-{stamp}.png")
-    publish_latest("cold-start", stamp)
-    sys.stdout.write("\n".join(lines) + "\n")
+    data = {"meta": meta, "rounds": rows, "median": summary}
+    files.save(data, lines, lambda png: _plot(rows, summary, png), echo=True)
     return stamp
 
 

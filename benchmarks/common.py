@@ -15,7 +15,7 @@ import sys
 import time
 from collections.abc import Awaitable, Callable, Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -40,6 +40,43 @@ def publish_latest(prefix: str, stamp: str, directory: Path = RESULTS) -> None:
         shutil.copyfile(
             directory / f"{prefix}-{stamp}.{suffix}", directory / f"{prefix}-latest.{suffix}"
         )
+
+
+@dataclass(frozen=True)
+class ResultFiles:
+    """一次运行的结果文件：<prefix>-<时间>.json / .md / .png，存下后另存为 <prefix>-latest.*。
+
+    时间戳在创建时定下：表的标题常带着它，要在写表之前就有。"""
+
+    prefix: str
+    out_dir: Path = RESULTS
+    stamp: str = field(default_factory=lambda: f"{datetime.now(UTC):%Y%m%dT%H%M%S}")
+
+    def path(self, suffix: str) -> Path:
+        """这次运行的某个结果文件。"""
+        return self.out_dir / f"{self.prefix}-{self.stamp}.{suffix}"
+
+    def save(
+        self,
+        data: dict[str, Any],
+        lines: list[str],
+        plot: Callable[[Path], None],
+        *,
+        echo: bool = False,
+    ) -> Path:
+        """写 JSON、Markdown 表（lines 一行一项）与图，更新 -latest.*；echo 时把表打印出来。
+        返回 JSON 的路径。"""
+        json_path = self.path("json")
+        json_path.write_text(
+            json.dumps(data, ensure_ascii=False, indent=2) + "\n", encoding="utf-8"
+        )
+        text = "\n".join(lines).rstrip("\n") + "\n"
+        self.path("md").write_text(text, encoding="utf-8")
+        plot(self.path("png"))
+        publish_latest(self.prefix, self.stamp, self.out_dir)
+        if echo:
+            sys.stdout.write(text)
+        return json_path
 
 
 def exit_on_sigterm() -> None:
@@ -245,12 +282,8 @@ def write_client_results(
     report: ClientReport, rows: list[dict[str, Any]], meta: dict[str, Any], out_dir: Path
 ) -> Path:
     """写出 <prefix>-<时间>.json / .md / .png、另存 -latest.*，打印表；返回 JSON 的路径。"""
-    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
-    base = out_dir / f"{report.prefix}-{stamp}"
-    base.with_suffix(".json").write_text(
-        json.dumps({"meta": meta, "rows": rows}, ensure_ascii=False, indent=2) + "\n",
-        encoding="utf-8",
-    )
+    files = ResultFiles(report.prefix, out_dir)
+    stamp = files.stamp
     key, call = report.key, report.call
     lines = [
         f"# {report.title}（{stamp}，每档 {meta['count']} 次{call} × {meta['rounds']} 轮，中位数）",
@@ -267,13 +300,10 @@ def write_client_results(
             + f"{' / '.join(f'{x:.3f}' for x in r['rounds_cpu_ms'])} |"
             for r in rows
         ),
-        "",
     ]
-    base.with_suffix(".md").write_text("\n".join(lines), encoding="utf-8")
-    _plot_client(report, rows, base.with_suffix(".png"))
-    publish_latest(report.prefix, stamp, out_dir)
-    sys.stdout.write("\n".join(lines) + "\n")
-    return base.with_suffix(".json")
+    return files.save(
+        {"meta": meta, "rows": rows}, lines, lambda png: _plot_client(report, rows, png), echo=True
+    )
 
 
 def _plot_client(report: ClientReport, rows: list[dict[str, Any]], path: Path) -> None:

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import json
 import logging
 import os
 import shutil
@@ -51,6 +50,7 @@ from benchmarks.common import (
     WARMUP,
     ClientReport,
     Close,
+    ResultFiles,
     Send,
     alternate,
     client_cpu,
@@ -58,7 +58,6 @@ from benchmarks.common import (
     client_parser,
     percentile,
     prepare_client_run,
-    publish_latest,
     write_client_results,
 )
 from deployments.callback import callback_sender_deployment
@@ -387,12 +386,8 @@ def _write_idle(
     rows: list[dict[str, Any]], meta: dict[str, Any], gap_ms: float, out_dir: Path
 ) -> None:
     """空闲之后的往返另存为 hop-idle-<时间>.json / .md / .png，更新 hop-idle-latest.*，并打印表。"""
-    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
-    base = out_dir / f"hop-idle-{stamp}"
-    base.with_suffix(".json").write_text(
-        json.dumps({"meta": meta, "rows": rows}, ensure_ascii=False, indent=2) + "\n",
-        encoding="utf-8",
-    )
+    files = ResultFiles("hop-idle", out_dir)
+    stamp = files.stamp
     by = {(r["hop"], r["gap_ms"]): r for r in rows}
     hops = list(dict.fromkeys(r["hop"] for r in rows))
     lines = [
@@ -410,11 +405,8 @@ def _write_idle(
             f"| {hop} | {busy['p50_ms']:.2f} / {busy['p90_ms']:.2f} | "
             f"{idle['p50_ms']:.2f} / {idle['p90_ms']:.2f} | {idle['p50_ms'] / busy['p50_ms']:.1f} |"
         )
-    lines.append("")
-    base.with_suffix(".md").write_text("\n".join(lines), encoding="utf-8")
-    _plot_idle(by, hops, gap_ms, base.with_suffix(".png"))
-    publish_latest("hop-idle", stamp, out_dir)
-    sys.stdout.write("\n".join(lines) + "\n")
+    data = {"meta": meta, "rows": rows}
+    files.save(data, lines, lambda png: _plot_idle(by, hops, gap_ms, png), echo=True)
 
 
 def _plot_idle(

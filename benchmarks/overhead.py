@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import itertools
-import json
 import os
 import signal
 import subprocess
@@ -45,10 +44,10 @@ from benchmarks.common import (
     NICE,
     RESULTS,
     RUN_DIR,
+    ResultFiles,
     exit_on_sigterm,
     fresh_ledger,
     percentile,
-    publish_latest,
 )
 from serve_app.core.settings import PROJECT_ROOT
 from tests.support.local_http import free_port, wait_http_ok
@@ -463,13 +462,15 @@ def _pipeline(
 
 
 @contextmanager
-def _flame_graph(ingress: list[psutil.Process], *, enabled: bool) -> Iterator[None]:
-    """py-spy 采样入口副本（测量期间），结束时写出火焰图；经自己的 PID 停止 py-spy。"""
+def _flame_graph(
+    ingress: list[psutil.Process], *, enabled: bool, out_dir: Path = RESULTS
+) -> Iterator[None]:
+    """py-spy 采样入口副本（测量期间），结束时把火焰图写到 out_dir；经自己的 PID 停止 py-spy。"""
     if not enabled:
         yield
         return
     py_spy = Path(sys.executable).with_name("py-spy")
-    out = RESULTS / "ingress-flame.svg"
+    out = out_dir / "ingress-flame.svg"
     [replica] = ingress
     command = [str(py_spy), "record", "-p", str(replica.pid), "-r", "100", "--nonblocking"]
     spy = subprocess.Popen([*command, "-o", str(out)], stdout=subprocess.DEVNULL)
@@ -488,7 +489,6 @@ def _write_results(
     options: dict[str, Any] | None = None,
     out_dir: Path = RESULTS,
 ) -> Path:
-    stamp = f"{datetime.now(UTC):%Y%m%dT%H%M%S}"
     rows = [asdict(m) | {"per_second": round(m.per_second, 1)} for m in measurements]
     data = {
         "when": datetime.now(UTC).isoformat(),
@@ -496,8 +496,6 @@ def _write_results(
         "options": options or {},
         "runs": rows,
     }
-    json_path = out_dir / f"overhead-{stamp}.json"
-    json_path.write_text(json.dumps(data, indent=2, ensure_ascii=False), encoding="utf-8")
     lines = [
         "| 系统 | 并发 | 报告/秒 | 202 p50 ms | 202 p99 ms | 提交→回调 p50 ms | 丢失 "
         "| CPU ms/报告 | 202 在应用里 ms |",
@@ -513,10 +511,7 @@ def _write_results(
             f"| {m.system} | {level} | {m.per_second:.1f} | {m.accept_p50_ms:.1f} | "
             f"{m.accept_p99_ms:.1f} | {m.e2e_p50_ms:.1f} | {m.lost} | {cpu} | {timing} |"
         )
-    (out_dir / f"overhead-{stamp}.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
-    _plot(measurements, out_dir / f"overhead-{stamp}.png")
-    publish_latest("overhead", stamp, out_dir)
-    return json_path
+    return ResultFiles("overhead", out_dir).save(data, lines, lambda png: _plot(measurements, png))
 
 
 def _load_label(m: Measurement) -> str:
@@ -655,7 +650,7 @@ def main(argv: list[str] | None = None) -> int:
         "--flame",
         type=int,
         default=0,
-        help="在流水线的这一档并发下用 py-spy 采样入口副本，火焰图存 results/ingress-flame.svg",
+        help="在流水线的这一档并发下用 py-spy 采样入口副本，火焰图存为 --out-dir/ingress-flame.svg",
     )
     parser.add_argument(
         "--idle-gap-ms",
@@ -723,7 +718,10 @@ def main(argv: list[str] | None = None) -> int:
                     replicas["engine"] = [psutil.Process(engine.pid)]
                     for level in levels:
                         count = _reports_at(level, args.reports)
-                        with _flame_graph(replicas["ReportIngress"], enabled=level == args.flame):
+                        flame = level == args.flame
+                        with _flame_graph(
+                            replicas["ReportIngress"], enabled=flame, out_dir=args.out_dir
+                        ):
                             measurements.append(_measure(name, APP_URL, count, level, replicas))
                     measurements += _lone(name, APP_URL, replicas, args)
                     measurements += _open_loop(name, APP_URL, replicas, args)

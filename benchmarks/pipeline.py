@@ -34,7 +34,7 @@ from typing import Any
 
 import psutil
 
-from benchmarks.common import NICE, RESULTS, RUN_DIR, exit_on_sigterm, publish_latest
+from benchmarks.common import NICE, RESULTS, RUN_DIR, ResultFiles, exit_on_sigterm
 from benchmarks.overhead import (
     APP_URL,
     REQUEST,
@@ -254,7 +254,6 @@ def _ratios(rows: list[Row], levels: list[int]) -> dict[str, dict[str, float]]:
 
 
 def _write(rows: list[Row], levels: list[int], meta: dict[str, Any]) -> Path:
-    stamp = f"{datetime.now(UTC):%Y%m%dT%H%M%S}"
     ratios = _ratios(rows, levels)
     batch = _batch_ratios(rows)
     data = {
@@ -264,8 +263,6 @@ def _write(rows: list[Row], levels: list[int], meta: dict[str, Any]) -> Path:
         "batch": batch,
         "target": 0.95,
     }
-    json_path = RESULTS / f"engine-{stamp}.json"
-    json_path.write_text(json.dumps(data, indent=2, ensure_ascii=False), encoding="utf-8")
     lines = [
         "| 并发 | 引擎 A1 | 对照组 | 流水线 | 引擎 A2 | 对照组 / 引擎 | 流水线 / 引擎 |",
         "| ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
@@ -309,10 +306,9 @@ def _write(rows: list[Row], levels: list[int], meta: dict[str, Any]) -> Path:
             f"{paced.per_second:.2f} 个/秒，202 p50 / p99 {detail['accept_p50_ms']:.0f} / "
             f"{detail['accept_p99_ms']:.0f} ms（应用里：{timing}），丢失 {detail['lost']}。",
         ]
-    (RESULTS / f"engine-{stamp}.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
-    _plot(rows, levels, ratios, batch, RESULTS / f"engine-{stamp}.png")
-    publish_latest("engine", stamp)
-    return json_path
+    return ResultFiles("engine").save(
+        data, lines, lambda png: _plot(rows, levels, ratios, batch, png)
+    )
 
 
 def _plot(

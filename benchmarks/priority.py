@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import random
 import sys
 import time
@@ -31,11 +30,10 @@ import httpx
 from loguru import logger
 
 from benchmarks.common import (
-    RESULTS,
     SERVED_NAME,
+    ResultFiles,
     exit_on_sigterm,
     percentile,
-    publish_latest,
     tiny_engine,
 )
 from serve_app.core.settings import Settings
@@ -186,11 +184,6 @@ async def _measure(engine_url: str, per_class: int, burst: int, slots: int) -> d
 
 
 def _write(results: dict[str, Any], meta: dict[str, Any]) -> Path:
-    stamp = f"{datetime.now(UTC):%Y%m%dT%H%M%S}"
-    json_path = RESULTS / f"priority-{stamp}.json"
-    json_path.write_text(
-        json.dumps({**meta, "results": results}, indent=2, ensure_ascii=False), encoding="utf-8"
-    )
     lines = [
         "| 场景 | 组 | fifo p50 s | fifo p99 s | priority p50 s | priority p99 s |",
         "| --- | --- | ---: | ---: | ---: | ---: |",
@@ -203,10 +196,8 @@ def _write(results: dict[str, Any], meta: dict[str, Any]) -> Path:
                 f"| {scenario} | {name} | {fifo['p50_s']:.2f} | {fifo['p99_s']:.2f} | "
                 f"{ordered['p50_s']:.2f} | {ordered['p99_s']:.2f} |"
             )
-    (RESULTS / f"priority-{stamp}.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
-    _plot(results, RESULTS / f"priority-{stamp}.png")
-    publish_latest("priority", stamp)
-    return json_path
+    data = {**meta, "results": results}
+    return ResultFiles("priority").save(data, lines, lambda png: _plot(results, png))
 
 
 def _plot(results: dict[str, Any], path: Path) -> None:

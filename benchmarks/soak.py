@@ -15,14 +15,12 @@ Postgres 账本时在本机临时起一个（Debian 的包）。结果写到 ben
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import RESULTS, exit_on_sigterm, publish_latest
+from benchmarks.common import RESULTS, ResultFiles, exit_on_sigterm
 from tests.support.fault_app import running_fault_app
 from tests.support.soak import Soak, SoakReport
 
@@ -33,11 +31,8 @@ ENGINE_DEFAULTS: dict[str, tuple[float, float]] = {"cpu": (2.0, 30.0), "fake": (
 
 
 def _write(report: SoakReport, meta: dict[str, Any]) -> str:
-    stamp = f"{datetime.now(UTC):%Y%m%dT%H%M%S}"
-    (RESULTS / f"soak-{stamp}.json").write_text(
-        json.dumps({**meta, **report.to_json()}, ensure_ascii=False, indent=2) + "\n",
-        encoding="utf-8",
-    )
+    files = ResultFiles("soak")
+    stamp = files.stamp
     lines = [
         f"# Chaos soak（{stamp}）",
         "",
@@ -68,12 +63,9 @@ def _write(report: SoakReport, meta: dict[str, Any]) -> str:
             f"| {f['recovery_s'] if f['recovery_s'] is not None else '—'} | {f['skipped'] or ''} |"
             for f in report.faults
         ),
-        "",
     ]
-    (RESULTS / f"soak-{stamp}.md").write_text("\n".join(lines), encoding="utf-8")
-    _plot(report, RESULTS / f"soak-{stamp}.png")
-    publish_latest("soak", stamp)
-    sys.stdout.write("\n".join(lines) + "\n")
+    data = {**meta, **report.to_json()}
+    files.save(data, lines, lambda png: _plot(report, png), echo=True)
     return stamp
 
 

@@ -35,11 +35,10 @@ import httpx
 from pydantic import JsonValue
 
 from benchmarks.common import (
-    RESULTS,
     SERVED_NAME,
+    ResultFiles,
     exit_on_sigterm,
     percentile,
-    publish_latest,
     tiny_engine,
 )
 from serve_app.core.settings import PROJECT_ROOT
@@ -280,7 +279,6 @@ def _label(step: int, level: int) -> str:
 
 
 def _write(result: dict[str, Any], levels: list[int], meta: dict[str, Any]) -> Path:
-    stamp = f"{datetime.now(UTC):%Y%m%dT%H%M%S}"
     runs: list[Run] = result["runs"]
     ratios = _ratios(runs, levels)
     data = {
@@ -290,8 +288,6 @@ def _write(result: dict[str, Any], levels: list[int], meta: dict[str, Any]) -> P
         "runs": [asdict(r) for r in runs],
         "ratios": ratios,
     }
-    json_path = RESULTS / f"structured-{stamp}.json"
-    json_path.write_text(json.dumps(data, indent=2, ensure_ascii=False), encoding="utf-8")
     lines = [
         "| 并发 | 模式 | 报告/秒 | p50 延迟 ms | 平均生成 token | token/秒 | 写完 |",
         "| ---: | --- | ---: | ---: | ---: | ---: | ---: |",
@@ -310,10 +306,7 @@ def _write(result: dict[str, Any], levels: list[int], meta: dict[str, Any]) -> P
         f"第一个 schema（文法后端初始化 + 编译）比不带 schema 的首 token 多 {first_ms:.0f} ms。",
         f"本服务解析并校验一份报告：{result['validation_us_per_report']:.0f} µs。",
     ]
-    (RESULTS / f"structured-{stamp}.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
-    _plot(runs, levels, ratios, RESULTS / f"structured-{stamp}.png")
-    publish_latest("structured", stamp)
-    return json_path
+    return ResultFiles("structured").save(data, lines, lambda png: _plot(runs, levels, ratios, png))
 
 
 def _plot(
