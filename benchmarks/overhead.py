@@ -66,6 +66,8 @@ SERVE_MODES: dict[str, dict[str, str]] = {
     # 经典模式：Python 代理收 HTTP，经一次 Ray 调用交给入口副本
     "classic": {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "0", "RAY_SERVE_ENABLE_HA_PROXY": "0"},
 }
+# 对照组（seed_baseline.py）在结果里的名字：别的系统都与它并排比
+SEED = "seed-baseline"
 REQUEST = {
     "report_type": "sales_weekly",
     "inputs": {
@@ -503,15 +505,56 @@ def _write_results(
     ]
     for m in measurements:
         cpu = "、".join(f"{k} {v}" for k, v in m.cpu_ms_per_report.items())
-        level = str(m.concurrency) + (f"，每份前空闲 {m.gap_ms:g} ms" if m.gap_ms else "")
-        if m.concurrency == 0:
-            level = f"开环 {m.reports}" + (f" @ {m.rate:g}/s" if m.rate > 0 else "")
         timing = "、".join(f"{k} {v}" for k, v in m.server_timing_ms.items())
         lines.append(
-            f"| {m.system} | {level} | {m.per_second:.1f} | {m.accept_p50_ms:.1f} | "
+            f"| {m.system} | {_level(m)} | {m.per_second:.1f} | {m.accept_p50_ms:.1f} | "
             f"{m.accept_p99_ms:.1f} | {m.e2e_p50_ms:.1f} | {m.lost} | {cpu} | {timing} |"
         )
+    lines += side_by_side(measurements)
     return ResultFiles("overhead", out_dir).save(data, lines, lambda png: _plot(measurements, png))
+
+
+def _level(m: Measurement) -> str:
+    """一档负载在表里的名字：并发（每份前空闲时带上间隔）、开环一批、开环定速。"""
+    if m.concurrency == 0:
+        return f"开环 {m.reports}" + (f" @ {m.rate:g}/s" if m.rate > 0 else "")
+    return str(m.concurrency) + (f"，每份前空闲 {m.gap_ms:g} ms" if m.gap_ms else "")
+
+
+def control_plane_cpu_ms(m: Measurement) -> float:
+    """各部署（含 HAProxy、Postgres）合计的 CPU ms/报告：零成本引擎不是控制面，不算。"""
+    return sum(v for k, v in m.cpu_ms_per_report.items() if k != "engine")
+
+
+def side_by_side(measurements: list[Measurement]) -> list[str]:
+    """每个系统与同一次运行、同一档负载的对照组并排：issue #27 第 3 条要的三个数——报告/秒是对照组的
+    几倍、提交 → 回调 p50 多出几毫秒、控制面合计 CPU ms/报告。没测对照组时为空。
+
+    每份前空闲的那档，报告/秒主要是空闲的间隔，倍数没有意义，不写。"""
+    seed = {_load_label(m): m for m in measurements if m.system == SEED}
+    rows = [
+        (m, seed[_load_label(m)])
+        for m in measurements
+        if m.system != SEED and _load_label(m) in seed
+    ]
+    if not rows:
+        return []
+    lines = [
+        "",
+        "与同一次运行、同一档的对照组并排：",
+        "",
+        "| 系统 | 并发 | 报告/秒 ÷ 对照组 | 提交→回调 p50 多出 ms | 控制面合计 CPU ms/报告 |",
+        "| --- | ---: | ---: | ---: | ---: |",
+    ]
+    for m, control in rows:
+        ratio = "—"
+        if control.per_second and not m.gap_ms:
+            ratio = f"{m.per_second / control.per_second:.2f}"
+        lines.append(
+            f"| {m.system} | {_level(m)} | {ratio} | {m.e2e_p50_ms - control.e2e_p50_ms:.1f} | "
+            f"{control_plane_cpu_ms(m):.1f} |"
+        )
+    return lines
 
 
 def _load_label(m: Measurement) -> str:
@@ -536,9 +579,7 @@ def _plot(measurements: list[Measurement], path: Path) -> None:
     at = {(m.system, _load_label(m)): m for m in measurements}
     # 每档负载对照组的报告/秒（没测或为 0 的档不写倍数）
     seed = {
-        load: m.per_second
-        for (system, load), m in at.items()
-        if system == "seed-baseline" and m.per_second
+        load: m.per_second for (system, load), m in at.items() if system == SEED and m.per_second
     }
     fig, (left, right, latency) = plt.subplots(1, 3, figsize=(16, 4.5))
     width = 0.8 / len(systems)
@@ -546,7 +587,7 @@ def _plot(measurements: list[Measurement], path: Path) -> None:
         present = [(i, at[(system, load)]) for i, load in enumerate(loads) if (system, load) in at]
         xs = [i + index * width for i, _ in present]
         bars = left.bar(xs, [m.per_second for _, m in present], width=width, label=system)
-        if system != "seed-baseline":
+        if system != SEED:
             # 每份前空闲的那档，报告/秒主要是空闲的间隔，倍数没有意义
             labels = [
                 f"{m.per_second / seed[loads[i]]:.2f}x" if loads[i] in seed and not m.gap_ms else ""
@@ -701,9 +742,9 @@ def main(argv: list[str] | None = None) -> int:
                 }
                 for level in levels:
                     count = _reports_at(level, args.reports)
-                    measurements.append(_measure("seed-baseline", seed_url, count, level, procs))
-                measurements += _lone("seed-baseline", seed_url, procs, args)
-                measurements += _open_loop("seed-baseline", seed_url, procs, args)
+                    measurements.append(_measure(SEED, seed_url, count, level, procs))
+                measurements += _lone(SEED, seed_url, procs, args)
+                measurements += _open_loop(SEED, seed_url, procs, args)
         if "pipeline" in systems:
             transports = args.handle_transport.split(",")
             modes = args.serve_mode.split(",")

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from benchmarks.common import ResultFiles
+from benchmarks.overhead import SEED, Measurement, side_by_side
 
 
 def test_a_result_set_writes_json_table_and_plot_and_publishes_latest(
@@ -45,3 +46,31 @@ def test_a_result_set_is_quiet_unless_asked_and_stamps_itself_once(
     path = files.save({}, ["| a |"], Path.touch)
     assert path.name == f"probe-{files.stamp}.json"
     assert capsys.readouterr().out == ""
+
+
+def _measured(system: str, e2e_ms: float, *, gap_ms: float = 0.0, **cpu: float) -> Measurement:
+    # 100 份、对照组 1 秒、别的 2 秒：报告/秒 100 对 50
+    seconds = 1.0 if system == SEED else 2.0
+    return Measurement(
+        system, 1, 100, seconds, 0, 1.0, 2.0, e2e_ms, cpu_ms_per_report=cpu, gap_ms=gap_ms
+    )
+
+
+def test_the_overhead_table_sets_each_system_beside_the_control_at_the_same_load() -> None:
+    """issue #27 第 3 条的三个数直接从基准的表里读：报告/秒的倍数、多出的延迟、控制面合计 CPU。"""
+    runs = [
+        _measured(SEED, 3.0, engine=0.3),
+        _measured(SEED, 6.0, gap_ms=20, engine=0.3),
+        _measured("pipeline", 15.5, ReportIngress=8.0, Ledger=5.0, proxy=1.0, engine=0.5),
+        _measured("pipeline", 16.4, gap_ms=20, ReportIngress=9.0, engine=0.5),
+        # 对照组没测的一档不并排
+        _measured("pipeline", 5.0, gap_ms=200, ReportIngress=9.0),
+    ]
+    lines = side_by_side(runs)
+    rows = [line for line in lines if line.startswith("| pipeline")]
+    # 零成本引擎不算控制面；每份前空闲的那档不写倍数（报告/秒主要是空闲的间隔）
+    assert rows == [
+        "| pipeline | 1 | 0.50 | 12.5 | 14.0 |",
+        "| pipeline | 1，每份前空闲 20 ms | — | 10.4 | 9.0 |",
+    ]
+    assert side_by_side([runs[2]]) == []  # 没测对照组：不写这一节
