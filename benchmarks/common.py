@@ -34,14 +34,6 @@ RUN_DIR = PROJECT_ROOT / ".run" / "bench"
 NICE = 15
 
 
-def publish_latest(prefix: str, stamp: str, directory: Path = RESULTS) -> None:
-    """<prefix>-<stamp>.{json,md,png} 另存为 <prefix>-latest.*（docs 引用带时间的那份）。"""
-    for suffix in ("json", "md", "png"):
-        shutil.copyfile(
-            directory / f"{prefix}-{stamp}.{suffix}", directory / f"{prefix}-latest.{suffix}"
-        )
-
-
 @dataclass(frozen=True)
 class ResultFiles:
     """一次运行的结果文件：<prefix>-<时间>.json / .md / .png，存下后另存为 <prefix>-latest.*。
@@ -73,7 +65,9 @@ class ResultFiles:
         text = "\n".join(lines).rstrip("\n") + "\n"
         self.path("md").write_text(text, encoding="utf-8")
         plot(self.path("png"))
-        publish_latest(self.prefix, self.stamp, self.out_dir)
+        # 另存为 -latest.*（docs 引用带时间的那份）
+        for suffix in ("json", "md", "png"):
+            shutil.copyfile(self.path(suffix), self.out_dir / f"{self.prefix}-latest.{suffix}")
         if echo:
             sys.stdout.write(text)
         return json_path

@@ -526,12 +526,23 @@ def control_plane_cpu_ms(m: Measurement) -> float:
     return sum(v for k, v in m.cpu_ms_per_report.items() if k != "engine")
 
 
+def _controls(measurements: list[Measurement]) -> dict[str, Measurement]:
+    """每档负载（按 _load_label）对照组的那次测量。"""
+    return {_load_label(m): m for m in measurements if m.system == SEED}
+
+
+def _ratio(m: Measurement, control: Measurement | None) -> float | None:
+    """报告/秒是对照组的几倍；没测对照组、对照组为 0 或每份前空闲的那档（报告/秒主要是空闲的
+    间隔，倍数没有意义）为 None。"""
+    if control is None or not control.per_second or m.gap_ms:
+        return None
+    return m.per_second / control.per_second
+
+
 def side_by_side(measurements: list[Measurement]) -> list[str]:
     """每个系统与同一次运行、同一档负载的对照组并排：issue #27 第 3 条要的三个数——报告/秒是对照组的
-    几倍、提交 → 回调 p50 多出几毫秒、控制面合计 CPU ms/报告。没测对照组时为空。
-
-    每份前空闲的那档，报告/秒主要是空闲的间隔，倍数没有意义，不写。"""
-    seed = {_load_label(m): m for m in measurements if m.system == SEED}
+    几倍、提交 → 回调 p50 多出几毫秒、控制面合计 CPU ms/报告。没测对照组时为空。"""
+    seed = _controls(measurements)
     rows = [
         (m, seed[_load_label(m)])
         for m in measurements
@@ -547,9 +558,7 @@ def side_by_side(measurements: list[Measurement]) -> list[str]:
         "| --- | ---: | ---: | ---: | ---: |",
     ]
     for m, control in rows:
-        ratio = "—"
-        if control.per_second and not m.gap_ms:
-            ratio = f"{m.per_second / control.per_second:.2f}"
+        ratio = "—" if (r := _ratio(m, control)) is None else f"{r:.2f}"
         lines.append(
             f"| {m.system} | {_level(m)} | {ratio} | {m.e2e_p50_ms - control.e2e_p50_ms:.1f} | "
             f"{control_plane_cpu_ms(m):.1f} |"
@@ -577,10 +586,7 @@ def _plot(measurements: list[Measurement], path: Path) -> None:
     loads = list(dict.fromkeys(_load_label(m) for m in measurements))
     systems = list(dict.fromkeys(m.system for m in measurements))
     at = {(m.system, _load_label(m)): m for m in measurements}
-    # 每档负载对照组的报告/秒（没测或为 0 的档不写倍数）
-    seed = {
-        load: m.per_second for (system, load), m in at.items() if system == SEED and m.per_second
-    }
+    seed = _controls(measurements)
     fig, (left, right, latency) = plt.subplots(1, 3, figsize=(16, 4.5))
     width = 0.8 / len(systems)
     for index, system in enumerate(systems):
@@ -588,11 +594,8 @@ def _plot(measurements: list[Measurement], path: Path) -> None:
         xs = [i + index * width for i, _ in present]
         bars = left.bar(xs, [m.per_second for _, m in present], width=width, label=system)
         if system != SEED:
-            # 每份前空闲的那档，报告/秒主要是空闲的间隔，倍数没有意义
-            labels = [
-                f"{m.per_second / seed[loads[i]]:.2f}x" if loads[i] in seed and not m.gap_ms else ""
-                for i, m in present
-            ]
+            ratios = [_ratio(m, seed.get(loads[i])) for i, m in present]
+            labels = ["" if r is None else f"{r:.2f}x" for r in ratios]
             left.bar_label(bars, labels=labels, fontsize=8)
         p99 = right.bar(xs, [m.accept_p99_ms for _, m in present], width=width, label=system)
         right.bar_label(p99, labels=[f"{m.accept_p99_ms:.0f}" for _, m in present], fontsize=7)
