@@ -79,3 +79,42 @@ async def test_a_cancelled_caller_is_not_sent() -> None:
     with pytest.raises(asyncio.CancelledError):
         await dropped
     assert remote.batches == [[("get", (1,))], [("get", (3,))]]
+
+
+async def test_a_lingering_call_rides_with_the_next_call() -> None:
+    remote = _Remote()
+    batcher = CallBatcher(remote.send, linger={"record_delivery": 5.0})
+    parked = asyncio.create_task(batcher.call("record_delivery", "t-1"))
+    await asyncio.sleep(0.02)
+    assert remote.batches == [] and not batcher.idle  # 停着，不单独发
+    started = asyncio.get_running_loop().time()
+    assert await batcher.call("admit", "t-2") == ("admit", "t-2")
+    assert await parked == ("record_delivery", "t-1")
+    assert asyncio.get_running_loop().time() - started < 1.0  # 没有等到 5 秒
+    assert remote.batches == [[("record_delivery", ("t-1",)), ("admit", ("t-2",))]]
+    await asyncio.sleep(0)  # 在途批次的完成回调
+    assert batcher.idle
+
+
+async def test_a_lingering_call_alone_goes_out_when_its_wait_is_over() -> None:
+    remote = _Remote(delay_s=0)
+    batcher = CallBatcher(remote.send, linger={"record_delivery": 0.1})
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    first = asyncio.create_task(batcher.call("record_delivery", "t-1"))
+    second = asyncio.create_task(batcher.call("record_delivery", "t-2"))
+    assert await first == ("record_delivery", "t-1") and await second == ("record_delivery", "t-2")
+    assert loop.time() - started >= 0.09
+    assert remote.batches == [[("record_delivery", ("t-1",)), ("record_delivery", ("t-2",))]]
+
+
+async def test_a_cancelled_lingering_call_is_not_sent() -> None:
+    remote = _Remote(delay_s=0)
+    batcher = CallBatcher(remote.send, linger={"record_delivery": 0.05})
+    dropped = asyncio.create_task(batcher.call("record_delivery", "t-1"))
+    await asyncio.sleep(0)
+    dropped.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await dropped
+    await asyncio.sleep(0.1)
+    assert remote.batches == [] and batcher.idle
