@@ -29,7 +29,7 @@ class LedgerClient:
     def __init__(self, handle: DeploymentHandle[Any], policy: JobPolicy) -> None:
         self._handle = handle
         self._timeout_s = policy.ledger_call_timeout_s
-        self.batcher = CallBatcher(self._apply, linger={"record_delivery": 0.2})
+        self.batcher = CallBatcher(self._apply)
 
     def __getattr__(self, op: str) -> Callable[..., Awaitable[Any]]:
         if op not in OPERATIONS:

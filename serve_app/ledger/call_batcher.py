@@ -8,7 +8,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 # 一次调用：(方法名, 参数)；一个结果：(是否成功, 返回值或异常)
@@ -20,23 +20,11 @@ SendBatch = Callable[[list[Call]], Awaitable[list[Outcome]]]
 class CallBatcher:
     """合并并发调用；send 把一批调用一次发出，按顺序返回各自的结果。"""
 
-    def __init__(
-        self,
-        send: SendBatch,
-        *,
-        max_in_flight: int = 2,
-        max_batch: int = 256,
-        linger: Mapping[str, float] | None = None,
-    ) -> None:
+    def __init__(self, send: SendBatch, *, max_in_flight: int = 2, max_batch: int = 256) -> None:
         self._send = send
         self._max_in_flight = max_in_flight
         self._max_batch = max_batch
         self._queue: list[tuple[Call, asyncio.Future[Any]]] = []
-        # 可以稍等的调用（方法 → 最多等几秒）：先停在 _parked，随下一次别的调用一起发出，
-        # 没有别的调用时到点自己发（低负载时每个作业少一次往返）
-        self._linger = dict(linger or {})
-        self._parked: list[tuple[Call, asyncio.Future[Any]]] = []
-        self._timer: asyncio.TimerHandle | None = None
         self._in_flight: set[asyncio.Task[None]] = set()
         self._scheduled = False
         # 统计：发出的批次与调用（测试与基准读它）
@@ -46,28 +34,15 @@ class CallBatcher:
     @property
     def idle(self) -> bool:
         """没有排队、也没有在途的批次（按键分设合批器的调用方据此回收不用的）。"""
-        return not (self._queue or self._parked or self._in_flight or self._scheduled)
+        return not self._queue and not self._in_flight and not self._scheduled
 
     async def call(self, method: str, *args: Any) -> Any:
         """排入下一批并等它的结果（失败时抛出该调用自己的异常，或整批的异常）。"""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Any] = loop.create_future()
-        wait = self._linger.get(method)
-        if wait is None:
-            self._queue.append(((method, args), future))
-            self._schedule(loop)
-        else:
-            self._parked.append(((method, args), future))
-            if self._timer is None:
-                self._timer = loop.call_later(wait, self._unpark)
+        self._queue.append(((method, args), future))
+        self._schedule(loop)
         return await future
-
-    def _unpark(self) -> None:
-        """停着的调用等到了点：排进队列自己发出。"""
-        self._timer = None
-        self._queue[:0] = self._parked
-        self._parked.clear()
-        self._schedule(asyncio.get_running_loop())
 
     def _schedule(self, loop: asyncio.AbstractEventLoop) -> None:
         if self._scheduled or not self._queue or len(self._in_flight) >= self._max_in_flight:
@@ -77,13 +52,6 @@ class CallBatcher:
 
     def _launch(self) -> None:
         self._scheduled = False
-        if self._parked and self._queue:
-            # 有别的调用要发：停着的搭这一批走
-            self._queue[:0] = self._parked
-            self._parked.clear()
-            if self._timer is not None:
-                self._timer.cancel()
-                self._timer = None
         while self._queue and len(self._in_flight) < self._max_in_flight:
             # 调用方已放弃（取消）的不再发出
             live = [(c, f) for c, f in self._queue[: self._max_batch] if not f.done()]
