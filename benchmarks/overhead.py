@@ -463,26 +463,63 @@ def _pipeline(
         subprocess.run(["bash", script, "stop"], env=env, check=False)
 
 
+# --profiler 的两种采样器：py-spy 看 Python 的栈（只看得到 Python 帧）；perf 按 CPU 时钟采整个进程，
+# 含解释器、C 扩展、gRPC 与内核（py-spy 的 --nonblocking 采样与 psutil 的 CPU 对不上时看它）
+PROFILERS = ("py-spy", "perf")
+
+
+def profiler_command(tool: str, pid: int, out_dir: Path) -> tuple[list[str], Path]:
+    """采样入口副本的命令与它写出的文件。"""
+    if tool == "perf":
+        out = out_dir / "ingress-perf.data"
+        return ["perf", "record", "-e", "cpu-clock", "-F", "499", "-g", "-p", str(pid)], out
+    py_spy = Path(sys.executable).with_name("py-spy")
+    out = out_dir / "ingress-flame.svg"
+    return [str(py_spy), "record", "-p", str(pid), "-r", "100", "--nonblocking"], out
+
+
+def _perf_summary(data: Path) -> Path:
+    """perf 的采样按共享库与按符号各汇总一次（自身占比，不展开调用栈），写成一个文本文件。"""
+    summary = data.with_name("ingress-perf.txt")
+    sections = []
+    for sort in ("dso", "sym"):
+        report = subprocess.run(
+            ["perf", "report", "-i", str(data), "--stdio", "--no-children", "-g", "none"]
+            + ["--sort", sort],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        rows = [line for line in report.stdout.splitlines() if line and not line.startswith("#")]
+        sections.append(f"## 按 {sort}（前 40）\n" + "\n".join(rows[:40]))
+    summary.write_text("\n\n".join(sections) + "\n", encoding="utf-8")
+    return summary
+
+
 @contextmanager
-def _flame_graph(
-    ingress: list[psutil.Process], *, enabled: bool, out_dir: Path = RESULTS
+def sample_ingress(
+    ingress: list[psutil.Process],
+    *,
+    enabled: bool,
+    out_dir: Path = RESULTS,
+    tool: str = "py-spy",
 ) -> Iterator[None]:
-    """py-spy 采样入口副本（测量期间），结束时把火焰图写到 out_dir；经自己的 PID 停止 py-spy。"""
+    """采样入口副本（测量期间），结束时把结果写到 out_dir；经采样器自己的 PID 停止它。"""
     if not enabled:
         yield
         return
-    py_spy = Path(sys.executable).with_name("py-spy")
-    out = out_dir / "ingress-flame.svg"
     [replica] = ingress
-    command = [str(py_spy), "record", "-p", str(replica.pid), "-r", "100", "--nonblocking"]
+    command, out = profiler_command(tool, replica.pid, out_dir)
     spy = subprocess.Popen([*command, "-o", str(out)], stdout=subprocess.DEVNULL)
     try:
         yield
     finally:
-        # SIGINT：py-spy 停止采样并写出文件
+        # SIGINT：采样器停止采样并写出文件
         spy.send_signal(signal.SIGINT)
         spy.wait(timeout=60)
-        sys.stdout.write(f"入口副本火焰图：{out}\n")
+        if tool == "perf":
+            out = _perf_summary(out)
+        sys.stdout.write(f"入口副本的采样：{out}\n")
 
 
 def _write_results(
@@ -694,7 +731,14 @@ def main(argv: list[str] | None = None) -> int:
         "--flame",
         type=int,
         default=0,
-        help="在流水线的这一档并发下用 py-spy 采样入口副本，火焰图存为 --out-dir/ingress-flame.svg",
+        help="在流水线的这一档并发下采样入口副本（--profiler），结果存在 --out-dir",
+    )
+    parser.add_argument(
+        "--profiler",
+        choices=PROFILERS,
+        default="py-spy",
+        help="py-spy：Python 的火焰图 ingress-flame.svg；perf：整个进程按 CPU 时钟采样，"
+        "ingress-perf.data 与按库、按符号的汇总 ingress-perf.txt",
     )
     parser.add_argument(
         "--idle-gap-ms",
@@ -763,8 +807,11 @@ def main(argv: list[str] | None = None) -> int:
                     for level in levels:
                         count = _reports_at(level, args.reports)
                         flame = level == args.flame
-                        with _flame_graph(
-                            replicas["ReportIngress"], enabled=flame, out_dir=args.out_dir
+                        with sample_ingress(
+                            replicas["ReportIngress"],
+                            enabled=flame,
+                            out_dir=args.out_dir,
+                            tool=args.profiler,
                         ):
                             measurements.append(_measure(name, APP_URL, count, level, replicas))
                     measurements += _lone(name, APP_URL, replicas, args)

@@ -5,8 +5,16 @@
 from __future__ import annotations
 
 import json
+import shutil
+import subprocess
+import sys
+import time
 from pathlib import Path
 
+import psutil
+import pytest
+
+from benchmarks.overhead import sample_ingress
 from tests.support.benchmarks import process_title, run_benchmark, stop_midway
 
 
@@ -42,3 +50,20 @@ def test_a_stopped_overhead_benchmark_stops_what_it_started(tmp_path: Path) -> N
     )
     assert not left, f"基准停下后仍在的进程：{left}"
     assert not list(tmp_path.glob("overhead-*.json"))  # 没量完，不写结果
+
+
+@pytest.mark.skipif(shutil.which("perf") is None, reason="没有 Debian 的 linux-perf")
+def test_the_perf_profiler_summarises_a_live_process_by_library(tmp_path: Path) -> None:
+    """--profiler perf：按 CPU 时钟采样一个真的忙着的 Python 进程，停下后写出按库、按符号的汇总。"""
+    busy = subprocess.Popen([sys.executable, "-c", "while True: sum(range(10_000))"])
+    try:
+        process = psutil.Process(busy.pid)
+        with sample_ingress([process], enabled=True, out_dir=tmp_path, tool="perf"):
+            time.sleep(1.5)
+    finally:
+        busy.kill()
+        busy.wait(timeout=10)
+    summary = (tmp_path / "ingress-perf.txt").read_text(encoding="utf-8")
+    assert "## 按 dso" in summary and "## 按 sym" in summary
+    assert "libpython" in summary or "python" in summary.split("## 按 sym")[0]
+    assert (tmp_path / "ingress-perf.data").stat().st_size > 0
