@@ -10,7 +10,6 @@ from ray import serve
 from ray.serve.deployment import Deployment
 
 from deployments.metrics import replica_metrics
-from serve_app.core.heap import settle_heap
 from serve_app.core.logging import configure_logging
 from serve_app.core.settings import Settings
 from serve_app.delivery.client import CallbackClient, signing_secrets_file
@@ -30,7 +29,6 @@ class CallbackSender:
             metrics=replica_metrics(),
             secrets_file=signing_secrets_file(settings),
         )
-        settle_heap()
 
     async def send(self, url: str, payload: CallbackPayload) -> DeliveryOutcome:
         """投递一个作业的终态回调。"""

@@ -19,7 +19,6 @@ from deployments.handles.serve_llm import ServeLLMClient
 from deployments.handles.stages import HandleDeliveryStage, HandleRenderStage
 from deployments.metrics import replica_metrics
 from deployments.ray_private import by_reference, route_in_this_loop
-from serve_app.core.heap import settle_heap
 from serve_app.core.logging import configure_logging
 from serve_app.core.metrics import ReportMetrics
 from serve_app.core.settings import HandleTransport, LLMMode, Settings
@@ -137,7 +136,6 @@ class ReportIngress:
         )
         if not settings.caller_keys():
             logger.warning("未配置 API key（REPORTS_API_KEYS）：/v1/* 不鉴权，只适合本机或受信网络")
-        settle_heap()
 
     def __serve_build_asgi_app__(self) -> FastAPI:
         """Serve 在构造后调用，取得本副本的 HTTP 应用。"""

@@ -18,7 +18,6 @@ from loguru import logger
 from ray import serve
 from ray.serve.deployment import Deployment
 
-from serve_app.core.heap import settle_heap
 from serve_app.core.logging import configure_logging
 from serve_app.core.settings import Settings
 from serve_app.ledger.postgres_store import PostgresJobStore
@@ -44,7 +43,6 @@ class Ledger:
         else:
             self._store = SqliteJobStore(settings.resolved_ledger_path, settings.jobs)
             logger.info("作业账本：{}", settings.resolved_ledger_path)
-        settle_heap()
 
     async def apply(self, calls: list[tuple[str, tuple[Any, ...]]]) -> list[tuple[bool, Any]]:
         """一批账本操作（LedgerClient 合并而来）：并发执行，存储把它们组提交成一个事务。

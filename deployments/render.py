@@ -9,7 +9,6 @@ from pydantic import JsonValue
 from ray import serve
 from ray.serve.deployment import Deployment
 
-from serve_app.core.heap import settle_heap
 from serve_app.core.logging import configure_logging
 from serve_app.core.settings import Settings
 from serve_app.models.reports import ReportLength
@@ -30,7 +29,6 @@ class TemplateRenderer:
         self._renderer = PromptRenderer(catalog)
         self._renderer.warm_up()
         logger.info("模板已加载：{}", catalog.names)
-        settle_heap()
 
     async def render(
         self,
