@@ -31,13 +31,8 @@ _LOGGED = {"finish": "结果（进入投递）", "record_delivery": "一轮回�
 class Ledger:
     """JobStore 的远程端点：持有一个存储，只公开 apply 与 check_health。"""
 
-    def __init__(self, settings: Settings, callbacks: Any = None) -> None:
+    def __init__(self, settings: Settings) -> None:
         configure_logging(settings.log_level, settings.log_json_path)
-        from deployments.ray_private import by_reference, route_in_this_loop
-
-        self._callbacks = (
-            by_reference(route_in_this_loop(callbacks), False) if callbacks is not None else None
-        )
         # 连接在第一次调用时打开（Serve 同步调用构造函数）；结构版本不对时健康检查即失败
         self._store: JobStore
         if settings.jobs.ledger_url is not None:
@@ -55,17 +50,10 @@ class Ledger:
         按顺序返回 (成功, 返回值) 或 (失败, 异常)；只接受 store.OPERATIONS 里的操作。
         """
         for method, _ in calls:
-            if method == "finish_deliver":
-                continue
             if method not in OPERATIONS:
                 raise ValueError(f"Ledger.apply 不接受 {method!r}：只接受 {sorted(OPERATIONS)}")
         results = await asyncio.gather(
-            *(
-                self._finish_deliver(*args)
-                if method == "finish_deliver"
-                else getattr(self._store, method)(*args)
-                for method, args in calls
-            ),
+            *(getattr(self._store, method)(*args) for method, args in calls),
             return_exceptions=True,
         )
         for (method, args), result in zip(calls, results, strict=True):
@@ -74,18 +62,6 @@ class Ledger:
                 with logger.contextualize(trace_id=args[0]):
                     logger.info("账本已记录：{}", _LOGGED[method])
         return [(False, r) if isinstance(r, BaseException) else (True, r) for r in results]
-
-    async def _finish_deliver(
-        self, trace_id: str, owner: str, payload: Any, passed: Any, url: str
-    ) -> Any:
-        """（原型）记下结果后直接交给回调副本，再记投递。"""
-        final = await self._store.finish(trace_id, owner, payload, passed)
-        if final is None:
-            return None, None
-        assert self._callbacks is not None
-        outcome = await self._callbacks.send.remote(url, final)
-        record = await self._store.record_delivery(trace_id, owner, outcome)
-        return final, record
 
     async def check_health(self) -> None:
         """能打开数据库并查询即健康。"""

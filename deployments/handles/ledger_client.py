@@ -32,7 +32,7 @@ class LedgerClient:
         self.batcher = CallBatcher(self._apply)
 
     def __getattr__(self, op: str) -> Callable[..., Awaitable[Any]]:
-        if op not in OPERATIONS and op != "finish_deliver":
+        if op not in OPERATIONS:
             raise AttributeError(op)
 
         async def forward(*args: Any) -> Any:

@@ -17,7 +17,6 @@ import asyncio
 import contextlib
 import math
 from datetime import UTC, datetime
-from typing import Any
 
 from loguru import logger
 
@@ -149,15 +148,6 @@ class JobRunner:
         job = record.job
         with logger.contextualize(trace_id=job.trace_id):
             try:
-                inner = getattr(self._store, "inner", self._store)
-                if produce and type(inner).__name__ == "LedgerClient":
-                    delivered = await self._produce_deliver(job)
-                    if delivered is None:
-                        return
-                    final, after = delivered
-                    self._log_delivery(after)
-                    self._observe_delivery(after)
-                    return
                 payload = await self._produce(job) if produce else record.outcome
                 if payload is None:
                     return
@@ -237,28 +227,6 @@ class JobRunner:
         else:
             self._observe_finished(job, final)
         return final
-
-    async def _produce_deliver(self, job: ReportJob) -> tuple[CallbackPayload, JobRecord] | None:
-        """（原型）产生结果，账本记下后直接交给回调副本。"""
-        deadline = asyncio.timeout(_seconds_left(job))
-        notes = StageNotes(self._stage_writer(job))
-        try:
-            async with deadline:
-                payload = await self._queued_production(job, notes)
-        except TimeoutError:
-            if not deadline.expired():
-                raise
-            payload = CallbackPayload.expired(job)
-        if payload is None:
-            return None
-        store: Any = getattr(self._store, "inner", self._store)
-        final, record = await store.finish_deliver(
-            job.trace_id, self.owner, payload, tuple(notes.passed), job.callback_url
-        )
-        if final is None:
-            return None
-        self._observe_finished(job, final)
-        return final, record
 
     async def _queued_production(self, job: ReportJob, notes: StageNotes) -> CallbackPayload | None:
         """排队拿到名额后生成；期限到了由外层的 timeout 取消（生成任务随之取消，引擎中止）。
