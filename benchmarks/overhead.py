@@ -20,6 +20,7 @@ import argparse
 import asyncio
 import itertools
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -481,6 +482,10 @@ def profiler_command(tool: str, pid: int, out_dir: Path) -> tuple[list[str], Pat
 def _perf_summary(data: Path) -> Path:
     """perf 的采样按共享库与按符号各汇总一次（自身占比，不展开调用栈），写成一个文本文件。"""
     summary = data.with_name("ingress-perf.txt")
+    if not data.exists():
+        why = "perf 没有写出采样（权限不够？见 /proc/sys/kernel/perf_event_paranoid）"
+        summary.write_text(why + "\n", encoding="utf-8")
+        return summary
     sections = []
     for sort in ("dso", "sym"):
         report = subprocess.run(
@@ -766,6 +771,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--engine-slots", type=int, default=64, help="引擎同时生成的个数")
     parser.add_argument("--out-dir", type=Path, default=RESULTS, help="结果写到这里")
     args = parser.parse_args(argv)
+    if args.flame and args.profiler == "perf" and shutil.which("perf") is None:
+        # 在起集群之前就说清楚，不在量到一半时才找不到命令
+        parser.error("--profiler perf 需要 perf 命令（Debian 的 linux-perf 包）")
     exit_on_sigterm()
     systems = set(args.systems.split(","))
     levels = [int(c) for c in args.concurrency.split(",")]
