@@ -469,7 +469,7 @@ def _pipeline(
 PROFILERS = ("py-spy", "perf")
 
 
-def profiler_command(tool: str, pid: int, out_dir: Path) -> tuple[list[str], Path]:
+def _profiler_command(tool: str, pid: int, out_dir: Path) -> tuple[list[str], Path]:
     """采样入口副本的命令与它写出的文件。"""
     if tool == "perf":
         out = out_dir / "ingress-perf.data"
@@ -481,7 +481,7 @@ def profiler_command(tool: str, pid: int, out_dir: Path) -> tuple[list[str], Pat
 
 def _perf_summary(data: Path) -> Path:
     """perf 的采样按共享库与按符号各汇总一次（自身占比，不展开调用栈），写成一个文本文件。"""
-    summary = data.with_name("ingress-perf.txt")
+    summary = data.with_suffix(".txt")
     if not data.exists():
         why = "perf 没有写出采样（权限不够？见 /proc/sys/kernel/perf_event_paranoid）"
         summary.write_text(why + "\n", encoding="utf-8")
@@ -514,7 +514,7 @@ def sample_ingress(
         yield
         return
     [replica] = ingress
-    command, out = profiler_command(tool, replica.pid, out_dir)
+    command, out = _profiler_command(tool, replica.pid, out_dir)
     spy = subprocess.Popen([*command, "-o", str(out)], stdout=subprocess.DEVNULL)
     try:
         yield
