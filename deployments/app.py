@@ -25,8 +25,9 @@ def compose_app(
     """
     renderer = template_renderer_deployment.bind(settings)
     callbacks = callback_sender_deployment.bind(settings)
-    # 两种账本都有 Ledger 部署（serve_config 通用）；Postgres 账本时入口不经它、直连数据库
-    ledger = ledger_deployment.bind(settings)
+    # 两种账本都有 Ledger 部署（serve_config 通用）；Postgres 账本时入口不经它、直连数据库。
+    # SQLite 账本时作业的收尾（记结果、投递、记投递）在 Ledger 副本里做：它要回调部署的句柄
+    ledger = ledger_deployment.bind(settings, callbacks)
     # 优雅关闭窗口要容下作业的排空时间（serve_config 里另写的值优先）
     ingress = report_ingress_deployment.options(
         graceful_shutdown_timeout_s=settings.jobs.drain_timeout_s + 30

@@ -13,12 +13,13 @@ from ray import serve
 from ray.serve.deployment import Deployment
 from ray.serve.handle import DeploymentHandle
 
-from deployments.handles.ledger_client import ledger_client
+from deployments.handles.ledger_client import LedgerSettlement, ledger_client
 from deployments.handles.request_context import serve_request_trace_id
 from deployments.handles.serve_llm import ServeLLMClient
 from deployments.handles.stages import HandleDeliveryStage, HandleRenderStage
+from deployments.handles.transport import light_handle
 from deployments.metrics import replica_metrics
-from deployments.ray_private import by_reference, route_in_this_loop
+from deployments.ray_private import by_reference
 from serve_app.core.logging import configure_logging
 from serve_app.core.metrics import ReportMetrics
 from serve_app.core.settings import HandleTransport, LLMMode, Settings
@@ -28,6 +29,7 @@ from serve_app.ledger.postgres_store import PostgresJobStore
 from serve_app.ledger.store import JobStore
 from serve_app.llm.openai_compat import OpenAICompatClient
 from serve_app.llm.port import LLMClient
+from serve_app.services.settlement import Settler
 
 
 def make_llm_client(
@@ -62,32 +64,29 @@ def make_job_store(settings: Settings, ledger_handle: DeploymentHandle[Any] | No
     return ledger_client(ledger_handle, settings.jobs)
 
 
+def make_settler(
+    settings: Settings, ledger_handle: DeploymentHandle[Any] | None, metrics: ReportMetrics
+) -> Settler | None:
+    """SQLite 账本时作业的收尾交给 Ledger 副本（入口每个作业少两次句柄调用）；Postgres 账本时
+    没有持有账本的副本，入口就地收尾（None）。"""
+    if settings.jobs.ledger_url is not None or ledger_handle is None:
+        return None
+    return LedgerSettlement(ledger_handle, settings.jobs, settings.callback, metrics)
+
+
 def light_handles(
     settings: Settings,
     renderer: DeploymentHandle[Any],
     callbacks: DeploymentHandle[Any],
     ledger: DeploymentHandle[Any] | None,
 ) -> tuple[DeploymentHandle[Any], DeploymentHandle[Any], DeploymentHandle[Any] | None]:
-    """按 handle_transport 选轻量部署句柄的传输。
-
-    grpc：请求与结果直接经副本的内部 gRPC 服务（不经对象存储），路由器跑在本副本的事件循环里；
-    actor：Ray actor 调用。两种都显式写上：Serve 的吞吐模式（cluster/ray_env.sh）把默认改成了 gRPC。
-    """
-    if settings.handle_transport is not HandleTransport.GRPC:
-        return (
-            by_reference(renderer, True),
-            by_reference(callbacks, True),
-            by_reference(ledger, True) if ledger is not None else None,
-        )
-
-    def fast(handle: DeploymentHandle[Any]) -> DeploymentHandle[Any]:
-        # 路由器放在本副本的事件循环里；Serve 在循环里调用构造函数，此刻还没有 options()/remote()
-        return by_reference(route_in_this_loop(handle), False)
-
-    # Postgres 账本时入口直连数据库、不调 Ledger：不为用不到的句柄建路由器
-    if ledger is not None and settings.jobs.ledger_url is None:
-        ledger = fast(ledger)
-    return fast(renderer), fast(callbacks), ledger
+    """按 handle_transport 选三个轻量部署句柄的传输（见 handles/transport.py）。"""
+    # Postgres 账本时入口直连数据库、不调 Ledger：gRPC 时不为用不到的句柄建路由器
+    if ledger is not None and (
+        settings.handle_transport is not HandleTransport.GRPC or settings.jobs.ledger_url is None
+    ):
+        ledger = light_handle(settings, ledger)
+    return light_handle(settings, renderer), light_handle(settings, callbacks), ledger
 
 
 def llm_handle(handle: DeploymentHandle[Any] | None) -> DeploymentHandle[Any] | None:
@@ -127,6 +126,7 @@ class ReportIngress:
             metrics=metrics,
             # trace_id 就是 Serve 的 request_id：代理与各副本的访问日志里都是同一个 id
             trace_ids=serve_request_trace_id,
+            settler=make_settler(settings, ledger, metrics),
         )
         # Serve 在事件循环里调用构造函数：此刻启动续租与扫描（接手崩溃前留下的作业）
         self._services.runner.start()

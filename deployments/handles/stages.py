@@ -50,7 +50,7 @@ class HandleRenderStage:
 
 
 # 一个接收方（调用方 + 回调地址的 origin）一个合批器；超过这么多个时回收没有在途批次的
-_DELIVERY_BATCHERS_PRUNE_AT = 1024
+_RECEIVER_BATCHERS_PRUNE_AT = 1024
 # 回调合批不限在途批次（见 HandleDeliveryStage）
 _UNBOUNDED = 1 << 30
 
@@ -61,29 +61,21 @@ def _receiver(job: ReportJob) -> tuple[str, str]:
     return job.caller, f"{parts.scheme}://{parts.netloc}".lower()
 
 
-class HandleDeliveryStage:
-    """DeliveryStage：经句柄调用 CallbackSender。
+class ReceiverBatchers:
+    """按接收方分设的合批器：要等投递结果的批只装同一接收方的作业。
 
-    同一副本里同一轮事件循环结束的作业，回调按接收方合成一次 send_many（负载下账本的一批结果
-    一起回来，它们的回调也就一起走）：每份报告分摊的句柄调用少，副本里照样各自并发投递。
-    一批要等批里最慢的一次投递才一起返回结果（送达本身不等：每个回调到了就是到了），所以只把
-    同一接收方的合在一起——一个挂起的 backend B 拖不住别的接收方、别的调用方的投递记账。
-    不限在途批次数（不像账本那样攒批）：回调不为合批多等，单个作业的延迟不变。
-    副本暂时不可用时整批重发：与以前单个重发一样，投到一半的回调可能再送一次（同一个 webhook-id，
-    接收方按它去重）。"""
+    一批要等批里最慢的一次投递才一起返回（送达本身不等：每个回调到了就是到了），按接收方分开，
+    一个挂起的 backend B 拖不住别的接收方、别的调用方的投递记账。不限在途批次数（不像账本那样
+    攒批）：不为合批多等，单个作业的延迟不变。"""
 
-    def __init__(self, handle: DeploymentHandle[Any], *, max_batch: int = 64) -> None:
-        self._send_many = _remote_batch(handle, "send_many")
+    def __init__(self, send: SendBatch, *, max_batch: int = 64) -> None:
+        self._send = send
         self._max_batch = max_batch
         self._batchers: dict[tuple[str, str], CallBatcher] = {}
 
-    async def send(self, job: ReportJob, payload: CallbackPayload) -> DeliveryOutcome:
-        """投递（副本暂时不可用时整批重试）。"""
-        use_trace_id(job.trace_id)
-        outcome: DeliveryOutcome = await self._batcher(_receiver(job)).call(
-            "send", job.callback_url, payload
-        )
-        return outcome
+    async def call(self, job: ReportJob, method: str, *args: Any) -> Any:
+        """把 job 的一次调用排进它的接收方的下一批，等它的结果。"""
+        return await self._batcher(_receiver(job)).call(method, *args)
 
     @property
     def batchers(self) -> dict[tuple[str, str], CallBatcher]:
@@ -93,10 +85,33 @@ class HandleDeliveryStage:
     def _batcher(self, key: tuple[str, str]) -> CallBatcher:
         batcher = self._batchers.get(key)
         if batcher is None:
-            if len(self._batchers) >= _DELIVERY_BATCHERS_PRUNE_AT:
+            if len(self._batchers) >= _RECEIVER_BATCHERS_PRUNE_AT:
                 self._batchers = {k: b for k, b in self._batchers.items() if not b.idle}
-            batcher = CallBatcher(
-                self._send_many, max_in_flight=_UNBOUNDED, max_batch=self._max_batch
-            )
+            batcher = CallBatcher(self._send, max_in_flight=_UNBOUNDED, max_batch=self._max_batch)
             self._batchers[key] = batcher
         return batcher
+
+
+class HandleDeliveryStage:
+    """DeliveryStage：经句柄调用 CallbackSender。
+
+    同一副本里同一轮事件循环结束的作业，回调按接收方（ReceiverBatchers）合成一次 send_many
+    （负载下账本的一批结果一起回来，它们的回调也就一起走）：每份报告分摊的句柄调用少，副本里
+    照样各自并发投递。副本暂时不可用时整批重发：与以前单个重发一样，投到一半的回调可能再送一次
+    （同一个 webhook-id，接收方按它去重）。"""
+
+    def __init__(self, handle: DeploymentHandle[Any], *, max_batch: int = 64) -> None:
+        self._receivers = ReceiverBatchers(_remote_batch(handle, "send_many"), max_batch=max_batch)
+
+    async def send(self, job: ReportJob, payload: CallbackPayload) -> DeliveryOutcome:
+        """投递（副本暂时不可用时整批重试）。"""
+        use_trace_id(job.trace_id)
+        outcome: DeliveryOutcome = await self._receivers.call(
+            job, "send", job.callback_url, payload
+        )
+        return outcome
+
+    @property
+    def batchers(self) -> dict[tuple[str, str], CallBatcher]:
+        """各接收方的合批器（测试与基准读它的统计）。"""
+        return self._receivers.batchers

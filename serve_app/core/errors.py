@@ -155,6 +155,10 @@ class LedgerUnavailable(ReportError):
         return {"Retry-After": str(self.retry_after_s)}
 
 
+class LedgerOutdated(Exception):
+    """Ledger 副本不认这个端点（滚动升级窗口里还是旧版本）：端点什么都没做，调用方退回旧路。"""
+
+
 class RenderError(ReportError):
     """模板渲染失败。"""
 

@@ -146,6 +146,17 @@ class CallbackPolicy(_Strict):
     honour_retry_after: bool = True
     max_retry_after_s: float = Field(300.0, ge=0, description="Retry-After 的上限")
 
+    @property
+    def round_bound_s(self) -> float:
+        """一轮投递（含内联重试）最长多久：等主机名额一个尝试时限，每次尝试一个时限，每次重试前
+        最长的等待（退避或 Retry-After 的上限，加抖动）。等这一轮结果的调用以它定超时。"""
+        longest_wait = max(
+            self.max_backoff_s, self.max_retry_after_s if self.honour_retry_after else 0.0
+        )
+        return (self.max_attempts + 1) * self.attempt_deadline_s + (self.max_attempts - 1) * (
+            longest_wait + self.jitter_s
+        )
+
     @model_validator(mode="after")
     def _check_backoff(self) -> CallbackPolicy:
         if self.max_backoff_s < self.initial_backoff_s:

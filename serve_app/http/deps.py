@@ -24,6 +24,7 @@ from serve_app.prompting.catalog import TemplateCatalog
 from serve_app.services.jobs import JobService
 from serve_app.services.pipeline import STAGE_NOTE_AFTER_S, ReportPipeline
 from serve_app.services.runner import JobRunner
+from serve_app.services.settlement import Settler
 from serve_app.services.stages import DeliveryStage, RenderStage
 from serve_app.services.submission import ReportSubmissions
 
@@ -98,8 +99,11 @@ class IngressServices:
         resolver: Resolver = system_resolver,
         metrics: ReportMetrics | None = None,
         trace_ids: TraceIdSource = random_trace_id,
+        settler: Settler | None = None,
     ) -> IngressServices:
-        """装配入口对象图：目录、受理、流水线、执行器、作业服务；账本操作一律计时。"""
+        """装配入口对象图：目录、受理、流水线、执行器、作业服务；账本操作一律计时。
+
+        settler：作业的收尾交给谁（SQLite 账本时是 Ledger 副本）；默认入口就地收尾。"""
         metrics = metrics or ReportMetrics()
         catalog = TemplateCatalog.from_file(settings.resolved_templates_path)
         store = metered(store, metrics)
@@ -112,7 +116,7 @@ class IngressServices:
             # 慢的阶段要在租约的一小部分之内写下（写入同时续租）：租约很短时（测试）不靠续租撑过去
             stage_note_after_s=min(STAGE_NOTE_AFTER_S, settings.jobs.lease_s / 4),
         )
-        runner = JobRunner(store, pipeline, settings.jobs, owner, metrics)
+        runner = JobRunner(store, pipeline, settings.jobs, owner, metrics, settler)
         return cls(
             settings=settings,
             catalog=catalog,

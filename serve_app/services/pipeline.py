@@ -82,14 +82,7 @@ class ReportPipeline:
         self._output_retries = output_retries
 
     async def _timed[T](self, stage: str, job: ReportJob, work: Awaitable[T]) -> T:
-        """执行一步并把耗时记进 reports_stage_seconds（按阶段与优先级；失败的也记）。"""
-        started = time.perf_counter()
-        try:
-            return await work
-        finally:
-            self._metrics.stage_seconds.observe(
-                time.perf_counter() - started, {"stage": stage, "priority": job.priority}
-            )
+        return await timed_stage(self._metrics, stage, job, work)
 
     async def produce(self, job: ReportJob, notes: StageNotes | None = None) -> CallbackPayload:
         """渲染并生成；任何失败都变成 failed 载荷（被打断时抛 StageInterrupted）。"""
@@ -183,17 +176,39 @@ class ReportPipeline:
 
     async def deliver(self, job: ReportJob, payload: CallbackPayload) -> DeliveryOutcome:
         """投递终态回调（含内联重试）；不抛异常，未送达由账本安排重投。"""
-        try:
-            outcome = await self._timed("deliver", job, self._delivery.send(job, payload))
-        except Exception as exc:  # noqa: BLE001 - 投递阶段不可用也只是“本轮未送达”
-            logger.exception("回调部署不可用，本轮未送达")
-            outcome = DeliveryOutcome(delivered=False, attempts=0, error=repr(exc))
-        if not outcome.delivered:
-            logger.warning(
-                "回调本轮未送达：status={} attempts={} last_status={} error={}",
-                payload.status,
-                outcome.attempts,
-                outcome.status_code,
-                outcome.error,
-            )
-        return outcome
+        return await deliver_round(self._delivery, self._metrics, job, payload)
+
+
+async def timed_stage[T](
+    metrics: ReportMetrics, stage: str, job: ReportJob, work: Awaitable[T]
+) -> T:
+    """执行一步并把耗时记进 reports_stage_seconds（按阶段与优先级；失败的也记）。"""
+    started = time.perf_counter()
+    try:
+        return await work
+    finally:
+        metrics.stage_seconds.observe(
+            time.perf_counter() - started, {"stage": stage, "priority": job.priority}
+        )
+
+
+async def deliver_round(
+    delivery: DeliveryStage, metrics: ReportMetrics, job: ReportJob, payload: CallbackPayload
+) -> DeliveryOutcome:
+    """投递一轮终态回调（含内联重试）；不抛异常，未送达由账本安排重投。
+
+    入口副本（ReportPipeline.deliver）与 Ledger 副本（SQLite 账本时由它收尾）共用。"""
+    try:
+        outcome = await timed_stage(metrics, "deliver", job, delivery.send(job, payload))
+    except Exception as exc:  # noqa: BLE001 - 投递阶段不可用也只是“本轮未送达”
+        logger.exception("回调部署不可用，本轮未送达")
+        outcome = DeliveryOutcome(delivered=False, attempts=0, error=repr(exc))
+    if not outcome.delivered:
+        logger.warning(
+            "回调本轮未送达：status={} attempts={} last_status={} error={}",
+            payload.status,
+            outcome.attempts,
+            outcome.status_code,
+            outcome.error,
+        )
+    return outcome

@@ -20,7 +20,7 @@ from datetime import UTC, datetime
 
 from loguru import logger
 
-from serve_app.core.errors import LedgerUnavailable
+from serve_app.core.errors import LedgerOutdated, LedgerUnavailable
 from serve_app.core.metrics import ReportMetrics
 from serve_app.core.settings import JobPolicy
 from serve_app.ledger.records import CallbackState, JobRecord, JobState, StateChange, WorkItem
@@ -33,6 +33,7 @@ from serve_app.services.pipeline import (
     StageInterrupted,
     StageNotes,
 )
+from serve_app.services.settlement import Settled, Settlement, Settler
 
 
 def _seconds_left(job: ReportJob) -> float | None:
@@ -59,10 +60,15 @@ class JobRunner:
         policy: JobPolicy,
         owner: str,
         metrics: ReportMetrics | None = None,
+        settler: Settler | None = None,
     ) -> None:
+        """settler：谁给作业收尾（记结果、投递、记投递）；默认本副本就地做（SQLite 账本时入口交给
+        Ledger 副本，见 services/settlement.py）。"""
         self._store = store
         self._metrics = metrics or ReportMetrics()
         self._pipeline = pipeline
+        self._settlement = Settlement(store, pipeline.deliver)
+        self._settler: Settler = settler or self._settlement
         self._policy = policy
         self.owner = owner
         self._queue = JobQueue(
@@ -148,15 +154,15 @@ class JobRunner:
         job = record.job
         with logger.contextualize(trace_id=job.trace_id):
             try:
-                payload = await self._produce(job) if produce else record.outcome
-                if payload is None:
-                    return
-                if record.runs > 1 or not produce:
+                if produce:
+                    after = await self._produce_and_settle(record)
+                elif record.outcome is not None:
                     logger.info(
-                        "恢复执行：投递 {} 回调（第 {} 次执行）", payload.status, record.runs
+                        "恢复执行：投递 {} 回调（第 {} 次执行）", record.outcome.status, record.runs
                     )
-                outcome = await self._pipeline.deliver(job, payload)
-                after = await self._store.record_delivery(job.trace_id, self.owner, outcome)
+                    after = await self._settlement.deliver(job, self.owner, record.outcome)
+                else:
+                    return
                 self._log_delivery(after)
                 self._observe_delivery(after)
             except asyncio.CancelledError:
@@ -206,8 +212,38 @@ class JobRunner:
             }
         )
 
-    async def _produce(self, job: ReportJob) -> CallbackPayload | None:
-        """生成结果并记入账本；租约已丢返回 None。"""
+    async def _produce_and_settle(self, record: JobRecord) -> JobRecord | None:
+        """生成结果后收尾（记结果、投递、记投递）；返回记下投递后的作业，租约已丢返回 None。
+
+        收尾交给 Ledger 副本时本任务等它做完：作业一直在 _tasks 里，续租照常。"""
+        job = record.job
+        produced = await self._produce(job)
+        if produced is None:
+            return None
+        payload, passed = produced
+        if record.runs > 1:
+            logger.info("恢复执行：投递 {} 回调（第 {} 次执行）", payload.status, record.runs)
+        settled = await self._finish_and_deliver(job, payload, passed)
+        if settled is None:
+            logger.warning("记录结果时租约已归其他副本，放弃本次结果")
+            return None
+        self._observe_finished(job, settled.final)
+        return settled.after
+
+    async def _finish_and_deliver(
+        self, job: ReportJob, payload: CallbackPayload, passed: tuple[StateChange, ...]
+    ) -> Settled | None:
+        try:
+            return await self._settler.finish_and_deliver(job, self.owner, payload, passed)
+        except LedgerOutdated as exc:
+            # 滚动升级窗口里的旧 Ledger 副本：它什么都没做，这一份就地收尾
+            logger.warning("Ledger 副本还不能收尾（{}）：这一份由入口投递", exc)
+            return await self._settlement.finish_and_deliver(job, self.owner, payload, passed)
+
+    async def _produce(
+        self, job: ReportJob
+    ) -> tuple[CallbackPayload, tuple[StateChange, ...]] | None:
+        """生成结果（或期限到了的 expired）与途经还没写下的阶段；租约已丢返回 None。"""
         deadline = asyncio.timeout(_seconds_left(job))
         notes = StageNotes(self._stage_writer(job))
         try:
@@ -221,12 +257,7 @@ class JobRunner:
         if payload is None:
             return None
         # 很快做完、没有单独写下的渲染与生成随结果一起记进历史（取消、到期的也记：做到了哪一步）
-        final = await self._store.finish(job.trace_id, self.owner, payload, tuple(notes.passed))
-        if final is None:
-            logger.warning("记录结果时租约已归其他副本，放弃本次结果")
-        else:
-            self._observe_finished(job, final)
-        return final
+        return payload, tuple(notes.passed)
 
     async def _queued_production(self, job: ReportJob, notes: StageNotes) -> CallbackPayload | None:
         """排队拿到名额后生成；期限到了由外层的 timeout 取消（生成任务随之取消，引擎中止）。

@@ -116,7 +116,7 @@ async def test_idle_receivers_are_forgotten(
     stage: tuple[HandleDeliveryStage, _SendMany], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     delivery, _ = stage
-    monkeypatch.setattr(stages, "_DELIVERY_BATCHERS_PRUNE_AT", 8)
+    monkeypatch.setattr(stages, "_RECEIVER_BATCHERS_PRUNE_AT", 8)
     for port in range(20):
         await _send(delivery, _job(port, f"http://127.0.0.1:{port + 1}/hooks"))
     # 满 8 个时回收没有在途批次的：字典不随接收方的个数无限增长
