@@ -30,10 +30,8 @@ from serve_app.core.logging import configure_logging
 from serve_app.core.settings import Settings
 from serve_app.ledger.call_batcher import Call, Outcome
 from serve_app.ledger.postgres_store import PostgresJobStore
-from serve_app.ledger.records import StateChange
 from serve_app.ledger.sqlite_store import SqliteJobStore
 from serve_app.ledger.store import OPERATIONS, JobStore
-from serve_app.models.reports import CallbackPayload, ReportJob
 from serve_app.services.pipeline import deliver_round
 from serve_app.services.settlement import Settled, Settlement
 
@@ -93,18 +91,14 @@ class Ledger:
             if method != "finish_and_deliver":
                 raise ValueError(f"Ledger.settle_many 只接受 finish_and_deliver，不接受 {method!r}")
         results = await asyncio.gather(
-            *(self._settle(settlement, *args) for _, args in calls), return_exceptions=True
+            *(self._settle(settlement, args) for _, args in calls), return_exceptions=True
         )
         return [(False, r) if isinstance(r, BaseException) else (True, r) for r in results]
 
     @staticmethod
-    async def _settle(
-        settlement: Settlement,
-        job: ReportJob,
-        owner: str,
-        payload: CallbackPayload,
-        passed: tuple[StateChange, ...],
-    ) -> Settled | None:
+    async def _settle(settlement: Settlement, args: tuple[Any, ...]) -> Settled | None:
+        # 参数在这里才解开：参数不对的调用只让它自己失败，不让整批失败
+        job, owner, payload, passed = args
         with logger.contextualize(trace_id=job.trace_id):
             # 回调副本的访问日志以作业的 trace_id 作请求 id（与入口投递时一样）
             use_trace_id(job.trace_id)

@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass, field
+from functools import partial
 
 from serve_app.core.errors import LLMError
+from serve_app.core.metrics import ReportMetrics
+from serve_app.ledger.records import StateChange
+from serve_app.ledger.store import JobStore
 from serve_app.llm.port import EngineState
 from serve_app.models.reports import (
     CallbackPayload,
@@ -17,6 +21,9 @@ from serve_app.models.reports import (
 from serve_app.models.templates import RenderedPrompt
 from serve_app.prompting.catalog import TemplateCatalog
 from serve_app.prompting.renderer import PromptRenderer
+from serve_app.services.pipeline import deliver_round
+from serve_app.services.settlement import Settled, Settlement
+from serve_app.services.stages import DeliveryStage
 
 
 @dataclass
@@ -106,6 +113,38 @@ class RecordingDelivery:
         if self.error is not None:
             raise self.error
         return self.outcome
+
+
+class LedgerSideSettler:
+    """像 Ledger 副本那样收尾：直接对账本（不经入口的计时包装）记结果、投递、记投递。
+
+    可编排一次失败：fail_before 什么都没做就失败（旧副本不认端点、副本不可用）；
+    fail_after_finish 记下结果之后、投递之前失败（Ledger 副本死在这一步）。"""
+
+    def __init__(self, store: JobStore, delivery: DeliveryStage) -> None:
+        self.store = store
+        self.settlement = Settlement(store, partial(deliver_round, delivery, ReportMetrics()))
+        self.calls = 0
+        self.fail_before: Exception | None = None
+        self.fail_after_finish: Exception | None = None
+
+    async def finish_and_deliver(
+        self,
+        job: ReportJob,
+        owner: str,
+        payload: CallbackPayload,
+        passed: tuple[StateChange, ...],
+    ) -> Settled | None:
+        """Settler.finish_and_deliver，按编排失败一次。"""
+        self.calls += 1
+        if self.fail_before is not None:
+            error, self.fail_before = self.fail_before, None
+            raise error
+        if self.fail_after_finish is not None:
+            error, self.fail_after_finish = self.fail_after_finish, None
+            await self.store.finish(job.trace_id, owner, payload, passed)
+            raise error
+        return await self.settlement.finish_and_deliver(job, owner, payload, passed)
 
 
 def llm_error(message: str = "引擎错误 500: boom") -> LLMError:

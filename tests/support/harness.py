@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -14,6 +14,9 @@ from serve_app.core.settings import Settings
 from serve_app.http.app import create_app
 from serve_app.http.deps import IngressServices
 from serve_app.ledger.sqlite_store import SqliteJobStore
+from serve_app.ledger.store import JobStore
+from serve_app.services.settlement import Settler
+from serve_app.services.stages import DeliveryStage
 from tests.support.fakes import FakeLLM, LocalRenderStage, RecordingDelivery
 from tests.support.sample import load_catalog, make_settings
 from tests.support.waiting import wait_until_async
@@ -35,8 +38,10 @@ class Harness:
         settings: Settings | None = None,
         *,
         metrics: ReportMetrics | None = None,
+        settler: Callable[[JobStore, DeliveryStage], Settler] | None = None,
         **overrides: Any,
     ) -> None:
+        """settler：由账本与投递阶段造出收尾者（像 SQLite 账本时的 Ledger 副本）；默认就地收尾。"""
         self.settings = settings or make_settings(**overrides)
         self.llm = FakeLLM()
         self.delivery = RecordingDelivery()
@@ -53,6 +58,7 @@ class Harness:
             owner="unit",
             resolver=public_dns,
             metrics=metrics,
+            settler=settler(self.store, self.delivery) if settler is not None else None,
         )
         self.runner = self.services.runner
         self.app = create_app(self.services)
