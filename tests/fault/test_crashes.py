@@ -1,10 +1,11 @@
-"""副本与整个应用崩溃：LLM 副本被杀、入口副本被杀、整体关停后重启。"""
+"""副本与整个应用崩溃：LLM 副本被杀、入口副本被杀、Ledger 副本投递中被杀、整体关停后重启。"""
 
 from __future__ import annotations
 
 import time
 
 import httpx
+import pytest
 
 from tests.fault.conftest import FaultApp
 from tests.support.waiting import wait_until
@@ -59,6 +60,27 @@ def test_ingress_replica_killed_while_jobs_run(fault_app: FaultApp) -> None:
         assert body["status"] == "succeeded"
         states = [h["state"] for h in body["history"]]
         assert states.count("rendering") == 2, states
+
+
+def test_ledger_replica_killed_while_it_delivers(fault_app: FaultApp) -> None:
+    """SQLite 账本时 Ledger 副本自己收尾：它在等 backend B 答复（每次 5 秒）时被杀。每个作业照样
+    送达、账本里 delivered；都带同一个 webhook-id（可能送两次：回调副本已发出，投递的结果没来得及
+    记下——接收方按 webhook-id 去重），没有一个以 failed 结束。"""
+    app = fault_app
+    if app.postgres is not None:
+        pytest.skip("Postgres 账本时入口副本收尾，Ledger 副本只做健康检查")
+    app.backend.receiver.script(delay_s=5.0)
+    try:
+        ids = [app.submit() for _ in range(4)]
+        for trace_id in ids:
+            app.wait_status(trace_id, ("delivering",), 60)
+        app.kill_replica("Ledger")
+    finally:
+        app.backend.receiver.script()
+    app.wait_delivered(ids, timeout_s=180)
+    app.check_one_terminal_callback_each(ids, exactly_once=False)
+    for trace_id in ids:
+        assert app.status(trace_id)["status"] == "succeeded"
 
 
 def test_whole_app_restart_finishes_pending_jobs(fault_app: FaultApp) -> None:

@@ -172,6 +172,35 @@ def test_every_log_line_of_a_job_carries_its_trace_id(it_app: ItApp) -> None:
     assert untagged == []
 
 
+def test_the_ledger_replica_ends_each_job_itself(it_app: ItApp) -> None:
+    """SQLite 账本时作业的收尾在 Ledger 副本里：它记下结果、经 CallbackSender 投递、记下投递，
+    写一行“结果与一轮回调投递”；入口没有经 apply 另记结果（没有“结果（进入投递）”那一行）。
+    回调从 CallbackSender 的进程发出，不是 Ledger 也不是入口。"""
+    offset = it_app.log_path.stat().st_size if it_app.log_path.exists() else 0
+    trace_id = _submit(it_app, sales_request(it_app.receiver.url))
+    _callback_for(it_app, trace_id)
+
+    def ours() -> list[dict[str, Any]]:
+        return [
+            r
+            for r in read_json_logs(it_app.log_path, offset)
+            if r["extra"].get("trace_id") == trace_id
+        ]
+
+    settled = wait_until(
+        lambda: [r for r in ours() if "结果与一轮回调投递" in r["message"]],
+        what=" Ledger 副本的收尾日志",
+        timeout_s=WAIT_S,
+    )
+    assert len(settled) == 1 and "delivered" in settled[0]["message"], settled
+    assert settled[0]["name"] == "deployments.ledger"
+    records = ours()
+    assert not [r for r in records if "结果（进入投递）" in r["message"]]
+    process = {r["name"]: r["process"]["id"] for r in records}
+    ledger, sender = process["deployments.ledger"], process["deployments.callback"]
+    assert len({ledger, sender, process["serve_app.services.pipeline"]}) == 3, process
+
+
 def test_unreachable_callback_waits_in_the_ledger_for_redelivery(it_app: ItApp) -> None:
     url = f"http://127.0.0.1:{free_port()}/hooks"
     trace_id = _submit(it_app, sales_request(url))
