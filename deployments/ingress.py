@@ -13,7 +13,7 @@ from ray import serve
 from ray.serve.deployment import Deployment
 from ray.serve.handle import DeploymentHandle
 
-from deployments.handles.ledger_client import LedgerSettlement, ledger_client
+from deployments.handles.ledger_client import LedgerClient, LedgerSettlement, ledger_client
 from deployments.handles.request_context import serve_request_trace_id
 from deployments.handles.serve_llm import ServeLLMClient
 from deployments.handles.stages import HandleDeliveryStage, HandleRenderStage
@@ -64,14 +64,12 @@ def make_job_store(settings: Settings, ledger_handle: DeploymentHandle[Any] | No
     return ledger_client(ledger_handle, settings.jobs)
 
 
-def make_settler(
-    settings: Settings, ledger_handle: DeploymentHandle[Any] | None, metrics: ReportMetrics
-) -> Settler | None:
-    """SQLite 账本时作业的收尾交给 Ledger 副本（入口每个作业少两次句柄调用）；Postgres 账本时
-    没有持有账本的副本，入口就地收尾（None）。"""
-    if settings.jobs.ledger_url is not None or ledger_handle is None:
+def make_settler(settings: Settings, store: JobStore, metrics: ReportMetrics) -> Settler | None:
+    """SQLite 账本时入口闲着时作业的收尾交给 Ledger 副本（每个作业少两次句柄调用）；Postgres
+    账本时没有持有账本的副本，入口就地收尾（None）。"""
+    if not isinstance(store, LedgerClient):
         return None
-    return LedgerSettlement(ledger_handle, settings.jobs, settings.callback, metrics)
+    return LedgerSettlement(store, settings.jobs, settings.callback, metrics)
 
 
 def light_handles(
@@ -126,7 +124,7 @@ class ReportIngress:
             metrics=metrics,
             # trace_id 就是 Serve 的 request_id：代理与各副本的访问日志里都是同一个 id
             trace_ids=serve_request_trace_id,
-            settler=make_settler(settings, ledger, metrics),
+            settler=make_settler(settings, self._store, metrics),
         )
         # Serve 在事件循环里调用构造函数：此刻启动续租与扫描（接手崩溃前留下的作业）
         self._services.runner.start()

@@ -4,7 +4,7 @@
 以及续租、扫描）共用一次句柄调用 Ledger.apply，账本把整批组提交成一个事务。转发是通用的：
 store.OPERATIONS 里的操作都经 __getattr__ 发出，协议加操作时这里不用改。
 
-LedgerSettlement：作业的收尾（记结果、投递、记投递）整个交给 Ledger 副本，一次句柄调用
+LedgerSettlement：入口闲着时作业的收尾（记结果、投递、记投递）整个交给 Ledger 副本，一次句柄调用
 Ledger.settle_many（按接收方合批，像回调一样）。
 """
 
@@ -37,7 +37,7 @@ class LedgerClient:
     """JobStore 的句柄实现（用 ledger_client() 取得 JobStore 类型）。"""
 
     def __init__(self, handle: DeploymentHandle[Any], policy: JobPolicy) -> None:
-        self._handle = handle
+        self.handle = handle
         self._timeout_s = policy.ledger_call_timeout_s
         self.batcher = CallBatcher(self._apply)
 
@@ -54,7 +54,7 @@ class LedgerClient:
 
     async def _call(self, method: str, *args: Any) -> Any:
         """调用 Ledger 部署的一个端点（超时、重试；用尽即 LedgerUnavailable）。"""
-        endpoint = getattr(self._handle, method)
+        endpoint = getattr(self.handle, method)
 
         async def attempt() -> Any:
             async with asyncio.timeout(self._timeout_s):
@@ -93,6 +93,10 @@ class LedgerSettlement:
     入口每个作业一次句柄调用代替三次账本调用加一次回调调用；回调照样从 CallbackSender 发出。
     同一接收方同时收尾的作业合成一次 settle_many（ReceiverBatchers：慢接收方拖不住别人）。
 
+    只在入口这一侧的账本调用闲着（没有排队、在途的批次）时划算：负载下结果与投递记录搭别的账本
+    调用的批、回调按接收方合批，就地收尾每个作业分摊的调用更少，也不给单个的 Ledger 副本加活
+    （旧 / 新交替量过：并发 64 时交给 Ledger 慢一成多，见 docs/performance.md）。
+
     重试：副本死了、暂不可用时整批重发——已记的结果按 owner 重放、已记完投递的答 None，
     投到一半的回调可能再送一次（同一个 webhook-id，接收方按它去重）。超时不重发（Ledger 也许
     还在投）：抛 LedgerUnavailable，本次执行中断，租约到期后由扫描接手。整批的其他失败是旧版本的
@@ -101,16 +105,20 @@ class LedgerSettlement:
 
     def __init__(
         self,
-        handle: DeploymentHandle[Any],
+        ledger: LedgerClient,
         policy: JobPolicy,
         callback: CallbackPolicy,
         metrics: ReportMetrics,
     ) -> None:
-        self._handle = handle
+        self._ledger = ledger
         # 账本的两次写入加一轮投递（含内联重试）最长的时间：只防副本挂住，不限正常的慢投递
         self._timeout_s = 2 * policy.ledger_call_timeout_s + callback.round_bound_s
         self._seconds = metrics.ledger_op_seconds
         self.receivers = ReceiverBatchers(self._settle_many)
+
+    def worthwhile(self) -> bool:
+        """入口的账本调用没有排队、在途的批次时才交给 Ledger（见类说明）。"""
+        return self._ledger.batcher.idle
 
     async def finish_and_deliver(
         self,
@@ -138,7 +146,7 @@ class LedgerSettlement:
             )
 
     async def _settle_many(self, calls: list[Call]) -> list[Outcome]:
-        endpoint = self._handle.settle_many
+        endpoint = self._ledger.handle.settle_many
 
         async def attempt() -> list[Outcome]:
             async with asyncio.timeout(self._timeout_s):

@@ -233,12 +233,13 @@ class JobRunner:
     async def _finish_and_deliver(
         self, job: ReportJob, payload: CallbackPayload, passed: tuple[StateChange, ...]
     ) -> Settled | None:
-        try:
-            return await self._settler.finish_and_deliver(job, self.owner, payload, passed)
-        except LedgerOutdated as exc:
-            # 滚动升级窗口里的旧 Ledger 副本：它什么都没做，这一份就地收尾
-            logger.warning("Ledger 副本还不能收尾（{}）：这一份由入口投递", exc)
-            return await self._settlement.finish_and_deliver(job, self.owner, payload, passed)
+        if self._settler.worthwhile():
+            try:
+                return await self._settler.finish_and_deliver(job, self.owner, payload, passed)
+            except LedgerOutdated as exc:
+                # 滚动升级窗口里的旧 Ledger 副本：它什么都没做，这一份就地收尾
+                logger.warning("Ledger 副本还不能收尾（{}）：这一份由入口投递", exc)
+        return await self._settlement.finish_and_deliver(job, self.owner, payload, passed)
 
     async def _produce(
         self, job: ReportJob

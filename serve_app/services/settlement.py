@@ -1,9 +1,10 @@
 """作业的收尾：记下结果 → 投递一轮回调 → 记下这一轮投递。
 
 三步总在一起、按这个顺序：结果记下（进入 delivering）之后才投递，投递的结果记下之后租约才放开。
-默认在入口副本里做（三次账本调用加一次回调调用）；SQLite 账本时入口把整个收尾交给 Ledger 副本
-（deployments/handles/ledger_client.py 的 LedgerSettlement）：账本本来就在那里，入口每个作业
-少两次句柄调用，回调照样经 CallbackSender 部署发出。
+默认在入口副本里做（三次账本调用加一次回调调用）；SQLite 账本时入口在闲着时把整个收尾交给 Ledger
+副本（deployments/handles/ledger_client.py 的 LedgerSettlement）：账本本来就在那里，入口每个作业
+少两次句柄调用，回调照样经 CallbackSender 部署发出。负载下入口的账本调用本来就在合批（结果、投递
+记录搭别的作业的批，回调按接收方合批），就地收尾更省、也不给单个的 Ledger 副本加活，所以照旧就地做。
 """
 
 from __future__ import annotations
@@ -31,6 +32,10 @@ class Settled(NamedTuple):
 class Settler(Protocol):
     """收尾的执行者：入口本地（Settlement）或 Ledger 副本（LedgerSettlement）。"""
 
+    def worthwhile(self) -> bool:
+        """此刻把收尾交给它是否划算；不划算时调用方就地收尾。"""
+        ...
+
     async def finish_and_deliver(
         self,
         job: ReportJob,
@@ -50,6 +55,11 @@ class Settlement:
     def __init__(self, store: JobStore, deliver: Deliver) -> None:
         self._store = store
         self._deliver = deliver
+
+    @staticmethod
+    def worthwhile() -> bool:
+        """就地收尾总可以。"""
+        return True
 
     async def finish_and_deliver(
         self,

@@ -127,6 +127,12 @@ class LedgerSideSettler:
         self.calls = 0
         self.fail_before: Exception | None = None
         self.fail_after_finish: Exception | None = None
+        # False：像负载下的入口那样不交给它（就地收尾）
+        self.takes = True
+
+    def worthwhile(self) -> bool:
+        """Settler.worthwhile：按 takes。"""
+        return self.takes
 
     async def finish_and_deliver(
         self,

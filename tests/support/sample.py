@@ -15,6 +15,16 @@ from serve_app.prompting.catalog import TemplateCatalog
 # 一个成功作业在账本里经过的全部状态
 SUCCEEDED_HISTORY = ["accepted", "rendering", "generating", "delivering", "succeeded"]
 
+# 单元层的作业策略：租约、续租、扫描与重投都以十分之一秒计，接手与重投在测试里几百毫秒内发生
+FAST_JOBS: dict[str, Any] = {
+    "lease_s": 0.4,
+    "heartbeat_s": 0.1,
+    "sweep_interval_s": 0.05,
+    "redelivery_schedule_s": (0.1,),
+    "redelivery_horizon_s": 60,
+    "drain_timeout_s": 0.2,
+}
+
 
 def load_catalog() -> TemplateCatalog:
     """仓库自带的模板目录。"""

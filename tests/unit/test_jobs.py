@@ -17,18 +17,10 @@ from serve_app.core.settings import JobPolicy
 from serve_app.ledger.records import JobState
 from serve_app.models.reports import DeliveryOutcome, ReportJob
 from tests.support.harness import Harness
-from tests.support.sample import SUCCEEDED_HISTORY, sales_request
+from tests.support.sample import FAST_JOBS, SUCCEEDED_HISTORY, sales_request
 from tests.support.waiting import wait_until_async
 
 CALLBACK = "http://127.0.0.1:9/hooks/reports"
-FAST_JOBS = {
-    "lease_s": 0.4,
-    "heartbeat_s": 0.1,
-    "sweep_interval_s": 0.05,
-    "redelivery_schedule_s": (0.1,),
-    "redelivery_horizon_s": 60,
-    "drain_timeout_s": 0.2,
-}
 
 
 @pytest.fixture

@@ -11,7 +11,7 @@ from typing import Any, cast
 import pytest
 from ray.exceptions import ActorUnavailableError
 
-from deployments.handles.ledger_client import LedgerSettlement
+from deployments.handles.ledger_client import LedgerClient, LedgerSettlement
 from deployments.ledger import Ledger
 from serve_app.core.errors import LedgerOutdated, LedgerUnavailable
 from serve_app.core.settings import CallbackPolicy, JobPolicy
@@ -24,18 +24,10 @@ from tests.support.fakes import LedgerSideSettler, RecordingDelivery
 from tests.support.harness import Harness
 from tests.support.logs import captured_logs
 from tests.support.metrics import RecordingMetricFactory
-from tests.support.sample import failed_payload, make_settings, sales_request
+from tests.support.sample import FAST_JOBS, failed_payload, make_settings, sales_request
 from tests.support.waiting import wait_until_async
 
 CALLBACK = "http://127.0.0.1:9/hooks/reports"
-FAST_JOBS = {
-    "lease_s": 0.4,
-    "heartbeat_s": 0.1,
-    "sweep_interval_s": 0.05,
-    "redelivery_schedule_s": (0.1,),
-    "redelivery_horizon_s": 60,
-    "drain_timeout_s": 0.2,
-}
 
 
 class _Settlers:
@@ -109,6 +101,20 @@ async def test_an_old_ledger_replica_leaves_the_ending_to_the_ingress(
     assert len(h.delivery.sent) == 1 and body["callback"]["state"] == "delivered"
     assert recorder.observed("reports_ledger_op_seconds", op="finish", outcome="ok")
     assert any("Ledger 副本还不能收尾" in r["message"] for r in logs)
+
+
+async def test_a_settler_that_is_not_worthwhile_now_is_bypassed(
+    harness: tuple[Harness, LedgerSideSettler], recorder: RecordingMetricFactory
+) -> None:
+    """负载下（入口的账本调用正在合批）不交给 Ledger：入口就地收尾，结果与投递都由入口记。"""
+    h, settler = harness
+    settler.takes = False
+    body = await _run_one(h)
+    await h.settle()
+    assert settler.calls == 0 and len(h.delivery.sent) == 1
+    assert body["callback"]["state"] == "delivered"
+    for op in ("finish", "record_delivery"):
+        assert recorder.observed("reports_ledger_op_seconds", op=op, outcome="ok"), op
 
 
 @pytest.mark.parametrize("when", ["before", "after_finish"])
@@ -244,13 +250,27 @@ class _SettleMany:
         return [(True, Settled(args[2], None)) for _, args in calls]
 
 
+class _Apply:
+    """假 Ledger 句柄的 apply：release 之前不答（让入口的账本合批器有在途批次）。"""
+
+    def __init__(self) -> None:
+        self.release = asyncio.Event()
+
+    async def remote(self, calls: list[tuple[str, tuple[Any, ...]]]) -> list[tuple[bool, Any]]:
+        await self.release.wait()
+        return [(True, None) for _ in calls]
+
+
 class _Handle:
     def __init__(self) -> None:
         self.settle_many = _SettleMany()
+        self.apply = _Apply()
 
 
-def _settlement(timeouts_s: float = 10.0) -> tuple[LedgerSettlement, _SettleMany]:
-    handle = _Handle()
+def _settlement(
+    timeouts_s: float = 10.0, handle: _Handle | None = None
+) -> tuple[LedgerSettlement, _SettleMany]:
+    handle = handle or _Handle()
     policy = JobPolicy(ledger_call_timeout_s=timeouts_s)
     callback = CallbackPolicy(
         max_attempts=1,
@@ -261,11 +281,30 @@ def _settlement(timeouts_s: float = 10.0) -> tuple[LedgerSettlement, _SettleMany
         jitter_s=0,
     )
     metrics = RecordingMetricFactory().metrics()
-    return LedgerSettlement(cast(Any, handle), policy, callback, metrics), handle.settle_many
+    client = LedgerClient(cast(Any, handle), policy)
+    return LedgerSettlement(client, policy, callback, metrics), handle.settle_many
 
 
 async def _settle(settlement: LedgerSettlement, job: ReportJob) -> Settled | None:
     return await settlement.finish_and_deliver(job, "ingress-1", failed_payload(job.trace_id), ())
+
+
+async def test_endings_go_to_the_ledger_only_while_the_ingress_ledger_calls_are_idle() -> None:
+    """入口的账本合批器有在途批次（负载下）时不划算交给 Ledger；批次回来、闲了又划算。"""
+    handle = _Handle()
+    settlement, _ = _settlement(handle=handle)
+    client = settlement._ledger
+    assert settlement.worthwhile()
+
+    async def read() -> Any:
+        return await client.get("t-1")
+
+    pending = asyncio.create_task(read())
+    await asyncio.sleep(0.01)
+    assert not settlement.worthwhile()
+    handle.apply.release.set()
+    assert await pending is None
+    assert settlement.worthwhile()
 
 
 async def test_endings_to_one_receiver_share_one_call_and_receivers_stay_apart() -> None:
