@@ -172,33 +172,43 @@ def test_every_log_line_of_a_job_carries_its_trace_id(it_app: ItApp) -> None:
     assert untagged == []
 
 
-def test_the_ledger_replica_ends_each_job_itself(it_app: ItApp) -> None:
-    """SQLite 账本时作业的收尾在 Ledger 副本里：它记下结果、经 CallbackSender 投递、记下投递，
-    写一行“结果与一轮回调投递”；入口没有经 apply 另记结果（没有“结果（进入投递）”那一行）。
-    回调从 CallbackSender 的进程发出，不是 Ledger 也不是入口。"""
-    offset = it_app.log_path.stat().st_size if it_app.log_path.exists() else 0
-    trace_id = _submit(it_app, sales_request(it_app.receiver.url))
-    _callback_for(it_app, trace_id)
+def test_an_idle_ingress_leaves_the_ending_to_the_ledger_replica(it_app: ItApp) -> None:
+    """SQLite 账本、入口闲着时作业的收尾在 Ledger 副本里：它记下结果、经 CallbackSender 投递、
+    记下投递，写一行“结果与一轮回调投递”；入口没有经 apply 另记结果（没有“结果（进入投递）”）。
+    回调从 CallbackSender 的进程发出，不是 Ledger 也不是入口。
 
-    def ours() -> list[dict[str, Any]]:
-        return [
-            r
-            for r in read_json_logs(it_app.log_path, offset)
-            if r["extra"].get("trace_id") == trace_id
-        ]
+    恰好碰上入口的续租、扫描在途时那一份就地收尾（负载下的做法，也是对的）：一份一份地交，
+    直到有一份由 Ledger 收尾，最多五份。"""
+    for _ in range(5):
+        offset = it_app.log_path.stat().st_size if it_app.log_path.exists() else 0
+        trace_id = _submit(it_app, sales_request(it_app.receiver.url))
+        _callback_for(it_app, trace_id)
 
-    settled = wait_until(
-        lambda: [r for r in ours() if "结果与一轮回调投递" in r["message"]],
-        what=" Ledger 副本的收尾日志",
-        timeout_s=WAIT_S,
-    )
-    assert len(settled) == 1 and "delivered" in settled[0]["message"], settled
-    assert settled[0]["name"] == "deployments.ledger"
-    records = ours()
-    assert not [r for r in records if "结果（进入投递）" in r["message"]]
-    process = {r["name"]: r["process"]["id"] for r in records}
-    ledger, sender = process["deployments.ledger"], process["deployments.callback"]
-    assert len({ledger, sender, process["serve_app.services.pipeline"]}) == 3, process
+        def ours(trace_id: str = trace_id, offset: int = offset) -> list[dict[str, Any]]:
+            return [
+                r
+                for r in read_json_logs(it_app.log_path, offset)
+                if r["extra"].get("trace_id") == trace_id
+            ]
+
+        ending = wait_until(
+            lambda: [
+                r for r in ours() if "一轮回调投递" in r["message"] or "进入投递" in r["message"]
+            ],
+            what=" 收尾的账本日志",
+            timeout_s=WAIT_S,
+        )
+        if "结果与一轮回调投递" not in ending[0]["message"]:
+            continue  # 这一份碰上了入口的账本调用在途，就地收尾
+        assert "delivered" in ending[0]["message"] and ending[0]["name"] == "deployments.ledger"
+        records = ours()
+        assert len([r for r in records if "一轮回调投递" in r["message"]]) == 1
+        assert not [r for r in records if "结果（进入投递）" in r["message"]]
+        process = {r["name"]: r["process"]["id"] for r in records}
+        ledger, sender = process["deployments.ledger"], process["deployments.callback"]
+        assert len({ledger, sender, process["serve_app.services.pipeline"]}) == 3, process
+        return
+    raise AssertionError("五份都由入口就地收尾：闲着的入口没有交给 Ledger 副本")
 
 
 def test_unreachable_callback_waits_in_the_ledger_for_redelivery(it_app: ItApp) -> None:
