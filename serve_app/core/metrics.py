@@ -202,7 +202,8 @@ class ReportMetrics:
             "reports_ledger_op_seconds",
             "Seconds per ledger operation as seen by the ingress, by op and outcome (ok / error; "
             "outdated: an old Ledger replica refused finish_and_deliver). With the SQLite ledger "
-            "finish_and_deliver is the whole ending done by the Ledger replica, delivery included",
+            "and an idle ingress, finish_and_deliver is the whole ending done by the Ledger "
+            "replica, delivery included",
             LATENCY_BUCKETS_S,
             ("op", "outcome"),
         )

@@ -63,17 +63,19 @@ def test_ingress_replica_killed_while_jobs_run(fault_app: FaultApp) -> None:
 
 
 def test_ledger_replica_killed_while_it_delivers(fault_app: FaultApp) -> None:
-    """SQLite 账本时 Ledger 副本自己收尾：它在等 backend B 答复（每次 5 秒）时被杀。每个作业照样
-    送达、账本里 delivered；都带同一个 webhook-id（可能送两次：回调副本已发出，投递的结果没来得及
-    记下——接收方按 webhook-id 去重），没有一个以 failed 结束。"""
+    """SQLite 账本、入口闲着时 Ledger 副本收尾：它在等 backend B 答复（每次 5 秒）时被杀。
+    每个作业照样送达、账本里 delivered；都带同一个 webhook-id（可能送两次：回调副本已发出，
+    投递的结果没来得及记下——接收方按 webhook-id 去重），没有一个以 failed 结束。"""
     app = fault_app
     if app.postgres is not None:
         pytest.skip("Postgres 账本时入口副本收尾，Ledger 副本只做健康检查")
     app.backend.receiver.script(delay_s=5.0)
     try:
-        ids = [app.submit() for _ in range(4)]
-        for trace_id in ids:
-            app.wait_status(trace_id, ("delivering",), 60)
+        ids = []
+        for _ in range(4):
+            # 一份一份地交：入口闲着（账本调用没有在途的批次）时收尾才交给 Ledger
+            ids.append(app.submit())
+            app.wait_status(ids[-1], ("delivering",), 60)
         app.kill_replica("Ledger")
     finally:
         app.backend.receiver.script()
