@@ -69,7 +69,7 @@ def make_settler(settings: Settings, store: JobStore, metrics: ReportMetrics) ->
     账本时没有持有账本的副本，入口就地收尾（None）。"""
     if not isinstance(store, LedgerClient):
         return None
-    return LedgerSettlement(store, settings.jobs, settings.callback, metrics)
+    return LedgerSettlement(store, settings.callback, metrics)
 
 
 def light_handles(

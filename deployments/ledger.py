@@ -22,13 +22,12 @@ from ray import serve
 from ray.serve.deployment import Deployment
 from ray.serve.handle import DeploymentHandle
 
-from deployments.handles.request_context import use_trace_id
 from deployments.handles.stages import HandleDeliveryStage
 from deployments.handles.transport import light_handle
 from deployments.metrics import replica_metrics
 from serve_app.core.logging import configure_logging
 from serve_app.core.settings import Settings
-from serve_app.ledger.call_batcher import Call, Outcome
+from serve_app.ledger.call_batcher import Call, Outcome, as_outcomes
 from serve_app.ledger.postgres_store import PostgresJobStore
 from serve_app.ledger.sqlite_store import SqliteJobStore
 from serve_app.ledger.store import OPERATIONS, JobStore
@@ -78,7 +77,7 @@ class Ledger:
                 # 结果与投递各记一行（带 trace_id）：日志搜索里看得到账本这一站
                 with logger.contextualize(trace_id=args[0]):
                     logger.info("账本已记录：{}", _LOGGED[method])
-        return [(False, r) if isinstance(r, BaseException) else (True, r) for r in results]
+        return as_outcomes(results)
 
     async def settle_many(self, calls: list[Call]) -> list[Outcome]:
         """一批作业的收尾（入口按接收方合并而来）：各自记结果 → 投递 → 记投递，并发执行，账本写入
@@ -93,15 +92,14 @@ class Ledger:
         results = await asyncio.gather(
             *(self._settle(settlement, args) for _, args in calls), return_exceptions=True
         )
-        return [(False, r) if isinstance(r, BaseException) else (True, r) for r in results]
+        return as_outcomes(results)
 
     @staticmethod
     async def _settle(settlement: Settlement, args: tuple[Any, ...]) -> Settled | None:
         # 参数在这里才解开：参数不对的调用只让它自己失败，不让整批失败
         job, owner, payload, passed = args
         with logger.contextualize(trace_id=job.trace_id):
-            # 回调副本的访问日志以作业的 trace_id 作请求 id（与入口投递时一样）
-            use_trace_id(job.trace_id)
+            # 回调副本访问日志里的请求 id 由 HandleDeliveryStage.send 设成作业的 trace_id
             settled = await settlement.finish_and_deliver(job, owner, payload, passed)
             if settled is None:
                 logger.warning("收尾：记录结果时租约已不归 {}，没有投递", owner)

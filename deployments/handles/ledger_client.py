@@ -37,8 +37,8 @@ class LedgerClient:
     """JobStore 的句柄实现（用 ledger_client() 取得 JobStore 类型）。"""
 
     def __init__(self, handle: DeploymentHandle[Any], policy: JobPolicy) -> None:
-        self.handle = handle
-        self._timeout_s = policy.ledger_call_timeout_s
+        self._handle = handle
+        self.timeout_s = policy.ledger_call_timeout_s
         self.batcher = CallBatcher(self._apply)
 
     def __getattr__(self, op: str) -> Callable[..., Awaitable[Any]]:
@@ -52,15 +52,25 @@ class LedgerClient:
         self.__dict__[op] = forward
         return forward
 
-    async def _call(self, method: str, *args: Any) -> Any:
-        """调用 Ledger 部署的一个端点（超时、重试；用尽即 LedgerUnavailable）。"""
-        endpoint = getattr(self.handle, method)
+    async def call(
+        self,
+        method: str,
+        *args: Any,
+        timeout_s: float | None = None,
+        resend_on_timeout: bool = True,
+    ) -> Any:
+        """调用 Ledger 部署的一个端点（超时、重试；用尽即 LedgerUnavailable）。
+
+        timeout_s 默认账本调用的超时；resend_on_timeout=False：超时不重发（端点也许还在做）。"""
+        endpoint = getattr(self._handle, method)
+        timeout = self.timeout_s if timeout_s is None else timeout_s
 
         async def attempt() -> Any:
-            async with asyncio.timeout(self._timeout_s):
+            async with asyncio.timeout(timeout):
                 return await endpoint.remote(*args)
 
-        retrying = handle_retrying(also=_UNAVAILABLE, initial_backoff_s=0.2, max_backoff_s=5)
+        also = _UNAVAILABLE if resend_on_timeout else ()
+        retrying = handle_retrying(also=also, initial_backoff_s=0.2, max_backoff_s=5)
         try:
             return await retrying(attempt)
         except _UNAVAILABLE as exc:
@@ -69,14 +79,14 @@ class LedgerClient:
     async def _apply(self, calls: list[Call]) -> list[Outcome]:
         """一批调用 → 一次 Ledger.apply（整批重试：每个操作按 trace_id 与租约判定，可安全重放）。"""
         try:
-            return cast(list[Outcome], await self._call("apply", calls))
+            return cast(list[Outcome], await self.call("apply", calls))
         except LedgerUnavailable as exc:
             names = sorted({method for method, _ in calls})
             raise LedgerUnavailable(f"作业账本暂不可用（{'、'.join(names)}）") from exc
 
     async def ping(self) -> None:
         """Ledger 副本的健康检查。"""
-        await self._call("check_health")
+        await self.call("check_health")
 
     async def close(self) -> None:
         """句柄由 Serve 管理，无需释放。"""
@@ -104,15 +114,11 @@ class LedgerSettlement:
     """
 
     def __init__(
-        self,
-        ledger: LedgerClient,
-        policy: JobPolicy,
-        callback: CallbackPolicy,
-        metrics: ReportMetrics,
+        self, ledger: LedgerClient, callback: CallbackPolicy, metrics: ReportMetrics
     ) -> None:
         self._ledger = ledger
         # 账本的两次写入加一轮投递（含内联重试）最长的时间：只防副本挂住，不限正常的慢投递
-        self._timeout_s = 2 * policy.ledger_call_timeout_s + callback.round_bound_s
+        self._timeout_s = 2 * ledger.timeout_s + callback.round_bound_s
         self._seconds = metrics.ledger_op_seconds
         self.receivers = ReceiverBatchers(self._settle_many)
 
@@ -146,16 +152,12 @@ class LedgerSettlement:
             )
 
     async def _settle_many(self, calls: list[Call]) -> list[Outcome]:
-        endpoint = self._ledger.handle.settle_many
-
-        async def attempt() -> list[Outcome]:
-            async with asyncio.timeout(self._timeout_s):
-                outcomes: list[Outcome] = await endpoint.remote(calls)
-                return outcomes
-
         try:
-            return await handle_retrying(initial_backoff_s=0.2, max_backoff_s=5)(attempt)
-        except _UNAVAILABLE as exc:
+            outcomes: list[Outcome] = await self._ledger.call(
+                "settle_many", calls, timeout_s=self._timeout_s, resend_on_timeout=False
+            )
+        except LedgerUnavailable as exc:
             raise LedgerUnavailable("作业账本暂不可用（收尾）") from exc
         except Exception as exc:  # 整批失败只会是端点不认（见类说明）
             raise LedgerOutdated(f"settle_many：{exc!r}") from exc
+        return outcomes

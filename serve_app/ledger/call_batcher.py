@@ -17,6 +17,13 @@ Outcome = tuple[bool, Any]
 SendBatch = Callable[[list[Call]], Awaitable[list[Outcome]]]
 
 
+def as_outcomes(results: list[Any]) -> list[Outcome]:
+    """gather(return_exceptions=True) 的结果 → 各调用的 (成功, 返回值) 或 (失败, 异常)。
+
+    批的接收端（Ledger 的 apply 与 settle_many）用。"""
+    return [(False, r) if isinstance(r, BaseException) else (True, r) for r in results]
+
+
 class CallBatcher:
     """合并并发调用；send 把一批调用一次发出，按顺序返回各自的结果。"""
 

@@ -81,9 +81,6 @@ class ReportPipeline:
         self._metrics = metrics or ReportMetrics()
         self._output_retries = output_retries
 
-    async def _timed[T](self, stage: str, job: ReportJob, work: Awaitable[T]) -> T:
-        return await timed_stage(self._metrics, stage, job, work)
-
     async def produce(self, job: ReportJob, notes: StageNotes | None = None) -> CallbackPayload:
         """渲染并生成；任何失败都变成 failed 载荷（被打断时抛 StageInterrupted）。"""
         logger.info("作业开始：report_type={} length={}", job.report_type, job.length)
@@ -97,13 +94,13 @@ class ReportPipeline:
             )
             rendered = await self._noted(
                 JobState.RENDERING,
-                self._timed("render", job, self._renderer.render(job)),
+                timed_stage(self._metrics, "render", job, self._renderer.render(job)),
                 notes,
             )
             prompt = rendered.model_copy(update={"engine_priority": ENGINE_PRIORITY[job.priority]})
             completion = await self._noted(
                 JobState.GENERATING,
-                self._timed("generate", job, self._generate_checked(job, prompt)),
+                timed_stage(self._metrics, "generate", job, self._generate_checked(job, prompt)),
                 notes,
             )
         except (StageInterrupted, LedgerUnavailable):

@@ -282,7 +282,7 @@ def _settlement(
     )
     metrics = RecordingMetricFactory().metrics()
     client = LedgerClient(cast(Any, handle), policy)
-    return LedgerSettlement(client, policy, callback, metrics), handle.settle_many
+    return LedgerSettlement(client, callback, metrics), handle.settle_many
 
 
 async def _settle(settlement: LedgerSettlement, job: ReportJob) -> Settled | None:
