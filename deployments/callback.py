@@ -1,4 +1,4 @@
-"""CallbackSender 部署：每个副本一个 httpx.AsyncClient，带重试地回调 backend B。"""
+"""CallbackSender 部署：每个副本一个 aiohttp 会话，带重试地回调 backend B。"""
 
 from __future__ import annotations
 

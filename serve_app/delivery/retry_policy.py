@@ -9,7 +9,6 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 
-import httpx
 from loguru import logger
 from tenacity import (
     AsyncRetrying,
@@ -21,6 +20,10 @@ from tenacity import (
 )
 
 from serve_app.core.settings import CallbackPolicy
+
+
+class NoResponse(Exception):
+    """这次尝试没有得到 HTTP 响应（连接失败、超时、对端中途断开、协议错误）：稍后重试。"""
 
 
 class RetryableStatus(Exception):
@@ -64,7 +67,7 @@ def parse_retry_after(value: str | None) -> float | None:
 class CallbackRetrying:
     """按 `CallbackPolicy` 构造的 tenacity 重试器工厂。"""
 
-    retryable_exceptions = (httpx.TransportError, RetryableStatus)
+    retryable_exceptions = (NoResponse, RetryableStatus)
 
     def __init__(self, policy: CallbackPolicy) -> None:
         self._policy = policy

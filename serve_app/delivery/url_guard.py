@@ -12,8 +12,9 @@
 - 配置了白名单时，主机必须匹配其中一项（精确名或 *.后缀，可带端口）。
 被拒时对调用方只说“不是允许的回调地址”（不说解析到了什么），详细原因写日志。
 
-投递时经 GuardedNetworkBackend 连接：先解析主机名、逐个检查 IP，再连接“检查过的那个 IP”，
-DNS 在受理之后变了（DNS rebinding）也连不到被禁的地址。投递时解析失败当作网络错误重试。
+投递时主机名经 GuardedResolver 解析：逐个检查 IP，连接器只连“检查过的那些 IP”，DNS 在受理之后
+变了（DNS rebinding）也连不到被禁的地址；IP 字面量不经解析器（aiohttp 直接连），发请求前由
+check_literal 检查。投递时解析失败当作网络错误重试。
 """
 
 from __future__ import annotations
@@ -25,11 +26,10 @@ from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
-import httpcore
-import httpx
+import aiohttp
+from aiohttp.abc import AbstractResolver, ResolveResult
 from loguru import logger
 
-from serve_app.core.connection_pool import linear_transport
 from serve_app.core.errors import UnsafeCallbackUrl
 from serve_app.core.settings import Settings
 
@@ -213,6 +213,15 @@ class CallbackTargetPolicy:
         for address in addresses:
             self.check_ip(host, port, address)
 
+    def check_literal(self, url: str) -> None:
+        """主机是 IP 字面量时（aiohttp 不经解析器直接连）：发请求前按白名单与地址表检查；主机名不管
+        （连接时由 GuardedResolver 检查）。"""
+        host, port = self._split(url)
+        literal = _literal_ip(host)
+        if literal is not None:
+            self.check_host(host, port)
+            self.check_ip(host, port, str(literal))
+
     async def addresses(self, host: str, port: int) -> list[str]:
         """主机的全部 IP（IP 字面量原样返回）；解析失败或没有地址抛 _Unresolvable。"""
         literal = _literal_ip(host)
@@ -239,59 +248,57 @@ class CallbackTargetPolicy:
         return parts.hostname.lower(), port
 
 
-class GuardedNetworkBackend(httpcore.AsyncNetworkBackend):
-    """连接前检查目标 IP 的网络后端：只连接检查通过的那个 IP（TLS 仍按原主机名校验）。"""
+class GuardedResolver(AbstractResolver):
+    """aiohttp 连接器的解析器：解析主机名、逐个检查 IP，只交出检查通过的地址
+    （TLS 仍按原主机名校验）。
+
+    被拒抛 UnsafeCallbackUrl（不是 OSError，aiohttp 原样抛给调用方：不连接、不重试）；暂时解析不了
+    抛 OSError（aiohttp 包成连接错误，按网络错误重试）。"""
 
     def __init__(self, policy: CallbackTargetPolicy) -> None:
         self._policy = policy
-        self._inner = httpcore.AnyIOBackend()
 
-    async def connect_tcp(
-        self,
-        host: str,
-        port: int,
-        timeout: float | None = None,
-        local_address: str | None = None,
-        socket_options: Iterable[httpcore.SOCKET_OPTION] | None = None,
-    ) -> httpcore.AsyncNetworkStream:
-        """解析、逐个检查，再按顺序尝试连接通过检查的地址。"""
+    async def resolve(
+        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
+    ) -> list[ResolveResult]:
+        """主机名 → 检查过的地址（按解析的顺序，连接器逐个尝试）。"""
+        del family
         self._policy.check_host(host, port)
         try:
             addresses = await self._policy.addresses(host, port)
         except _Unresolvable as exc:
             # DNS 暂时解析不了不是攻击：当作连接失败，按网络错误重试
-            raise httpcore.ConnectError(f"回调主机 {host} 暂时无法解析（{exc}）") from exc
+            raise OSError(f"回调主机 {host} 暂时无法解析（{exc}）") from exc
         for address in addresses:
             self._policy.check_ip(host, port, address)
-        last_error: Exception | None = None
-        for address in addresses:
-            try:
-                return await self._inner.connect_tcp(
-                    address,
-                    port,
-                    timeout=timeout,
-                    local_address=local_address,
-                    socket_options=socket_options,
-                )
-            except httpcore.ConnectError as exc:
-                last_error = exc
-        assert last_error is not None
-        raise last_error
+        return [
+            ResolveResult(
+                hostname=host,
+                host=address,
+                port=port,
+                family=socket.AF_INET6 if ":" in address else socket.AF_INET,
+                proto=0,
+                flags=socket.AI_NUMERICHOST | socket.AI_NUMERICSERV,
+            )
+            for address in addresses
+        ]
 
-    async def sleep(self, seconds: float) -> None:
-        """委托给默认后端。"""
-        await self._inner.sleep(seconds)
+    async def close(self) -> None:
+        """没有要释放的。"""
 
 
-def guarded_transport(
-    policy: CallbackTargetPolicy, limits: httpx.Limits | None = None
-) -> httpx.AsyncHTTPTransport:
-    """所有连接都经 GuardedNetworkBackend 的 httpx 传输层；连接池按 limits（默认同 httpx）。
+def guarded_connector(policy: CallbackTargetPolicy, keepalive_s: float) -> aiohttp.TCPConnector:
+    """所有主机名都经 GuardedResolver 解析的 aiohttp 连接器（要在事件循环里创建）。
 
-    httpx 0.28 的 AsyncHTTPTransport 不接受 network_backend 参数：连接池由 linear_transport 换掉
-    （见 connection_pool.py）。
-    """
-    return linear_transport(limits or httpx.Limits(), GuardedNetworkBackend(policy))
+    连接数不设上限（limit=0）：同时在投的已按主机有名额（HostSlots），一个挂起的主机占不满整个池子；
+    不缓存 DNS：每条新连接都重新解析、检查（保持着的连接连的是检查过的 IP）。"""
+    return aiohttp.TCPConnector(
+        limit=0,
+        limit_per_host=0,
+        resolver=GuardedResolver(policy),
+        use_dns_cache=False,
+        keepalive_timeout=keepalive_s,
+    )
 
 
 def callback_target_policy(

@@ -116,7 +116,7 @@ async def test_unreachable_receiver_gives_up_and_logs(client: CallbackClient) ->
     assert outcome.attempts == FAST.max_attempts
     # 对外只说没有得到 HTTP 响应（不区分端口关着还是开着）；具体原因在日志里
     assert outcome.error == NO_HTTP_RESPONSE
-    assert any("ConnectError" in r["message"] for r in logs)
+    assert any("ClientConnectorError" in r["message"] for r in logs)
     assert sum("后重试" in r["message"] for r in logs) == FAST.max_attempts - 1
     assert any(r["level"] == "WARNING" and "未送达" in r["message"] for r in logs)
 
@@ -155,7 +155,7 @@ async def test_slow_receiver_times_out_and_is_retried(receiver: CallbackReceiver
         await sender.aclose()
     assert not outcome.delivered and outcome.attempts == 2
     assert outcome.error == NO_HTTP_RESPONSE
-    assert any("ReadTimeout" in r["message"] for r in logs)
+    assert any("SocketTimeoutError" in r["message"] for r in logs)
 
 
 def test_parse_retry_after() -> None:
@@ -391,8 +391,7 @@ async def test_a_2xx_counts_whatever_the_response_body_does(body: str) -> None:
 async def test_a_connection_the_receiver_closed_while_idle_is_not_reused() -> None:
     """接收方答完后把保持着的连接关了（没说 Connection: close）：下一次投递换新连接，第一次就送达。
 
-    空闲连接平时不挨个 poll（见 serve_app/core/connection_pool.py），要复用的那个在取出时查；
-    不查的话请求会发到已关的连接上，这一次尝试算失败、多投一次。
+    连接池要认出对端已关的空闲连接：不认的话请求会发到已关的连接上，这一次尝试算失败、多投一次。
     """
     accepted: list[int] = []
 
@@ -427,3 +426,27 @@ async def test_a_connection_the_receiver_closed_while_idle_is_not_reused() -> No
     assert first.delivered and first.attempts == 1
     assert second.delivered and second.attempts == 1, second
     assert len(accepted) == 2
+
+
+async def test_the_callback_url_goes_out_exactly_as_given() -> None:
+    """查询串里的转义（%2F、%20）原样发出：接收方常在回调地址里带签过的令牌。"""
+    lines: list[bytes] = []
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = await reader.readuntil(b"\r\n\r\n")
+        lines.append(head.split(b"\r\n", 1)[0])
+        writer.write(b"HTTP/1.1 204 No Content\r\nContent-Length: 0\r\n\r\n")
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(answer, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    client = CallbackClient(FAST, LOOPBACK_OK)
+    try:
+        url = f"http://127.0.0.1:{port}/hooks/a%2Fb?token=x%2Fy%20z&n=1+2"
+        outcome = await client.deliver(url, failed_payload("t-url"))
+    finally:
+        await client.aclose()
+        server.close()
+    assert outcome.delivered
+    assert lines == [b"POST /hooks/a%2Fb?token=x%2Fy%20z&n=1+2 HTTP/1.1"]

@@ -36,6 +36,8 @@ class FakeLLM:
     warm_waits: int = 0
     error: BaseException | None = None
     delay_s: float = 0.0
+    # 设了就等它 set 之后才返回（测试先把作业排好，再放行，不和生成速度赛跑）
+    gate: asyncio.Event | None = None
     content: str = "报告正文"
     # 依次返回的 (正文, finish_reason)；用完后返回 content
     replies: list[tuple[str, str | None]] = field(default_factory=list)
@@ -45,6 +47,8 @@ class FakeLLM:
     async def generate(self, prompt: RenderedPrompt, *, trace_id: str) -> Completion:
         """记录调用，按脚本返回。"""
         self.prompts.append((trace_id, prompt))
+        if self.gate is not None:
+            await self.gate.wait()
         if self.delay_s:
             await asyncio.sleep(self.delay_s)
         if self.error is not None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -141,14 +142,17 @@ async def test_a_job_whose_result_exists_is_delivered_even_after_its_deadline() 
 
 
 async def test_high_priority_overtakes_a_queued_backlog_in_the_runner() -> None:
-    """名额为 1：先排的 5 份 low 之后提交的 high 下一个就执行。"""
+    """名额为 1：第一份 low 占着名额时又排了 4 份 low 与一份 high，high 下一个就执行。
+
+    引擎在全部交上之前不放行（gate），排队的次序不取决于这台机器交得多快。"""
     harness = Harness(jobs={"max_concurrent_per_replica": 1})
-    harness.llm.delay_s = 0.05
+    harness.llm.gate = gate = asyncio.Event()
     async with harness.serving() as client:
         for _ in range(5):
             await client.post("/v1/reports", json=sales_request(CALLBACK, priority="low"))
         high = await client.post("/v1/reports", json=sales_request(CALLBACK, priority="high"))
         high_id = high.json()["trace_id"]
+        gate.set()
         await harness.settle(timeout_s=10)
     order = [t for t, _ in harness.llm.prompts]
-    assert order.index(high_id) <= 1, order
+    assert len(order) == 6 and order.index(high_id) == 1, order

@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator, Iterator
 from contextlib import AbstractAsyncContextManager
 from typing import Any
 
-import httpcore
+import aiohappyeyeballs
 import httpx
 import pytest
 from loguru import logger
@@ -28,15 +28,15 @@ FAST = CallbackPolicy(max_attempts=3, initial_backoff_s=0.01, max_backoff_s=0.02
 
 @pytest.fixture
 def no_connect(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[tuple[str, int]]]:
-    """记录并拦下一切向外的 TCP 连接：被拒的地址连尝试都不应出现。"""
+    """记录并拦下一切向外的 TCP 连接（aiohttp 连接器经 aiohappyeyeballs 建连）：
+    被拒的地址连尝试都不应出现。"""
     attempts: list[tuple[str, int]] = []
 
-    async def refuse(self: object, host: str, port: int, **_: object) -> object:
-        del self
-        attempts.append((host, port))
-        raise httpcore.ConnectError("测试禁止连接")
+    async def refuse(addr_infos: list[Any], **_: object) -> object:
+        attempts.extend((info[4][0], info[4][1]) for info in addr_infos)
+        raise OSError("测试禁止连接")
 
-    monkeypatch.setattr(httpcore.AnyIOBackend, "connect_tcp", refuse)
+    monkeypatch.setattr(aiohappyeyeballs, "start_connection", refuse)
     yield attempts
 
 
@@ -332,6 +332,39 @@ async def test_delivery_connects_to_the_checked_address(
         await client.aclose()
     assert not outcome.delivered
     assert no_connect == [(PUBLIC_IP, 8080)]
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["http://169.254.169.254/latest", "http://[::ffff:127.0.0.1]:8080/x", "http://10.0.0.7/x"],
+)
+async def test_delivery_to_a_literal_ip_is_checked_without_connecting(
+    url: str, no_connect: list[tuple[str, int]]
+) -> None:
+    """IP 字面量不经解析器（aiohttp 直接连）：投递时照样按地址表拒绝，不重试、不连接。"""
+    client = CallbackClient(FAST, CallbackTargetPolicy(resolver=public_dns))
+    try:
+        outcome = await client.deliver(url, failed_payload("t-literal"))
+    finally:
+        await client.aclose()
+    assert not outcome.delivered and outcome.permanent and outcome.attempts == 1, outcome
+    assert outcome.error is not None and "SSRF" in outcome.error
+    assert no_connect == []
+
+
+async def test_delivery_to_an_allowed_literal_ip_connects_to_it(
+    no_connect: list[tuple[str, int]],
+) -> None:
+    """放行的 IP 字面量照常连（检查只拦被禁的）。"""
+    client = CallbackClient(
+        FAST.model_copy(update={"max_attempts": 1}), CallbackTargetPolicy(resolver=public_dns)
+    )
+    try:
+        outcome = await client.deliver(f"http://{PUBLIC_IP}:8081/x", failed_payload("t-lit-ok"))
+    finally:
+        await client.aclose()
+    assert not outcome.delivered and not outcome.permanent
+    assert no_connect == [(PUBLIC_IP, 8081)]
 
 
 # ---------------------------------------------------------------- 输入加固
