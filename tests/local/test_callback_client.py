@@ -4,12 +4,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import socket
+import ssl
 import time
 from collections.abc import AsyncIterator, Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 
 from serve_app.core.settings import CallbackPolicy
 from serve_app.delivery.client import NO_HTTP_RESPONSE, CallbackClient, HostSlots
@@ -450,3 +458,66 @@ async def test_the_callback_url_goes_out_exactly_as_given() -> None:
         server.close()
     assert outcome.delivered
     assert lines == [b"POST /hooks/a%2Fb?token=x%2Fy%20z&n=1+2 HTTP/1.1"]
+
+
+def _self_signed_certificate(directory: Path) -> tuple[Path, Path]:
+    """给 127.0.0.1 签一张自签证书（不在任何受信任的 CA 里）；返回 (证书, 私钥) 的 PEM 文件。"""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.now(UTC)
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(days=1))
+        .not_valid_after(now + timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False,
+        )
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = directory / "cert.pem", directory / "key.pem"
+    cert_path.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return cert_path, key_path
+
+
+async def test_an_https_receiver_with_an_untrusted_certificate_gets_nothing(
+    tmp_path: Path,
+) -> None:
+    """HTTPS 回调校验接收方的证书：自签的（不在受信任的 CA 里）握手就失败，请求与报告都不发出，
+    按网络错误重试（对外只说没有得到 HTTP 响应，日志里是证书错误）。"""
+    cert_path, key_path = _self_signed_certificate(tmp_path)
+    tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    tls.load_cert_chain(cert_path, key_path)
+    requests: list[bytes] = []
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(ConnectionError, asyncio.IncompleteReadError, ssl.SSLError):
+            requests.append(await reader.readuntil(b"\r\n\r\n"))
+            writer.write(b"HTTP/1.1 204 No Content\r\nContent-Length: 0\r\n\r\n")
+            await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(answer, "127.0.0.1", 0, ssl=tls)
+    port = server.sockets[0].getsockname()[1]
+    client = CallbackClient(FAST.model_copy(update={"max_attempts": 2}), LOOPBACK_OK)
+    try:
+        with captured_logs() as logs:
+            outcome = await client.deliver(f"https://127.0.0.1:{port}/hook", failed_payload())
+    finally:
+        await client.aclose()
+        server.close()
+    assert not outcome.delivered and not outcome.permanent and outcome.attempts == 2
+    assert outcome.error == NO_HTTP_RESPONSE
+    assert any("ClientConnectorCertificateError" in r["message"] for r in logs)
+    assert requests == []
