@@ -17,7 +17,7 @@ from ray.serve.llm.openai_api_models import (
 )
 
 from deployments.handles.serve_llm import EngineFailure, EngineReply, EngineRequest
-from deployments.ray_private import CallbackBase, ModelLoadingConfig
+from deployments.ray_private_llm import CallbackBase, ModelLoadingConfig
 from serve_app.core.settings import EngineSettings
 from serve_app.llm.port import completion_from_chat
 

@@ -1,4 +1,5 @@
-"""本项目用到的 Ray 私有 API，全部在这里（别处一律不直接碰带下划线的 Ray 名字）。
+"""本项目用到的 Ray Serve 私有 API，全部在这里（别处一律不直接碰带下划线的 Ray 名字）；
+Ray LLM 的两个在 ray_private_llm.py（只有 LLM 部署用，分开是因为它们带进 torch）。
 
 NOTE: 这些名字不在 Ray 的公开 API 里，升级 Ray 时可能改名或改语义而不报错。
 tests/unit/test_ray_private.py 逐个真实调用它们（不启动 Ray）：升级后哪个变了，单元层失败，
@@ -9,18 +10,10 @@ from __future__ import annotations
 
 from typing import Any
 
-# 初始化回调基类：LLMConfig.callback_config 按路径加载它的子类，ray.serve.llm 没有再导出它
-from ray.llm._internal.common.callbacks.base import CallbackBase
-
-# 校验后的 LLMConfig.model_loading_config 是这个内部类的实例（ray.serve.llm 只导出它的公开子类，
-# isinstance 判断与构造都要内部类）
-from ray.llm._internal.serve.core.configs.llm_config import ModelLoadingConfig
 from ray.serve import context
 from ray.serve.handle import DeploymentHandle
 
 __all__ = [
-    "CallbackBase",
-    "ModelLoadingConfig",
     "by_reference",
     "current_request_id",
     "route_in_this_loop",

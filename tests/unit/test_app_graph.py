@@ -1,7 +1,10 @@
-"""应用图：两种账本下都绑定 Ledger 部署（每个 serve_config 都列了它，缺了 serve deploy 会失败）。"""
+"""应用图：两种账本下都绑定 Ledger 部署（每个 serve_config 都列了它，缺了 serve deploy 会失败）；
+控制面的部署模块不带进 torch。"""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from typing import Any
 
 import pytest
@@ -41,3 +44,29 @@ def test_ingress_gets_fixed_replicas_or_an_autoscaling_config() -> None:
     auto = compose_app(settings, None, auto_options)._bound_deployment
     config = auto._deployment_config.autoscaling_config
     assert config is not None and (config.min_replicas, config.max_replicas) == (1, 2)
+
+
+# 副本进程导入的是部署类所在的模块：这四个是入口、渲染、账本、回调副本各自导入的
+_CONTROL_PLANE = (
+    "deployments.ingress",
+    "deployments.render",
+    "deployments.ledger",
+    "deployments.callback",
+)
+
+
+def test_control_plane_replicas_do_not_import_torch() -> None:
+    """入口、渲染、账本、回调的部署模块导入时不带进 torch / transformers / vLLM（只有 LLM 副本要；
+    渲染副本启动时为试编译 JSON schema 才惰性加载 xgrammar）。
+
+    以前经 deployments/ray_private.py 导入了 ray.llm 的内部配置模块：每个控制面副本多约 500 MB
+    内存、启动多约 4 秒（入口扩容时新副本就慢这么多）。在新的解释器里导入，不受别的测试已导入的
+    模块影响。"""
+    probe = (
+        f"import sys, {', '.join(_CONTROL_PLANE)}; "
+        "print(sorted({m.split('.')[0] for m in sys.modules} & {'torch', 'transformers', 'vllm'}))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=120, check=True
+    )
+    assert done.stdout.strip() == "[]", done.stdout

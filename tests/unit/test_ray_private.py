@@ -1,4 +1,4 @@
-"""Ray 私有 API（deployments/ray_private.py）逐个真实调用，不启动 Ray。
+"""Ray 私有 API（deployments/ray_private.py 与 ray_private_llm.py）逐个真实调用，不启动 Ray。
 
 Ray 升级后哪个私有 API 改名或改了语义，这里失败，失败信息指名是哪一个；句柄的路由器换成
 桩（真的路由器要连 Serve 控制器），被测的 _init / options 本身是 Ray 的真实代码。
@@ -14,7 +14,7 @@ from typing import Any
 from ray.serve.handle import DeploymentHandle
 from ray.serve.llm import LLMConfig
 
-from deployments import ray_private
+from deployments import ray_private, ray_private_llm
 
 
 @contextmanager
@@ -60,6 +60,6 @@ def test_handle_init_router_in_this_loop() -> None:
 def test_llm_internal_classes() -> None:
     with naming("ray.llm._internal…ModelLoadingConfig"):
         config = LLMConfig(model_loading_config={"model_id": "m", "model_source": "/models/m"})
-        assert isinstance(config.model_loading_config, ray_private.ModelLoadingConfig)
+        assert isinstance(config.model_loading_config, ray_private_llm.ModelLoadingConfig)
     with naming("ray.llm._internal…CallbackBase.on_before_node_init"):
-        assert callable(ray_private.CallbackBase.on_before_node_init)
+        assert callable(ray_private_llm.CallbackBase.on_before_node_init)
