@@ -19,11 +19,12 @@ from serve_app.core.settings import CallbackPolicy
 from serve_app.delivery.client import CallbackClient
 from serve_app.delivery.url_guard import CallbackTargetPolicy, HostPattern, classify
 from serve_app.http.auth import key_matches
-from serve_app.models.reports import ReportJob
+from serve_app.models.reports import DeliveryOutcome, ReportJob
 from tests.support.harness import PUBLIC_IP, Harness, public_dns
 from tests.support.sample import failed_payload, make_settings, sales_request
 
 FAST = CallbackPolicy(max_attempts=3, initial_backoff_s=0.01, max_backoff_s=0.02, jitter_s=0.01)
+ONE_ATTEMPT = FAST.model_copy(update={"max_attempts": 1})
 
 
 @pytest.fixture
@@ -221,6 +222,17 @@ def test_what_each_setting_can_open(address: str, category: str | None) -> None:
     assert allowed(listed) == (category in {None, "private"})
 
 
+async def _deliver(
+    targets: CallbackTargetPolicy, url: str, trace_id: str, policy: CallbackPolicy = FAST
+) -> DeliveryOutcome:
+    """用一个新的回调客户端投递一次（含重试），关掉客户端，返回结果。"""
+    client = CallbackClient(policy, targets)
+    try:
+        return await client.deliver(url, failed_payload(trace_id))
+    finally:
+        await client.aclose()
+
+
 async def test_dns_hiccup_at_delivery_is_retried_not_refused(
     no_connect: list[tuple[str, int]],
 ) -> None:
@@ -232,11 +244,9 @@ async def test_dns_hiccup_at_delivery_is_retried_not_refused(
         calls += 1
         raise socket.gaierror(socket.EAI_AGAIN, "Temporary failure in name resolution")
 
-    client = CallbackClient(FAST, CallbackTargetPolicy(resolver=flaky))
-    try:
-        outcome = await client.deliver("http://hooks.example.com/x", failed_payload("t-dns"))
-    finally:
-        await client.aclose()
+    outcome = await _deliver(
+        CallbackTargetPolicy(resolver=flaky), "http://hooks.example.com/x", "t-dns"
+    )
     # 当作网络错误：重试到上限，不标成永久失败（之后还会按重投表再投）
     assert not outcome.delivered and not outcome.permanent
     assert outcome.attempts == FAST.max_attempts == calls
@@ -309,11 +319,7 @@ async def test_delivery_rechecks_the_resolved_address_without_connecting(
 
     policy = CallbackTargetPolicy(resolver=rebinding)
     await policy.check_url("http://rebind.example/hook")
-    client = CallbackClient(FAST, policy)
-    try:
-        outcome = await client.deliver("http://rebind.example/hook", failed_payload("t-rebind"))
-    finally:
-        await client.aclose()
+    outcome = await _deliver(policy, "http://rebind.example/hook", "t-rebind")
     assert not outcome.delivered and outcome.attempts == 1
     assert outcome.error is not None and "SSRF" in outcome.error
     assert no_connect == []
@@ -323,13 +329,8 @@ async def test_delivery_connects_to_the_checked_address(
     no_connect: list[tuple[str, int]],
 ) -> None:
     """放行的主机名：连接的是检查过的那个 IP（而不是再让系统解析一次）。"""
-    client = CallbackClient(
-        FAST.model_copy(update={"max_attempts": 1}), CallbackTargetPolicy(resolver=public_dns)
-    )
-    try:
-        outcome = await client.deliver("http://hooks.example.com:8080/x", failed_payload("t-pin"))
-    finally:
-        await client.aclose()
+    targets = CallbackTargetPolicy(resolver=public_dns)
+    outcome = await _deliver(targets, "http://hooks.example.com:8080/x", "t-pin", ONE_ATTEMPT)
     assert not outcome.delivered
     assert no_connect == [(PUBLIC_IP, 8080)]
 
@@ -342,11 +343,7 @@ async def test_delivery_to_a_literal_ip_is_checked_without_connecting(
     url: str, no_connect: list[tuple[str, int]]
 ) -> None:
     """IP 字面量不经解析器（aiohttp 直接连）：投递时照样按地址表拒绝，不重试、不连接。"""
-    client = CallbackClient(FAST, CallbackTargetPolicy(resolver=public_dns))
-    try:
-        outcome = await client.deliver(url, failed_payload("t-literal"))
-    finally:
-        await client.aclose()
+    outcome = await _deliver(CallbackTargetPolicy(resolver=public_dns), url, "t-literal")
     assert not outcome.delivered and outcome.permanent and outcome.attempts == 1, outcome
     assert outcome.error is not None and "SSRF" in outcome.error
     assert no_connect == []
@@ -356,13 +353,8 @@ async def test_delivery_to_an_allowed_literal_ip_connects_to_it(
     no_connect: list[tuple[str, int]],
 ) -> None:
     """放行的 IP 字面量照常连（检查只拦被禁的）。"""
-    client = CallbackClient(
-        FAST.model_copy(update={"max_attempts": 1}), CallbackTargetPolicy(resolver=public_dns)
-    )
-    try:
-        outcome = await client.deliver(f"http://{PUBLIC_IP}:8081/x", failed_payload("t-lit-ok"))
-    finally:
-        await client.aclose()
+    targets = CallbackTargetPolicy(resolver=public_dns)
+    outcome = await _deliver(targets, f"http://{PUBLIC_IP}:8081/x", "t-lit-ok", ONE_ATTEMPT)
     assert not outcome.delivered and not outcome.permanent
     assert no_connect == [(PUBLIC_IP, 8081)]
 
