@@ -69,8 +69,7 @@ class Ledger:
             if method not in OPERATIONS:
                 raise ValueError(f"Ledger.apply 不接受 {method!r}：只接受 {sorted(OPERATIONS)}")
         results = await asyncio.gather(
-            *(getattr(self._store, method)(*args) for method, args in calls),
-            return_exceptions=True,
+            *(self._apply_one(method, args) for method, args in calls), return_exceptions=True
         )
         for (method, args), result in zip(calls, results, strict=True):
             if method in _LOGGED and result is not None and not isinstance(result, BaseException):
@@ -78,6 +77,10 @@ class Ledger:
                 with logger.contextualize(trace_id=args[0]):
                     logger.info("账本已记录：{}", _LOGGED[method])
         return as_outcomes(results)
+
+    async def _apply_one(self, method: str, args: tuple[Any, ...]) -> Any:
+        # 在协程里才调用：参数个数不对的 TypeError 只进它自己的结果，同批别的作业照常
+        return await getattr(self._store, method)(*args)
 
     async def settle_many(self, calls: list[Call]) -> list[Outcome]:
         """一批作业的收尾（入口按接收方合并而来）：各自记结果 → 投递 → 记投递，并发执行，账本写入

@@ -100,6 +100,21 @@ async def test_ledger_apply_refuses_an_unknown_operation() -> None:
         await ledger.apply([("drop_table", ())])
 
 
+async def test_ledger_apply_fails_only_the_call_with_wrong_arguments() -> None:
+    """参数不对（如滚动升级时新旧入口的参数个数不同）只让那一个调用失败，同批别的照常执行。"""
+
+    class StrictStore:
+        async def get(self, trace_id: str) -> str:
+            return trace_id
+
+    ledger = Ledger.__new__(Ledger)
+    ledger._store = cast(JobStore, StrictStore())
+    outcomes = await ledger.apply([("get", ("a",)), ("get", ("b", "extra")), ("get", ("c",))])
+    assert [ok for ok, _ in outcomes] == [True, False, True]
+    assert [outcomes[0][1], outcomes[2][1]] == ["a", "c"]
+    assert isinstance(outcomes[1][1], TypeError)
+
+
 async def test_concurrent_operations_share_one_apply_call() -> None:
     inner = RecordingStore()
     client = LedgerClient(cast(Any, LocalHandle(_ledger_over(inner))), JobPolicy())
