@@ -5,8 +5,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ipaddress
+import os
 import socket
 import ssl
+import sys
 import time
 from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime, timedelta
@@ -19,7 +21,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from serve_app.core.settings import CallbackPolicy
+from serve_app.core.settings import PROJECT_ROOT, CallbackPolicy
 from serve_app.delivery.client import NO_HTTP_RESPONSE, CallbackClient, HostSlots
 from serve_app.delivery.retry_policy import parse_retry_after
 from serve_app.delivery.url_guard import CallbackTargetPolicy
@@ -460,43 +462,56 @@ async def test_the_callback_url_goes_out_exactly_as_given() -> None:
     assert lines == [b"POST /hooks/a%2Fb?token=x%2Fy%20z&n=1+2 HTTP/1.1"]
 
 
-def _self_signed_certificate(directory: Path) -> tuple[Path, Path]:
-    """给 127.0.0.1 签一张自签证书（不在任何受信任的 CA 里）；返回 (证书, 私钥) 的 PEM 文件。"""
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+def _pem_key(key: ec.EllipticCurvePrivateKey) -> bytes:
+    return key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+
+
+def _certificate(
+    subject: str, key: ec.EllipticCurvePrivateKey, issuer: tuple[x509.Name, Any] | None = None
+) -> x509.Certificate:
+    """issuer 为 None 时签 CA 证书（自签）；否则用 (CA 的名字, CA 的私钥) 签 127.0.0.1 的证书。"""
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)])
+    issuer_name, signer = issuer if issuer is not None else (name, key)
     now = datetime.now(UTC)
-    certificate = (
+    builder = (
         x509.CertificateBuilder()
         .subject_name(name)
-        .issuer_name(name)
+        .issuer_name(issuer_name)
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - timedelta(days=1))
         .not_valid_after(now + timedelta(days=1))
-        .add_extension(
-            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-            critical=False,
-        )
-        .sign(key, hashes.SHA256())
+        .add_extension(x509.BasicConstraints(ca=issuer is None, path_length=None), critical=True)
     )
-    cert_path, key_path = directory / "cert.pem", directory / "key.pem"
-    cert_path.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    return cert_path, key_path
+    if issuer is not None:
+        san = x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))])
+        builder = builder.add_extension(san, critical=False)
+    return builder.sign(signer, hashes.SHA256())
 
 
-async def test_an_https_receiver_with_an_untrusted_certificate_gets_nothing(
-    tmp_path: Path,
-) -> None:
-    """HTTPS 回调校验接收方的证书：自签的（不在受信任的 CA 里）握手就失败，请求与报告都不发出，
-    按网络错误重试（对外只说没有得到 HTTP 响应，日志里是证书错误）。"""
-    cert_path, key_path = _self_signed_certificate(tmp_path)
+def _private_ca_files(directory: Path) -> tuple[Path, Path, Path]:
+    """自己的一个 CA（不在系统的信任列表里）与它给 127.0.0.1 签的服务端证书。
+
+    返回 (CA 证书, 服务端证书, 服务端私钥) 的 PEM 文件：不把 CA 指给客户端时，这张证书不受信任。"""
+    ca_key, server_key = (
+        ec.generate_private_key(ec.SECP256R1()),
+        ec.generate_private_key(ec.SECP256R1()),
+    )
+    ca = _certificate("测试用的私有 CA", ca_key)
+    server = _certificate("127.0.0.1", server_key, issuer=(ca.subject, ca_key))
+    paths = directory / "ca.pem", directory / "cert.pem", directory / "key.pem"
+    paths[0].write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    paths[1].write_bytes(server.public_bytes(serialization.Encoding.PEM))
+    paths[2].write_bytes(_pem_key(server_key))
+    return paths
+
+
+@contextlib.asynccontextmanager
+async def _https_receiver(tmp_path: Path) -> AsyncIterator[tuple[str, Path, list[bytes]]]:
+    """127.0.0.1 上的 HTTPS 接收方（证书由私有 CA 签）：给出 (回调地址, CA 证书, 收到的请求头)。"""
+    ca_path, cert_path, key_path = _private_ca_files(tmp_path)
     tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     tls.load_cert_chain(cert_path, key_path)
     requests: list[bytes] = []
@@ -510,14 +525,68 @@ async def test_an_https_receiver_with_an_untrusted_certificate_gets_nothing(
 
     server = await asyncio.start_server(answer, "127.0.0.1", 0, ssl=tls)
     port = server.sockets[0].getsockname()[1]
-    client = CallbackClient(FAST.model_copy(update={"max_attempts": 2}), LOOPBACK_OK)
     try:
-        with captured_logs() as logs:
-            outcome = await client.deliver(f"https://127.0.0.1:{port}/hook", failed_payload())
+        yield f"https://127.0.0.1:{port}/hook", ca_path, requests
     finally:
-        await client.aclose()
         server.close()
+
+
+async def test_an_https_receiver_with_an_untrusted_certificate_gets_nothing(
+    tmp_path: Path,
+) -> None:
+    """HTTPS 回调校验接收方的证书：签发它的 CA 不受信任时握手就失败，请求与报告都不发出，
+    按网络错误重试（对外只说没有得到 HTTP 响应，日志里是证书错误）。"""
+    client = CallbackClient(FAST.model_copy(update={"max_attempts": 2}), LOOPBACK_OK)
+    async with _https_receiver(tmp_path) as (url, _, requests):
+        try:
+            with captured_logs() as logs:
+                outcome = await client.deliver(url, failed_payload())
+        finally:
+            await client.aclose()
     assert not outcome.delivered and not outcome.permanent and outcome.attempts == 2
     assert outcome.error == NO_HTTP_RESPONSE
     assert any("ClientConnectorCertificateError" in r["message"] for r in logs)
     assert requests == []
+
+
+# 在新解释器里投递一次：aiohttp 导入时就建好默认的 SSL 上下文，SSL_CERT_FILE 要在导入之前设好
+_DELIVER_ONCE = """
+import asyncio, sys
+from serve_app.core.settings import PROJECT_ROOT, CallbackPolicy
+from serve_app.delivery.client import CallbackClient
+from serve_app.delivery.url_guard import CallbackTargetPolicy
+from tests.support.sample import failed_payload
+
+async def main() -> None:
+    policy = CallbackTargetPolicy(allow_loopback=True)
+    client = CallbackClient(CallbackPolicy(max_attempts=1), policy)
+    try:
+        outcome = await client.deliver(sys.argv[1], failed_payload())
+    finally:
+        await client.aclose()
+    print(outcome.delivered, outcome.status_code, outcome.error)
+
+asyncio.run(main())
+"""
+
+
+async def test_an_https_receiver_signed_by_the_ca_in_ssl_cert_file_gets_the_callback(
+    tmp_path: Path,
+) -> None:
+    """docs/security.md：SSL_CERT_FILE 指向自己的 CA 包时按它校验——私有 CA 签的接收方照常收到回调。
+    同一个接收方、不设 SSL_CERT_FILE（上一个测试）时握手失败：这里送达说明信任确实来自这个文件。"""
+    async with _https_receiver(tmp_path) as (url, ca_path, requests):
+        process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-c",
+            _DELIVER_ONCE,
+            url,
+            cwd=PROJECT_ROOT,
+            env={**os.environ, "SSL_CERT_FILE": str(ca_path)},
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        out, err = await asyncio.wait_for(process.communicate(), timeout=120)
+    assert process.returncode == 0, err.decode()
+    assert out.decode().split() == ["True", "204", "None"], err.decode()
+    assert len(requests) == 1 and requests[0].startswith(b"POST /hook HTTP/1.1")
