@@ -14,6 +14,7 @@ from ray.serve.deployment import Deployment
 from ray.serve.handle import DeploymentHandle
 
 from deployments.handles.ledger_client import LedgerClient, LedgerSettlement, ledger_client
+from deployments.handles.replicas import StagesWithoutReplicas
 from deployments.handles.request_context import serve_request_trace_id
 from deployments.handles.serve_llm import ServeLLMClient
 from deployments.handles.stages import HandleDeliveryStage, HandleRenderStage
@@ -109,6 +110,10 @@ class ReportIngress:
     ) -> None:
         configure_logging(settings.log_level, settings.log_json_path)
         renderer, callbacks, ledger = light_handles(settings, renderer, callbacks, ledger)
+        # /readyz：作业要经过的轻量部署各有副本在跑（Postgres 账本时入口直连数据库，不经 Ledger）
+        needed = [renderer, callbacks]
+        if ledger is not None and settings.jobs.ledger_url is None:
+            needed.append(ledger)
         metrics = replica_metrics()
         self._llm = make_llm_client(settings, llm_handle(llm), metrics)
         self._store = make_job_store(settings, ledger)
@@ -125,6 +130,7 @@ class ReportIngress:
             # trace_id 就是 Serve 的 request_id：代理与各副本的访问日志里都是同一个 id
             trace_ids=serve_request_trace_id,
             settler=make_settler(settings, self._store, metrics),
+            stages_down=StagesWithoutReplicas.of(needed),
         )
         # Serve 在事件循环里调用构造函数：此刻启动续租与扫描（接手崩溃前留下的作业）
         self._services.runner.start()

@@ -7,11 +7,11 @@ from typing import Any
 
 from loguru import logger
 from pydantic import BaseModel, JsonValue
-from ray import serve
 from ray.serve.handle import DeploymentHandle, DeploymentResponse
 from tenacity import AsyncRetrying, retry_if_exception_type, wait_exponential
 
 from deployments.handles.ray_errors import REPLICA_LOST_ERRORS, TRANSIENT_HANDLE_ERRORS
+from deployments.handles.replicas import read_replicas
 from deployments.handles.request_context import use_trace_id
 from serve_app.core.errors import LLMError
 from serve_app.core.metrics import ReportMetrics
@@ -20,20 +20,6 @@ from serve_app.llm.cold_start import ColdStartGate, ReplicaSnapshot
 from serve_app.llm.port import EngineState, TransientLLMError, call_with_policy
 from serve_app.models.reports import Completion
 from serve_app.models.templates import RenderedPrompt
-
-
-def read_replicas(app_name: str, deployment_name: str) -> ReplicaSnapshot:
-    """读 Serve 控制器里一个部署的状态（同步、一次控制器往返：在线程里调用）。"""
-    app = serve.status().applications.get(app_name)
-    deployment = app.deployments.get(deployment_name) if app is not None else None
-    if deployment is None:
-        return ReplicaSnapshot(status="MISSING", running=0, starting=0)
-    counts = {str(getattr(k, "value", k)): n for k, n in deployment.replica_states.items()}
-    return ReplicaSnapshot(
-        status=str(getattr(deployment.status, "value", deployment.status)),
-        running=counts.get("RUNNING", 0),
-        starting=sum(counts.get(s, 0) for s in ("STARTING", "UPDATING", "RECOVERING")),
-    )
 
 
 class EngineRequest(BaseModel):

@@ -7,7 +7,7 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Annotated
 
@@ -35,6 +35,16 @@ TraceIdSource = Callable[[], str]
 def random_trace_id() -> str:
     """随机 UUID 作 trace_id。"""
     return str(uuid.uuid4())
+
+
+# /readyz 问：作业要经过的阶段里哪些此刻接不了活（名字列表，空 = 都在）。Serve 副本里读控制器的
+# 部署状态（见 deployments/handles/replicas.py）；进程内的阶段总是在
+StagesDown = Callable[[], Awaitable[list[str]]]
+
+
+async def no_stage_down() -> list[str]:
+    """进程内的阶段：总是在。"""
+    return []
 
 
 class CallerKeySource:
@@ -85,6 +95,7 @@ class IngressServices:
     metrics: ReportMetrics
     trace_ids: TraceIdSource
     keys: CallerKeySource
+    stages_down: StagesDown = no_stage_down
 
     @classmethod
     def build(
@@ -100,10 +111,12 @@ class IngressServices:
         metrics: ReportMetrics | None = None,
         trace_ids: TraceIdSource = random_trace_id,
         settler: Settler | None = None,
+        stages_down: StagesDown = no_stage_down,
     ) -> IngressServices:
         """装配入口对象图：目录、受理、流水线、执行器、作业服务；账本操作一律计时。
 
-        settler：作业的收尾交给谁（SQLite 账本时是 Ledger 副本）；默认入口就地收尾。"""
+        settler：作业的收尾交给谁（SQLite 账本时是 Ledger 副本）；默认入口就地收尾。
+        stages_down：/readyz 据此说哪些阶段还没有副本（默认都在）。"""
         metrics = metrics or ReportMetrics()
         catalog = TemplateCatalog.from_file(settings.resolved_templates_path)
         store = metered(store, metrics)
@@ -129,6 +142,7 @@ class IngressServices:
             metrics=metrics,
             trace_ids=trace_ids,
             keys=CallerKeySource(settings),
+            stages_down=stages_down,
         )
 
     @property

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from dataclasses import replace
 from typing import Any
 
 import httpx
@@ -14,6 +16,7 @@ from fastapi.routing import APIRoute
 
 from benchmarks.overhead import server_timing
 from tests.support.harness import Harness
+from tests.support.logs import captured_logs
 from tests.support.sample import load_catalog, sales_request
 
 CALLBACK = "http://127.0.0.1:9/hooks/reports"
@@ -172,6 +175,43 @@ async def test_health_and_readiness(client: httpx.AsyncClient, harness: Harness)
     response = await client.get("/readyz")
     assert response.status_code == 503
     assert response.json()["status"] == "not_ready"
+
+
+async def test_readiness_waits_for_every_stage_to_have_a_replica(
+    client: httpx.AsyncClient, harness: Harness
+) -> None:
+    """入口起来时渲染、回调副本可能还在初始化：那时 /readyz 说 503 并点名，都起来了才 200。"""
+    down = ["TemplateRenderer", "CallbackSender"]
+
+    async def stages_down() -> list[str]:
+        return list(down)
+
+    harness.app.state.services = replace(harness.services, stages_down=stages_down)
+    response = await client.get("/readyz")
+    assert response.status_code == 503
+    assert response.json()["error"]["code"] == "not_ready"
+    assert "TemplateRenderer、CallbackSender" in response.json()["error"]["message"]
+    down.clear()
+    assert (await client.get("/readyz")).json() == {"status": "ready", "llm": "warm"}
+
+
+async def test_readiness_is_refused_when_stage_status_cannot_be_read(
+    client: httpx.AsyncClient, harness: Harness
+) -> None:
+    """读不到部署状态（控制器不答）时不说就绪：按 ready_timeout_s 放弃，答 503，日志里有原因。"""
+
+    async def hangs() -> list[str]:
+        await asyncio.sleep(60)
+        return []
+
+    llm = harness.settings.llm.model_copy(update={"ready_timeout_s": 0.05})
+    settings = harness.settings.model_copy(update={"llm": llm})
+    harness.app.state.services = replace(harness.services, settings=settings, stages_down=hangs)
+    with captured_logs() as logs:
+        response = await client.get("/readyz")
+    assert response.status_code == 503
+    assert "读不到各阶段的部署状态" in response.json()["error"]["message"]
+    assert any("读不到各阶段的部署状态" in r["message"] for r in logs)
 
 
 async def test_openapi_documents_the_contract(client: httpx.AsyncClient) -> None:
