@@ -163,7 +163,8 @@ class Ready(BaseModel):
 
 
 class NotReady(ErrorResponse):
-    """`GET /readyz` 的 503：LLM 阶段尚不能接活。"""
+    """`GET /readyz` 的 503：LLM 阶段尚不能接活，或渲染、回调、账本部署还没有运行中的副本
+    （message 点名是哪个）。"""
 
     status: Literal["not_ready"] = "not_ready"
 

@@ -10,16 +10,16 @@ import threading
 import time
 from pathlib import Path
 
+import pytest
 from ray import serve
+from ray.serve.deployment import Deployment
 
 from deployments.handles.replicas import StagesWithoutReplicas, read_app_replicas
-from tests.support.cluster import ServeCluster
 from tests.support.waiting import wait_until_async
 
 APP = "readiness-probe"
 
 
-@serve.deployment(name="SlowStage", ray_actor_options={"num_cpus": 0})
 class SlowStage:
     """初始化要等测试放行（像启动慢的渲染副本）。"""
 
@@ -32,14 +32,18 @@ class SlowStage:
         return "ok"
 
 
-async def test_a_replica_still_initializing_is_reported_until_it_runs(
-    serve_cluster: ServeCluster, tmp_path: Path
-) -> None:
+slow_stage: Deployment = serve.deployment(name="SlowStage", ray_actor_options={"num_cpus": 0})(
+    SlowStage
+)
+
+
+@pytest.mark.usefixtures("serve_cluster")
+async def test_a_replica_still_initializing_is_reported_until_it_runs(tmp_path: Path) -> None:
     gate = tmp_path / "open"
     # serve.run 等到应用跑起来才返回：放在线程里，本线程在副本初始化期间读状态
     deploying = threading.Thread(
         target=serve.run,
-        args=(SlowStage.bind(str(gate)),),
+        args=(slow_stage.bind(str(gate)),),
         kwargs={"name": APP, "route_prefix": "/" + APP},
         daemon=True,
     )
