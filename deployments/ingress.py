@@ -110,13 +110,13 @@ class ReportIngress:
     ) -> None:
         configure_logging(settings.log_level, settings.log_json_path)
         renderer, callbacks, ledger = light_handles(settings, renderer, callbacks, ledger)
-        # /readyz：作业要经过的轻量部署各有副本在跑（Postgres 账本时入口直连数据库，不经 Ledger）
-        needed = [renderer, callbacks]
-        if ledger is not None and settings.jobs.ledger_url is None:
-            needed.append(ledger)
         metrics = replica_metrics()
         self._llm = make_llm_client(settings, llm_handle(llm), metrics)
         self._store = make_job_store(settings, ledger)
+        # /readyz：作业要经过的轻量部署各有副本在跑（账本经 Ledger 部署时也算它；Postgres 不经它）
+        needed = [renderer, callbacks]
+        if isinstance(self._store, LedgerClient) and ledger is not None:
+            needed.append(ledger)
         # 本副本在账本里的身份：进程级唯一，副本重启后是新身份（旧租约到期即被接手）
         owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._services = IngressServices.build(

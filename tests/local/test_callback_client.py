@@ -462,12 +462,6 @@ async def test_the_callback_url_goes_out_exactly_as_given() -> None:
     assert lines == [b"POST /hooks/a%2Fb?token=x%2Fy%20z&n=1+2 HTTP/1.1"]
 
 
-def _pem_key(key: ec.EllipticCurvePrivateKey) -> bytes:
-    return key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    )
-
-
 def _certificate(
     subject: str, key: ec.EllipticCurvePrivateKey, issuer: tuple[x509.Name, Any] | None = None
 ) -> x509.Certificate:
@@ -495,16 +489,20 @@ def _private_ca_files(directory: Path) -> tuple[Path, Path, Path]:
     """自己的一个 CA（不在系统的信任列表里）与它给 127.0.0.1 签的服务端证书。
 
     返回 (CA 证书, 服务端证书, 服务端私钥) 的 PEM 文件：不把 CA 指给客户端时，这张证书不受信任。"""
-    ca_key, server_key = (
-        ec.generate_private_key(ec.SECP256R1()),
-        ec.generate_private_key(ec.SECP256R1()),
-    )
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    server_key = ec.generate_private_key(ec.SECP256R1())
     ca = _certificate("测试用的私有 CA", ca_key)
     server = _certificate("127.0.0.1", server_key, issuer=(ca.subject, ca_key))
     paths = directory / "ca.pem", directory / "cert.pem", directory / "key.pem"
     paths[0].write_bytes(ca.public_bytes(serialization.Encoding.PEM))
     paths[1].write_bytes(server.public_bytes(serialization.Encoding.PEM))
-    paths[2].write_bytes(_pem_key(server_key))
+    paths[2].write_bytes(
+        server_key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
     return paths
 
 
@@ -552,7 +550,7 @@ async def test_an_https_receiver_with_an_untrusted_certificate_gets_nothing(
 # 在新解释器里投递一次：aiohttp 导入时就建好默认的 SSL 上下文，SSL_CERT_FILE 要在导入之前设好
 _DELIVER_ONCE = """
 import asyncio, sys
-from serve_app.core.settings import PROJECT_ROOT, CallbackPolicy
+from serve_app.core.settings import CallbackPolicy
 from serve_app.delivery.client import CallbackClient
 from serve_app.delivery.url_guard import CallbackTargetPolicy
 from tests.support.sample import failed_payload
